@@ -1,0 +1,387 @@
+"""``config.toml``: pydantic models, durations, secret references, and error messages.
+
+Every problem is reported as ``<file>: <key.path>: <what was expected>, got <value>``,
+all problems at once, so an operator fixes a config in one pass. Secrets are resolved
+while loading (``frameiod check`` proves they resolve) and never printed.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import json
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal, get_args, get_origin
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    ValidationInfo,
+)
+from pydantic_core import PydanticCustomError
+
+__all__ = [
+    "DEFAULT_CONFIG_PATHS",
+    "DEV_SECRET",
+    "Config",
+    "ConfigError",
+    "LogConfig",
+    "PluginsConfig",
+    "Secret",
+    "ServerConfig",
+    "SourceConfig",
+    "find_config",
+    "format_duration",
+    "load_config",
+    "parse_duration",
+]
+
+DEFAULT_CONFIG_PATHS = (Path("config.toml"), Path("/etc/frameiod/config.toml"))
+DEV_SECRET = "dev-secret-change-me"  # noqa: S105 - the public placeholder shipped in config.toml
+
+_DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; ``problems`` holds one line per mistake."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+def parse_duration(value: object) -> float:
+    """Parse ``"250ms"``, ``"30s"``, ``"5m"`` or ``"1.5h"`` into seconds."""
+    match = _DURATION.fullmatch(value.strip()) if isinstance(value, str) else None
+    if match is None:
+        raise PydanticCustomError(
+            "duration",
+            'expected a duration like "30s" or "5m" (units ms, s, m, h), got {got}',
+            {"got": json.dumps(value)},
+        )
+    return float(match[1]) * _UNIT_SECONDS[match[2]]
+
+
+def format_duration(seconds: float) -> str:
+    """Render seconds the way a config file would say them (``300.0`` → ``"5m"``)."""
+    for unit in ("h", "m", "s"):
+        count = seconds / _UNIT_SECONDS[unit]
+        if count >= 1 and count == int(count):
+            return f"{int(count)}{unit}"
+    return f"{round(seconds * 1000)}ms"
+
+
+def _positive_duration(value: object) -> float:
+    seconds = parse_duration(value)
+    if seconds <= 0:
+        raise PydanticCustomError(
+            "duration",
+            "expected a duration greater than zero, got {got}",
+            {"got": json.dumps(value)},
+        )
+    return seconds
+
+
+Duration = Annotated[float, BeforeValidator(_positive_duration)]
+
+
+class Secret:
+    """A resolved secret. Its ``repr`` and ``str`` show where it came from, never the value."""
+
+    __slots__ = ("_value", "reference")
+
+    def __init__(self, reference: str, value: str) -> None:
+        self.reference = reference
+        self._value = value
+
+    def reveal(self) -> str:
+        """The secret itself, for signing and verifying only."""
+        return self._value
+
+    def __repr__(self) -> str:
+        return f"Secret({self.reference!r})"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+@dataclass(frozen=True)
+class _ResolveContext:
+    """Where secret references and relative paths are looked up (injected for tests)."""
+
+    base_dir: Path
+    environ: Mapping[str, str]
+
+
+def _read_secret_file(path: Path, reference: str) -> str:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise PydanticCustomError(
+            "secret", "cannot read {ref}: {why}", {"ref": reference, "why": exc.strerror or exc}
+        ) from None
+    except UnicodeDecodeError:
+        raise PydanticCustomError("secret", "{ref} is not UTF-8 text", {"ref": reference}) from None
+    # Files written by editors and `echo` end in a newline that is not part of the secret.
+    return text.rstrip("\r\n")
+
+
+def _resolve(reference: str, ctx: _ResolveContext) -> Secret:
+    kind, _, name = reference.partition(":")
+    if kind == "env" and name:
+        if name not in ctx.environ:
+            raise PydanticCustomError(
+                "secret",
+                "environment variable {name} is not set (from {ref})",
+                {"name": name, "ref": json.dumps(reference)},
+            )
+        value = ctx.environ[name]
+    elif kind == "file" and name:
+        value = _read_secret_file(ctx.base_dir / name, reference)
+    elif kind == "credential" and name:
+        directory = ctx.environ.get("CREDENTIALS_DIRECTORY")
+        if not directory:
+            raise PydanticCustomError(
+                "secret",
+                "{ref} needs $CREDENTIALS_DIRECTORY, which is not set "
+                "(it is set by systemd's LoadCredential=)",
+                {"ref": json.dumps(reference)},
+            )
+        if "/" in name or name in (".", ".."):
+            raise PydanticCustomError(
+                "secret",
+                "{ref}: a credential name cannot contain '/'",
+                {"ref": json.dumps(reference)},
+            )
+        value = _read_secret_file(Path(directory) / name, reference)
+    else:
+        if not reference:
+            raise PydanticCustomError("secret", "the secret is empty")
+        return Secret("<literal>", reference)
+    if not value:
+        raise PydanticCustomError(
+            "secret", "the secret from {ref} is empty", {"ref": json.dumps(reference)}
+        )
+    return Secret(reference, value)
+
+
+def _secret_validator(value: object, info: ValidationInfo) -> Secret:
+    if not isinstance(value, str):
+        raise PydanticCustomError(
+            "secret",
+            'expected a string: a secret, "env:NAME", "file:PATH" or "credential:NAME", got {got}',
+            {"got": json.dumps(value, default=str)},
+        )
+    ctx = info.context
+    if not isinstance(ctx, _ResolveContext):
+        ctx = _ResolveContext(base_dir=Path.cwd(), environ=os.environ)
+    return _resolve(value, ctx)
+
+
+SecretRef = Annotated[Secret, BeforeValidator(_secret_validator)]
+_SOURCE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+def _source_name(value: str) -> str:
+    if not _SOURCE_NAME.fullmatch(value):
+        raise PydanticCustomError(
+            "source_name",
+            "a source name is a URL segment: up to 64 letters, digits, '.', '_' or '-', got {got}",
+            {"got": json.dumps(value)},
+        )
+    return value
+
+
+SourceName = Annotated[str, AfterValidator(_source_name)]
+
+
+class _Table(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid", strict=True, frozen=True, arbitrary_types_allowed=True
+    )
+
+
+class ServerConfig(_Table):
+    """``[server]``: where to listen and how much to read."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    max_body_bytes: int = Field(default=65536, gt=0)
+
+
+class LogConfig(_Table):
+    """``[log]``: verbosity and rendering."""
+
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "json", "console"] = "auto"
+
+
+class SourceConfig(_Table):
+    """``[sources.<name>]``: one sender; the name is the URL segment of ``/webhooks/<name>``."""
+
+    secrets: list[SecretRef] = Field(min_length=1)
+    tolerance: Duration = 300.0
+
+    def secret_values(self) -> list[str]:
+        """The secrets in configured order, for `frameiod.signature.verify`."""
+        return [secret.reveal() for secret in self.secrets]
+
+
+class PluginsConfig(_Table):
+    """``[plugins]``: which discovered plugins not to load."""
+
+    disable: list[str] = Field(default_factory=list)
+
+
+class Config(_Table):
+    """The whole validated configuration."""
+
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    log: LogConfig = Field(default_factory=LogConfig)
+    sources: dict[SourceName, SourceConfig] = Field(min_length=1)
+    plugins: PluginsConfig = Field(default_factory=PluginsConfig)
+
+    # Set by load_config, not by the file: where it was read from, and the folder that
+    # relative paths resolve against.
+    _path: Path = PrivateAttr(default=Path("config.toml"))
+    _base_dir: Path = PrivateAttr(default=Path())
+
+    @property
+    def path(self) -> Path:
+        """The file this configuration was read from."""
+        return self._path
+
+    @property
+    def base_dir(self) -> Path:
+        """``$STATE_DIRECTORY`` when set, else the config file's folder."""
+        return self._base_dir
+
+    def resolve_path(self, path: str | Path) -> Path:
+        """Resolve a configured path: relative paths live under ``$STATE_DIRECTORY`` or the
+        config file's folder."""
+        return self.base_dir / path
+
+
+def find_config(explicit: str | os.PathLike[str] | None) -> Path:
+    """The config file to use: ``explicit`` if given, else the first of `DEFAULT_CONFIG_PATHS`."""
+    if explicit is not None:
+        return Path(explicit)
+    for candidate in DEFAULT_CONFIG_PATHS:
+        if candidate.exists():
+            return candidate
+    return DEFAULT_CONFIG_PATHS[0]
+
+
+def _state_dir(path: Path, environ: Mapping[str, str]) -> Path:
+    state = environ.get("STATE_DIRECTORY", "")
+    # systemd joins several StateDirectory= entries with ':'; the first is ours.
+    first = state.split(":", 1)[0]
+    return Path(first) if first else path.resolve().parent
+
+
+def _key_path(loc: tuple[int | str, ...]) -> str:
+    text = ""
+    for part in loc:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        elif part != "[key]":
+            text += f".{part}" if text else str(part)
+    return text
+
+
+def _known_keys(loc: tuple[int | str, ...]) -> list[str]:
+    """Keys allowed in the table that holds ``loc``, for a did-you-mean hint."""
+    node: Any = Config
+    for part in loc[:-1]:
+        if get_origin(node) is dict:
+            node = get_args(node)[1]  # ``part`` is a name the user chose, e.g. a source
+        elif isinstance(node, type) and issubclass(node, BaseModel) and part in node.model_fields:
+            node = node.model_fields[part].annotation
+        else:
+            return []
+    if isinstance(node, type) and issubclass(node, BaseModel):
+        return list(node.model_fields)
+    return []
+
+
+def _describe(error: Mapping[str, Any]) -> str:
+    kind = error["type"]
+    loc = tuple(error["loc"])
+    if kind == "extra_forbidden":
+        hint = difflib.get_close_matches(str(loc[-1]), _known_keys(loc), n=1)
+        return "unknown key" + (f' (did you mean "{hint[0]}"?)' if hint else "")
+    if kind == "missing":
+        return "required key is missing"
+    if kind in ("duration", "secret", "source_name"):
+        return error["msg"]
+    message = error["msg"]
+    message = message[0].lower() + message[1:]
+    value = error.get("input")
+    if isinstance(value, str | int | float | bool):
+        message += f", got {json.dumps(value)}"
+    return message
+
+
+def _dev_secret_problem(config: Config) -> str | None:
+    host = config.server.host
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    if loopback:
+        return None
+    for name, source in config.sources.items():
+        if any(secret.reveal() == DEV_SECRET for secret in source.secrets):
+            return (
+                f"sources.{name}.secrets: the development secret from the shipped config.toml "
+                f'is refused while server.host ("{host}") is not a loopback address; '
+                "set the secret Frame.io gave you for this webhook"
+            )
+    return None
+
+
+def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> Config:
+    """Read, validate and resolve a config file, or raise `ConfigError` listing every problem."""
+    path = Path(path)
+    environ = os.environ if environ is None else environ
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read the config file: {exc.strerror or exc}"]) from None
+    except UnicodeDecodeError:
+        raise ConfigError([f"{path}: the config file is not UTF-8 text"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{path}: not valid TOML: {exc}"]) from None
+
+    base_dir = _state_dir(path, environ)
+    context = _ResolveContext(base_dir=base_dir, environ=environ)
+    try:
+        config = Config.model_validate(raw, context=context)
+    except ValidationError as exc:
+        problems = [
+            f"{path}: {_key_path(tuple(error['loc'])) or '(top level)'}: {_describe(error)}"
+            for error in exc.errors(include_url=False)
+        ]
+        raise ConfigError(problems) from None
+    problem = _dev_secret_problem(config)
+    if problem:
+        raise ConfigError([f"{path}: {problem}"])
+    config._path = path
+    config._base_dir = base_dir
+    return config

@@ -1,0 +1,177 @@
+"""The payloads Frame.io sends: webhook events and custom-action requests.
+
+Models are tolerant where Frame.io is undocumented (``resource.type`` is a free string,
+sub-objects of non-asset events may be missing, unknown fields are kept) and strict only
+about what identifies a request: a webhook needs ``type`` and ``resource.id``.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
+
+__all__ = [
+    "EVENT_TYPES",
+    "ActionEvent",
+    "PayloadError",
+    "Ref",
+    "Resource",
+    "WebhookEvent",
+    "closest_event_type",
+    "parse_action",
+    "parse_webhook",
+]
+
+# The 30 V4 event types a webhook can subscribe to (frameio SDK, webhooks.create docstring).
+EVENT_TYPES: tuple[str, ...] = (
+    "file.created", "file.ready", "file.updated", "file.deleted",
+    "file.upload.completed", "file.versioned", "file.copied",
+    "folder.created", "folder.updated", "folder.deleted", "folder.copied",
+    "comment.created", "comment.updated", "comment.deleted",
+    "comment.completed", "comment.uncompleted",
+    "project.created", "project.updated", "project.deleted",
+    "metadata.value.updated",
+    "customfield.created", "customfield.updated", "customfield.deleted",
+    "collection.created", "collection.updated", "collection.deleted",
+    "share.created", "share.updated", "share.deleted", "share.viewed",
+)  # fmt: skip
+
+
+def closest_event_type(name: str) -> str | None:
+    """The catalogue entry nearest to a misspelt event type, or None if nothing is close."""
+    matches = difflib.get_close_matches(name, EVENT_TYPES, n=1, cutoff=0.6)
+    return matches[0] if matches else None
+
+
+class _Payload(BaseModel):
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+
+class Ref(_Payload):
+    """A reference to a Frame.io object: ``{"id": ...}`` plus anything Frame.io adds."""
+
+    id: str = Field(min_length=1)
+
+
+class Resource(Ref):
+    """The object an event is about; ``type`` is free text (``file``, ``folder``, ...)."""
+
+    type: str | None = None
+
+
+class WebhookEvent(_Payload):
+    """A Frame.io webhook delivery, as handlers receive it."""
+
+    type: str = Field(min_length=1)
+    resource: Resource
+    account: Ref | None = None
+    workspace: Ref | None = None
+    project: Ref | None = None
+    user: Ref | None = None
+
+    _timestamp: int | None = PrivateAttr(default=None)
+
+    @property
+    def timestamp(self) -> int | None:
+        """The ``X-Frameio-Request-Timestamp`` the delivery was signed with (Unix seconds)."""
+        return self._timestamp
+
+    @property
+    def resource_id(self) -> str:
+        """ID of the object the event is about."""
+        return self.resource.id
+
+    @property
+    def account_id(self) -> str | None:
+        """ID of the account, or None if the payload has no ``account``."""
+        return self.account.id if self.account else None
+
+    @property
+    def workspace_id(self) -> str | None:
+        """ID of the workspace, or None if the payload has no ``workspace``."""
+        return self.workspace.id if self.workspace else None
+
+    @property
+    def project_id(self) -> str | None:
+        """ID of the project, or None if the payload has no ``project``."""
+        return self.project.id if self.project else None
+
+    @property
+    def user_id(self) -> str | None:
+        """ID of the user who triggered the event, or None if absent."""
+        return self.user.id if self.user else None
+
+
+class ActionEvent(_Payload):
+    """A custom-action request: the first click (no ``data``) or a form submission."""
+
+    type: str = Field(min_length=1)
+    action_id: str = Field(min_length=1)
+    interaction_id: str = Field(min_length=1)
+    account_id: str | None = None
+    resource: Resource | None = None
+    workspace: Ref | None = None
+    project: Ref | None = None
+    user: Ref | None = None
+    data: dict[str, Any] | None = None
+
+    _timestamp: int | None = PrivateAttr(default=None)
+
+    @property
+    def timestamp(self) -> int | None:
+        """The ``X-Frameio-Request-Timestamp`` the request was signed with (Unix seconds)."""
+        return self._timestamp
+
+    @property
+    def resource_id(self) -> str | None:
+        """ID of the file, folder or version stack the action was run on."""
+        return self.resource.id if self.resource else None
+
+
+class PayloadError(Exception):
+    """A body that is not a usable event: ``status`` 400 (not a JSON object) or 422 (not an
+    event of the expected shape); ``detail`` says why."""
+
+    def __init__(self, status: int, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.reason = reason
+        self.detail = detail
+
+
+ModelT = TypeVar("ModelT", bound="_Payload")
+
+
+def _summarise(error: ValidationError) -> str:
+    parts = []
+    for item in error.errors(include_url=False)[:5]:
+        where = ".".join(str(p) for p in item["loc"]) or "body"
+        parts.append(f"{where}: {item['msg'].lower()}")
+    return "; ".join(parts)
+
+
+def _parse(model: type[ModelT], body: bytes, timestamp: int | None) -> ModelT:
+    try:
+        # One pass through pydantic-core's JSON parser, which also bounds nesting depth.
+        event = model.model_validate_json(body)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        if first["type"] == "json_invalid":
+            raise PayloadError(400, "not_json", f"body is not valid JSON: {first['msg']}") from None
+        if first["type"] == "model_type" and not first["loc"]:
+            raise PayloadError(400, "not_object", "body is JSON but not an object") from None
+        raise PayloadError(422, "invalid_event", _summarise(exc)) from None
+    event._timestamp = timestamp
+    return event
+
+
+def parse_webhook(body: bytes, timestamp: int | None = None) -> WebhookEvent:
+    """Parse a raw webhook body, or raise `PayloadError` (400 or 422)."""
+    return _parse(WebhookEvent, body, timestamp)
+
+
+def parse_action(body: bytes, timestamp: int | None = None) -> ActionEvent:
+    """Parse a raw custom-action body, or raise `PayloadError` (400 or 422)."""
+    return _parse(ActionEvent, body, timestamp)

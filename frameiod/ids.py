@@ -1,0 +1,37 @@
+"""Event ids: UUIDv7 strings, so ids sort by the time frameiod accepted the event."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import uuid
+
+__all__ = ["new_event_id"]
+
+_lock = threading.Lock()
+_last_ms = 0
+_counter = 0
+
+
+def new_event_id() -> str:
+    """Return a new UUIDv7 (RFC 9562) string; ids made later in this process sort higher.
+
+    Within one millisecond the 12-bit ``rand_a`` field is a counter (RFC 9562 method 1),
+    so ids stay ordered even when many events arrive in the same millisecond.
+    """
+    global _last_ms, _counter  # noqa: PLW0603 - process-wide monotonic state by design
+    with _lock:
+        now_ms = time.time_ns() // 1_000_000
+        if now_ms <= _last_ms:
+            _counter += 1
+            if _counter > 0xFFF:  # counter exhausted: borrow the next millisecond
+                _last_ms += 1
+                _counter = 0
+            now_ms = _last_ms
+        else:
+            _last_ms, _counter = now_ms, 0
+        counter = _counter
+    rand_b = int.from_bytes(os.urandom(8)) & ((1 << 62) - 1)
+    value = (now_ms & ((1 << 48) - 1)) << 80 | 0x7 << 76 | counter << 64 | 0b10 << 62 | rand_b
+    return str(uuid.UUID(int=value))

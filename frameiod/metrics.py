@@ -1,0 +1,78 @@
+"""Every Prometheus metric frameiod exports, on one injected registry.
+
+Label values come only from bounded sets: configured source names (anything else is
+``unknown``) and the fixed outcome words below, all pre-initialised so each series
+exists at 0 from the start.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+)
+from prometheus_client.process_collector import ProcessCollector
+
+__all__ = ["RECEIVE_OUTCOMES", "UNKNOWN_SOURCE", "Metrics"]
+
+RECEIVE_OUTCOMES = (
+    "accepted",
+    "duplicate",
+    "bad_signature",
+    "stale",
+    "malformed",
+    "too_large",
+    "rate_limited",
+    "unknown_source",
+    "unavailable",
+)
+UNKNOWN_SOURCE = "unknown"
+
+# The *_created series double the scrape size and no dashboard of ours reads them.
+disable_created_metrics()
+
+# Acknowledgements must stay far inside Frame.io's 5 s window; resolve the fast end finely.
+_ACK_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class Metrics:
+    """The metric objects, registered on ``registry`` (a fresh one per daemon or test)."""
+
+    def __init__(
+        self, sources: Iterable[str], version: str, registry: CollectorRegistry | None = None
+    ) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.sources = frozenset(sources)
+        self.deliveries_received = Counter(
+            "frameiod_deliveries_received",
+            "Requests to /webhooks/{source}, by how they were answered",
+            ["source", "outcome"],
+            registry=self.registry,
+        )
+        self.ack_seconds = Histogram(
+            "frameiod_ack_seconds",
+            "Time from request start to the answer, for webhook requests",
+            buckets=_ACK_BUCKETS,
+            registry=self.registry,
+        )
+        self.build_info = Gauge(
+            "frameiod_build_info", "frameiod version", ["version"], registry=self.registry
+        )
+        self.build_info.labels(version=version).set(1)
+        ProcessCollector(registry=self.registry)
+        for source in self.sources:
+            for outcome in RECEIVE_OUTCOMES:
+                if outcome != "unknown_source":
+                    self.deliveries_received.labels(source=source, outcome=outcome)
+        self.deliveries_received.labels(source=UNKNOWN_SOURCE, outcome="unknown_source")
+
+    def received(self, source: str, outcome: str, seconds: float) -> None:
+        """Count one answered webhook request; unconfigured source names become ``unknown``."""
+        label = source if source in self.sources else UNKNOWN_SOURCE
+        self.deliveries_received.labels(source=label, outcome=outcome).inc()
+        self.ack_seconds.observe(seconds)

@@ -1,0 +1,258 @@
+"""The aiohttp application: receive, verify, validate and acknowledge webhooks.
+
+``POST /webhooks/{source}`` runs its checks in a fixed order (size, source, signature,
+content type, JSON, event shape), and every refusal is one `Rejection` mapped to a status
+code, a log line and a metric in one place. Accepted events go to the spool; the 202
+goes out only after the spool took the event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import structlog
+from aiohttp import web
+from prometheus_client.aiohttp import make_aiohttp_handler
+
+from frameiod import __version__
+from frameiod.config import Config
+from frameiod.dispatch import Dispatcher
+from frameiod.events import PayloadError, parse_webhook
+from frameiod.ids import new_event_id
+from frameiod.metrics import Metrics
+from frameiod.signature import SignatureError, verify
+from frameiod.spool import Envelope, MemorySpool, Spool, SpoolFull
+
+__all__ = ["STATE", "ServerState", "create_app", "serve"]
+
+log = structlog.get_logger("frameiod.server")
+
+# In-flight requests get this long to finish after SIGTERM before their connections close.
+SHUTDOWN_TIMEOUT = 10.0
+RETRY_AFTER_SECONDS = "5"
+
+
+@dataclass
+class ServerState:
+    """Everything a request handler needs, stored on the Application under `STATE`."""
+
+    config: Config
+    spool: Spool
+    metrics: Metrics
+    clock: Callable[[], float] = time.time
+    ready: bool = False
+    stopping: bool = False
+    addresses: list[tuple[str, int]] = field(default_factory=list)
+
+
+STATE = web.AppKey("state", ServerState)
+
+
+class Rejection(Exception):
+    """A request refused at one of the checks: what to answer, count and log."""
+
+    def __init__(
+        self, status: int, outcome: str, reason: str, detail: str = "", public: str | None = None
+    ) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.outcome = outcome
+        self.reason = reason
+        self.detail = detail
+        # 401s tell the sender nothing about which check failed; the log says it.
+        self.public = public if public is not None else reason
+
+
+async def _read_body(request: web.Request, limit: int) -> bytes:
+    length = request.content_length
+    if length is not None and length > limit:
+        raise Rejection(413, "too_large", "too_large", f"Content-Length {length} > {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_any():
+        size += len(chunk)
+        if size > limit:
+            raise Rejection(413, "too_large", "too_large", f"body exceeds {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _is_json(content_type: str) -> bool:
+    return content_type == "application/json" or content_type.endswith("+json")
+
+
+async def _accept(request: web.Request, state: ServerState, source_name: str) -> tuple[str, str]:
+    """Run every check; return (event id, event type) or raise `Rejection`."""
+    if state.stopping:
+        raise Rejection(503, "unavailable", "shutting_down")
+    config = state.config
+    body = await _read_body(request, config.server.max_body_bytes)
+
+    source = config.sources.get(source_name)
+    if source is None:
+        raise Rejection(404, "unknown_source", "unknown_source", f"no source {source_name!r}")
+
+    try:
+        verified = verify(
+            request.headers, body, source.secret_values(), source.tolerance, state.clock
+        )
+    except SignatureError as exc:
+        outcome = "stale" if exc.is_stale else "bad_signature"
+        raise Rejection(401, outcome, exc.reason, exc.detail, public="unauthorized") from None
+
+    if "Content-Type" in request.headers and not _is_json(request.content_type):
+        raise Rejection(
+            415,
+            "malformed",
+            "unsupported_media_type",
+            f"Content-Type {request.content_type!r} is not JSON",
+        )
+    try:
+        event = parse_webhook(body, verified.timestamp)
+    except PayloadError as exc:
+        raise Rejection(exc.status, "malformed", exc.reason, exc.detail) from None
+
+    event_id = new_event_id()
+    envelope = Envelope(
+        id=event_id,
+        source=source_name,
+        event=event,
+        body=body,
+        received_at=state.clock(),
+        secret_index=verified.secret_index,
+    )
+    try:
+        await state.spool.put(envelope)
+    except SpoolFull as exc:
+        raise Rejection(503, "unavailable", "spool_full", str(exc)) from None
+    return event_id, event.type
+
+
+async def receive_webhook(request: web.Request) -> web.Response:
+    """``POST /webhooks/{source}``: 202 with the event id once the event is queued."""
+    started = time.perf_counter()
+    state = request.app[STATE]
+    source_name = request.match_info["source"]
+    try:
+        event_id, event_type = await _accept(request, state, source_name)
+    except Rejection as exc:
+        seconds = time.perf_counter() - started
+        state.metrics.received(source_name, exc.outcome, seconds)
+        log.warning(
+            "webhook rejected",
+            source=source_name,
+            status=exc.status,
+            outcome=exc.outcome,
+            reason=exc.reason,
+            detail=exc.detail,
+            remote=request.remote,
+            duration_ms=round(seconds * 1000, 3),
+        )
+        body = {"error": exc.public}
+        if exc.status != 401 and exc.detail:
+            body["detail"] = exc.detail
+        headers = {"Retry-After": RETRY_AFTER_SECONDS} if exc.status == 503 else None
+        return web.json_response(body, status=exc.status, headers=headers)
+
+    seconds = time.perf_counter() - started
+    state.metrics.received(source_name, "accepted", seconds)
+    log.info(
+        "webhook accepted",
+        source=source_name,
+        event_type=event_type,
+        event_id=event_id,
+        status=202,
+        outcome="accepted",
+        remote=request.remote,
+        duration_ms=round(seconds * 1000, 3),
+    )
+    return web.json_response({"status": "accepted", "id": event_id}, status=202)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """``GET /healthz``: 200 while the process runs."""
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """``GET /readyz``: 200 once serving, 503 before that and while stopping."""
+    state = request.app[STATE]
+    if state.ready and not state.stopping:
+        return web.json_response({"status": "ready"})
+    status = "stopping" if state.stopping else "starting"
+    return web.json_response({"status": status}, status=503)
+
+
+def create_app(
+    config: Config,
+    *,
+    spool: Spool,
+    metrics: Metrics,
+    clock: Callable[[], float] = time.time,
+) -> web.Application:
+    """Build the aiohttp application; all state lives on it under `STATE`."""
+    app = web.Application()
+    app[STATE] = ServerState(config=config, spool=spool, metrics=metrics, clock=clock)
+    app.router.add_post("/webhooks/{source}", receive_webhook)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", make_aiohttp_handler(metrics.registry))
+    return app
+
+
+async def serve(config: Config, stop: asyncio.Event | None = None) -> int:
+    """Run the daemon until SIGTERM/SIGINT (or ``stop``); return the process exit code."""
+    stop = stop or asyncio.Event()
+    spool = MemorySpool()
+    metrics = Metrics(config.sources, __version__)
+    app = create_app(config, spool=spool, metrics=metrics)
+    state = app[STATE]
+    # access_log=None: the one line per delivery above replaces aiohttp's access log.
+    runner = web.AppRunner(
+        app, handle_signals=False, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT
+    )
+    await runner.setup()
+    site = web.TCPSite(runner, config.server.host, config.server.port)
+    try:
+        await site.start()
+    except OSError as exc:
+        log.error(
+            "cannot listen",
+            host=config.server.host,
+            port=config.server.port,
+            error=exc.strerror or str(exc),
+        )
+        await runner.cleanup()
+        return 1
+
+    dispatcher = Dispatcher(spool)
+    dispatch_task = asyncio.create_task(dispatcher.run(), name="frameiod-dispatch")
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+
+    state.addresses = [(str(a[0]), int(a[1])) for a in runner.addresses]
+    state.ready = True
+    host, port = state.addresses[0]
+    log.info(
+        "listening",
+        host=host,
+        port=port,
+        version=__version__,
+        sources=sorted(config.sources),
+        config=str(config.path),
+    )
+
+    await stop.wait()
+    state.stopping = True
+    log.info("stopping", in_queue=len(spool))
+    # Stops listening, lets in-flight requests finish (up to SHUTDOWN_TIMEOUT), closes the rest.
+    await runner.cleanup()
+    spool.close()
+    await dispatch_task
+    log.info("stopped", dispatched=dispatcher.dispatched)
+    return 0
