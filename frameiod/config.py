@@ -129,31 +129,39 @@ class _ResolveContext:
     environ: Mapping[str, str]
 
 
-def _read_secret_file(path: Path, reference: str) -> str:
+def _read_secret_file(path: Path, ref: str) -> str:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise PydanticCustomError(
-            "secret", "cannot read {ref}: {why}", {"ref": reference, "why": exc.strerror or exc}
+            "secret",
+            "cannot read {ref} ({path}): {why}",
+            {"ref": ref, "path": str(path.absolute()), "why": exc.strerror or exc},
         ) from None
     except UnicodeDecodeError:
-        raise PydanticCustomError("secret", "{ref} is not UTF-8 text", {"ref": reference}) from None
+        raise PydanticCustomError(
+            "secret", "{ref} ({path}) is not UTF-8 text", {"ref": ref, "path": str(path)}
+        ) from None
     # Files written by editors and `echo` end in a newline that is not part of the secret.
     return text.rstrip("\r\n")
 
 
 def _resolve(reference: str, ctx: _ResolveContext) -> Secret:
-    kind, _, name = reference.partition(":")
+    kind, colon, name = reference.partition(":")
+    ref = json.dumps(reference)
+    if colon and kind in ("env", "file", "credential") and not name:
+        # "env:" alone is a reference with its name forgotten, not a five-letter secret.
+        raise PydanticCustomError("secret", "{ref} names no {kind}", {"ref": ref, "kind": kind})
     if kind == "env" and name:
         if name not in ctx.environ:
             raise PydanticCustomError(
                 "secret",
                 "environment variable {name} is not set (from {ref})",
-                {"name": name, "ref": json.dumps(reference)},
+                {"name": name, "ref": ref},
             )
         value = ctx.environ[name]
     elif kind == "file" and name:
-        value = _read_secret_file(ctx.base_dir / name, reference)
+        value = _read_secret_file(ctx.base_dir / name, ref)
     elif kind == "credential" and name:
         directory = ctx.environ.get("CREDENTIALS_DIRECTORY")
         if not directory:
@@ -161,32 +169,36 @@ def _resolve(reference: str, ctx: _ResolveContext) -> Secret:
                 "secret",
                 "{ref} needs $CREDENTIALS_DIRECTORY, which is not set "
                 "(it is set by systemd's LoadCredential=)",
-                {"ref": json.dumps(reference)},
+                {"ref": ref},
             )
         if "/" in name or name in (".", ".."):
             raise PydanticCustomError(
-                "secret",
-                "{ref}: a credential name cannot contain '/'",
-                {"ref": json.dumps(reference)},
+                "secret", "{ref}: a credential name cannot contain '/'", {"ref": ref}
             )
-        value = _read_secret_file(Path(directory) / name, reference)
+        value = _read_secret_file(Path(directory) / name, ref)
     else:
         if not reference:
             raise PydanticCustomError("secret", "the secret is empty")
         return Secret("<literal>", reference)
     if not value:
-        raise PydanticCustomError(
-            "secret", "the secret from {ref} is empty", {"ref": json.dumps(reference)}
-        )
+        raise PydanticCustomError("secret", "the secret from {ref} is empty", {"ref": ref})
     return Secret(reference, value)
+
+
+def _type_name(value: object) -> str:
+    """What kind of TOML value this is, for errors that must not show the value itself."""
+    names = {str: "a string", bool: "a boolean", int: "an integer", float: "a float"}
+    names |= {list: "an array", dict: "a table"}
+    return names.get(type(value), type(value).__name__)
 
 
 def _secret_validator(value: object, info: ValidationInfo) -> Secret:
     if not isinstance(value, str):
+        # Never echo the value: a secret written as a TOML number is still a secret.
         raise PydanticCustomError(
             "secret",
             'expected a string: a secret, "env:NAME", "file:PATH" or "credential:NAME", got {got}',
-            {"got": json.dumps(value, default=str)},
+            {"got": _type_name(value)},
         )
     ctx = info.context
     if not isinstance(ctx, _ResolveContext):
@@ -320,6 +332,14 @@ def _known_keys(loc: tuple[int | str, ...]) -> list[str]:
     return []
 
 
+_TOML_WORDS = {
+    "model_type": "expected a table",
+    "model_attributes_type": "expected a table",
+    "dict_type": "expected a table",
+    "list_type": "expected an array",
+}
+
+
 def _describe(error: Mapping[str, Any]) -> str:
     kind = error["type"]
     loc = tuple(error["loc"])
@@ -328,13 +348,20 @@ def _describe(error: Mapping[str, Any]) -> str:
         return "unknown key" + (f' (did you mean "{hint[0]}"?)' if hint else "")
     if kind == "missing":
         return "required key is missing"
+    if kind == "too_short" and loc == ("sources",):
+        return "at least one [sources.NAME] table is required"
+    if kind == "too_short" and loc[-1:] == ("secrets",):
+        return "at least one secret is required"
     if kind in ("duration", "secret", "source_name"):
         return error["msg"]
-    message = error["msg"]
-    message = message[0].lower() + message[1:]
+    # pydantic's words are Python's ("dictionary or instance of SourceConfig"); use TOML's.
+    message = _TOML_WORDS.get(kind) or error["msg"][0].lower() + error["msg"][1:]
     value = error.get("input")
     if isinstance(value, str | int | float | bool):
-        message += f", got {json.dumps(value)}"
+        # `secrets = "hunter2"` instead of a list, or `[sources] a = "hunter2"`: say what
+        # it is, never what it says.
+        secret = loc[:1] == ("sources",) and (len(loc) < 3 or loc[2] == "secrets")
+        message += f", got {_type_name(value) if secret else json.dumps(value)}"
     return message
 
 

@@ -47,6 +47,14 @@ class ServerState:
     ready: bool = False
     stopping: bool = False
     addresses: list[tuple[str, int]] = field(default_factory=list)
+    in_flight: int = 0
+    idle: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def drain(self) -> None:
+        """Wait until no webhook request is in flight (bound it with ``asyncio.timeout``)."""
+        if self.in_flight:
+            self.idle.clear()
+            await self.idle.wait()
 
 
 STATE = web.AppKey("state", ServerState)
@@ -137,6 +145,7 @@ async def receive_webhook(request: web.Request) -> web.Response:
     started = time.perf_counter()
     state = request.app[STATE]
     source_name = request.match_info["source"]
+    state.in_flight += 1
     try:
         event_id, event_type = await _accept(request, state, source_name)
     except Rejection as exc:
@@ -157,6 +166,10 @@ async def receive_webhook(request: web.Request) -> web.Response:
             body["detail"] = exc.detail
         headers = {"Retry-After": RETRY_AFTER_SECONDS} if exc.status == 503 else None
         return web.json_response(body, status=exc.status, headers=headers)
+    finally:
+        state.in_flight -= 1
+        if state.in_flight == 0:
+            state.idle.set()
 
     seconds = time.perf_counter() - started
     state.metrics.received(source_name, "accepted", seconds)
@@ -249,8 +262,16 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> int:
 
     await stop.wait()
     state.stopping = True
-    log.info("stopping", in_queue=len(spool))
-    # Stops listening, lets in-flight requests finish (up to SHUTDOWN_TIMEOUT), closes the rest.
+    log.info("stopping", in_flight=state.in_flight, in_queue=len(spool))
+    for running_site in runner.sites:
+        await running_site.stop()
+    # aiohttp stops reading from every connection once runner.cleanup() begins, so a request
+    # whose body is still arriving would stall there: let those finish first.
+    try:
+        async with asyncio.timeout(SHUTDOWN_TIMEOUT):
+            await state.drain()
+    except TimeoutError:
+        log.warning("requests still in flight at shutdown", in_flight=state.in_flight)
     await runner.cleanup()
     spool.close()
     await dispatch_task

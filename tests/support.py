@@ -1,0 +1,177 @@
+"""Helpers the tests share: configs on disk, signed requests, Frame.io-shaped bodies."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from frameiod.config import Config, load_config
+from frameiod.signature import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
+
+SECRET = "test-secret-0123456789"
+
+# The console script of the environment running the tests, so a subprocess runs this checkout.
+FRAMEIOD = [str(Path(sys.executable).with_name("frameiod"))]
+
+SAMPLE_EVENT: dict[str, Any] = {
+    "type": "file.ready",
+    "account": {"id": "aaaaaaaa-0000-0000-0000-000000000001"},
+    "workspace": {"id": "bbbbbbbb-0000-0000-0000-000000000002"},
+    "project": {"id": "cccccccc-0000-0000-0000-000000000003"},
+    "resource": {"id": "dddddddd-0000-0000-0000-000000000004", "type": "file"},
+    "user": {"id": "eeeeeeee-0000-0000-0000-000000000005"},
+}
+
+
+def event_body(event_type: str = "file.ready", **overrides: Any) -> bytes:
+    """A Frame.io-shaped webhook body as raw bytes."""
+    return json.dumps({**SAMPLE_EVENT, "type": event_type, **overrides}).encode()
+
+
+def signed_headers(
+    body: bytes,
+    secret: str = SECRET,
+    timestamp: int | str | None = None,
+    content_type: str | None = "application/json",
+) -> dict[str, str]:
+    """The headers Frame.io would send with ``body``."""
+    ts = str(int(time.time()) if timestamp is None else timestamp)
+    headers = {TIMESTAMP_HEADER: ts, SIGNATURE_HEADER: sign(secret, body, ts)}
+    if content_type is not None:
+        headers["Content-Type"] = content_type
+    return headers
+
+
+def write_config(directory: Path, text: str | None = None, *, port: int = 0) -> Path:
+    """Write a config file (by default one source ``default`` with `SECRET`) and return its path."""
+    if text is None:
+        text = f"""
+[server]
+host = "127.0.0.1"
+port = {port}
+max_body_bytes = 4096
+
+[log]
+format = "json"
+
+[sources.default]
+secrets = ["{SECRET}"]
+tolerance = "5m"
+"""
+    path = directory / "config.toml"
+    path.write_text(text)
+    return path
+
+
+def make_config(directory: Path, text: str | None = None) -> Config:
+    """Write and load a config; see `write_config`."""
+    return load_config(write_config(directory, text), environ={})
+
+
+class DaemonProcess:
+    """``frameiod run`` as a real subprocess, its JSON log lines collected as they arrive."""
+
+    def __init__(self, config_path: Path, *, env: dict[str, str] | None = None) -> None:
+        self.config_path = config_path
+        self.lines: list[dict[str, Any]] = []
+        self.raw: list[str] = []
+        self._changed = threading.Condition()
+        self.process = subprocess.Popen(
+            [*FRAMEIOD, "run", "--config", str(config_path)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, **(env or {})},
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            with self._changed:
+                self.raw.append(line)
+                with contextlib.suppress(ValueError):
+                    self.lines.append(json.loads(line))
+                self._changed.notify_all()
+        with self._changed:
+            self._changed.notify_all()
+
+    def wait_for_log(
+        self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 15.0
+    ) -> dict[str, Any]:
+        """The first log line matching ``predicate``, waiting for it up to ``timeout``."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while True:
+                for line in self.lines:
+                    if predicate(line):
+                        return line
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or (
+                    self.process.poll() is not None and not self._reader.is_alive()
+                ):
+                    raise AssertionError(
+                        "no matching log line; the daemon said:\n" + "".join(self.raw)
+                    )
+                self._changed.wait(remaining)
+
+    def wait_for(self, event: str, timeout: float = 15.0, **fields: Any) -> dict[str, Any]:
+        """The first log line with this ``event`` and these field values, waiting for it."""
+        return self.wait_for_log(
+            lambda line: (
+                line.get("event") == event
+                and all(line.get(key) == value for key, value in fields.items())
+            ),
+            timeout,
+        )
+
+    def logs(self, event: str) -> list[dict[str, Any]]:
+        """Every log line collected so far whose ``event`` is ``event``."""
+        with self._changed:
+            return [line for line in self.lines if line.get("event") == event]
+
+    @property
+    def port(self) -> int:
+        """The port the daemon is listening on (waits for the ``listening`` line)."""
+        return int(self.wait_for("listening")["port"])
+
+    def url(self, path: str = "/webhooks/default") -> str:
+        """An absolute URL on this daemon."""
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def stop(self, timeout: float = 15.0) -> int:
+        """SIGTERM the daemon and return its exit status."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.wait(timeout)
+
+    def wait(self, timeout: float = 15.0) -> int:
+        """Wait for the daemon to exit and all its output to be read."""
+        status = self.process.wait(timeout)
+        self._reader.join(timeout)
+        return status
+
+    def kill(self) -> None:
+        """Make sure the process is gone (fixture teardown)."""
+        if self.process.poll() is None:
+            self.process.kill()
+        self.wait()
+
+
+def run_cli(
+    *args: str, cwd: Path | None = None, timeout: float = 30.0
+) -> subprocess.CompletedProcess[str]:
+    """Run ``frameiod ARGS`` to completion, capturing its output."""
+    return subprocess.run(
+        [*FRAMEIOD, *args], capture_output=True, text=True, cwd=cwd, timeout=timeout, check=False
+    )

@@ -1,0 +1,346 @@
+"""The receiver over a real socket: every status code, in the documented order of checks."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+from prometheus_client.parser import text_string_to_metric_families
+from structlog.testing import capture_logs
+from support import SECRET, event_body, make_config, signed_headers
+
+from frameiod import __version__
+from frameiod.config import Config
+from frameiod.dispatch import Dispatcher
+from frameiod.metrics import Metrics
+from frameiod.server import STATE, create_app
+from frameiod.spool import MemorySpool
+
+NOW = 1_800_000_000
+UUID7 = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
+
+ClientFactory = Callable[..., Awaitable[TestClient]]
+
+
+class Daemon:
+    """An app under test, its spool, and a client talking to it over a socket."""
+
+    def __init__(self, client: TestClient, app: web.Application) -> None:
+        self.client = client
+        self.app = app
+        self.state = app[STATE]
+        self.spool: MemorySpool = self.state.spool  # type: ignore[assignment]
+
+    async def post(
+        self,
+        body: bytes,
+        *,
+        source: str = "default",
+        headers: dict[str, str] | None = None,
+        secret: str = SECRET,
+        timestamp: int = NOW,
+    ) -> tuple[int, dict[str, object]]:
+        if headers is None:
+            headers = signed_headers(body, secret, timestamp)
+        # skip_auto_headers: aiohttp would otherwise add its own Content-Type to raw bytes.
+        response = await self.client.post(
+            f"/webhooks/{source}", data=body, headers=headers, skip_auto_headers=["Content-Type"]
+        )
+        return response.status, await response.json()
+
+    async def scrape(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        response = await self.client.get("/metrics")
+        assert response.status == 200
+        samples = {}
+        for family in text_string_to_metric_families(await response.text()):
+            for sample in family.samples:
+                samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+        return samples
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Config:
+    return make_config(tmp_path)
+
+
+@pytest.fixture
+async def daemon(aiohttp_client: ClientFactory, config: Config) -> AsyncIterator[Daemon]:
+    app = create_app(
+        config,
+        spool=MemorySpool(capacity=100),
+        metrics=Metrics(config.sources, __version__),
+        clock=lambda: NOW,
+    )
+    client = await aiohttp_client(app)
+    app[STATE].ready = True
+    return Daemon(client, app)
+
+
+class TestAccepted:
+    async def test_signed_event_is_acknowledged_with_a_time_ordered_id(self, daemon: Daemon):
+        status, body = await daemon.post(event_body())
+        assert status == 202
+        assert body["status"] == "accepted"
+        assert UUID7.fullmatch(str(body["id"]))
+
+    async def test_accepted_event_is_handed_to_the_spool_intact(self, daemon: Daemon):
+        raw = event_body("comment.created", extra={"kept": True})
+        _, body = await daemon.post(raw)
+        envelope = await daemon.spool.get()
+        assert envelope is not None
+        assert envelope.id == body["id"]
+        assert envelope.source == "default"
+        assert envelope.body == raw
+        assert envelope.event.type == "comment.created"
+        assert envelope.event.timestamp == NOW
+        assert envelope.event.model_extra == {"extra": {"kept": True}}
+
+    async def test_ids_increase_in_acceptance_order(self, daemon: Daemon):
+        ids = [str((await daemon.post(event_body()))[1]["id"]) for _ in range(20)]
+        assert ids == sorted(ids)
+        assert len(set(ids)) == 20
+        assert all(uuid.UUID(i).version == 7 for i in ids)
+
+    async def test_event_type_no_handler_wants_is_still_accepted(self, daemon: Daemon):
+        status, _ = await daemon.post(event_body("share.viewed.someday"))
+        assert status == 202
+
+    async def test_missing_content_type_is_accepted(self, daemon: Daemon):
+        raw = event_body()
+        status, _ = await daemon.post(
+            raw, headers=signed_headers(raw, timestamp=NOW, content_type=None)
+        )
+        assert status == 202
+
+    @pytest.mark.parametrize(
+        "content_type",
+        ["application/json", "application/json; charset=utf-8", "application/vnd.frameio+json"],
+    )
+    async def test_json_content_types_are_accepted(self, daemon: Daemon, content_type: str):
+        raw = event_body()
+        headers = signed_headers(raw, timestamp=NOW, content_type=content_type)
+        assert (await daemon.post(raw, headers=headers))[0] == 202
+
+    async def test_body_of_exactly_the_limit_is_accepted(self, daemon: Daemon):
+        limit = daemon.state.config.server.max_body_bytes
+        raw = event_body(padding="")
+        raw = event_body(padding="x" * (limit - len(raw)))
+        assert len(raw) == limit
+        assert (await daemon.post(raw))[0] == 202
+
+
+class TestRotation:
+    @pytest.fixture
+    def config(self, tmp_path: Path) -> Config:
+        return make_config(
+            tmp_path,
+            """
+[sources.default]
+secrets = ["old-secret", "new-secret"]
+""",
+        )
+
+    @pytest.mark.parametrize(("secret", "index"), [("old-secret", 0), ("new-secret", 1)])
+    async def test_each_configured_secret_is_accepted(
+        self, daemon: Daemon, secret: str, index: int
+    ):
+        status, body = await daemon.post(event_body(), secret=secret)
+        assert status == 202
+        envelope = await daemon.spool.get()
+        assert envelope is not None
+        assert envelope.id == body["id"]
+        assert envelope.secret_index == index
+
+    async def test_a_retired_secret_is_refused(self, daemon: Daemon):
+        assert (await daemon.post(event_body(), secret="older-secret"))[0] == 401
+
+
+class TestTooLarge:
+    async def test_content_length_over_the_limit_is_refused_before_reading(self, daemon: Daemon):
+        limit = daemon.state.config.server.max_body_bytes
+        raw = event_body(padding="x" * limit)
+        with capture_logs() as logs:
+            status, body = await daemon.post(raw)
+        assert status == 413
+        assert body["error"] == "too_large"
+        assert f"> {limit} bytes" in str(body["detail"])
+        assert logs[-1]["reason"] == "too_large"
+
+    async def test_chunked_body_over_the_limit_is_cut_off_while_reading(self, daemon: Daemon):
+        limit = daemon.state.config.server.max_body_bytes
+
+        async def trickle() -> AsyncIterator[bytes]:
+            for _ in range(limit // 1000 + 2):
+                yield b"x" * 1000
+
+        headers = signed_headers(b"", timestamp=NOW)
+        response = await daemon.client.post("/webhooks/default", data=trickle(), headers=headers)
+        assert response.status == 413
+        assert response.headers.get("Content-Length") is not None
+        assert f"body exceeds {limit} bytes" in (await response.json())["detail"]
+
+    async def test_size_is_checked_before_the_source(self, daemon: Daemon):
+        raw = b"x" * (daemon.state.config.server.max_body_bytes + 1)
+        assert (await daemon.post(raw, source="nosuch"))[0] == 413
+
+
+class TestUnknownSource:
+    async def test_unconfigured_source_is_404(self, daemon: Daemon):
+        status, body = await daemon.post(event_body(), source="elsewhere")
+        assert status == 404
+        assert body["error"] == "unknown_source"
+
+
+class TestUnauthorized:
+    async def test_wrong_secret_is_401_and_the_log_says_why(self, daemon: Daemon):
+        with capture_logs() as logs:
+            status, body = await daemon.post(event_body(), secret="forged")
+        assert status == 401
+        assert body == {"error": "unauthorized"}
+        assert logs[-1]["event"] == "webhook rejected"
+        assert logs[-1]["reason"] == "signature_mismatch"
+        assert logs[-1]["outcome"] == "bad_signature"
+        assert logs[-1]["source"] == "default"
+
+    @pytest.mark.parametrize("skew", [-301, 301])
+    async def test_timestamp_outside_tolerance_is_401_stale(self, daemon: Daemon, skew: int):
+        with capture_logs() as logs:
+            status, body = await daemon.post(event_body(), timestamp=NOW + skew)
+        assert status == 401
+        assert body == {"error": "unauthorized"}
+        assert logs[-1]["reason"] == "stale"
+
+    @pytest.mark.parametrize("skew", [-299, 299])
+    async def test_timestamp_inside_tolerance_is_accepted(self, daemon: Daemon, skew: int):
+        assert (await daemon.post(event_body(), timestamp=NOW + skew))[0] == 202
+
+    async def test_missing_headers_are_401(self, daemon: Daemon):
+        with capture_logs() as logs:
+            status, _ = await daemon.post(
+                event_body(), headers={"Content-Type": "application/json"}
+            )
+        assert status == 401
+        assert logs[-1]["reason"] == "missing_timestamp"
+
+    async def test_signature_is_checked_before_content_type_and_json(self, daemon: Daemon):
+        headers = signed_headers(
+            b"not json", secret="forged", timestamp=NOW, content_type="text/plain"
+        )
+        assert (await daemon.post(b"not json", headers=headers))[0] == 401
+
+
+class TestMalformed:
+    async def test_non_json_content_type_is_415(self, daemon: Daemon):
+        raw = event_body()
+        headers = signed_headers(raw, timestamp=NOW, content_type="text/plain")
+        status, body = await daemon.post(raw, headers=headers)
+        assert status == 415
+        assert body["error"] == "unsupported_media_type"
+        assert "text/plain" in str(body["detail"])
+
+    async def test_body_that_is_not_json_is_400(self, daemon: Daemon):
+        status, body = await daemon.post(b"type=file.ready")
+        assert status == 400
+        assert body["error"] == "not_json"
+
+    async def test_json_that_is_not_an_object_is_400(self, daemon: Daemon):
+        status, body = await daemon.post(b'["file.ready"]')
+        assert status == 400
+        assert body["error"] == "not_object"
+
+    async def test_object_without_type_is_422(self, daemon: Daemon):
+        with capture_logs() as logs:
+            status, body = await daemon.post(b'{"resource": {"id": "r1"}}')
+        assert status == 422
+        assert body["error"] == "invalid_event"
+        assert "type" in str(body["detail"])
+        assert logs[-1]["outcome"] == "malformed"
+
+
+class TestUnavailable:
+    async def test_full_spool_is_503_with_retry_after(self, daemon: Daemon):
+        for _ in range(100):
+            assert (await daemon.post(event_body()))[0] == 202
+        response = await daemon.client.post(
+            "/webhooks/default",
+            data=event_body(),
+            headers=signed_headers(event_body(), timestamp=NOW),
+        )
+        assert response.status == 503
+        assert response.headers["Retry-After"] == "5"
+        assert (await response.json())["error"] == "spool_full"
+
+    async def test_stopping_daemon_refuses_with_503_and_is_not_ready(self, daemon: Daemon):
+        assert (await daemon.client.get("/readyz")).status == 200
+        daemon.state.stopping = True
+        status, body = await daemon.post(event_body())
+        assert (status, body["error"]) == (503, "shutting_down")
+        readyz = await daemon.client.get("/readyz")
+        assert readyz.status == 503
+        assert (await readyz.json())["status"] == "stopping"
+        assert (await daemon.client.get("/healthz")).status == 200
+
+
+class TestProbes:
+    async def test_readyz_is_503_until_started(self, daemon: Daemon):
+        daemon.state.ready = False
+        response = await daemon.client.get("/readyz")
+        assert response.status == 503
+        assert (await response.json())["status"] == "starting"
+
+    async def test_healthz_is_200(self, daemon: Daemon):
+        response = await daemon.client.get("/healthz")
+        assert (response.status, await response.json()) == (200, {"status": "ok"})
+
+
+class TestMetrics:
+    async def test_counters_match_a_scripted_mix_of_requests(self, daemon: Daemon):
+        before = await daemon.scrape()
+        key = "frameiod_deliveries_received_total"
+        assert before[(key, (("outcome", "stale"), ("source", "default")))] == 0
+        assert before[(key, (("outcome", "unknown_source"), ("source", "unknown")))] == 0
+
+        for _ in range(3):
+            await daemon.post(event_body())
+        await daemon.post(event_body(), secret="forged")
+        await daemon.post(event_body(), timestamp=NOW - 1000)
+        await daemon.post(b"{}")
+        await daemon.post(b"x" * 5000)
+        await daemon.post(event_body(), source="attacker-chosen-name")
+
+        after = await daemon.scrape()
+
+        def count(outcome: str, source: str = "default") -> float:
+            return after[(key, (("outcome", outcome), ("source", source)))]
+
+        assert count("accepted") == 3
+        assert count("bad_signature") == 1
+        assert count("stale") == 1
+        assert count("malformed") == 1
+        assert count("too_large") == 1
+        assert count("unknown_source", "unknown") == 1
+        assert not any("attacker-chosen-name" in str(labels) for _, labels in after)
+        assert after[("frameiod_ack_seconds_count", ())] == 8
+        assert after[("frameiod_build_info", (("version", __version__),))] == 1
+
+
+class TestDispatcher:
+    async def test_every_accepted_event_is_logged_by_the_dispatcher_in_order(self, daemon: Daemon):
+        ids = [(await daemon.post(event_body(t)))[1]["id"] for t in ("file.ready", "file.created")]
+        daemon.spool.close()
+        with capture_logs() as logs:
+            await Dispatcher(daemon.spool).run()
+        dispatched = [entry for entry in logs if entry["event"] == "event dispatched"]
+        assert [entry["event_id"] for entry in dispatched] == ids
+        assert [entry["event_type"] for entry in dispatched] == ["file.ready", "file.created"]
+        assert dispatched[0]["resource_id"] == "dddddddd-0000-0000-0000-000000000004"
+
+    async def test_closed_spool_refuses_new_events(self, daemon: Daemon):
+        daemon.spool.close()
+        status, body = await daemon.post(event_body())
+        assert (status, body["error"]) == (503, "spool_full")
