@@ -7,7 +7,6 @@ and what was found. Every test passes ``environ`` explicitly so the real environ
 
 from __future__ import annotations
 
-import os
 import textwrap
 from pathlib import Path
 
@@ -480,22 +479,6 @@ class TestFileSecrets:
         assert problems_of(path) == [
             f'{path}: sources.default.secrets[0]: cannot read "file:secrets.d" '
             f"({tmp_path / 'secrets.d'}): Is a directory"
-        ]
-
-    @pytest.mark.skipif(
-        not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root can read any file"
-    )
-    def test_unreadable_file_is_an_error_naming_the_reference(self, tmp_path: Path) -> None:
-        secret_file = tmp_path / "webhook.secret"
-        secret_file.write_text(HIDDEN)
-        secret_file.chmod(0)
-        path = write_config(tmp_path, '[sources.default]\nsecrets = ["file:webhook.secret"]\n')
-
-        problems = problems_of(path)
-
-        assert problems == [
-            f'{path}: sources.default.secrets[0]: cannot read "file:webhook.secret" '
-            f"({tmp_path / 'webhook.secret'}): Permission denied"
         ]
 
     def test_non_utf8_file_is_an_error_naming_the_reference(self, tmp_path: Path) -> None:
