@@ -1,7 +1,26 @@
-"""frameiod: receive, verify and dispatch Frame.io webhooks and custom actions."""
+"""frameiod: receive, verify and dispatch Frame.io webhooks and custom actions.
 
-from frameiod.events import ActionEvent, WebhookEvent
+What a plugin author imports::
 
+    from frameiod import App, WebhookEvent
+"""
+
+# Set before the imports below: modules they load read it.
 __version__ = "0.1.0"
 
-__all__ = ["ActionEvent", "WebhookEvent", "__version__"]
+from frameiod.app import App, NoClientError
+from frameiod.events import ActionEvent, WebhookEvent
+from frameiod.handlers import Outcome, PluginContext, WebhookHandler
+from frameiod.hookspecs import hookimpl
+
+__all__ = [
+    "ActionEvent",
+    "App",
+    "NoClientError",
+    "Outcome",
+    "PluginContext",
+    "WebhookEvent",
+    "WebhookHandler",
+    "__version__",
+    "hookimpl",
+]

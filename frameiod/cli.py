@@ -1,4 +1,4 @@
-"""The ``frameiod`` command: ``run``, ``check``, ``send`` and ``--version``."""
+"""The ``frameiod`` command: run, check, send, plugins, install, uninstall, --version."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import ipaddress
 import json
+import subprocess
 import sys
 import time
 import uuid
@@ -15,6 +16,7 @@ from typing import Any
 from frameiod import __version__
 from frameiod.config import Config, ConfigError, find_config, format_duration, load_config
 from frameiod.events import EVENT_TYPES, closest_event_type
+from frameiod.plugins import PluginHost
 from frameiod.signature import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 
 __all__ = ["build_payload", "main"]
@@ -51,20 +53,41 @@ def _load(args: argparse.Namespace) -> Config | None:
         return None
 
 
+def _plugins(config: Config) -> PluginHost | None:
+    """Discover the plugins and validate their config; None (after printing why) on errors."""
+    host = PluginHost()
+    host.discover(config.plugins.disable)
+    try:
+        warnings = host.configure(config)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return None
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    return host
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
+    from frameiod.daemon import serve
     from frameiod.logs import configure_logging
-    from frameiod.server import serve
 
     config = _load(args)
     if config is None:
         return EXIT_CONFIG
     configure_logging(config.log.level, config.log.format)
-    return asyncio.run(serve(config))
+    plugins = _plugins(config)
+    if plugins is None:
+        return EXIT_CONFIG
+    return asyncio.run(serve(config, plugins))
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
     config = _load(args)
     if config is None:
+        return EXIT_CONFIG
+    plugins = _plugins(config)
+    if plugins is None:
         return EXIT_CONFIG
     server = config.server
     print(f"{config.path}: ok")
@@ -77,6 +100,62 @@ def _cmd_check(args: argparse.Namespace) -> int:
             f"({refs}), tolerance {format_duration(source.tolerance)}"
         )
     print(f"  log     {config.log.level}, {config.log.format}")
+    for info in plugins.plugins.values():
+        print(
+            f"  plugin  {info.name}: {info.status}" + (f" ({info.reason})" if info.reason else "")
+        )
+    failed = [info.name for info in plugins.plugins.values() if info.status == "failed"]
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def _cmd_plugins(args: argparse.Namespace) -> int:
+    config = _load(args)
+    if config is None:
+        return EXIT_CONFIG
+    plugins = _plugins(config)
+    if plugins is None:
+        return EXIT_CONFIG
+    infos = list(plugins.plugins.values())
+    if args.requirements:
+        # Only distributions: in-process plugins have nothing to pin.
+        print(
+            "\n".join(sorted({f"{i.distribution}=={i.version}" for i in infos if i.distribution}))
+        )
+    elif args.json:
+        print(json.dumps([info.describe() for info in infos], indent=2))
+    elif not infos:
+        print("no plugins installed (pip install a frameiod-* package, or frameiod install NAME)")
+    else:
+        for info in infos:
+            origin = f"{info.distribution} {info.version}" if info.distribution else "in-process"
+            print(f"{info.name}  [{info.status}]  {origin}")
+            if info.reason:
+                print(f"  {info.reason}")
+            for handler in info.handlers:
+                types = ", ".join(handler.event_types)
+                print(f"  handler {handler.name}: {types} (source {handler.source})")
+    return EXIT_OK
+
+
+def _cmd_pip(args: argparse.Namespace) -> int:
+    command = [
+        sys.executable,
+        "-m",
+        "pip",
+        args.command,
+        *(["-y"] if args.command == "uninstall" else []),
+        *args.names,
+    ]
+    print("$ " + " ".join(command), flush=True)
+    if subprocess.run(command, check=False).returncode != 0:  # noqa: S603 - our own interpreter
+        print(f"pip {args.command} failed; nothing else was changed", file=sys.stderr)
+        return EXIT_FAILED
+    # A fresh interpreter: this one cannot see what pip just installed (.pth files, caches).
+    listing = [sys.executable, "-m", "frameiod", "plugins"]
+    if args.config:
+        listing += ["--config", args.config]
+    subprocess.run(listing, check=False)  # noqa: S603 - our own interpreter
+    print("Restart frameiod to apply: systemctl restart frameiod")
     return EXIT_OK
 
 
@@ -179,6 +258,24 @@ def _parser() -> argparse.ArgumentParser:
         help="how many events to send (default: 1)",
     )
     send.set_defaults(func=_cmd_send)
+
+    plugins = commands.add_parser("plugins", parents=[common], help="list discovered plugins")
+    output = plugins.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true", help="print JSON")
+    output.add_argument(
+        "--requirements",
+        action="store_true",
+        help="print installed plugin distributions in requirements format",
+    )
+    plugins.set_defaults(func=_cmd_plugins)
+
+    for verb, what in (
+        ("install", "install plugins into frameiod's own environment"),
+        ("uninstall", "remove plugins from frameiod's own environment"),
+    ):
+        pip = commands.add_parser(verb, parents=[common], help=what)
+        pip.add_argument("names", nargs="+", metavar="NAME", help="a pip requirement or path")
+        pip.set_defaults(func=_cmd_pip)
     return parser
 
 

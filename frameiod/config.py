@@ -44,6 +44,7 @@ __all__ = [
     "format_duration",
     "load_config",
     "parse_duration",
+    "validation_problems",
 ]
 
 DEFAULT_CONFIG_PATHS = (Path("config.toml"), Path("/etc/frameiod/config.toml"))
@@ -256,9 +257,18 @@ class SourceConfig(_Table):
 
 
 class PluginsConfig(_Table):
-    """``[plugins]``: which discovered plugins not to load."""
+    """``[plugins]``: which discovered plugins not to load, and one table per plugin."""
+
+    model_config = ConfigDict(extra="allow")
+    # ``[plugins.<name>]`` tables land here; each plugin's own model validates its table.
+    __pydantic_extra__: dict[str, dict[str, Any]] = Field(init=False)
 
     disable: list[str] = Field(default_factory=list)
+
+    @property
+    def tables(self) -> dict[str, dict[str, Any]]:
+        """The ``[plugins.<name>]`` tables, by plugin name."""
+        return dict(self.__pydantic_extra__ or {})
 
 
 class Config(_Table):
@@ -317,9 +327,9 @@ def _key_path(loc: tuple[int | str, ...]) -> str:
     return text
 
 
-def _known_keys(loc: tuple[int | str, ...]) -> list[str]:
+def _known_keys(root: type[BaseModel], loc: tuple[int | str, ...]) -> list[str]:
     """Keys allowed in the table that holds ``loc``, for a did-you-mean hint."""
-    node: Any = Config
+    node: Any = root
     for part in loc[:-1]:
         if get_origin(node) is dict:
             node = get_args(node)[1]  # ``part`` is a name the user chose, e.g. a source
@@ -340,11 +350,19 @@ _TOML_WORDS = {
 }
 
 
-def _describe(error: Mapping[str, Any]) -> str:
+def _describe(root: type[BaseModel], error: Mapping[str, Any]) -> str:
     kind = error["type"]
     loc = tuple(error["loc"])
+    if root is Config and len(loc) == 2 and loc[0] == "plugins" and kind == "dict_type":
+        # Any [plugins] key but `disable` must be a plugin's table: most likely a typo.
+        hint = difflib.get_close_matches(str(loc[-1]), _known_keys(root, loc), n=1)
+        return (
+            "unknown key"
+            + (f' (did you mean "{hint[0]}"?)' if hint else "")
+            + f"; a plugin's settings go in a [plugins.{loc[1]}] table"
+        )
     if kind == "extra_forbidden":
-        hint = difflib.get_close_matches(str(loc[-1]), _known_keys(loc), n=1)
+        hint = difflib.get_close_matches(str(loc[-1]), _known_keys(root, loc), n=1)
         return "unknown key" + (f' (did you mean "{hint[0]}"?)' if hint else "")
     if kind == "missing":
         return "required key is missing"
@@ -363,6 +381,19 @@ def _describe(error: Mapping[str, Any]) -> str:
         secret = loc[:1] == ("sources",) and (len(loc) < 3 or loc[2] == "secrets")
         message += f", got {_type_name(value) if secret else json.dumps(value)}"
     return message
+
+
+def validation_problems(
+    path: Path, model: type[BaseModel], error: ValidationError, prefix: tuple[str, ...] = ()
+) -> list[str]:
+    """One ``<file>: <key.path>: <message>`` line per error; ``prefix`` is where ``model``'s
+    table sits in the file (e.g. ``("plugins", "event_log")`` for a plugin's own model)."""
+    problems = []
+    for item in error.errors(include_url=False):
+        loc = tuple(item["loc"])
+        key = _key_path(prefix + loc) or "(top level)"
+        problems.append(f"{path}: {key}: {_describe(model, item)}")
+    return problems
 
 
 def _dev_secret_problem(config: Config) -> str | None:
@@ -401,11 +432,7 @@ def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None 
     try:
         config = Config.model_validate(raw, context=context)
     except ValidationError as exc:
-        problems = [
-            f"{path}: {_key_path(tuple(error['loc'])) or '(top level)'}: {_describe(error)}"
-            for error in exc.errors(include_url=False)
-        ]
-        raise ConfigError(problems) from None
+        raise ConfigError(validation_problems(path, Config, exc)) from None
     problem = _dev_secret_problem(config)
     if problem:
         raise ConfigError([f"{path}: {problem}"])

@@ -72,11 +72,17 @@ class WebhookEvent(_Payload):
     user: Ref | None = None
 
     _timestamp: int | None = PrivateAttr(default=None)
+    _event_id: str | None = PrivateAttr(default=None)
 
     @property
     def timestamp(self) -> int | None:
         """The ``X-Frameio-Request-Timestamp`` the delivery was signed with (Unix seconds)."""
         return self._timestamp
+
+    @property
+    def event_id(self) -> str | None:
+        """frameiod's id for this delivery (the one in the 202 answer and every log line)."""
+        return self._event_id
 
     @property
     def resource_id(self) -> str:
@@ -167,9 +173,13 @@ def _parse(model: type[ModelT], body: bytes, timestamp: int | None) -> ModelT:
     return event
 
 
-def parse_webhook(body: bytes, timestamp: int | None = None) -> WebhookEvent:
+def parse_webhook(
+    body: bytes, timestamp: int | None = None, event_id: str | None = None
+) -> WebhookEvent:
     """Parse a raw webhook body, or raise `PayloadError` (400 or 422)."""
-    return _parse(WebhookEvent, body, timestamp)
+    event = _parse(WebhookEvent, body, timestamp)
+    event._event_id = event_id
+    return event
 
 
 def parse_action(body: bytes, timestamp: int | None = None) -> ActionEvent:

@@ -8,6 +8,7 @@ exists at 0 from the start.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from prometheus_client import (
     CollectorRegistry,
@@ -18,7 +19,11 @@ from prometheus_client import (
 )
 from prometheus_client.process_collector import ProcessCollector
 
-__all__ = ["RECEIVE_OUTCOMES", "UNKNOWN_SOURCE", "Metrics"]
+if TYPE_CHECKING:
+    from frameiod.handlers import Outcome, WebhookHandler
+    from frameiod.plugins import PluginInfo
+
+__all__ = ["HANDLER_OUTCOMES", "RECEIVE_OUTCOMES", "UNKNOWN_SOURCE", "Metrics"]
 
 RECEIVE_OUTCOMES = (
     "accepted",
@@ -31,6 +36,7 @@ RECEIVE_OUTCOMES = (
     "unknown_source",
     "unavailable",
 )
+HANDLER_OUTCOMES = ("ok", "error", "timeout")
 UNKNOWN_SOURCE = "unknown"
 
 # The *_created series double the scrape size and no dashboard of ours reads them.
@@ -38,6 +44,7 @@ disable_created_metrics()
 
 # Acknowledgements must stay far inside Frame.io's 5 s window; resolve the fast end finely.
 _ACK_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+_HANDLER_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
 class Metrics:
@@ -47,7 +54,7 @@ class Metrics:
         self, sources: Iterable[str], version: str, registry: CollectorRegistry | None = None
     ) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
-        self.sources = frozenset(sources)
+        self.sources: set[str] = set()
         self.deliveries_received = Counter(
             "frameiod_deliveries_received",
             "Requests to /webhooks/{source}, by how they were answered",
@@ -64,12 +71,57 @@ class Metrics:
             "frameiod_build_info", "frameiod version", ["version"], registry=self.registry
         )
         self.build_info.labels(version=version).set(1)
+        self.handler_runs = Counter(
+            "frameiod_handler_runs",
+            "Handler calls, by how they ended",
+            ["plugin", "handler", "outcome"],
+            registry=self.registry,
+        )
+        self.handler_seconds = Histogram(
+            "frameiod_handler_seconds",
+            "Duration of handler calls",
+            ["plugin", "handler"],
+            buckets=_HANDLER_BUCKETS,
+            registry=self.registry,
+        )
+        self.plugins = Gauge(
+            "frameiod_plugins",
+            "Discovered plugins (1 per plugin), by status",
+            ["plugin", "version", "status"],
+            registry=self.registry,
+        )
         ProcessCollector(registry=self.registry)
-        for source in self.sources:
+        self.deliveries_received.labels(source=UNKNOWN_SOURCE, outcome="unknown_source")
+        self.add_sources(sources)
+
+    def add_sources(self, sources: Iterable[str]) -> None:
+        """Accept ``sources`` as label values and create their series at 0."""
+        for source in sources:
+            self.sources.add(source)
             for outcome in RECEIVE_OUTCOMES:
                 if outcome != "unknown_source":
                     self.deliveries_received.labels(source=source, outcome=outcome)
-        self.deliveries_received.labels(source=UNKNOWN_SOURCE, outcome="unknown_source")
+
+    def register_plugins(self, plugins: Iterable[PluginInfo]) -> None:
+        """Publish each plugin's status and create its handlers' series at 0."""
+        for info in plugins:
+            self.plugins.labels(
+                plugin=info.name, version=info.version or "", status=info.status
+            ).set(1)
+
+    def register_handlers(self, handlers: Iterable[WebhookHandler]) -> None:
+        """Create every handler's series at 0, so rates work from the first scrape."""
+        for handler in handlers:
+            for outcome in HANDLER_OUTCOMES:
+                self.handler_runs.labels(
+                    plugin=handler.plugin, handler=handler.name, outcome=outcome
+                )
+            self.handler_seconds.labels(plugin=handler.plugin, handler=handler.name)
+
+    def handler_finished(self, plugin: str, handler: str, outcome: Outcome) -> None:
+        """Count one handler call and its duration."""
+        self.handler_runs.labels(plugin=plugin, handler=handler, outcome=outcome.status).inc()
+        self.handler_seconds.labels(plugin=plugin, handler=handler).observe(outcome.seconds)
 
     def received(self, source: str, outcome: str, seconds: float) -> None:
         """Count one answered webhook request; unconfigured source names become ``unknown``."""

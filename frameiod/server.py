@@ -9,25 +9,23 @@ goes out only after the spool took the event.
 from __future__ import annotations
 
 import asyncio
-import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import structlog
 from aiohttp import web
 from prometheus_client.aiohttp import make_aiohttp_handler
 
-from frameiod import __version__
-from frameiod.config import Config
-from frameiod.dispatch import Dispatcher
+from frameiod.config import Config, SourceConfig
 from frameiod.events import PayloadError, parse_webhook
+from frameiod.handlers import Routes, secret_id
 from frameiod.ids import new_event_id
 from frameiod.metrics import Metrics
 from frameiod.signature import SignatureError, verify
-from frameiod.spool import Envelope, MemorySpool, Spool, SpoolFull
+from frameiod.spool import Envelope, Spool, SpoolFull
 
-__all__ = ["STATE", "ServerState", "create_app", "serve"]
+__all__ = ["SHUTDOWN_TIMEOUT", "STATE", "ServerState", "SourceKeys", "create_app", "source_keys"]
 
 log = structlog.get_logger("frameiod.server")
 
@@ -36,11 +34,37 @@ SHUTDOWN_TIMEOUT = 10.0
 RETRY_AFTER_SECONDS = "5"
 
 
+@dataclass(frozen=True)
+class SourceKeys:
+    """What verifying a source's deliveries takes: its secrets (configured ones first, then
+    those declared on its handlers), their routing tags, and the clock tolerance."""
+
+    secrets: tuple[str, ...]
+    ids: tuple[str, ...]
+    tolerance: float
+
+
+def source_keys(config: Config, routes: Routes) -> dict[str, SourceKeys]:
+    """Every source the daemon accepts: configured ones, plus any a handler's secret implies."""
+    configured = {name: source.secret_values() for name, source in config.sources.items()}
+    default_tolerance = SourceConfig.model_fields["tolerance"].default
+    keys = {}
+    for name, secrets in routes.merged_secrets(configured).items():
+        source = config.sources.get(name)
+        keys[name] = SourceKeys(
+            secrets=tuple(secrets),
+            ids=tuple(secret_id(secret) for secret in secrets),
+            tolerance=source.tolerance if source else default_tolerance,
+        )
+    return keys
+
+
 @dataclass
 class ServerState:
     """Everything a request handler needs, stored on the Application under `STATE`."""
 
     config: Config
+    sources: Mapping[str, SourceKeys]
     spool: Spool
     metrics: Metrics
     clock: Callable[[], float] = time.time
@@ -100,14 +124,12 @@ async def _accept(request: web.Request, state: ServerState, source_name: str) ->
     config = state.config
     body = await _read_body(request, config.server.max_body_bytes)
 
-    source = config.sources.get(source_name)
+    source = state.sources.get(source_name)
     if source is None:
         raise Rejection(404, "unknown_source", "unknown_source", f"no source {source_name!r}")
 
     try:
-        verified = verify(
-            request.headers, body, source.secret_values(), source.tolerance, state.clock
-        )
+        verified = verify(request.headers, body, source.secrets, source.tolerance, state.clock)
     except SignatureError as exc:
         outcome = "stale" if exc.is_stale else "bad_signature"
         raise Rejection(401, outcome, exc.reason, exc.detail, public="unauthorized") from None
@@ -119,19 +141,19 @@ async def _accept(request: web.Request, state: ServerState, source_name: str) ->
             "unsupported_media_type",
             f"Content-Type {request.content_type!r} is not JSON",
         )
+    event_id = new_event_id()
     try:
-        event = parse_webhook(body, verified.timestamp)
+        event = parse_webhook(body, verified.timestamp, event_id)
     except PayloadError as exc:
         raise Rejection(exc.status, "malformed", exc.reason, exc.detail) from None
 
-    event_id = new_event_id()
     envelope = Envelope(
         id=event_id,
         source=source_name,
         event=event,
         body=body,
         received_at=state.clock(),
-        secret_index=verified.secret_index,
+        secret_id=source.ids[verified.secret_index],
     )
     try:
         await state.spool.put(envelope)
@@ -205,75 +227,25 @@ def create_app(
     *,
     spool: Spool,
     metrics: Metrics,
+    routes: Routes | None = None,
     clock: Callable[[], float] = time.time,
 ) -> web.Application:
-    """Build the aiohttp application; all state lives on it under `STATE`."""
+    """Build the aiohttp application; all state lives on it under `STATE`.
+
+    ``routes`` contributes the secrets declared on handlers (see `source_keys`).
+    """
     app = web.Application()
-    app[STATE] = ServerState(config=config, spool=spool, metrics=metrics, clock=clock)
+    sources = source_keys(config, routes or Routes(()))
+    metrics.add_sources(sources)
+    app[STATE] = ServerState(
+        config=config,
+        sources=sources,
+        spool=spool,
+        metrics=metrics,
+        clock=clock,
+    )
     app.router.add_post("/webhooks/{source}", receive_webhook)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", make_aiohttp_handler(metrics.registry))
     return app
-
-
-async def serve(config: Config, stop: asyncio.Event | None = None) -> int:
-    """Run the daemon until SIGTERM/SIGINT (or ``stop``); return the process exit code."""
-    stop = stop or asyncio.Event()
-    spool = MemorySpool()
-    metrics = Metrics(config.sources, __version__)
-    app = create_app(config, spool=spool, metrics=metrics)
-    state = app[STATE]
-    # access_log=None: the one line per delivery above replaces aiohttp's access log.
-    runner = web.AppRunner(
-        app, handle_signals=False, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT
-    )
-    await runner.setup()
-    site = web.TCPSite(runner, config.server.host, config.server.port)
-    try:
-        await site.start()
-    except OSError as exc:
-        log.error(
-            "cannot listen",
-            host=config.server.host,
-            port=config.server.port,
-            error=exc.strerror or str(exc),
-        )
-        await runner.cleanup()
-        return 1
-
-    dispatcher = Dispatcher(spool)
-    dispatch_task = asyncio.create_task(dispatcher.run(), name="frameiod-dispatch")
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-
-    state.addresses = [(str(a[0]), int(a[1])) for a in runner.addresses]
-    state.ready = True
-    host, port = state.addresses[0]
-    log.info(
-        "listening",
-        host=host,
-        port=port,
-        version=__version__,
-        sources=sorted(config.sources),
-        config=str(config.path),
-    )
-
-    await stop.wait()
-    state.stopping = True
-    log.info("stopping", in_flight=state.in_flight, in_queue=len(spool))
-    for running_site in runner.sites:
-        await running_site.stop()
-    # aiohttp stops reading from every connection once runner.cleanup() begins, so a request
-    # whose body is still arriving would stall there: let those finish first.
-    try:
-        async with asyncio.timeout(SHUTDOWN_TIMEOUT):
-            await state.drain()
-    except TimeoutError:
-        log.warning("requests still in flight at shutdown", in_flight=state.in_flight)
-    await runner.cleanup()
-    spool.close()
-    await dispatch_task
-    log.info("stopped", dispatched=dispatcher.dispatched)
-    return 0

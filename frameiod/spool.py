@@ -27,7 +27,8 @@ class Envelope:
     event: WebhookEvent
     body: bytes
     received_at: float
-    secret_index: int
+    secret_id: str
+    """Tag of the secret that verified the delivery (`frameiod.handlers.secret_id`)."""
 
 
 class SpoolFull(Exception):

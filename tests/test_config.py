@@ -255,7 +255,8 @@ class TestUnknownKeys:
         path = write_config(tmp_path, MINIMAL_SOURCE + '[plugins]\nenable = ["x"]\n')
 
         assert problems_of(path) == [
-            f'{path}: plugins.enable: unknown key (did you mean "disable"?)'
+            f'{path}: plugins.enable: unknown key (did you mean "disable"?); '
+            "a plugin's settings go in a [plugins.enable] table"
         ]
 
 

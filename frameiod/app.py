@@ -1,0 +1,113 @@
+"""`App`: the decorator API plugin authors know from frameio-kit, as a frameiod plugin.
+
+    app = App()
+
+    @app.on_webhook("file.ready")
+    async def on_ready(event: WebhookEvent) -> None: ...
+
+An `App` instance is what a plugin's entry point names; frameiod collects its handlers
+through the ``frameiod_webhook_handlers`` hook like any other plugin's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+from frameiod.handlers import DEFAULT_SOURCE, HandlerFunc, PluginContext, WebhookHandler
+from frameiod.hookspecs import hookimpl
+
+__all__ = ["App", "NoClientError"]
+
+F = TypeVar("F", bound=HandlerFunc)
+
+
+class NoClientError(RuntimeError):
+    """``app.client`` was used but no Frame.io API client is configured."""
+
+
+def _as_tuple(value: str | Sequence[str] | None) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    return (value,) if isinstance(value, str) else tuple(value)
+
+
+class App:
+    """A set of handlers registered with decorators; register it as a frameiod plugin.
+
+    ``token`` is accepted for frameio-kit compatibility; until frameiod builds API
+    clients, ``app.client`` is the daemon's shared client, when one is configured.
+    """
+
+    def __init__(self, *, token: str | None = None) -> None:
+        self._handlers: list[WebhookHandler] = []
+        self._token = token
+        self._context: PluginContext | None = None
+
+    def on_webhook(
+        self,
+        event_type: str | Sequence[str] | None = None,
+        *,
+        secret: str | Sequence[str] | None = None,
+        source: str = DEFAULT_SOURCE,
+        timeout: float | None = None,
+        max_attempts: int | None = None,
+        concurrency: int | None = None,
+        name: str | None = None,
+    ) -> Callable[[F], F]:
+        """Register the decorated function for ``event_type``: a name, ``"group.*"``, ``"*"``,
+        or a list of those.
+
+        ``secret`` restricts the handler to deliveries signed with that secret (or any of a
+        list), which its ``source`` then accepts too. ``timeout`` (seconds),
+        ``max_attempts`` and ``concurrency`` override the daemon's defaults for this handler.
+        Several handlers may subscribe to the same type; every one runs.
+        """
+        types = _as_tuple(event_type)
+        if not types:
+            raise TypeError("on_webhook() needs an event type, e.g. @app.on_webhook('file.ready')")
+        secrets = _as_tuple(secret)
+        if any(not s for s in secrets):
+            raise ValueError("on_webhook(secret=...) got an empty secret")
+
+        def register(func: F) -> F:
+            self._handlers.append(
+                WebhookHandler(
+                    func=func,
+                    event_types=types,
+                    name=name or getattr(func, "__qualname__", ""),
+                    source=source,
+                    secrets=secrets,
+                    timeout=timeout,
+                    max_attempts=max_attempts,
+                    concurrency=concurrency,
+                )
+            )
+            return func
+
+        return register
+
+    @property
+    def handlers(self) -> tuple[WebhookHandler, ...]:
+        """The webhook handlers registered so far."""
+        return tuple(self._handlers)
+
+    @property
+    def client(self) -> Any:
+        """The Frame.io API client (the ``frameio`` SDK's ``AsyncFrameio``)."""
+        client = self._context.client if self._context else None
+        if client is None:
+            raise NoClientError(
+                "no Frame.io API client is configured: set [frameio] token in config.toml"
+            )
+        return client
+
+    @hookimpl
+    def frameiod_webhook_handlers(self) -> list[WebhookHandler]:
+        """Offer every handler registered with `on_webhook`."""
+        return list(self._handlers)
+
+    @hookimpl
+    def frameiod_startup(self, context: PluginContext) -> None:
+        """Keep the start-up context, for `client`."""
+        self._context = context

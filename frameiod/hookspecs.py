@@ -1,0 +1,113 @@
+"""Every hook a frameiod plugin can implement, grouped by when it runs.
+
+A plugin implements hooks with ``@frameiod.hookimpl``, as ``def`` or ``async def``; the
+host awaits whatever is awaitable. The host calls each plugin's implementation on its
+own, inside its own ``try``, so one plugin's failure is logged and counted against that
+plugin only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import pluggy
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
+
+    from frameiod.events import WebhookEvent
+    from frameiod.handlers import Outcome, PluginContext, WebhookHandler
+
+__all__ = ["PROJECT", "hookimpl", "hookspec"]
+
+PROJECT = "frameiod"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+# --- Start-up: what the plugin offers ------------------------------------------------
+
+
+@hookspec
+def frameiod_plugin_config_model() -> type[BaseModel] | None:
+    """Return the pydantic model that validates this plugin's ``[plugins.<name>]`` table.
+
+    Called once at start-up (and by ``frameiod check``), before ``frameiod_startup``.
+    Return ``None`` (or do not implement the hook) when the plugin takes no config; a
+    ``[plugins.<name>]`` table for such a plugin is then a config error. Validation errors
+    are reported like core config errors, with the key path (``plugins.<name>.<key>``).
+    """
+
+
+@hookspec
+def frameiod_webhook_handlers() -> Sequence[WebhookHandler]:
+    """Return the webhook handlers this plugin offers.
+
+    Called once at start-up. Each `WebhookHandler` names its event types (exact names,
+    ``"file.*"`` groups or ``"*"``), its source, optional secrets, and options such as
+    ``timeout``. An `frameiod.App` implements this hook from its ``@app.on_webhook``
+    registrations. Return an empty sequence to offer none.
+    """
+
+
+# --- Lifecycle -------------------------------------------------------------------------
+
+
+@hookspec
+def frameiod_startup(context: PluginContext) -> None:
+    """Prepare the plugin before the daemon accepts requests; may be ``async``.
+
+    ``context`` carries the whole config, this plugin's validated config (or ``None``),
+    a structlog logger bound with ``plugin=<name>``, and the Frame.io API client when one
+    is configured. Called in registration order. If it raises, the plugin is reported as
+    failed, its handlers are dropped, and the daemon starts with the other plugins.
+    The return value is ignored.
+    """
+
+
+@hookspec
+def frameiod_shutdown(context: PluginContext) -> None:
+    """Release what ``frameiod_startup`` acquired; may be ``async``.
+
+    Called once while the daemon stops, after the last handler call has finished, in
+    reverse registration order, and only for plugins whose start-up succeeded. An
+    exception is logged and does not stop the other plugins' shutdown. The return value
+    is ignored.
+    """
+
+
+# --- Observers -------------------------------------------------------------------------
+
+
+@hookspec
+def frameiod_event_accepted(event: WebhookEvent, source: str) -> None:
+    """Observe an accepted event as the dispatcher picks it up; may be ``async``.
+
+    ``event`` is the validated `WebhookEvent` (``event.event_id`` is frameiod's id) and
+    ``source`` the configured source it arrived on. Called before any handler runs, for
+    every event, even one no handler wants. For audit trails and counters: it must be
+    quick, and its exceptions are logged, never passed on. The return value is ignored.
+    """
+
+
+@hookspec
+def frameiod_delivery_finished(
+    event: WebhookEvent, handler: WebhookHandler, outcome: Outcome
+) -> None:
+    """Observe how one handler call for one event ended; may be ``async``.
+
+    ``outcome.status`` is ``"ok"``, ``"error"`` or ``"timeout"``; ``outcome.error`` holds
+    the exception text and ``outcome.seconds`` the duration. Called once per handler call,
+    after the handler returned, raised or timed out. For alerting and audit; exceptions
+    are logged, never passed on. The return value is ignored.
+    """
+
+
+def all_hook_names() -> list[str]:
+    """Names of every hookspec above, for tests that check each is documented and used."""
+    return [
+        name
+        for name, value in globals().items()
+        if name.startswith("frameiod_") and callable(value)
+    ]
