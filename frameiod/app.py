@@ -14,12 +14,22 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-from frameiod.handlers import DEFAULT_SOURCE, HandlerFunc, PluginContext, WebhookHandler
+from pydantic import BaseModel
+
+from frameiod.handlers import (
+    DEFAULT_SOURCE,
+    HandlerFunc,
+    PluginContext,
+    WebhookHandler,
+    maybe_await,
+)
 from frameiod.hookspecs import hookimpl
 
 __all__ = ["App", "NoClientError"]
 
 F = TypeVar("F", bound=HandlerFunc)
+LifecycleFunc = Callable[[PluginContext], Any]
+L = TypeVar("L", bound=LifecycleFunc)
 
 
 class NoClientError(RuntimeError):
@@ -35,13 +45,19 @@ def _as_tuple(value: str | Sequence[str] | None) -> tuple[str, ...]:
 class App:
     """A set of handlers registered with decorators; register it as a frameiod plugin.
 
-    ``token`` is accepted for frameio-kit compatibility; until frameiod builds API
-    clients, ``app.client`` is the daemon's shared client, when one is configured.
+    ``config_model`` is a pydantic model for the plugin's ``[plugins.<name>]`` table;
+    the validated table is ``app.config``. ``token`` is accepted for frameio-kit
+    compatibility; ``app.client`` is the daemon's shared client, when one is configured.
     """
 
-    def __init__(self, *, token: str | None = None) -> None:
+    def __init__(
+        self, *, token: str | None = None, config_model: type[BaseModel] | None = None
+    ) -> None:
         self._handlers: list[WebhookHandler] = []
         self._token = token
+        self._config_model = config_model
+        self._on_startup: list[LifecycleFunc] = []
+        self._on_shutdown: list[LifecycleFunc] = []
         self._context: PluginContext | None = None
 
     def on_webhook(
@@ -87,6 +103,30 @@ class App:
 
         return register
 
+    def on_startup(self, func: L) -> L:
+        """Run ``func(context)`` (sync or async) when the daemon starts, before any event."""
+        self._on_startup.append(func)
+        return func
+
+    def on_shutdown(self, func: L) -> L:
+        """Run ``func(context)`` (sync or async) when the daemon stops, after the last event."""
+        self._on_shutdown.append(func)
+        return func
+
+    @property
+    def config(self) -> Any:
+        """This plugin's ``[plugins.<name>]`` table, validated by ``config_model``."""
+        if self._context is None:
+            raise RuntimeError("app.config is available once the daemon has started the plugin")
+        return self._context.plugin_config
+
+    @property
+    def log(self) -> Any:
+        """A structlog logger bound with this plugin's name (once started)."""
+        if self._context is None:
+            raise RuntimeError("app.log is available once the daemon has started the plugin")
+        return self._context.log
+
     @property
     def handlers(self) -> tuple[WebhookHandler, ...]:
         """The webhook handlers registered so far."""
@@ -108,6 +148,19 @@ class App:
         return list(self._handlers)
 
     @hookimpl
-    def frameiod_startup(self, context: PluginContext) -> None:
-        """Keep the start-up context, for `client`."""
+    def frameiod_plugin_config_model(self) -> type[BaseModel] | None:
+        """The model given as ``App(config_model=...)``."""
+        return self._config_model
+
+    @hookimpl
+    async def frameiod_startup(self, context: PluginContext) -> None:
+        """Keep the start-up context (for `client` and `config`), then run `on_startup`s."""
         self._context = context
+        for func in self._on_startup:
+            await maybe_await(func(context))
+
+    @hookimpl
+    async def frameiod_shutdown(self, context: PluginContext) -> None:
+        """Run the `on_shutdown` functions, last registered first."""
+        for func in reversed(self._on_shutdown):
+            await maybe_await(func(context))

@@ -9,39 +9,17 @@ import json
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Sequence
-from typing import Any
 
 from frameiod import __version__
 from frameiod.config import Config, ConfigError, find_config, format_duration, load_config
-from frameiod.events import EVENT_TYPES, closest_event_type
+from frameiod.events import EVENT_TYPES, closest_event_type, example_payload
 from frameiod.plugins import PluginHost
 from frameiod.signature import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 
-__all__ = ["build_payload", "main"]
+__all__ = ["main"]
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
-
-# Frame.io does not document resource.type for non-asset events; these are best guesses
-# that keep the payloads `send` builds realistic for handlers keyed on the type.
-_RESOURCE_TYPES = {"metadata": "file"}
-
-
-def build_payload(event_type: str, resource_id: str | None = None) -> dict[str, Any]:
-    """A webhook body shaped like Frame.io's V4 deliveries, with fresh ids."""
-    group = event_type.split(".", 1)[0]
-    return {
-        "type": event_type,
-        "account": {"id": str(uuid.uuid4())},
-        "workspace": {"id": str(uuid.uuid4())},
-        "project": {"id": str(uuid.uuid4())},
-        "resource": {
-            "id": resource_id or str(uuid.uuid4()),
-            "type": _RESOURCE_TYPES.get(group, group),
-        },
-        "user": {"id": str(uuid.uuid4())},
-    }
 
 
 def _load(args: argparse.Namespace) -> Config | None:
@@ -197,7 +175,7 @@ def _cmd_send(args: argparse.Namespace) -> int:
     failures = 0
     with httpx.Client(timeout=10.0) as client:
         for _ in range(args.count):
-            body = json.dumps(build_payload(args.event_type, args.resource_id)).encode()
+            body = json.dumps(example_payload(args.event_type, args.resource_id)).encode()
             timestamp = str(int(time.time()))
             headers = {
                 "Content-Type": "application/json",

@@ -16,7 +16,7 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args, get_origin
+from typing import Annotated, Any, Literal, TypeVar, get_args, get_origin
 
 from pydantic import (
     AfterValidator,
@@ -35,9 +35,11 @@ __all__ = [
     "DEV_SECRET",
     "Config",
     "ConfigError",
+    "Duration",
     "LogConfig",
     "PluginsConfig",
     "Secret",
+    "SecretRef",
     "ServerConfig",
     "SourceConfig",
     "find_config",
@@ -49,6 +51,8 @@ __all__ = [
 
 DEFAULT_CONFIG_PATHS = (Path("config.toml"), Path("/etc/frameiod/config.toml"))
 DEV_SECRET = "dev-secret-change-me"  # noqa: S105 - the public placeholder shipped in config.toml
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
 
 _DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -283,6 +287,7 @@ class Config(_Table):
     # relative paths resolve against.
     _path: Path = PrivateAttr(default=Path("config.toml"))
     _base_dir: Path = PrivateAttr(default=Path())
+    _environ: Mapping[str, str] = PrivateAttr(default_factory=lambda: os.environ)
 
     @property
     def path(self) -> Path:
@@ -293,6 +298,12 @@ class Config(_Table):
     def base_dir(self) -> Path:
         """``$STATE_DIRECTORY`` when set, else the config file's folder."""
         return self._base_dir
+
+    def validate_table(self, model: type[ModelT], table: Mapping[str, Any]) -> ModelT:
+        """Validate a plugin's table with the rules of this file: `SecretRef` fields resolve
+        against the same environment and folder. Raises pydantic's ValidationError."""
+        context = _ResolveContext(base_dir=self._base_dir, environ=self._environ)
+        return model.model_validate(table, context=context)
 
     def resolve_path(self, path: str | Path) -> Path:
         """Resolve a configured path: relative paths live under ``$STATE_DIRECTORY`` or the
@@ -438,4 +449,5 @@ def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None 
         raise ConfigError([f"{path}: {problem}"])
     config._path = path
     config._base_dir = base_dir
+    config._environ = environ
     return config

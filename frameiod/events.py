@@ -8,6 +8,7 @@ about what identifies a request: a webhook needs ``type`` and ``resource.id``.
 from __future__ import annotations
 
 import difflib
+import uuid
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
@@ -20,6 +21,7 @@ __all__ = [
     "Resource",
     "WebhookEvent",
     "closest_event_type",
+    "example_payload",
     "parse_action",
     "parse_webhook",
 ]
@@ -37,6 +39,27 @@ EVENT_TYPES: tuple[str, ...] = (
     "collection.created", "collection.updated", "collection.deleted",
     "share.created", "share.updated", "share.deleted", "share.viewed",
 )  # fmt: skip
+
+
+# Frame.io does not document resource.type for non-asset events; these are best guesses
+# that keep example payloads realistic for handlers keyed on the type.
+_RESOURCE_TYPES = {"metadata": "file"}
+
+
+def example_payload(event_type: str, resource_id: str | None = None) -> dict[str, Any]:
+    """A webhook body shaped like Frame.io's V4 deliveries, with fresh random ids."""
+    group = event_type.split(".", 1)[0]
+    return {
+        "type": event_type,
+        "account": {"id": str(uuid.uuid4())},
+        "workspace": {"id": str(uuid.uuid4())},
+        "project": {"id": str(uuid.uuid4())},
+        "resource": {
+            "id": resource_id or str(uuid.uuid4()),
+            "type": _RESOURCE_TYPES.get(group, group),
+        },
+        "user": {"id": str(uuid.uuid4())},
+    }
 
 
 def closest_event_type(name: str) -> str | None:

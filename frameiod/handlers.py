@@ -27,6 +27,7 @@ __all__ = [
     "PluginContext",
     "Routes",
     "WebhookHandler",
+    "maybe_await",
     "pattern_problem",
     "secret_id",
 ]
@@ -34,6 +35,11 @@ __all__ = [
 DEFAULT_SOURCE = "default"
 
 HandlerFunc = Callable[[WebhookEvent], Any]
+
+
+async def maybe_await(value: Any) -> Any:
+    """Await ``value`` if it is awaitable: hooks and callbacks may be ``def`` or ``async def``."""
+    return await value if inspect.isawaitable(value) else value
 
 
 def secret_id(secret: str) -> str:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.metadata
-import inspect
 import os
 import traceback
 from collections.abc import Iterable, Mapping
@@ -23,7 +22,13 @@ from pydantic import BaseModel, ValidationError
 
 from frameiod import hookspecs
 from frameiod.config import Config, ConfigError, validation_problems
-from frameiod.handlers import PluginContext, Routes, WebhookHandler, pattern_problem
+from frameiod.handlers import (
+    PluginContext,
+    Routes,
+    WebhookHandler,
+    maybe_await,
+    pattern_problem,
+)
 
 __all__ = [
     "ALLOW_ENV",
@@ -70,10 +75,6 @@ class PluginInfo:
             "reason": self.reason,
             "handlers": [handler.describe() for handler in self.handlers],
         }
-
-
-async def _maybe_await(value: Any) -> Any:
-    return await value if inspect.isawaitable(value) else value
 
 
 def _one_line(exc: BaseException) -> str:
@@ -245,7 +246,7 @@ class PluginHost:
                     )
                 continue
             try:
-                info.config = model.model_validate(table or {})
+                info.config = config.validate_table(model, table or {})
             except ValidationError as exc:
                 problems.extend(validation_problems(config.path, model, exc, ("plugins", name)))
         if problems:
@@ -274,7 +275,7 @@ class PluginHost:
                 client=client,
             )
             try:
-                await _maybe_await(self._call(name, "frameiod_startup", context=context))
+                await maybe_await(self._call(name, "frameiod_startup", context=context))
             except Exception as exc:
                 self._fail(info, f"frameiod_startup raised {_one_line(exc)}", exc)
                 continue
@@ -285,7 +286,7 @@ class PluginHost:
         """Await ``frameiod_shutdown`` of every started plugin, in reverse order."""
         for name in reversed(self._started):
             try:
-                await _maybe_await(
+                await maybe_await(
                     self._call(name, "frameiod_shutdown", context=self._contexts[name])
                 )
             except Exception:
@@ -296,6 +297,6 @@ class PluginHost:
         """Call an observer hook on every plugin; each failure is logged, none passed on."""
         for impl in getattr(self.pm.hook, hook).get_hookimpls():
             try:
-                await _maybe_await(impl.function(*[kwargs[arg] for arg in impl.argnames]))
+                await maybe_await(impl.function(*[kwargs[arg] for arg in impl.argnames]))
             except Exception:
                 log.exception("observer hook failed", plugin=impl.plugin_name, hook=hook)

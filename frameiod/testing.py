@@ -1,0 +1,174 @@
+"""Test helpers for plugin authors, registered with pytest through the ``pytest11`` entry point.
+
+    async def test_my_plugin(frameiod_daemon):
+        daemon = await frameiod_daemon({"my_plugin": my_app}, settings="[plugins.my_plugin]\\n...")
+        sent = await daemon.send("file.ready")
+        assert sent.status == 202
+        assert [o.status for o in sent.outcomes] == ["ok"]
+
+`frameiod_daemon` starts a real daemon in the test's event loop on a free loopback port,
+with only the plugin objects you give it (no entry points), and a temporary config.
+``send`` posts a correctly signed event and waits until its handlers have finished.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from frameiod.config import Config, load_config
+from frameiod.daemon import Daemon
+from frameiod.events import example_payload
+from frameiod.handlers import Outcome
+from frameiod.plugins import PluginHost
+from frameiod.signature import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
+
+__all__ = ["TEST_SECRET", "RunningDaemon", "Sent", "frameiod_daemon", "run_daemon"]
+
+TEST_SECRET = "frameiod-test-secret"  # noqa: S105 - a fixed secret for local tests only
+
+_BASE_CONFIG = f"""
+[server]
+host = "127.0.0.1"
+port = 0
+
+[sources.default]
+secrets = ["{TEST_SECRET}"]
+"""
+
+
+@dataclass
+class Sent:
+    """The daemon's answer to one event, and how its handlers ended."""
+
+    status: int
+    body: dict[str, Any]
+    outcomes: list[Outcome] = field(default_factory=list)
+
+    @property
+    def id(self) -> str | None:
+        """frameiod's event id, when the event was accepted."""
+        return self.body.get("id")
+
+
+class RunningDaemon:
+    """A daemon started by `run_daemon`, and a signed-request client for it."""
+
+    def __init__(self, daemon: Daemon, session: aiohttp.ClientSession) -> None:
+        self.daemon = daemon
+        self.config: Config = daemon.config
+        self._session = session
+
+    @property
+    def port(self) -> int:
+        """The port it listens on."""
+        return self.daemon.port
+
+    def url(self, path: str = "/webhooks/default") -> str:
+        """An absolute URL on the daemon."""
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    async def post(
+        self,
+        body: bytes,
+        *,
+        source: str = "default",
+        secret: str | None = None,
+        timestamp: int | None = None,
+    ) -> tuple[int, dict[str, Any]]:
+        """POST ``body`` to ``/webhooks/<source>``, signed with ``secret`` (default: the
+        source's first configured secret); return the status and JSON answer."""
+        secret = secret or self.config.sources[source].secrets[0].reveal()
+        ts = str(int(time.time()) if timestamp is None else timestamp)
+        headers = {
+            "Content-Type": "application/json",
+            TIMESTAMP_HEADER: ts,
+            SIGNATURE_HEADER: sign(secret, body, ts),
+        }
+        async with self._session.post(
+            self.url(f"/webhooks/{source}"), data=body, headers=headers
+        ) as response:
+            return response.status, await response.json()
+
+    async def send(
+        self,
+        event_type: str = "file.ready",
+        *,
+        source: str = "default",
+        secret: str | None = None,
+        wait: bool = True,
+        **fields: Any,
+    ) -> Sent:
+        """Send a Frame.io-shaped event of ``event_type`` (``fields`` override parts of the
+        payload, e.g. ``resource={"id": "f1", "type": "file"}``); unless ``wait`` is false,
+        return once every handler it reached has finished."""
+        payload = {**example_payload(event_type), **fields}
+        status, body = await self.post(json.dumps(payload).encode(), source=source, secret=secret)
+        sent = Sent(status, body)
+        if wait and status == 202 and self.daemon.dispatcher is not None:
+            sent.outcomes = await self.daemon.dispatcher.wait_for(body["id"])
+        return sent
+
+
+@asynccontextmanager
+async def run_daemon(
+    plugins: Mapping[str, object] | None = None,
+    *,
+    settings: str = "",
+    config_text: str | None = None,
+    directory: Path | None = None,
+) -> AsyncIterator[RunningDaemon]:
+    """Run a daemon with exactly ``plugins`` (name → module, `App` or hook object).
+
+    The config is a loopback listener on a free port with one source ``default`` signed
+    with `TEST_SECRET`, plus ``settings`` (more TOML, e.g. plugin tables); ``config_text``
+    replaces it entirely. Plugin config errors raise `frameiod.config.ConfigError`.
+    """
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = directory or Path(scratch)
+        path = folder / "config.toml"
+        path.write_text(config_text if config_text is not None else _BASE_CONFIG + settings)
+        config = load_config(path, environ={})
+        host = PluginHost()
+        for name, plugin in (plugins or {}).items():
+            host.add(plugin, name)
+        host.configure(config)
+        daemon = Daemon(config, host)
+        await daemon.start()
+        try:
+            async with aiohttp.ClientSession() as session:
+                yield RunningDaemon(daemon, session)
+        finally:
+            await daemon.stop()
+
+
+DaemonFactory = Callable[..., Awaitable[RunningDaemon]]
+
+
+async def _frameiod_daemon(tmp_path: Path) -> AsyncIterator[DaemonFactory]:
+    async with AsyncExitStack() as stack:
+
+        async def start(
+            plugins: Mapping[str, object] | None = None, **options: Any
+        ) -> RunningDaemon:
+            options.setdefault("directory", tmp_path)
+            return await stack.enter_async_context(run_daemon(plugins, **options))
+
+        yield start
+
+
+try:  # pytest-asyncio's own decorator makes the fixture work in its strict mode too
+    import pytest_asyncio
+
+    frameiod_daemon = pytest_asyncio.fixture(_frameiod_daemon, name="frameiod_daemon")
+except ImportError:  # pragma: no cover - without pytest-asyncio, async fixtures cannot run
+    frameiod_daemon = pytest.fixture(_frameiod_daemon, name="frameiod_daemon")
