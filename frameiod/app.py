@@ -91,7 +91,7 @@ class App:
                 WebhookHandler(
                     func=func,
                     event_types=types,
-                    name=name or getattr(func, "__qualname__", ""),
+                    name=name or "",
                     source=source,
                     secrets=secrets,
                     timeout=timeout,

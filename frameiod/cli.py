@@ -260,6 +260,12 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``frameiod`` command; returns the exit status."""
     args = _parser().parse_args(argv)
+    if args.func is not _cmd_run:
+        from frameiod.logs import configure_logging
+
+        # stdout is the command's output (JSON for --json); warnings such as a plugin that
+        # failed to load, with its traceback, go to stderr.
+        configure_logging("warning", "auto", stream=sys.stderr)
     try:
         return int(args.func(args))
     except KeyboardInterrupt:

@@ -93,7 +93,9 @@ class WebhookHandler:
         if not self.event_types:
             raise ValueError("a webhook handler needs at least one event type")
         if not self.name:
-            object.__setattr__(self, "name", getattr(self.func, "__qualname__", repr(self.func)))
+            # __name__, not __qualname__: handlers built in a factory would otherwise be
+            # labelled "make_app.<locals>.handle" in every log line and metric.
+            object.__setattr__(self, "name", getattr(self.func, "__name__", repr(self.func)))
 
     @property
     def is_async(self) -> bool:

@@ -171,6 +171,11 @@ class PluginHost:
                 _owned(handler, info.name)
                 for handler in self._call(info.name, "frameiod_webhook_handlers") or []
             ]
+            names = [handler.name for handler in info.handlers]
+            twice = sorted({name for name in names if names.count(name) > 1})
+            if twice:
+                # Names label logs and metrics; two handlers under one name would merge.
+                raise ValueError(f"two handlers are named {', '.join(twice)}; pass name=...")
         except Exception as exc:
             self._fail(info, _one_line(exc), exc)
             return

@@ -52,7 +52,10 @@ class Sent:
 
     status: int
     body: dict[str, Any]
+    payload: dict[str, Any] = field(default_factory=dict)
+    """The event as sent."""
     outcomes: list[Outcome] = field(default_factory=list)
+    """How each handler call ended (empty when no handler wanted the event)."""
 
     @property
     def id(self) -> str | None:
@@ -113,10 +116,15 @@ class RunningDaemon:
         return once every handler it reached has finished."""
         payload = {**example_payload(event_type), **fields}
         status, body = await self.post(json.dumps(payload).encode(), source=source, secret=secret)
-        sent = Sent(status, body)
-        if wait and status == 202 and self.daemon.dispatcher is not None:
-            sent.outcomes = await self.daemon.dispatcher.wait_for(body["id"])
+        sent = Sent(status, body, payload)
+        if wait and status == 202:
+            sent.outcomes = await self.wait_for(body["id"])
         return sent
+
+    async def wait_for(self, event_id: str) -> list[Outcome]:
+        """Wait until every handler of an accepted event has finished; return the outcomes."""
+        assert self.daemon.dispatcher is not None, "the daemon is not running"
+        return await self.daemon.dispatcher.wait_for(event_id)
 
 
 @asynccontextmanager
@@ -126,18 +134,21 @@ async def run_daemon(
     settings: str = "",
     config_text: str | None = None,
     directory: Path | None = None,
+    environ: Mapping[str, str] | None = None,
 ) -> AsyncIterator[RunningDaemon]:
     """Run a daemon with exactly ``plugins`` (name → module, `App` or hook object).
 
     The config is a loopback listener on a free port with one source ``default`` signed
     with `TEST_SECRET`, plus ``settings`` (more TOML, e.g. plugin tables); ``config_text``
-    replaces it entirely. Plugin config errors raise `frameiod.config.ConfigError`.
+    replaces it entirely; ``environ`` (default: the process environment) is where
+    ``env:`` secrets and ``$STATE_DIRECTORY`` are looked up. Config errors, the plugins'
+    included, raise `frameiod.config.ConfigError`.
     """
     with tempfile.TemporaryDirectory() as scratch:
         folder = directory or Path(scratch)
         path = folder / "config.toml"
         path.write_text(config_text if config_text is not None else _BASE_CONFIG + settings)
-        config = load_config(path, environ={})
+        config = load_config(path, environ=environ)
         host = PluginHost()
         for name, plugin in (plugins or {}).items():
             host.add(plugin, name)

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -80,17 +80,25 @@ def make_config(directory: Path, text: str | None = None) -> Config:
 class DaemonProcess:
     """``frameiod run`` as a real subprocess, its JSON log lines collected as they arrive."""
 
-    def __init__(self, config_path: Path, *, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        config_path: Path,
+        *,
+        env: dict[str, str] | None = None,
+        frameiod: Sequence[str] = tuple(FRAMEIOD),
+    ) -> None:
         self.config_path = config_path
         self.lines: list[dict[str, Any]] = []
         self.raw: list[str] = []
         self._changed = threading.Condition()
         self.process = subprocess.Popen(
-            [*FRAMEIOD, "run", "--config", str(config_path)],
+            [*frameiod, "run", "--config", str(config_path)],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
-            env={**os.environ, **(env or {})},
+            # No plugins unless a test names them: the suite must not depend on what else
+            # is installed in its environment (make test installs the example plugins).
+            env={**os.environ, "FRAMEIOD_PLUGINS": "", **(env or {})},
         )
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -173,5 +181,11 @@ def run_cli(
 ) -> subprocess.CompletedProcess[str]:
     """Run ``frameiod ARGS`` to completion, capturing its output."""
     return subprocess.run(
-        [*FRAMEIOD, *args], capture_output=True, text=True, cwd=cwd, timeout=timeout, check=False
+        [*FRAMEIOD, *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=timeout,
+        check=False,
+        env={**os.environ, "FRAMEIOD_PLUGINS": ""},
     )

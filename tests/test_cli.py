@@ -209,7 +209,8 @@ secrets = ["{SECRET}"]
         assert process.raw, "no output"
         for line in process.raw:
             json.loads(line)  # raises if any line is not JSON
-        assert [entry["event"] for entry in process.lines] == ["listening", "stopping", "stopped"]
+        lifecycle = [e["event"] for e in process.lines if e["event"] != "plugin disabled"]
+        assert lifecycle == ["listening", "stopping", "stopped"]
 
     def test_console_format_on_a_terminal(self, tmp_path: Path):
         path = write_config(
@@ -225,7 +226,10 @@ secrets = ["{SECRET}"]
         )
         leader, follower = pty.openpty()
         process = subprocess.Popen(
-            [*FRAMEIOD, "run", "--config", str(path)], stdout=follower, stderr=follower
+            [*FRAMEIOD, "run", "--config", str(path)],
+            stdout=follower,
+            stderr=follower,
+            env={**os.environ, "FRAMEIOD_PLUGINS": ""},
         )
         os.close(follower)
         try:
@@ -237,9 +241,10 @@ secrets = ["{SECRET}"]
         finally:
             process.kill()
             os.close(leader)
-        first = output.decode().splitlines()[0]
-        assert "listening" in first
-        assert not first.lstrip().startswith("{")
+        lines = output.decode().splitlines()
+        listening = next(line for line in lines if "listening" in line)
+        assert not listening.lstrip().startswith("{")
+        assert "port" in listening
 
     def test_sigterm_finishes_the_request_in_flight_then_exits_0(self, daemon: DaemonProcess):
         port = daemon.port

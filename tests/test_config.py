@@ -20,7 +20,6 @@ from frameiod.config import (
     Config,
     ConfigError,
     LogConfig,
-    PluginsConfig,
     Secret,
     ServerConfig,
     find_config,
@@ -72,7 +71,10 @@ class TestShippedConfig:
         assert list(config.sources) == ["default"]
         assert config.sources["default"].secret_values() == [DEV_SECRET]
         assert config.sources["default"].tolerance == 300.0
-        assert config.plugins.disable == []
+        assert config.plugins.disable == ["notify"]
+        assert config.plugins.tables == {
+            "event_log": {"path": "events.jsonl", "max_bytes": 10485760, "backups": 5}
+        }
 
     def test_shipped_config_states_the_same_values_as_the_built_in_defaults(self) -> None:
         """Deleting a table from the shipped file must not change behaviour."""
@@ -80,7 +82,6 @@ class TestShippedConfig:
 
         assert config.server == ServerConfig()
         assert config.log == LogConfig()
-        assert config.plugins == PluginsConfig()
 
     def test_shipped_config_resolves_relative_paths_against_its_own_folder(self) -> None:
         config = load_config(SHIPPED_CONFIG, environ={})
