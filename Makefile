@@ -31,7 +31,7 @@ lint: $(VENV)/.test-installed
 	$(BIN)/ruff format --check .
 
 test: lint
-	$(BIN)/pytest -n auto
+	$(BIN)/pytest -n auto --dist loadfile
 
 fix: $(VENV)/.test-installed
 	$(BIN)/ruff check --fix .

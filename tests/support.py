@@ -86,19 +86,27 @@ class DaemonProcess:
         *,
         env: dict[str, str] | None = None,
         frameiod: Sequence[str] = tuple(FRAMEIOD),
+        plugins: str | None = "",
     ) -> None:
+        """Start ``frameiod run``; ``plugins`` is $FRAMEIOD_PLUGINS (None: every installed one).
+
+        By default no plugin loads: the suite must not depend on what else is installed in
+        its environment (make test installs the example plugins).
+        """
         self.config_path = config_path
         self.lines: list[dict[str, Any]] = []
         self.raw: list[str] = []
         self._changed = threading.Condition()
+        environ = {**os.environ, **(env or {})}
+        environ.pop("FRAMEIOD_PLUGINS", None)
+        if plugins is not None:
+            environ["FRAMEIOD_PLUGINS"] = plugins
         self.process = subprocess.Popen(
             [*frameiod, "run", "--config", str(config_path)],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
-            # No plugins unless a test names them: the suite must not depend on what else
-            # is installed in its environment (make test installs the example plugins).
-            env={**os.environ, "FRAMEIOD_PLUGINS": "", **(env or {})},
+            env=environ,
         )
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -174,6 +182,15 @@ class DaemonProcess:
         if self.process.poll() is None:
             self.process.kill()
         self.wait()
+
+
+def wait_until(condition: Callable[[], object], timeout: float = 10.0) -> None:
+    """Poll ``condition`` until it is true; fail the test if ``timeout`` passes first."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        time.sleep(0.01)
 
 
 def run_cli(

@@ -10,7 +10,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from support import (
     event_body,
     run_cli,
     signed_headers,
+    wait_until,
     write_config,
 )
 
@@ -49,14 +49,6 @@ def _server_has_read_everything(server_port: int, client_port: int) -> bool:
         ):
             return int(queues.split(":")[1], 16) == 0
     return False
-
-
-def _wait_until(condition, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.01)
 
 
 class TestVersion:
@@ -258,7 +250,7 @@ secrets = ["{SECRET}"]
         with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
             conn.sendall(request + body[:10])
             client_port = conn.getsockname()[1]
-            _wait_until(lambda: _server_has_read_everything(port, client_port))
+            wait_until(lambda: _server_has_read_everything(port, client_port))
             daemon.process.send_signal(signal.SIGTERM)
             daemon.wait_for("stopping")
             # The listener is closed, but the request already in flight is still served.

@@ -1,0 +1,231 @@
+"""As a user does it: pip-install frameiod and a plugin into a fresh virtualenv, run it,
+install a second plugin with ``frameiod install``, restart, and see both at work."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from support import SECRET, DaemonProcess, wait_until, write_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class Receiver:
+    """A Slack-compatible incoming-webhook endpoint on loopback that records each post."""
+
+    def __init__(self) -> None:
+        self.posts: list[dict[str, Any]] = []
+        posts = self.posts
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers["Content-Length"])
+                posts.append(json.loads(self.rfile.read(length)))
+                self.send_response(200)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+            def log_message(self, *args: object) -> None:  # keep test output clean
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    server = Receiver()
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="module")
+def venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh virtualenv holding frameiod and frameiod-event-log, installed by pip."""
+    folder = tmp_path_factory.mktemp("venv")
+    subprocess.run([sys.executable, "-m", "venv", str(folder)], check=True)
+    subprocess.run(
+        [
+            str(folder / "bin" / "python"),
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            str(REPO),
+            str(REPO / "plugins" / "frameiod-event-log"),
+        ],
+        check=True,
+        timeout=600,
+    )
+    return folder
+
+
+def _lines(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _plugins(venv: Path, config: Path) -> dict[str, dict[str, Any]]:
+    result = subprocess.run(
+        [str(venv / "bin" / "frameiod"), "plugins", "--json", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return {plugin["name"]: plugin for plugin in json.loads(result.stdout)}
+
+
+def _send(venv: Path, config: Path, daemon: DaemonProcess, event_type: str) -> str:
+    result = subprocess.run(
+        [
+            str(venv / "bin" / "frameiod"),
+            "send",
+            event_type,
+            "--config",
+            str(config),
+            "--url",
+            daemon.url(),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    status, body = result.stdout.split(" ", 1)
+    assert status == "202"
+    return json.loads(body)["id"]
+
+
+def test_installed_plugins_handle_events_and_a_second_one_joins_after_restart(
+    venv: Path, tmp_path: Path, receiver: Receiver
+):
+    config = write_config(
+        tmp_path,
+        f"""
+[server]
+port = 0
+[sources.default]
+secrets = ["{SECRET}"]
+[plugins.event_log]
+path = "events.jsonl"
+[plugins.notify]
+webhook_url = "{receiver.url}"
+template = "{{event_type}} on {{resource_id}}"
+""",
+    )
+    events = tmp_path / "events.jsonl"
+    frameiod = [str(venv / "bin" / "frameiod")]
+
+    # One plugin installed: the event reaches it.
+    daemon = DaemonProcess(config, frameiod=frameiod, plugins=None)
+    try:
+        first = _send(venv, config, daemon, "file.ready")
+        wait_until(lambda: any(line["event_id"] == first for line in _lines(events)))
+    finally:
+        assert daemon.stop() == 0
+    listed = _plugins(venv, config)
+    assert listed["event_log"]["status"] == "loaded"
+    assert listed["event_log"]["distribution"] == "frameiod-event-log"
+    assert listed["event_log"]["handlers"][0]["event_types"] == ["*"]
+    assert "notify" not in listed
+
+    # `frameiod install` puts the second plugin into the daemon's own environment.
+    install = subprocess.run(
+        [*frameiod, "install", str(REPO / "plugins" / "frameiod-notify"), "--config", str(config)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=600,
+    )
+    assert install.returncode == 0, install.stdout + install.stderr
+    assert "notify  [loaded]  frameiod-notify 0.1.0" in install.stdout
+    assert "Restart frameiod" in install.stdout
+
+    # After a restart, both plugins get the events they want.
+    daemon = DaemonProcess(config, frameiod=frameiod, plugins=None)
+    try:
+        second = _send(venv, config, daemon, "comment.created")
+        wait_until(lambda: any(line["event_id"] == second for line in _lines(events)))
+        wait_until(lambda: len(receiver.posts) == 1)
+        finished = daemon.wait_for("handler finished", event_id=second, plugin="notify")
+        assert finished["outcome"] == "ok"
+    finally:
+        assert daemon.stop() == 0
+    resource_id = next(line for line in _lines(events) if line["event_id"] == second)["payload"][
+        "resource"
+    ]["id"]
+    assert receiver.posts == [{"text": f"comment.created on {resource_id}"}]
+    assert [line["type"] for line in _lines(events)] == ["file.ready", "comment.created"]
+
+    listed = _plugins(venv, config)
+    assert {name: plugin["status"] for name, plugin in listed.items()} == {
+        "event_log": "loaded",
+        "notify": "loaded",
+    }
+    assert listed["notify"]["version"] == "0.1.0"
+
+
+def test_a_broken_plugin_install_is_reported_and_the_daemon_still_runs(venv: Path, tmp_path: Path):
+    """A plugin whose import fails is listed as failed; the others keep working."""
+    package = tmp_path / "broken-plugin"
+    (package / "frameiod_broken").mkdir(parents=True)
+    (package / "frameiod_broken" / "__init__.py").write_text("import frameiod_missing_dep\n")
+    (package / "pyproject.toml").write_text("""
+[project]
+name = "frameiod-broken"
+version = "1.0"
+[project.entry-points."frameiod.plugins"]
+broken = "frameiod_broken"
+""")
+    python = str(venv / "bin" / "python")
+    subprocess.run(
+        [python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", str(package)],
+        check=True,
+        timeout=600,
+    )
+    try:
+        config = write_config(
+            tmp_path,
+            f"""
+[server]
+port = 0
+[sources.default]
+secrets = ["{SECRET}"]
+[plugins]
+disable = ["notify"]
+[plugins.event_log]
+path = "events.jsonl"
+""",
+        )
+        daemon = DaemonProcess(config, frameiod=[str(venv / "bin" / "frameiod")], plugins=None)
+        try:
+            failed = daemon.wait_for("plugin failed", plugin="broken")
+            assert "No module named 'frameiod_missing_dep'" in failed["reason"]
+            event_id = _send(venv, config, daemon, "file.ready")
+            log = tmp_path / "events.jsonl"
+            wait_until(lambda: any(line["event_id"] == event_id for line in _lines(log)))
+        finally:
+            assert daemon.stop() == 0
+        listed = _plugins(venv, config)
+        assert listed["broken"]["status"] == "failed"
+        assert listed["event_log"]["status"] == "loaded"
+    finally:
+        subprocess.run(
+            [python, "-m", "pip", "uninstall", "-y", "--quiet", "frameiod-broken"], check=True
+        )
