@@ -179,6 +179,23 @@ template = "{{event_type}} on {{resource_id}}"
         "notify": "loaded",
     }
     assert listed["notify"]["version"] == "0.1.0"
+    pins = subprocess.run(
+        [*frameiod, "plugins", "--requirements", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert pins == ["frameiod-event-log==0.1.0", "frameiod-notify==0.1.0"]
+
+    removed = subprocess.run(
+        [*frameiod, "uninstall", "frameiod-notify", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
+    assert removed.returncode == 0, removed.stdout + removed.stderr
+    assert set(_plugins(venv, config)) == {"event_log"}
 
 
 def test_a_broken_plugin_install_is_reported_and_the_daemon_still_runs(venv: Path, tmp_path: Path):
