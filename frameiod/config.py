@@ -35,6 +35,7 @@ __all__ = [
     "DEV_SECRET",
     "Config",
     "ConfigError",
+    "DispatchConfig",
     "Duration",
     "LogConfig",
     "PluginsConfig",
@@ -42,6 +43,7 @@ __all__ = [
     "SecretRef",
     "ServerConfig",
     "SourceConfig",
+    "SpoolConfig",
     "find_config",
     "format_duration",
     "load_config",
@@ -260,6 +262,25 @@ class SourceConfig(_Table):
         return [secret.reveal() for secret in self.secrets]
 
 
+class SpoolConfig(_Table):
+    """``[spool]``: where accepted events wait for their handlers."""
+
+    path: str = "frameiod.db"
+    synchronous: Literal["FULL", "NORMAL"] = "FULL"
+    keep_done: Duration = 86400.0
+
+
+class DispatchConfig(_Table):
+    """``[dispatch]``: how handlers are called, retried and given up on."""
+
+    workers: int = Field(default=8, ge=1, le=1024)
+    handler_timeout: Duration = 30.0
+    max_attempts: int = Field(default=8, ge=1)
+    backoff_initial: Duration = 5.0
+    backoff_max: Duration = 3600.0
+    drain_timeout: Duration = 20.0
+
+
 class PluginsConfig(_Table):
     """``[plugins]``: which discovered plugins not to load, and one table per plugin."""
 
@@ -281,6 +302,8 @@ class Config(_Table):
     server: ServerConfig = Field(default_factory=ServerConfig)
     log: LogConfig = Field(default_factory=LogConfig)
     sources: dict[SourceName, SourceConfig] = Field(min_length=1)
+    spool: SpoolConfig = Field(default_factory=SpoolConfig)
+    dispatch: DispatchConfig = Field(default_factory=DispatchConfig)
     plugins: PluginsConfig = Field(default_factory=PluginsConfig)
 
     # Set by load_config, not by the file: where it was read from, and the folder that

@@ -14,15 +14,19 @@ from aiohttp import web
 
 from frameiod import __version__
 from frameiod.config import Config
-from frameiod.dispatch import Dispatcher
+from frameiod.dispatch import Dispatcher, RetryPolicy
+from frameiod.events import WebhookEvent
 from frameiod.metrics import Metrics
 from frameiod.plugins import PluginHost
 from frameiod.server import SHUTDOWN_TIMEOUT, STATE, create_app
-from frameiod.spool import MemorySpool
+from frameiod.spool import Spool, SpoolError, SpoolUnavailable
 
 __all__ = ["Daemon", "serve"]
 
 log = structlog.get_logger("frameiod.daemon")
+
+# How often done deliveries are purged and the spool gauges refreshed.
+_MAINTENANCE_SECONDS = 5.0
 
 
 class Daemon:
@@ -31,12 +35,13 @@ class Daemon:
     def __init__(self, config: Config, plugins: PluginHost | None = None) -> None:
         self.config = config
         self.plugins = plugins or PluginHost()
-        self.spool = MemorySpool()
         self.metrics = Metrics(config.sources, __version__)
+        self.spool: Spool | None = None
         self.app: web.Application | None = None
         self.dispatcher: Dispatcher | None = None
         self._runner: web.AppRunner | None = None
-        self._dispatch_task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._observers: set[asyncio.Task[None]] = set()
 
     @property
     def port(self) -> int:
@@ -45,7 +50,18 @@ class Daemon:
         return self.app[STATE].addresses[0][1]
 
     async def start(self) -> None:
-        """Start plugins, bind the port, start dispatching; raises OSError if it cannot listen."""
+        """Open the spool, start plugins, bind the port, start dispatching.
+
+        Raises `SpoolError` if the spool cannot be used and OSError if it cannot listen.
+        """
+        spool_path = self.config.resolve_path(self.config.spool.path)
+        self.spool = spool = await Spool.open(spool_path, self.config.spool.synchronous)
+        if spool.recovered:
+            log.warning(
+                "deliveries interrupted by a crash will run again",
+                count=spool.recovered,
+                spool=str(spool_path),
+            )
         await self.plugins.startup(self.config)
         routes = self.plugins.routes()
         for handler in routes.handlers:
@@ -58,7 +74,9 @@ class Daemon:
                 )
         self.metrics.register_plugins(self.plugins.plugins.values())
         self.metrics.register_handlers(routes.handlers)
-        self.app = create_app(self.config, spool=self.spool, metrics=self.metrics, routes=routes)
+        self.app = create_app(
+            self.config, spool=spool, metrics=self.metrics, routes=routes, observe=self._observe
+        )
         # access_log=None: the one line per delivery replaces aiohttp's access log.
         self._runner = web.AppRunner(
             self.app, handle_signals=False, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT
@@ -70,11 +88,26 @@ class Daemon:
         except OSError:
             await self._runner.cleanup()
             await self.plugins.shutdown()
+            await spool.close()
             raise
+        dispatch = self.config.dispatch
         self.dispatcher = Dispatcher(
-            self.spool, routes, metrics=self.metrics, notify=self.plugins.notify
+            spool,
+            routes,
+            policy=RetryPolicy(
+                handler_timeout=dispatch.handler_timeout,
+                max_attempts=dispatch.max_attempts,
+                backoff_initial=dispatch.backoff_initial,
+                backoff_max=dispatch.backoff_max,
+            ),
+            workers=dispatch.workers,
+            metrics=self.metrics,
+            notify=self.plugins.notify,
         )
-        self._dispatch_task = asyncio.create_task(self.dispatcher.run(), name="frameiod-dispatch")
+        self._tasks = [
+            asyncio.create_task(self.dispatcher.run(), name="frameiod-dispatch"),
+            asyncio.create_task(self._maintain(), name="frameiod-maintenance"),
+        ]
         state = self.app[STATE]
         state.addresses = [(str(a[0]), int(a[1])) for a in self._runner.addresses]
         state.ready = True
@@ -87,16 +120,41 @@ class Daemon:
             sources=sorted(state.sources),
             plugins=self.plugins.loaded,
             config=str(self.config.path),
+            spool=str(spool_path),
         )
 
+    def _observe(self, event: WebhookEvent, source: str) -> None:
+        # Observers run beside the request, never inside it: the 202 does not wait.
+        task = asyncio.create_task(
+            self.plugins.notify("frameiod_event_accepted", event=event, source=source)
+        )
+        self._observers.add(task)
+        task.add_done_callback(self._observers.discard)
+
+    async def _maintain(self) -> None:
+        """Purge old done deliveries and refresh the spool gauges, every few seconds."""
+        assert self.spool is not None
+        while True:
+            try:
+                purged = await self.spool.purge_done(self.config.spool.keep_done)
+                if purged:
+                    log.info("purged done events", count=purged)
+                self.metrics.spool(*await self.spool.gauges())
+            except SpoolUnavailable as exc:
+                log.warning("spool maintenance failed", reason=exc.reason, detail=exc.detail)
+            await asyncio.sleep(_MAINTENANCE_SECONDS)
+
     async def stop(self) -> None:
-        """Stop accepting, finish requests in flight, hand every accepted event to its
-        handlers, then shut the plugins down."""
+        """Stop accepting, finish requests in flight, let running handler calls finish (up
+        to ``[dispatch] drain_timeout``), leave everything else pending in the spool, then
+        shut the plugins down and close the spool."""
         assert self.app is not None, "not started"
         assert self._runner is not None, "not started"
+        assert self.spool is not None, "not started"
+        assert self.dispatcher is not None, "not started"
         state = self.app[STATE]
         state.stopping = True
-        log.info("stopping", in_flight=state.in_flight, in_queue=len(self.spool))
+        log.info("stopping", in_flight=state.in_flight, running=self.dispatcher.running)
         for site in self._runner.sites:
             await site.stop()
         # aiohttp stops reading from every connection once runner.cleanup() begins, so a
@@ -107,12 +165,15 @@ class Daemon:
         except TimeoutError:
             log.warning("requests still in flight at shutdown", in_flight=state.in_flight)
         await self._runner.cleanup()
-        self.spool.close()
-        if self._dispatch_task is not None:
-            await self._dispatch_task
+        cut = await self.dispatcher.stop(self.config.dispatch.drain_timeout)
+        if cut:
+            log.warning("handler calls cut short at shutdown; they will run again", count=cut)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, *self._observers, return_exceptions=True)
         await self.plugins.shutdown()
-        dispatched = self.dispatcher.dispatched if self.dispatcher else 0
-        log.info("stopped", dispatched=dispatched)
+        await self.spool.close()
+        log.info("stopped", handler_calls=self.dispatcher.calls)
 
 
 async def serve(config: Config, plugins: PluginHost | None = None) -> int:
@@ -125,6 +186,9 @@ async def serve(config: Config, plugins: PluginHost | None = None) -> int:
     daemon = Daemon(config, plugins)
     try:
         await daemon.start()
+    except SpoolError as exc:
+        log.error("cannot open the spool", error=str(exc))
+        return 1
     except OSError as exc:
         log.error(
             "cannot listen",

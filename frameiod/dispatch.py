@@ -1,40 +1,60 @@
-"""The dispatcher: takes accepted events from the spool and calls their handlers.
+"""The dispatcher: runs due deliveries from the spool, retries failures, buries the hopeless.
 
-Each handler is called on its own, bounded by its timeout, so one that raises or hangs
-never stops its siblings. Plain (non-async) handlers run in a daemon thread: they cannot
-block the event loop, and one that never returns cannot keep the process from exiting.
+One scheduler loop claims due deliveries (oldest first) while workers are free, and runs
+each as its own task, bounded by its handler's timeout: one that raises or hangs never
+stops its siblings, and a handler that succeeded is never run again because a sibling
+failed. A failure is retried after an exponential backoff with full jitter; after
+``max_attempts`` the delivery is dead (kept for ``frameiod queue replay``).
+
+Plain (non-async) handlers run in a daemon thread: they cannot block the event loop, and
+one that never returns cannot keep the process from exiting.
 """
 
 from __future__ import annotations
 
 import asyncio
+import random
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
 
-from frameiod.events import WebhookEvent
+from frameiod.events import PayloadError, WebhookEvent, parse_webhook
 from frameiod.handlers import Outcome, Routes, WebhookHandler
 from frameiod.metrics import Metrics
-from frameiod.spool import Envelope, Spool
+from frameiod.spool import Claimed, Spool, SpoolUnavailable
 
-__all__ = ["DEFAULT_HANDLER_TIMEOUT", "DEFAULT_WORKERS", "Dispatcher", "Notify"]
+__all__ = ["Dispatcher", "Notify", "RetryPolicy"]
 
 log = structlog.get_logger("frameiod.dispatch")
 
-DEFAULT_WORKERS = 8
-DEFAULT_HANDLER_TIMEOUT = 30.0
-# How many finished events `wait_for` remembers, so a waiter that comes late still returns.
-_REMEMBERED = 10_000
+# Changes made outside this process (``frameiod queue replay``) are noticed this often.
+_POLL_SECONDS = 2.0
 
 Notify = Callable[..., Awaitable[None]]
 
 
 async def _no_observers(hook: str, **kwargs: Any) -> None:
     return None
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """``[dispatch]`` settings a handler may override (``timeout=``, ``max_attempts=``)."""
+
+    handler_timeout: float = 30.0
+    max_attempts: int = 8
+    backoff_initial: float = 5.0
+    backoff_max: float = 3600.0
+
+    def delay(self, attempts: int) -> float:
+        """Seconds to wait after the ``attempts``-th failure: full jitter over an
+        exponentially growing cap, so retries of many deliveries spread out."""
+        cap = min(self.backoff_max, self.backoff_initial * 2 ** (attempts - 1))
+        return random.uniform(0, cap)  # noqa: S311 - jitter, not cryptography
 
 
 def _in_daemon_thread(func: Callable[[WebhookEvent], Any], event: WebhookEvent) -> Awaitable[Any]:
@@ -61,97 +81,122 @@ def _in_daemon_thread(func: Callable[[WebhookEvent], Any], event: WebhookEvent) 
 
 
 class Dispatcher:
-    """Workers that consume ``spool`` until it is closed and drained."""
+    """Runs the spool's due deliveries until `stop`."""
 
     def __init__(
         self,
         spool: Spool,
-        routes: Routes | None = None,
+        routes: Routes,
         *,
+        policy: RetryPolicy | None = None,
+        workers: int = 8,
         metrics: Metrics | None = None,
         notify: Notify = _no_observers,
-        workers: int = DEFAULT_WORKERS,
-        handler_timeout: float = DEFAULT_HANDLER_TIMEOUT,
     ) -> None:
         self._spool = spool
-        self._routes = routes or Routes(())
+        self._policy = policy or RetryPolicy()
+        self._workers = workers
         self._metrics = metrics
         self._notify = notify
-        self._workers = workers
-        self._handler_timeout = handler_timeout
-        self._limits = {
-            handler: asyncio.Semaphore(handler.concurrency)
-            for handler in self._routes.handlers
-            if handler.concurrency
-        }
-        self._finished: OrderedDict[str, asyncio.Future[list[Outcome]]] = OrderedDict()
-        self.dispatched = 0
+        self._handlers = {handler.key: handler for handler in routes.handlers}
+        self._running: dict[int, tuple[Claimed, asyncio.Task[None]]] = {}
+        self._busy = dict.fromkeys(self._handlers, 0)
+        self._wake = asyncio.Event()
+        self._finished = asyncio.Condition()
+        self._stopping = False
+        spool.on_new_work(self._wake.set)
+        self.calls = 0
+
+    # --- the scheduler -----------------------------------------------------------
 
     async def run(self) -> None:
-        """Run the workers; returns once the spool is closed and every event is handled."""
-        async with asyncio.TaskGroup() as group:
-            for number in range(self._workers):
-                group.create_task(self._work(), name=f"frameiod-worker-{number}")
+        """Claim and start due deliveries until `stop` is called."""
+        while not self._stopping:
+            # Cleared before claiming: a wake-up that arrives while we claim is kept.
+            self._wake.clear()
+            free = self._workers - len(self._running)
+            try:
+                claimed = await self._spool.claim(free, self._caps())
+            except SpoolUnavailable as exc:
+                log.error("cannot claim deliveries", reason=exc.reason, detail=exc.detail)
+                claimed = []
+            for item in claimed:
+                self._start(item)
+            if claimed and len(claimed) == free:
+                continue  # maybe more are due; claim again once a worker frees up
+            await self._sleep(free - len(claimed))
 
-    async def _work(self) -> None:
-        while (envelope := await self._spool.get()) is not None:
-            await self.dispatch(envelope)
+    def _caps(self) -> dict[str, int]:
+        caps = {}
+        for key, handler in self._handlers.items():
+            room = (handler.concurrency or self._workers) - self._busy[key]
+            if room > 0:
+                caps[key] = room
+        return caps
 
-    async def dispatch(self, envelope: Envelope) -> list[Outcome]:
-        """Call every handler that wants ``envelope``'s event; return their outcomes."""
-        event = envelope.event
-        handlers = self._routes.for_delivery(envelope.source, event.type, envelope.secret_id)
-        self.dispatched += 1
-        log.info(
-            "event dispatched",
-            event_id=envelope.id,
-            source=envelope.source,
-            event_type=event.type,
-            resource_id=event.resource_id,
-            handlers=[f"{h.plugin}:{h.name}" for h in handlers],
-            queued_ms=round((time.time() - envelope.received_at) * 1000, 3),
+    async def _sleep(self, free: int) -> None:
+        """Wait for new work, a free worker, or the next scheduled retry."""
+        timeout = _POLL_SECONDS
+        if free > 0:
+            try:
+                due = await self._spool.next_due(self._caps())
+            except SpoolUnavailable:
+                due = None
+            if due is not None:
+                timeout = min(timeout, max(0.0, due - time.time()))
+        try:
+            async with asyncio.timeout(timeout):
+                await self._wake.wait()
+        except TimeoutError:
+            pass
+
+    def _start(self, item: Claimed) -> None:
+        self._busy[item.handler] += 1
+        task = asyncio.create_task(
+            self._deliver(item), name=f"frameiod-delivery-{item.delivery_id}"
         )
-        await self._notify("frameiod_event_accepted", event=event, source=envelope.source)
-        outcomes = list(
-            await asyncio.gather(*(self._call(handler, envelope) for handler in handlers))
-        )
-        finished = self._finish(envelope.id)
-        if not finished.done():
-            finished.set_result(outcomes)
-        return outcomes
+        self._running[item.delivery_id] = (item, task)
 
-    async def _call(self, handler: WebhookHandler, envelope: Envelope) -> Outcome:
-        limit = self._limits.get(handler)
-        if limit is not None:
-            async with limit:
-                outcome, error = await self._timed(handler, envelope.event)
-        else:
-            outcome, error = await self._timed(handler, envelope.event)
-        labels = {"plugin": handler.plugin, "handler": handler.name}
-        fields = {
-            "event_id": envelope.id,
-            "event_type": envelope.event.type,
-            **labels,
-            "outcome": outcome.status,
-            "duration_ms": round(outcome.seconds * 1000, 3),
-        }
-        if outcome.status == "ok":
-            log.info("handler finished", **fields)
-        else:
-            log.warning("handler failed", **fields, error=outcome.error, exc_info=error)
-        if self._metrics is not None:
-            self._metrics.handler_finished(handler.plugin, handler.name, outcome)
-        await self._notify(
-            "frameiod_delivery_finished", event=envelope.event, handler=handler, outcome=outcome
-        )
-        return outcome
+    # --- one delivery ------------------------------------------------------------
 
-    async def _timed(
+    async def _deliver(self, item: Claimed) -> None:
+        handler = self._handlers[item.handler]
+        try:
+            try:
+                event = parse_webhook(item.body, item.timestamp, item.event_id)
+            except PayloadError as exc:  # stored under other rules, e.g. by an older frameiod
+                log.error(
+                    "stored event no longer parses", event_id=item.event_id, detail=exc.detail
+                )
+                await self._spool.finish(
+                    item.delivery_id, outcome="error", seconds=0.0, error=exc.detail, dead=True
+                )
+                return
+            outcome, error = await self._call(handler, event)
+            await self._record(item, handler, event, outcome, error)
+        except SpoolUnavailable as exc:
+            # The call happened but its outcome is not on disk: the delivery stays running
+            # and runs again after a restart (at least once, never lost).
+            log.error(
+                "cannot record a handler outcome",
+                event_id=item.event_id,
+                handler=item.handler,
+                reason=exc.reason,
+            )
+        finally:
+            self._busy[item.handler] -= 1
+            self._running.pop(item.delivery_id, None)
+            self._wake.set()
+            async with self._finished:
+                self._finished.notify_all()
+
+    async def _call(
         self, handler: WebhookHandler, event: WebhookEvent
     ) -> tuple[Outcome, BaseException | None]:
-        timeout = handler.timeout or self._handler_timeout
+        timeout = handler.timeout or self._policy.handler_timeout
         started = time.perf_counter()
         deadline = asyncio.timeout(timeout)
+        self.calls += 1
         try:
             async with deadline:
                 if handler.is_async:
@@ -166,15 +211,89 @@ class Dispatcher:
             return Outcome("error", seconds, f"{type(exc).__name__}: {exc}"), exc
         return Outcome("ok", time.perf_counter() - started), None
 
-    def _finish(self, event_id: str) -> asyncio.Future[list[Outcome]]:
-        future = self._finished.get(event_id)
-        if future is None:
-            future = asyncio.get_running_loop().create_future()
-            self._finished[event_id] = future
-            while len(self._finished) > _REMEMBERED:
-                self._finished.popitem(last=False)
-        return future
+    async def _record(
+        self,
+        item: Claimed,
+        handler: WebhookHandler,
+        event: WebhookEvent,
+        outcome: Outcome,
+        error: BaseException | None,
+    ) -> None:
+        max_attempts = handler.max_attempts or self._policy.max_attempts
+        dead = outcome.status != "ok" and item.attempts >= max_attempts
+        retry_in = None if outcome.status == "ok" or dead else self._policy.delay(item.attempts)
+        fields = {
+            "event_id": item.event_id,
+            "event_type": event.type,
+            "plugin": handler.plugin,
+            "handler": handler.name,
+            "attempt": item.attempts,
+            "outcome": "dead" if dead else outcome.status,
+            "duration_ms": round(outcome.seconds * 1000, 3),
+        }
+        if outcome.status == "ok":
+            log.info("handler finished", **fields)
+        elif dead:
+            log.error("handler gave up", **fields, error=outcome.error, exc_info=error)
+        else:
+            log.warning(
+                "handler failed",
+                **fields,
+                error=outcome.error,
+                retry_in_s=round(retry_in or 0, 3),
+                exc_info=error,
+            )
+        await self._spool.finish(
+            item.delivery_id,
+            outcome=outcome.status,
+            seconds=outcome.seconds,
+            error=outcome.error,
+            next_attempt_at=time.time() + retry_in if retry_in is not None else None,
+            dead=dead,
+        )
+        if self._metrics is not None:
+            self._metrics.handler_finished(handler.plugin, handler.name, outcome, dead=dead)
+        final = Outcome("dead", outcome.seconds, outcome.error) if dead else outcome
+        await self._notify(
+            "frameiod_delivery_finished", event=event, handler=handler, outcome=final
+        )
+
+    # --- waiting and stopping ------------------------------------------------------
 
     async def wait_for(self, event_id: str) -> list[Outcome]:
-        """Wait until every handler of event ``event_id`` has finished; return the outcomes."""
-        return await asyncio.shield(self._finish(event_id))
+        """Wait until every delivery of ``event_id`` has been attempted at least once and
+        none is running; return each one's latest outcome (for tests and tooling)."""
+        async with self._finished:
+            while True:
+                rows = await self._spool.deliveries_of(event_id)
+                if all(r["attempts"] > 0 and r["state"] != "running" for r in rows):
+                    return [
+                        Outcome(
+                            "dead" if r["state"] == "dead" else r["last_outcome"],
+                            r["last_seconds"] or 0.0,
+                            r["last_error"],
+                        )
+                        for r in rows
+                    ]
+                await self._finished.wait()
+
+    @property
+    def running(self) -> int:
+        """Handler calls in progress."""
+        return len(self._running)
+
+    async def stop(self, drain_timeout: float) -> int:
+        """Claim nothing more; let running calls finish for up to ``drain_timeout``; cut the
+        rest short and leave their deliveries pending. Returns how many were cut short."""
+        self._stopping = True
+        self._wake.set()
+        tasks = [task for _, task in self._running.values()]
+        if tasks:
+            await asyncio.wait(tasks, timeout=drain_timeout)
+        cut = [(item, task) for item, task in self._running.values() if not task.done()]
+        for _, task in cut:
+            task.cancel()
+        if cut:
+            await asyncio.gather(*(task for _, task in cut), return_exceptions=True)
+            await self._spool.release(item.delivery_id for item, _ in cut)
+        return len(cut)

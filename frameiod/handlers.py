@@ -98,6 +98,11 @@ class WebhookHandler:
             object.__setattr__(self, "name", getattr(self.func, "__name__", repr(self.func)))
 
     @property
+    def key(self) -> str:
+        """``plugin:name``: how the spool and ``frameiod queue`` name this handler."""
+        return f"{self.plugin}:{self.name}"
+
+    @property
     def is_async(self) -> bool:
         """True for ``async def`` handlers; plain functions run in a worker thread."""
         return inspect.iscoroutinefunction(self.func)
@@ -126,9 +131,10 @@ class WebhookHandler:
 
 @dataclass(frozen=True)
 class Outcome:
-    """How one handler call ended: ``status`` is ``ok``, ``error`` or ``timeout``."""
+    """How one handler call ended: ``status`` is ``ok``, ``error`` or ``timeout``; ``dead``
+    when it failed for the last time (no attempts left)."""
 
-    status: Literal["ok", "error", "timeout"]
+    status: Literal["ok", "error", "timeout", "dead"]
     seconds: float
     error: str | None = None
 

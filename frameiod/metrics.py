@@ -36,7 +36,7 @@ RECEIVE_OUTCOMES = (
     "unknown_source",
     "unavailable",
 )
-HANDLER_OUTCOMES = ("ok", "error", "timeout")
+HANDLER_OUTCOMES = ("ok", "error", "timeout", "dead")
 UNKNOWN_SOURCE = "unknown"
 
 # The *_created series double the scrape size and no dashboard of ours reads them.
@@ -90,6 +90,19 @@ class Metrics:
             ["plugin", "version", "status"],
             registry=self.registry,
         )
+        self.spool_deliveries = Gauge(
+            "frameiod_spool_deliveries",
+            "Deliveries in the spool, by state",
+            ["state"],
+            registry=self.registry,
+        )
+        for state in ("pending", "running", "done", "dead"):
+            self.spool_deliveries.labels(state=state)
+        self.spool_oldest_pending = Gauge(
+            "frameiod_spool_oldest_pending_seconds",
+            "How long the oldest due pending delivery has been waiting",
+            registry=self.registry,
+        )
         ProcessCollector(registry=self.registry)
         self.deliveries_received.labels(source=UNKNOWN_SOURCE, outcome="unknown_source")
         self.add_sources(sources)
@@ -118,10 +131,19 @@ class Metrics:
                 )
             self.handler_seconds.labels(plugin=handler.plugin, handler=handler.name)
 
-    def handler_finished(self, plugin: str, handler: str, outcome: Outcome) -> None:
-        """Count one handler call and its duration."""
-        self.handler_runs.labels(plugin=plugin, handler=handler, outcome=outcome.status).inc()
+    def handler_finished(
+        self, plugin: str, handler: str, outcome: Outcome, dead: bool = False
+    ) -> None:
+        """Count one handler call and its duration; a last failed attempt counts as ``dead``."""
+        label = "dead" if dead else outcome.status
+        self.handler_runs.labels(plugin=plugin, handler=handler, outcome=label).inc()
         self.handler_seconds.labels(plugin=plugin, handler=handler).observe(outcome.seconds)
+
+    def spool(self, counts: dict[str, int], oldest_pending: float) -> None:
+        """Publish the spool's depth (from `frameiod.spool.Spool.gauges`)."""
+        for state, count in counts.items():
+            self.spool_deliveries.labels(state=state).set(count)
+        self.spool_oldest_pending.set(oldest_pending)
 
     def received(self, source: str, outcome: str, seconds: float) -> None:
         """Count one answered webhook request; unconfigured source names become ``unknown``."""

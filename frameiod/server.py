@@ -2,8 +2,8 @@
 
 ``POST /webhooks/{source}`` runs its checks in a fixed order (size, source, signature,
 content type, JSON, event shape), and every refusal is one `Rejection` mapped to a status
-code, a log line and a metric in one place. Accepted events go to the spool; the 202
-goes out only after the spool took the event.
+code, a log line and a metric in one place. An accepted event is committed to the spool,
+with one delivery per matching handler, before the 202 goes out.
 """
 
 from __future__ import annotations
@@ -18,12 +18,12 @@ from aiohttp import web
 from prometheus_client.aiohttp import make_aiohttp_handler
 
 from frameiod.config import Config, SourceConfig
-from frameiod.events import PayloadError, parse_webhook
+from frameiod.events import PayloadError, WebhookEvent, parse_webhook
 from frameiod.handlers import Routes, secret_id
 from frameiod.ids import new_event_id
 from frameiod.metrics import Metrics
 from frameiod.signature import SignatureError, verify
-from frameiod.spool import Envelope, Spool, SpoolFull
+from frameiod.spool import Incoming, Spool, SpoolUnavailable
 
 __all__ = ["SHUTDOWN_TIMEOUT", "STATE", "ServerState", "SourceKeys", "create_app", "source_keys"]
 
@@ -65,9 +65,12 @@ class ServerState:
 
     config: Config
     sources: Mapping[str, SourceKeys]
+    routes: Routes
     spool: Spool
     metrics: Metrics
     clock: Callable[[], float] = time.time
+    observe: Callable[[WebhookEvent, str], None] = lambda event, source: None
+    """Told of each newly accepted event (the daemon passes it on to observer plugins)."""
     ready: bool = False
     stopping: bool = False
     addresses: list[tuple[str, int]] = field(default_factory=list)
@@ -117,8 +120,16 @@ def _is_json(content_type: str) -> bool:
     return content_type == "application/json" or content_type.endswith("+json")
 
 
-async def _accept(request: web.Request, state: ServerState, source_name: str) -> tuple[str, str]:
-    """Run every check; return (event id, event type) or raise `Rejection`."""
+@dataclass(frozen=True, slots=True)
+class _Accepted:
+    id: str
+    type: str
+    duplicate: bool
+    handlers: int
+
+
+async def _accept(request: web.Request, state: ServerState, source_name: str) -> _Accepted:
+    """Run every check and commit the event; return what to answer, or raise `Rejection`."""
     if state.stopping:
         raise Rejection(503, "unavailable", "shutting_down")
     config = state.config
@@ -147,29 +158,35 @@ async def _accept(request: web.Request, state: ServerState, source_name: str) ->
     except PayloadError as exc:
         raise Rejection(exc.status, "malformed", exc.reason, exc.detail) from None
 
-    envelope = Envelope(
+    incoming = Incoming(
         id=event_id,
         source=source_name,
-        event=event,
+        type=event.type,
         body=body,
-        received_at=state.clock(),
+        timestamp=verified.timestamp,
+        signature=verified.signature,
         secret_id=source.ids[verified.secret_index],
+        received_at=state.clock(),
     )
+    handlers = state.routes.for_delivery(source_name, event.type, incoming.secret_id)
     try:
-        await state.spool.put(envelope)
-    except SpoolFull as exc:
-        raise Rejection(503, "unavailable", "spool_full", str(exc)) from None
-    return event_id, event.type
+        accepted = await state.spool.accept(incoming, [handler.key for handler in handlers])
+    except SpoolUnavailable as exc:
+        raise Rejection(503, "unavailable", exc.reason, exc.detail) from None
+    if not accepted.duplicate:
+        state.observe(event, source_name)
+    return _Accepted(accepted.id, event.type, accepted.duplicate, accepted.deliveries)
 
 
 async def receive_webhook(request: web.Request) -> web.Response:
-    """``POST /webhooks/{source}``: 202 with the event id once the event is queued."""
+    """``POST /webhooks/{source}``: 202 with the event id once the event is on disk, or 200
+    with the original's id for a duplicate."""
     started = time.perf_counter()
     state = request.app[STATE]
     source_name = request.match_info["source"]
     state.in_flight += 1
     try:
-        event_id, event_type = await _accept(request, state, source_name)
+        accepted = await _accept(request, state, source_name)
     except Rejection as exc:
         seconds = time.perf_counter() - started
         state.metrics.received(source_name, exc.outcome, seconds)
@@ -194,18 +211,20 @@ async def receive_webhook(request: web.Request) -> web.Response:
             state.idle.set()
 
     seconds = time.perf_counter() - started
-    state.metrics.received(source_name, "accepted", seconds)
+    outcome, status = ("duplicate", 200) if accepted.duplicate else ("accepted", 202)
+    state.metrics.received(source_name, outcome, seconds)
     log.info(
-        "webhook accepted",
+        f"webhook {outcome}",
         source=source_name,
-        event_type=event_type,
-        event_id=event_id,
-        status=202,
-        outcome="accepted",
+        event_type=accepted.type,
+        event_id=accepted.id,
+        handlers=accepted.handlers,
+        status=status,
+        outcome=outcome,
         remote=request.remote,
         duration_ms=round(seconds * 1000, 3),
     )
-    return web.json_response({"status": "accepted", "id": event_id}, status=202)
+    return web.json_response({"status": outcome, "id": accepted.id}, status=status)
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -229,21 +248,27 @@ def create_app(
     metrics: Metrics,
     routes: Routes | None = None,
     clock: Callable[[], float] = time.time,
+    observe: Callable[[WebhookEvent, str], None] | None = None,
 ) -> web.Application:
     """Build the aiohttp application; all state lives on it under `STATE`.
 
-    ``routes`` contributes the secrets declared on handlers (see `source_keys`).
+    ``routes`` decides which handlers get a delivery, and contributes the secrets declared
+    on handlers (see `source_keys`).
     """
     app = web.Application()
-    sources = source_keys(config, routes or Routes(()))
+    routes = routes or Routes(())
+    sources = source_keys(config, routes)
     metrics.add_sources(sources)
     app[STATE] = ServerState(
         config=config,
         sources=sources,
+        routes=routes,
         spool=spool,
         metrics=metrics,
         clock=clock,
     )
+    if observe is not None:
+        app[STATE].observe = observe
     app.router.add_post("/webhooks/{source}", receive_webhook)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

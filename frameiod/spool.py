@@ -1,79 +1,530 @@
-"""Where accepted events wait for dispatch: the seam between the server and the dispatcher.
+"""The durable spool: accepted events and their per-handler deliveries, in one SQLite file.
 
-The server only ever calls `put`; the dispatcher only ever calls `get`. Today the queue is
-in memory and bounded (a full queue is refused with 503, never silently dropped); the
-durable SQLite spool will replace `MemorySpool` behind the same two calls.
+An event is committed, with one delivery row per matching handler, before the 202 goes
+out. All SQLite work runs on one writer thread that owns the connection; operations that
+arrive while it is busy form the next batch and share one transaction and one fsync
+(group commit), so throughput does not collapse to one fsync per request. Each
+operation runs in its own savepoint: one failing (a full disk, say) fails alone.
+
+Delivery states: ``pending`` (due at ``next_attempt_at``), ``running``, ``done``, ``dead``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from pathlib import Path
+from typing import Any, Literal, TypeVar
 
-from frameiod.events import WebhookEvent
+__all__ = [
+    "SCHEMA_VERSION",
+    "Accepted",
+    "Claimed",
+    "Incoming",
+    "Spool",
+    "SpoolError",
+    "SpoolUnavailable",
+]
 
-__all__ = ["DEFAULT_CAPACITY", "Envelope", "MemorySpool", "Spool", "SpoolFull"]
+SCHEMA_VERSION = 1
+_ERROR_LIMIT = 2000  # characters of the last error kept per delivery
+_BATCH_LIMIT = 256
 
-DEFAULT_CAPACITY = 10_000
+T = TypeVar("T")
+Synchronous = Literal["FULL", "NORMAL"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    id TEXT PRIMARY KEY,
+    source TEXT NOT NULL,
+    type TEXT NOT NULL,
+    body BLOB NOT NULL,
+    body_hash BLOB NOT NULL,
+    timestamp INTEGER NOT NULL,
+    signature TEXT NOT NULL,
+    secret_id TEXT NOT NULL,
+    received_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_request ON events (signature, timestamp);
+CREATE INDEX IF NOT EXISTS events_body ON events (source, body_hash);
+CREATE INDEX IF NOT EXISTS events_received ON events (received_at);
+CREATE TABLE IF NOT EXISTS deliveries (
+    id INTEGER PRIMARY KEY,
+    event_id TEXT NOT NULL REFERENCES events (id) ON DELETE CASCADE,
+    handler TEXT NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('pending', 'running', 'done', 'dead')),
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL,
+    last_outcome TEXT,
+    last_error TEXT,
+    last_seconds REAL,
+    updated_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (state, next_attempt_at);
+CREATE INDEX IF NOT EXISTS deliveries_event ON deliveries (event_id);
+"""
+
+
+class SpoolError(Exception):
+    """The spool cannot be used at all (unreadable, corrupt, wrong settings): stop start-up."""
+
+
+class SpoolUnavailable(Exception):
+    """The spool cannot take writes right now (disk full, read-only); ``reason`` says which.
+
+    Callers answer 503 with Retry-After: nothing was committed, and the sender retries.
+    """
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
 
 
 @dataclass(frozen=True, slots=True)
-class Envelope:
-    """One accepted webhook delivery, as it travels from the server to the handlers."""
+class Incoming:
+    """A verified, validated delivery, as the server hands it to the spool."""
 
     id: str
     source: str
-    event: WebhookEvent
+    type: str
     body: bytes
-    received_at: float
+    timestamp: int
+    signature: str
     secret_id: str
-    """Tag of the secret that verified the delivery (`frameiod.handlers.secret_id`)."""
+    received_at: float
 
 
-class SpoolFull(Exception):
-    """The spool cannot take another event now; the sender should retry later."""
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """The spool's answer to an incoming delivery."""
+
+    id: str
+    """The event id to give the sender: the new one, or the original's for a duplicate."""
+    duplicate: bool
+    deliveries: int
 
 
-class Spool(Protocol):
-    """What the server and the dispatcher need from a spool."""
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """One delivery handed to a worker: run ``handler`` for this event."""
 
-    async def put(self, envelope: Envelope) -> None:
-        """Keep ``envelope`` for dispatch, or raise `SpoolFull`; returns once it is kept."""
+    delivery_id: int
+    event_id: str
+    handler: str
+    attempts: int
+    source: str
+    body: bytes
+    timestamp: int
+    received_at: float
 
-    async def get(self) -> Envelope | None:
-        """The next envelope to dispatch; None once the spool is closed and empty."""
 
-    def close(self) -> None:
-        """Take no more envelopes; `get` drains what is left, then returns None."""
+def _unavailable(exc: sqlite3.Error) -> SpoolUnavailable:
+    code = getattr(exc, "sqlite_errorname", "")
+    if code == "SQLITE_FULL":
+        return SpoolUnavailable("spool_full", "the spool's disk is full")
+    if code.startswith(("SQLITE_READONLY", "SQLITE_CANTOPEN", "SQLITE_IOERR")):
+        return SpoolUnavailable("spool_unwritable", f"the spool cannot be written: {exc}")
+    if code.startswith("SQLITE_BUSY"):
+        return SpoolUnavailable("spool_busy", f"the spool is locked: {exc}")
+    return SpoolUnavailable("spool_error", f"the spool failed: {exc}")
 
 
-class MemorySpool:
-    """A bounded in-process queue: fast, and lost with the process (until the SQLite spool)."""
+class _Writer(threading.Thread):
+    """Owns the connection; runs submitted operations in batches, one commit per batch."""
 
-    def __init__(self, capacity: int = DEFAULT_CAPACITY) -> None:
-        self._queue: asyncio.Queue[Envelope | None] = asyncio.Queue(maxsize=capacity + 1)
-        self._capacity = capacity
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        super().__init__(name="frameiod-spool", daemon=True)
+        self.conn = conn
+        self.jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self.batches = 0
+
+    def run(self) -> None:
+        while (job := self.jobs.get()) is not None:
+            batch = [job]
+            while len(batch) < _BATCH_LIMIT:
+                try:
+                    more = self.jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    self.jobs.put(None)  # finish this batch, then stop
+                    break
+                batch.append(more)
+            try:
+                self._run_batch(batch)
+            except Exception as exc:  # the connection itself failed: fail the batch, go on
+                if self.conn.in_transaction:
+                    self.conn.rollback()
+                self._settle(
+                    batch, [(False, SpoolUnavailable("spool_error", str(exc)))] * len(batch)
+                )
+        self.conn.close()
+
+    def _run_batch(self, batch: list[tuple[Callable[[sqlite3.Connection], Any], Any]]) -> None:
+        results: list[tuple[bool, Any]] = [(False, None)] * len(batch)
+        # Operations that succeeded inside the open transaction: they stand or fall with it.
+        uncommitted: list[int] = []
+
+        def fail_uncommitted(error: Exception) -> None:
+            for index in uncommitted:
+                results[index] = (False, error)
+            uncommitted.clear()
+
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            self._settle(batch, [(False, _unavailable(exc))] * len(batch))
+            return
+        for index, (operation, _) in enumerate(batch):
+            if not self.conn.in_transaction:
+                try:
+                    self.conn.execute("BEGIN IMMEDIATE")
+                except sqlite3.Error as exc:
+                    results[index] = (False, _unavailable(exc))
+                    continue
+            self.conn.execute("SAVEPOINT op")
+            try:
+                results[index] = (True, operation(self.conn))
+                self.conn.execute("RELEASE op")
+                uncommitted.append(index)
+            except Exception as exc:
+                error = _unavailable(exc) if isinstance(exc, sqlite3.Error) else exc
+                results[index] = (False, error)
+                if self.conn.in_transaction:
+                    self.conn.execute("ROLLBACK TO op")
+                    self.conn.execute("RELEASE op")
+                else:
+                    # SQLite rolled the whole transaction back itself (it does on a full
+                    # disk): the operations before this one are gone too.
+                    fail_uncommitted(error)
+        if self.conn.in_transaction:
+            try:
+                self.conn.commit()
+            except sqlite3.Error as exc:
+                if self.conn.in_transaction:
+                    self.conn.rollback()
+                fail_uncommitted(_unavailable(exc))
+        self.batches += 1
+        self._settle(batch, results)
+
+    @staticmethod
+    def _settle(batch: list[tuple[Any, Any]], results: list[tuple[bool, Any]]) -> None:
+        for (_, (loop, future)), (ok, value) in zip(batch, results, strict=True):
+            loop.call_soon_threadsafe(_resolve, future, ok, value)
+
+
+def _resolve(future: asyncio.Future[Any], ok: bool, value: Any) -> None:
+    if future.done():  # the awaiting request went away; the work is done regardless
+        return
+    if ok:
+        future.set_result(value)
+    else:
+        future.set_exception(value)
+
+
+def _connect(path: Path, synchronous: Synchronous) -> sqlite3.Connection:
+    """Open the spool file, create the schema, and prove the settings took."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    except (OSError, sqlite3.Error) as exc:
+        raise SpoolError(f"{path}: cannot open the spool: {exc}") from None
+    try:
+        conn.execute("PRAGMA busy_timeout = 5000")
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise SpoolError(
+                f"{path}: the spool was written by a newer frameiod (schema {version}, this "
+                f"frameiod knows {SCHEMA_VERSION}); upgrade frameiod or point [spool] path "
+                "elsewhere"
+            )
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        conn.execute(f"PRAGMA synchronous = {synchronous}")
+        level = conn.execute("PRAGMA synchronous").fetchone()[0]
+        if mode.lower() != "wal" or level != {"FULL": 2, "NORMAL": 1}[synchronous]:
+            raise SpoolError(
+                f"{path}: SQLite refused the spool settings (journal_mode={mode}, "
+                f"synchronous={level}; wanted wal and {synchronous}); is the file on a "
+                "filesystem that supports WAL?"
+            )
+        conn.execute("PRAGMA foreign_keys = ON")
+        check = conn.execute("PRAGMA quick_check").fetchone()[0]
+        if check != "ok":
+            raise SpoolError(f"{path}: the spool is corrupt ({check}); move it aside to start")
+        conn.executescript(_SCHEMA)
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    except sqlite3.DatabaseError as exc:
+        conn.close()
+        raise SpoolError(
+            f"{path}: the spool cannot be read ({exc}); it is not a frameiod spool or it is "
+            "damaged. Move it aside to start with an empty spool."
+        ) from None
+    except SpoolError:
+        conn.close()
+        raise
+    return conn
+
+
+def body_hash(body: bytes) -> bytes:
+    """The key identical bodies share (for coalescing)."""
+    return hashlib.sha256(body).digest()
+
+
+class Spool:
+    """The durable spool. Open with `open`; every method runs on the writer thread."""
+
+    def __init__(self, path: Path, writer: _Writer, recovered: int = 0) -> None:
+        self.path = path
+        self.recovered = recovered
+        """How many deliveries a crash had left ``running`` (now ``pending`` again)."""
+        self._writer = writer
+        self._listeners: list[Callable[[], None]] = []
         self._closed = False
 
-    def __len__(self) -> int:
-        return self._queue.qsize()
+    @classmethod
+    async def open(cls, path: Path, synchronous: Synchronous = "FULL") -> Spool:
+        """Open (or create) the spool at ``path``; raise `SpoolError` if it cannot be used.
 
-    async def put(self, envelope: Envelope) -> None:
-        """Queue ``envelope``; raise `SpoolFull` when closed or at capacity."""
-        if self._closed or self._queue.qsize() >= self._capacity:
-            raise SpoolFull("the in-memory queue is full" if not self._closed else "closed")
-        self._queue.put_nowait(envelope)
+        Deliveries a crash left ``running`` go back to ``pending``.
+        """
+        conn = await asyncio.to_thread(_connect, path, synchronous)
+        # Before the writer thread exists, the connection is still this thread's alone.
+        recovered = await asyncio.to_thread(_recover_committed, conn)
+        writer = _Writer(conn)
+        writer.start()
+        return cls(path, writer, recovered)
 
-    async def get(self) -> Envelope | None:
-        """Wait for the next envelope; None after `close` once the queue is drained."""
-        item = await self._queue.get()
-        if item is None:
-            self._queue.put_nowait(None)  # let every other waiting consumer see the end too
-        return item
+    @property
+    def batches(self) -> int:
+        """Transactions committed so far (each batch of operations is one)."""
+        return self._writer.batches
 
-    def close(self) -> None:
-        """Stop accepting; the sentinel sorts after everything already queued."""
-        if not self._closed:
-            self._closed = True
-            self._queue.put_nowait(None)
+    def run(self, operation: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
+        """Run ``operation(connection)`` on the writer thread, inside the next batch."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        if self._closed:
+            future.set_exception(SpoolUnavailable("spool_closed", "the spool is closed"))
+        else:
+            self._writer.jobs.put((operation, (loop, future)))
+        return future
+
+    def on_new_work(self, listener: Callable[[], None]) -> None:
+        """Call ``listener`` (on the event loop) whenever new deliveries were committed."""
+        self._listeners.append(listener)
+
+    async def accept(self, incoming: Incoming, handlers: Sequence[str]) -> Accepted:
+        """Commit ``incoming`` with one pending delivery per handler in ``handlers``, unless it
+        is a duplicate; raise `SpoolUnavailable` if it cannot be written."""
+        accepted = await self.run(lambda conn: _accept(conn, incoming, handlers))
+        if accepted.deliveries:
+            for listener in self._listeners:
+                listener()
+        return accepted
+
+    async def claim(
+        self, limit: int, caps: dict[str, int], now: float | None = None
+    ) -> list[Claimed]:
+        """Mark up to ``limit`` due deliveries ``running``, oldest first, and return them.
+
+        ``caps`` maps each handler that may run to how many more calls it may start now;
+        handlers not in it (not loaded, or at their concurrency limit) are skipped.
+        """
+        if limit <= 0 or not caps:
+            return []
+        moment = time.time() if now is None else now
+        return await self.run(lambda conn: _claim(conn, limit, dict(caps), moment))
+
+    async def finish(
+        self,
+        delivery_id: int,
+        *,
+        outcome: str,
+        seconds: float,
+        error: str | None,
+        next_attempt_at: float | None = None,
+        dead: bool = False,
+    ) -> None:
+        """Record how a call ended: ``done`` when it succeeded, ``dead`` when ``dead``, else
+        ``pending`` again at ``next_attempt_at``."""
+        state = "done" if outcome == "ok" else ("dead" if dead else "pending")
+        await self.run(
+            lambda conn: conn.execute(
+                "UPDATE deliveries SET state = ?, last_outcome = ?, last_error = ?,"
+                " last_seconds = ?, next_attempt_at = COALESCE(?, next_attempt_at),"
+                " updated_at = ? WHERE id = ?",
+                (
+                    state,
+                    outcome,
+                    error[:_ERROR_LIMIT] if error else None,
+                    seconds,
+                    next_attempt_at,
+                    time.time(),
+                    delivery_id,
+                ),
+            )
+        )
+        if state == "pending":
+            for listener in self._listeners:
+                listener()
+
+    async def release(self, delivery_ids: Iterable[int]) -> None:
+        """Put deliveries that were running back to ``pending`` (a call cut short by stop)."""
+        ids = [(time.time(), delivery_id) for delivery_id in delivery_ids]
+        await self.run(
+            lambda conn: conn.executemany(
+                "UPDATE deliveries SET state = 'pending', updated_at = ? WHERE id = ?"
+                " AND state = 'running'",
+                ids,
+            )
+        )
+
+    async def next_due(self, handlers: Iterable[str]) -> float | None:
+        """When the earliest pending delivery of ``handlers`` is due, or None."""
+        names = list(handlers)
+        if not names:
+            return None
+        marks = ",".join("?" * len(names))
+        sql = (
+            "SELECT MIN(next_attempt_at) FROM deliveries WHERE state = 'pending'"
+            f" AND handler IN ({marks})"
+        )
+        row = await self.run(lambda conn: conn.execute(sql, names).fetchone())
+        return row[0]
+
+    async def deliveries_of(self, event_id: str) -> list[dict[str, Any]]:
+        """Every delivery of one event, as rows."""
+        return await self.run(
+            lambda conn: _rows(
+                conn.execute("SELECT * FROM deliveries WHERE event_id = ? ORDER BY id", (event_id,))
+            )
+        )
+
+    async def gauges(self, now: float | None = None) -> tuple[dict[str, int], float]:
+        """Deliveries per state, and the age in seconds of the oldest due pending one."""
+        moment = time.time() if now is None else now
+        return await self.run(lambda conn: _gauges(conn, moment))
+
+    async def purge_done(self, older_than: float) -> int:
+        """Delete events whose deliveries are all done (or that had none) and that were
+        received more than ``older_than`` seconds ago; dead letters stay."""
+        cutoff = time.time() - older_than
+        return await self.run(
+            lambda conn: (
+                conn.execute(
+                    "DELETE FROM events WHERE received_at < ? AND NOT EXISTS (SELECT 1 FROM"
+                    " deliveries d WHERE d.event_id = events.id AND d.state != 'done')",
+                    (cutoff,),
+                ).rowcount
+            )
+        )
+
+    async def close(self) -> None:
+        """Finish queued operations and close the file."""
+        self._closed = True
+        self._writer.jobs.put(None)
+        await asyncio.to_thread(self._writer.join)
+
+
+def _rows(cursor: sqlite3.Cursor) -> list[dict[str, Any]]:
+    names = [column[0] for column in cursor.description]
+    return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+
+def _recover_committed(conn: sqlite3.Connection) -> int:
+    with conn:
+        conn.execute("BEGIN IMMEDIATE")
+        return conn.execute(
+            "UPDATE deliveries SET state = 'pending', updated_at = ? WHERE state = 'running'",
+            (time.time(),),
+        ).rowcount
+
+
+def _accept(conn: sqlite3.Connection, incoming: Incoming, handlers: Sequence[str]) -> Accepted:
+    # The same signed request again (Frame.io's retry, or a replay): it is this event.
+    row = conn.execute(
+        "SELECT id FROM events WHERE signature = ? AND timestamp = ? AND source = ?",
+        (incoming.signature, incoming.timestamp, incoming.source),
+    ).fetchone()
+    if row:
+        return Accepted(row[0], duplicate=True, deliveries=0)
+    digest = body_hash(incoming.body)
+    # An identical body still waiting for every handler: the pending run will do.
+    row = conn.execute(
+        "SELECT e.id FROM events e WHERE e.source = ? AND e.body_hash = ? AND e.secret_id = ?"
+        " AND EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = e.id)"
+        " AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = e.id"
+        " AND d.state != 'pending') ORDER BY e.received_at DESC LIMIT 1",
+        (incoming.source, digest, incoming.secret_id),
+    ).fetchone()
+    if row:
+        return Accepted(row[0], duplicate=True, deliveries=0)
+    conn.execute(
+        "INSERT INTO events (id, source, type, body, body_hash, timestamp, signature,"
+        " secret_id, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            incoming.id,
+            incoming.source,
+            incoming.type,
+            incoming.body,
+            digest,
+            incoming.timestamp,
+            incoming.signature,
+            incoming.secret_id,
+            incoming.received_at,
+        ),
+    )
+    conn.executemany(
+        "INSERT INTO deliveries (event_id, handler, state, next_attempt_at, updated_at)"
+        " VALUES (?, ?, 'pending', ?, ?)",
+        [
+            (incoming.id, handler, incoming.received_at, incoming.received_at)
+            for handler in handlers
+        ],
+    )
+    return Accepted(incoming.id, duplicate=False, deliveries=len(handlers))
+
+
+def _claim(conn: sqlite3.Connection, limit: int, caps: dict[str, int], now: float) -> list[Claimed]:
+    marks = ",".join("?" * len(caps))
+    sql = (
+        "SELECT d.id, d.event_id, d.handler, d.attempts, e.source, e.body, e.timestamp,"
+        " e.received_at FROM deliveries d JOIN events e ON e.id = d.event_id"
+        f" WHERE d.state = 'pending' AND d.next_attempt_at <= ? AND d.handler IN ({marks})"
+        " ORDER BY d.next_attempt_at, d.id LIMIT ?"
+    )
+    # Fetch more than needed: rows of handlers at their concurrency cap are skipped.
+    rows = conn.execute(sql, (now, *caps, limit * 4)).fetchall()
+    claimed: list[Claimed] = []
+    for row in rows:
+        handler = row[2]
+        if caps[handler] <= 0:
+            continue
+        caps[handler] -= 1
+        claimed.append(Claimed(row[0], row[1], handler, row[3] + 1, row[4], row[5], row[6], row[7]))
+        if len(claimed) == limit:
+            break
+    conn.executemany(
+        "UPDATE deliveries SET state = 'running', attempts = attempts + 1, updated_at = ?"
+        " WHERE id = ?",
+        [(now, c.delivery_id) for c in claimed],
+    )
+    return claimed
+
+
+def _gauges(conn: sqlite3.Connection, now: float) -> tuple[dict[str, int], float]:
+    counts = dict.fromkeys(("pending", "running", "done", "dead"), 0)
+    counts.update(conn.execute("SELECT state, COUNT(*) FROM deliveries GROUP BY state"))
+    oldest = conn.execute(
+        "SELECT MIN(next_attempt_at) FROM deliveries WHERE state = 'pending'"
+        " AND next_attempt_at <= ?",
+        (now,),
+    ).fetchone()[0]
+    return counts, (now - oldest) if oldest is not None else 0.0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -16,11 +17,10 @@ from support import SECRET, event_body, make_config, signed_headers
 
 from frameiod import __version__
 from frameiod.config import Config
-from frameiod.dispatch import Dispatcher
-from frameiod.handlers import secret_id
+from frameiod.handlers import Routes, WebhookHandler, secret_id
 from frameiod.metrics import Metrics
 from frameiod.server import STATE, create_app
-from frameiod.spool import MemorySpool
+from frameiod.spool import Spool
 
 NOW = 1_800_000_000
 UUID7 = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
@@ -35,7 +35,8 @@ class Daemon:
         self.client = client
         self.app = app
         self.state = app[STATE]
-        self.spool: MemorySpool = self.state.spool  # type: ignore[assignment]
+        self.spool: Spool = self.state.spool
+        self._sent = 0
 
     async def post(
         self,
@@ -44,8 +45,12 @@ class Daemon:
         source: str = "default",
         headers: dict[str, str] | None = None,
         secret: str = SECRET,
-        timestamp: int = NOW,
+        timestamp: int | None = None,
     ) -> tuple[int, dict[str, object]]:
+        if timestamp is None:
+            # A new timestamp per request: the same signed request twice is a duplicate.
+            self._sent += 1
+            timestamp = NOW - self._sent
         if headers is None:
             headers = signed_headers(body, secret, timestamp)
         # skip_auto_headers: aiohttp would otherwise add its own Content-Type to raw bytes.
@@ -69,17 +74,50 @@ def config(tmp_path: Path) -> Config:
     return make_config(tmp_path)
 
 
+async def _spooled(self: Daemon, event_id: str) -> dict[str, object]:
+    """The event row the spool committed for ``event_id``."""
+    rows = await self.spool.run(
+        lambda conn: conn.execute("SELECT * FROM events WHERE id = ?", (event_id,)).fetchall()
+    )
+    assert len(rows) == 1, f"event {event_id} is not in the spool"
+    names = [
+        "id",
+        "source",
+        "type",
+        "body",
+        "body_hash",
+        "timestamp",
+        "signature",
+        "secret_id",
+        "received_at",
+    ]
+    return dict(zip(names, rows[0], strict=True))
+
+
+Daemon.spooled = _spooled  # type: ignore[attr-defined]
+
+
 @pytest.fixture
-async def daemon(aiohttp_client: ClientFactory, config: Config) -> AsyncIterator[Daemon]:
+def routes() -> Routes:
+    return Routes(())
+
+
+@pytest.fixture
+async def daemon(
+    aiohttp_client: ClientFactory, config: Config, routes: Routes, tmp_path: Path
+) -> AsyncIterator[Daemon]:
+    spool = await Spool.open(tmp_path / "spool.db")
     app = create_app(
         config,
-        spool=MemorySpool(capacity=100),
+        spool=spool,
         metrics=Metrics(config.sources, __version__),
+        routes=routes,
         clock=lambda: NOW,
     )
     client = await aiohttp_client(app)
     app[STATE].ready = True
-    return Daemon(client, app)
+    yield Daemon(client, app)
+    await spool.close()
 
 
 class TestAccepted:
@@ -89,17 +127,17 @@ class TestAccepted:
         assert body["status"] == "accepted"
         assert UUID7.fullmatch(str(body["id"]))
 
-    async def test_accepted_event_is_handed_to_the_spool_intact(self, daemon: Daemon):
+    async def test_accepted_event_is_on_disk_intact_before_the_answer(self, daemon: Daemon):
         raw = event_body("comment.created", extra={"kept": True})
-        _, body = await daemon.post(raw)
-        envelope = await daemon.spool.get()
-        assert envelope is not None
-        assert envelope.id == body["id"]
-        assert envelope.source == "default"
-        assert envelope.body == raw
-        assert envelope.event.type == "comment.created"
-        assert envelope.event.timestamp == NOW
-        assert envelope.event.model_extra == {"extra": {"kept": True}}
+        headers = signed_headers(raw, timestamp=NOW)
+        _, body = await daemon.post(raw, headers=headers)
+        row = await daemon.spooled(str(body["id"]))
+        assert row["source"] == "default"
+        assert row["body"] == raw
+        assert row["type"] == "comment.created"
+        assert row["timestamp"] == NOW
+        assert row["signature"] == headers["X-Frameio-Signature"]
+        assert row["received_at"] == NOW
 
     async def test_ids_increase_in_acceptance_order(self, daemon: Daemon):
         ids = [str((await daemon.post(event_body()))[1]["id"]) for _ in range(20)]
@@ -150,10 +188,7 @@ secrets = ["old-secret", "new-secret"]
     async def test_each_configured_secret_is_accepted(self, daemon: Daemon, secret: str):
         status, body = await daemon.post(event_body(), secret=secret)
         assert status == 202
-        envelope = await daemon.spool.get()
-        assert envelope is not None
-        assert envelope.id == body["id"]
-        assert envelope.secret_id == secret_id(secret)
+        assert (await daemon.spooled(str(body["id"])))["secret_id"] == secret_id(secret)
 
     async def test_a_retired_secret_is_refused(self, daemon: Daemon):
         assert (await daemon.post(event_body(), secret="older-secret"))[0] == 401
@@ -262,9 +297,42 @@ class TestMalformed:
 
 
 class TestUnavailable:
-    async def test_full_spool_is_503_with_retry_after(self, daemon: Daemon):
-        for _ in range(100):
-            assert (await daemon.post(event_body()))[0] == 202
+    async def test_full_disk_is_503_with_retry_after_and_recovers_when_space_returns(
+        self, daemon: Daemon
+    ):
+        def cap(conn: sqlite3.Connection, pages: int | None = None) -> int:
+            if pages is None:
+                pages = conn.execute("PRAGMA page_count").fetchone()[0]
+            return conn.execute(f"PRAGMA max_page_count = {pages}").fetchone()[0]
+
+        # No room beyond the pages the file has now: as good as a full disk.
+        await daemon.spool.run(cap)
+        statuses = []
+        with capture_logs() as logs:
+            for n in range(200):
+                status, body = await daemon.post(event_body(padding="x" * 2000, n=n))
+                statuses.append(status)
+                if status == 503:
+                    break
+        assert statuses[-1] == 503, "the spool never filled up"
+        assert set(statuses[:-1]) <= {202}
+        assert body == {"error": "spool_full", "detail": "the spool's disk is full"}
+        assert logs[-1]["reason"] == "spool_full"
+        assert logs[-1]["outcome"] == "unavailable"
+        metrics = await daemon.scrape()
+        key = (
+            "frameiod_deliveries_received_total",
+            (("outcome", "unavailable"), ("source", "default")),
+        )
+        assert metrics[key] == 1
+
+        await daemon.spool.run(lambda conn: cap(conn, 1_000_000))
+        status, body = await daemon.post(event_body(padding="x" * 2000, n="after"))
+        assert status == 202
+        await daemon.spooled(str(body["id"]))
+
+    async def test_retry_after_header_on_503(self, daemon: Daemon):
+        await daemon.spool.close()
         response = await daemon.client.post(
             "/webhooks/default",
             data=event_body(),
@@ -272,7 +340,7 @@ class TestUnavailable:
         )
         assert response.status == 503
         assert response.headers["Retry-After"] == "5"
-        assert (await response.json())["error"] == "spool_full"
+        assert (await response.json())["error"] == "spool_closed"
 
     async def test_stopping_daemon_refuses_with_503_and_is_not_ready(self, daemon: Daemon):
         assert (await daemon.client.get("/readyz")).status == 200
@@ -328,18 +396,50 @@ class TestMetrics:
         assert after[("frameiod_build_info", (("version", __version__),))] == 1
 
 
-class TestDispatcher:
-    async def test_every_accepted_event_is_logged_by_the_dispatcher_in_order(self, daemon: Daemon):
-        ids = [(await daemon.post(event_body(t)))[1]["id"] for t in ("file.ready", "file.created")]
-        daemon.spool.close()
-        with capture_logs() as logs:
-            await Dispatcher(daemon.spool).run()
-        dispatched = [entry for entry in logs if entry["event"] == "event dispatched"]
-        assert [entry["event_id"] for entry in dispatched] == ids
-        assert [entry["event_type"] for entry in dispatched] == ["file.ready", "file.created"]
-        assert dispatched[0]["resource_id"] == "dddddddd-0000-0000-0000-000000000004"
+class TestDuplicates:
+    @pytest.fixture
+    def routes(self) -> Routes:
+        async def handle(event: object) -> None: ...
 
-    async def test_closed_spool_refuses_new_events(self, daemon: Daemon):
-        daemon.spool.close()
-        status, body = await daemon.post(event_body())
-        assert (status, body["error"]) == (503, "spool_full")
+        return Routes([WebhookHandler(func=handle, event_types=("*",), name="h", plugin="p")])
+
+    async def test_the_same_signed_request_again_is_a_duplicate_of_the_first(self, daemon: Daemon):
+        raw = event_body()
+        headers = signed_headers(raw, timestamp=NOW - 10)
+        first = await daemon.post(raw, headers=headers)
+        with capture_logs() as logs:
+            again = await daemon.post(raw, headers=headers)
+        assert first[0] == 202
+        assert again == (200, {"status": "duplicate", "id": first[1]["id"]})
+        assert logs[-1]["outcome"] == "duplicate"
+        metrics = await daemon.scrape()
+        key = (
+            "frameiod_deliveries_received_total",
+            (("outcome", "duplicate"), ("source", "default")),
+        )
+        assert metrics[key] == 1
+
+    async def test_an_identical_body_still_pending_is_coalesced(self, daemon: Daemon):
+        raw = event_body()
+        first = await daemon.post(raw)
+        resent = await daemon.post(raw)  # a new timestamp: Frame.io's retry, say
+        assert resent == (200, {"status": "duplicate", "id": first[1]["id"]})
+        rows = await daemon.spool.deliveries_of(str(first[1]["id"]))
+        assert [(r["handler"], r["state"]) for r in rows] == [("p:h", "pending")]
+
+    async def test_an_identical_body_after_processing_is_a_new_event(self, daemon: Daemon):
+        raw = event_body()
+        first = await daemon.post(raw)
+        (delivery,) = await daemon.spool.deliveries_of(str(first[1]["id"]))
+        await daemon.spool.finish(delivery["id"], outcome="ok", seconds=0.1, error=None)
+        later = await daemon.post(raw)
+        assert later[0] == 202
+        assert later[1]["id"] != first[1]["id"]
+        assert len(await daemon.spool.deliveries_of(str(later[1]["id"]))) == 1
+
+    async def test_the_same_body_from_another_source_is_not_coalesced(self, daemon: Daemon):
+        raw = event_body()
+        first = await daemon.post(raw)
+        second = await daemon.post(raw, secret="other-secret")
+        assert first[0] == 202
+        assert second[0] == 401  # and with a valid other source it would be its own event
