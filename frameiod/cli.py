@@ -12,6 +12,7 @@ import time
 from collections.abc import Sequence
 
 from frameiod import __version__
+from frameiod.admin import add_queue_commands, run_queue
 from frameiod.config import Config, ConfigError, find_config, format_duration, load_config
 from frameiod.events import EVENT_TYPES, closest_event_type, example_payload
 from frameiod.plugins import PluginHost
@@ -113,6 +114,13 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
                 types = ", ".join(handler.event_types)
                 print(f"  handler {handler.name}: {types} (source {handler.source})")
     return EXIT_OK
+
+
+def _cmd_queue(args: argparse.Namespace) -> int:
+    config = _load(args)
+    if config is None:
+        return EXIT_CONFIG
+    return run_queue(args, config)
 
 
 def _cmd_pip(args: argparse.Namespace) -> int:
@@ -246,6 +254,8 @@ def _parser() -> argparse.ArgumentParser:
         help="print installed plugin distributions in requirements format",
     )
     plugins.set_defaults(func=_cmd_plugins)
+
+    add_queue_commands(commands, common).set_defaults(func=_cmd_queue)
 
     for verb, what in (
         ("install", "install plugins into frameiod's own environment"),

@@ -260,13 +260,20 @@ class Dispatcher:
 
     # --- waiting and stopping ------------------------------------------------------
 
-    async def wait_for(self, event_id: str) -> list[Outcome]:
+    async def wait_for(self, event_id: str, *, settled: bool = False) -> list[Outcome]:
         """Wait until every delivery of ``event_id`` has been attempted at least once and
-        none is running; return each one's latest outcome (for tests and tooling)."""
+        none is running (with ``settled``: until each is done or dead); return each one's
+        latest outcome. For tests and tooling."""
+
+        def ready(row: dict[str, Any]) -> bool:
+            if settled:
+                return row["state"] in ("done", "dead")
+            return row["attempts"] > 0 and row["state"] != "running"
+
         async with self._finished:
             while True:
                 rows = await self._spool.deliveries_of(event_id)
-                if all(r["attempts"] > 0 and r["state"] != "running" for r in rows):
+                if all(ready(row) for row in rows):
                     return [
                         Outcome(
                             "dead" if r["state"] == "dead" else r["last_outcome"],

@@ -121,10 +121,12 @@ class RunningDaemon:
             sent.outcomes = await self.wait_for(body["id"])
         return sent
 
-    async def wait_for(self, event_id: str) -> list[Outcome]:
-        """Wait until every handler of an accepted event has finished; return the outcomes."""
+    async def wait_for(self, event_id: str, *, settled: bool = False) -> list[Outcome]:
+        """Wait until every handler of an accepted event has been called once (with
+        ``settled``: until each succeeded or gave up after its retries); return the latest
+        outcome of each."""
         assert self.daemon.dispatcher is not None, "the daemon is not running"
-        return await self.daemon.dispatcher.wait_for(event_id)
+        return await self.daemon.dispatcher.wait_for(event_id, settled=settled)
 
 
 @asynccontextmanager

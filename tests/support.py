@@ -206,3 +206,20 @@ def run_cli(
         check=False,
         env={**os.environ, "FRAMEIOD_PLUGINS": ""},
     )
+
+
+def install_plugin(site: Path, name: str, code: str) -> dict[str, str]:
+    """Make ``code`` an installed frameiod plugin named ``name`` for a subprocess.
+
+    Writes the module and a ``.dist-info`` with its entry point into ``site``: the real
+    entry-point discovery finds it once ``site`` is on the subprocess's PYTHONPATH, which
+    the returned environment sets. The module must define ``app``.
+    """
+    site.mkdir(parents=True, exist_ok=True)
+    module = f"frameiod_test_{name}"
+    (site / f"{module}.py").write_text(code)
+    dist = site / f"{module}-0.0.1.dist-info"
+    dist.mkdir(exist_ok=True)
+    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {module}\nVersion: 0.0.1\n")
+    (dist / "entry_points.txt").write_text(f"[frameiod.plugins]\n{name} = {module}:app\n")
+    return {"PYTHONPATH": str(site)}

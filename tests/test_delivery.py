@@ -1,0 +1,209 @@
+"""Delivery through the spool: retries per handler, timeouts, dead letters, replay, caps."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+from structlog.testing import capture_logs
+from support import run_cli
+
+from frameiod import App, WebhookEvent
+from frameiod.dispatch import RetryPolicy
+from frameiod.testing import RunningDaemon, run_daemon
+
+# Retries in milliseconds, so the tests run in a blink.
+FAST = """
+[dispatch]
+backoff_initial = "10ms"
+backoff_max = "40ms"
+max_attempts = 3
+"""
+
+
+async def _states(daemon: RunningDaemon, event_id: str) -> dict[str, tuple[str, int]]:
+    assert daemon.daemon.spool is not None
+    rows = await daemon.daemon.spool.deliveries_of(event_id)
+    return {row["handler"]: (row["state"], row["attempts"]) for row in rows}
+
+
+class TestRetries:
+    async def test_a_handler_failing_twice_then_succeeding_runs_three_times_alone(self):
+        app = App()
+        calls = {"flaky": 0, "sibling": 0}
+
+        @app.on_webhook("file.ready")
+        async def flaky(event: WebhookEvent) -> None:
+            calls["flaky"] += 1
+            if calls["flaky"] <= 2:
+                raise ConnectionError(f"storage unreachable ({calls['flaky']})")
+
+        @app.on_webhook("file.ready")
+        async def sibling(event: WebhookEvent) -> None:
+            calls["sibling"] += 1
+
+        with capture_logs() as logs:
+            async with run_daemon({"p": app}, settings=FAST) as daemon:
+                sent = await daemon.send("file.ready", wait=False)
+                await daemon.wait_for(sent.id, settled=True)
+                states = await _states(daemon, sent.id)
+        assert calls == {"flaky": 3, "sibling": 1}
+        assert states == {"p:flaky": ("done", 3), "p:sibling": ("done", 1)}
+        failures = [e for e in logs if e["event"] == "handler failed"]
+        assert [(e["attempt"], e["error"]) for e in failures] == [
+            (1, "ConnectionError: storage unreachable (1)"),
+            (2, "ConnectionError: storage unreachable (2)"),
+        ]
+
+    async def test_a_hanging_handler_is_timed_out_and_retried(self):
+        app = App()
+        attempts: list[int] = []
+
+        @app.on_webhook("file.ready", timeout=0.2)
+        async def slow_once(event: WebhookEvent) -> None:
+            attempts.append(len(attempts) + 1)
+            if len(attempts) == 1:
+                await asyncio.Event().wait()  # hangs until cancelled by the timeout
+
+        async with run_daemon({"p": app}, settings=FAST) as daemon:
+            sent = await daemon.send("file.ready", wait=False)
+            first = await daemon.wait_for(sent.id)
+            final = await daemon.wait_for(sent.id, settled=True)
+        assert attempts == [1, 2]
+        assert first[0].status in ("timeout", "ok")  # the retry may already have run
+        assert [o.status for o in final] == ["ok"]
+
+    async def test_a_handler_that_always_fails_ends_dead_after_max_attempts(self):
+        app = App()
+        calls: list[str] = []
+
+        @app.on_webhook("file.ready", max_attempts=2)
+        async def doomed(event: WebhookEvent) -> None:
+            calls.append(event.event_id or "")
+            raise ValueError("no such bucket")
+
+        with capture_logs() as logs:
+            async with run_daemon({"p": app}, settings=FAST) as daemon:
+                sent = await daemon.send("file.ready", wait=False)
+                outcomes = await daemon.wait_for(sent.id, settled=True)
+                states = await _states(daemon, sent.id)
+        assert len(calls) == 2  # max_attempts=2 on the handler beats [dispatch] max_attempts=3
+        assert [(o.status, o.error) for o in outcomes] == [("dead", "ValueError: no such bucket")]
+        assert states == {"p:doomed": ("dead", 2)}
+        gave_up = [e for e in logs if e["event"] == "handler gave up"]
+        assert [(e["attempt"], e["outcome"]) for e in gave_up] == [(2, "dead")]
+
+    def test_backoff_is_full_jitter_under_an_exponential_cap(self):
+        policy = RetryPolicy(backoff_initial=5, backoff_max=60)
+        for attempts, cap in [(1, 5), (2, 10), (3, 20), (4, 40), (5, 60), (12, 60)]:
+            delays = [policy.delay(attempts) for _ in range(200)]
+            assert all(0 <= d <= cap for d in delays)
+            assert max(delays) > cap * 0.8  # the spread reaches the cap
+            assert min(delays) < cap * 0.2  # and goes down to near zero
+
+
+class TestDeadLetters:
+    async def test_dead_delivery_is_listed_and_replay_runs_it_again(self, tmp_path: Path):
+        app = App()
+        broken = {"yes": True}
+        ran: list[str] = []
+
+        @app.on_webhook("comment.created", max_attempts=1)
+        async def post_to_chat(event: WebhookEvent) -> None:
+            ran.append(event.event_id or "")
+            if broken["yes"]:
+                raise RuntimeError("chat is down")
+
+        async with run_daemon({"chat": app}, settings=FAST, directory=tmp_path) as daemon:
+            sent = await daemon.send("comment.created", wait=False)
+            await daemon.wait_for(sent.id, settled=True)
+            config = str(daemon.config.path)
+
+            # The CLI works on the spool file while the daemon holds it.
+            listed = run_cli("queue", "list", "--state", "dead", "--json", "--config", config)
+            assert listed.returncode == 0, listed.stderr
+            (dead,) = json.loads(listed.stdout)
+            assert (dead["event_id"], dead["handler"], dead["attempts"]) == (
+                sent.id,
+                "chat:post_to_chat",
+                1,
+            )
+            assert dead["last_error"] == "RuntimeError: chat is down"
+
+            broken["yes"] = False
+            replayed = run_cli("queue", "replay", str(sent.id), "--config", config)
+            assert replayed.returncode == 0, replayed.stderr
+            assert replayed.stdout.strip() == "replayed 1 deliveries"
+            outcomes = await daemon.wait_for(sent.id, settled=True)
+        assert [o.status for o in outcomes] == ["ok"]
+        assert ran == [sent.id, sent.id]
+
+
+class TestConcurrency:
+    async def test_a_concurrency_cap_holds_and_other_handlers_are_not_held_up(self):
+        app = App()
+        inside = {"now": 0, "most": 0}
+        fast_done: list[str] = []
+        all_fast_done = asyncio.Event()
+        gate = asyncio.Event()
+
+        @app.on_webhook("file.ready", concurrency=1)
+        async def one_at_a_time(event: WebhookEvent) -> None:
+            inside["now"] += 1
+            inside["most"] = max(inside["most"], inside["now"])
+            await gate.wait()
+            inside["now"] -= 1
+
+        @app.on_webhook("file.ready")
+        async def fast(event: WebhookEvent) -> None:
+            fast_done.append(event.event_id or "")
+            if len(fast_done) == 4:
+                all_fast_done.set()
+
+        async with run_daemon({"p": app}) as daemon:
+            sent = [await daemon.send("file.ready", wait=False) for _ in range(4)]
+            # Every fast call finishes while the capped handler is stuck on its first event.
+            async with asyncio.timeout(10):
+                await all_fast_done.wait()
+            assert sorted(fast_done) == sorted(item.id for item in sent)
+            assert inside == {"now": 1, "most": 1}
+            gate.set()
+            for item in sent:
+                await daemon.wait_for(item.id, settled=True)
+        assert inside["most"] == 1
+
+
+class TestRestart:
+    @pytest.mark.parametrize("synchronous", ["FULL", "NORMAL"])
+    async def test_a_call_cut_short_by_stop_runs_again_after_restart(
+        self, tmp_path: Path, synchronous: str
+    ):
+        stuck = App()
+        started = asyncio.Event()
+
+        @stuck.on_webhook("file.ready", name="record")
+        async def hang(event: WebhookEvent) -> None:
+            started.set()
+            await asyncio.Event().wait()
+
+        working = App()
+        seen: list[str] = []
+
+        @working.on_webhook("file.ready", name="record")
+        async def record(event: WebhookEvent) -> None:
+            seen.append(event.event_id or "")
+
+        settings = f'[spool]\nsynchronous = "{synchronous}"\n[dispatch]\ndrain_timeout = "100ms"\n'
+        with capture_logs() as logs:
+            async with run_daemon({"p": stuck}, settings=settings, directory=tmp_path) as daemon:
+                sent = await daemon.send("file.ready", wait=False)
+                async with asyncio.timeout(10):
+                    await started.wait()
+        cut = [e for e in logs if e["event"].startswith("handler calls cut short")]
+        assert cut[0]["count"] == 1
+        async with run_daemon({"p": working}, settings=settings, directory=tmp_path) as daemon:
+            outcomes = await daemon.wait_for(sent.id, settled=True)
+        assert seen == [sent.id]
+        assert [o.status for o in outcomes] == ["ok"]
