@@ -82,12 +82,14 @@ def frameiod_shutdown(context: PluginContext) -> None:
 
 @hookspec
 def frameiod_event_accepted(event: WebhookEvent, source: str) -> None:
-    """Observe an accepted event as the dispatcher picks it up; may be ``async``.
+    """Observe a newly accepted event; may be ``async``.
 
     ``event`` is the validated `WebhookEvent` (``event.event_id`` is frameiod's id) and
-    ``source`` the configured source it arrived on. Called before any handler runs, for
-    every event, even one no handler wants. For audit trails and counters: it must be
-    quick, and its exceptions are logged, never passed on. The return value is ignored.
+    ``source`` the configured source it arrived on. Called once per event, right after it
+    was committed to the spool (not for duplicates), even when no handler wants it; it
+    runs beside the request and the handlers, so it neither delays the 202 nor orders
+    itself before them. Best effort: an event accepted just before a crash may never be
+    observed. Exceptions are logged, never passed on. The return value is ignored.
     """
 
 
@@ -97,10 +99,11 @@ def frameiod_delivery_finished(
 ) -> None:
     """Observe how one handler call for one event ended; may be ``async``.
 
-    ``outcome.status`` is ``"ok"``, ``"error"`` or ``"timeout"``; ``outcome.error`` holds
-    the exception text and ``outcome.seconds`` the duration. Called once per handler call,
-    after the handler returned, raised or timed out. For alerting and audit; exceptions
-    are logged, never passed on. The return value is ignored.
+    ``outcome.status`` is ``"ok"``, ``"error"`` or ``"timeout"`` (a retry follows), or
+    ``"dead"`` when that was the last attempt (alert on it); ``outcome.error`` holds the
+    exception text and ``outcome.seconds`` the duration. Called once per handler call,
+    after its outcome was recorded in the spool. For alerting and audit; exceptions are
+    logged, never passed on. The return value is ignored.
     """
 
 

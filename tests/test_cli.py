@@ -295,6 +295,19 @@ secrets = ["{SECRET}"]
         assert error["port"] == port
         assert "in use" in error["error"]
 
+    def test_a_corrupt_spool_stops_start_up_with_a_clear_message(self, tmp_path: Path):
+        (tmp_path / "frameiod.db").write_bytes(b"this is not a database, it is a note" * 100)
+        process = DaemonProcess(write_config(tmp_path))
+        try:
+            assert process.wait() == 1
+        finally:
+            process.kill()
+        error = process.logs("cannot open the spool")[0]["error"]
+        assert str(tmp_path / "frameiod.db") in error
+        assert "Move it aside" in error
+        # Never a silent fresh start: the file is left as it was.
+        assert (tmp_path / "frameiod.db").read_bytes().startswith(b"this is not a database")
+
     def test_development_secret_is_refused_on_a_public_address(self, tmp_path: Path):
         path = write_config(
             tmp_path,

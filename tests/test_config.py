@@ -19,9 +19,11 @@ from frameiod.config import (
     DEV_SECRET,
     Config,
     ConfigError,
+    DispatchConfig,
     LogConfig,
     Secret,
     ServerConfig,
+    SpoolConfig,
     find_config,
     format_duration,
     load_config,
@@ -82,6 +84,8 @@ class TestShippedConfig:
 
         assert config.server == ServerConfig()
         assert config.log == LogConfig()
+        assert config.spool == SpoolConfig()
+        assert config.dispatch == DispatchConfig()
 
     def test_shipped_config_resolves_relative_paths_against_its_own_folder(self) -> None:
         config = load_config(SHIPPED_CONFIG, environ={})
@@ -291,6 +295,27 @@ class TestWrongTypesAndRanges:
             (
                 '[plugins]\ndisable = "slack"',
                 'plugins.disable: expected an array, got "slack"',
+            ),
+            (
+                '[spool]\nsynchronous = "OFF"',
+                "spool.synchronous: input should be 'FULL' or 'NORMAL', got \"OFF\"",
+            ),
+            (
+                '[spool]\nkeep_done = "a day"',
+                'spool.keep_done: expected a duration like "30s" or "5m" (units ms, s, m, h), '
+                'got "a day"',
+            ),
+            (
+                "[dispatch]\nworkers = 0",
+                "dispatch.workers: input should be greater than or equal to 1, got 0",
+            ),
+            (
+                "[dispatch]\nmax_attempts = 0",
+                "dispatch.max_attempts: input should be greater than or equal to 1, got 0",
+            ),
+            (
+                '[dispatch]\nhandler_timeout = "0s"',
+                'dispatch.handler_timeout: expected a duration greater than zero, got "0s"',
             ),
             (
                 "[plugins]\ndisable = [1]",

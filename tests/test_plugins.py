@@ -83,7 +83,7 @@ class TestHooks:
             ("shutdown", "second"),
             ("shutdown", "first"),
         ]
-        # Each observer hears about the event once, before any handler's outcome.
+        # Each observer hears about the event once, and about each handler call once.
         accepted = [c for c in calls if c[0] == "accepted"]
         assert accepted == [("accepted", name, sent.id, "default") for name in ("first", "second")]
         finished = sorted(c for c in calls if c[0] == "finished")
@@ -92,7 +92,6 @@ class TestHooks:
             for observer in ("first", "second")
             for plugin in ("first", "second")
         )
-        assert calls.index(accepted[-1]) < calls.index(finished[0])
 
     async def test_observer_that_raises_does_not_stop_handlers_or_other_observers(self):
         calls: list[Any] = []
