@@ -6,7 +6,7 @@ CONFIG ?= config.toml
 PLUGIN_DIRS := $(patsubst %/pyproject.toml,%,$(wildcard plugins/*/pyproject.toml))
 PLUGIN_ARGS := $(foreach dir,$(PLUGIN_DIRS),-e ./$(dir))
 
-.PHONY: run test lint fix clean
+.PHONY: run test lint fix bench clean
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
@@ -32,6 +32,11 @@ lint: $(VENV)/.test-installed
 
 test: lint
 	$(BIN)/pytest -n auto --dist loadfile
+
+# Load tests need wrk (and taskset, from util-linux, to pin server and load to separate cores).
+bench: $(VENV)/.run-installed
+	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
+	$(BIN)/python bench/run.py
 
 fix: $(VENV)/.test-installed
 	$(BIN)/ruff check --fix .
