@@ -37,7 +37,8 @@ def open_spool(path: Path) -> sqlite3.Connection:
     """Open an existing spool for administration; raise FileNotFoundError if there is none."""
     if not path.exists():
         raise FileNotFoundError(f"no spool at {path} (frameiod creates it on its first run)")
-    conn = sqlite3.connect(f"file:{path}?mode=rw", uri=True, isolation_level=None)
+    # as_uri() percent-encodes the path: a "#" or "?" in it must not end the file name.
+    conn = sqlite3.connect(f"{path.absolute().as_uri()}?mode=rw", uri=True, isolation_level=None)
     conn.row_factory = sqlite3.Row
     conn.execute("PRAGMA busy_timeout = 10000")
     return conn
@@ -199,28 +200,32 @@ def run_queue(args: argparse.Namespace, config: Config) -> int:
     except sqlite3.Error as exc:
         print(f"{path}: cannot open the spool: {exc}", file=sys.stderr)
         return 1
-    with closing(conn):
-        if args.queue_command == "stats":
-            data: Any = stats(conn)
-            printer: Any = _print_stats
-        elif args.queue_command == "list":
-            data = list_deliveries(conn, args.state, args.handler, args.limit)
-            printer = _print_list
-        elif args.queue_command == "show":
-            data = show(conn, args.id)
-            if data is None:
-                print(f"no event {args.id} in {path}", file=sys.stderr)
-                return 1
-            printer = lambda d: print(json.dumps(d, indent=2))  # noqa: E731
-        elif args.queue_command == "replay":
-            if not args.ids and not args.all_dead:
-                print("name event or delivery ids to replay, or --all-dead", file=sys.stderr)
-                return 2
-            data = {"replayed": replay(conn, args.ids, args.all_dead)}
-            printer = lambda d: print(f"replayed {d['replayed']} deliveries")  # noqa: E731
-        else:
-            data = {"purged": purge_dead(conn, args.older_than)}
-            printer = lambda d: print(f"purged {d['purged']} dead deliveries")  # noqa: E731
+    try:
+        with closing(conn):
+            if args.queue_command == "stats":
+                data: Any = stats(conn)
+                printer: Any = _print_stats
+            elif args.queue_command == "list":
+                data = list_deliveries(conn, args.state, args.handler, args.limit)
+                printer = _print_list
+            elif args.queue_command == "show":
+                data = show(conn, args.id)
+                if data is None:
+                    print(f"no event {args.id} in {path}", file=sys.stderr)
+                    return 1
+                printer = lambda d: print(json.dumps(d, indent=2))  # noqa: E731
+            elif args.queue_command == "replay":
+                if not args.ids and not args.all_dead:
+                    print("name event or delivery ids to replay, or --all-dead", file=sys.stderr)
+                    return 2
+                data = {"replayed": replay(conn, args.ids, args.all_dead)}
+                printer = lambda d: print(f"replayed {d['replayed']} deliveries")  # noqa: E731
+            else:
+                data = {"purged": purge_dead(conn, args.older_than)}
+                printer = lambda d: print(f"purged {d['purged']} dead deliveries")  # noqa: E731
+    except sqlite3.Error as exc:  # not a spool, or locked beyond the busy timeout
+        print(f"{path}: cannot use the spool: {exc}", file=sys.stderr)
+        return 1
     if args.json:
         print(json.dumps(data, indent=2))
     else:

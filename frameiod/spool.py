@@ -66,7 +66,8 @@ CREATE TABLE IF NOT EXISTS deliveries (
     last_seconds REAL,
     updated_at REAL NOT NULL
 );
-CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (state, next_attempt_at);
+CREATE INDEX IF NOT EXISTS deliveries_due_by_handler
+    ON deliveries (state, handler, next_attempt_at);
 CREATE INDEX IF NOT EXISTS deliveries_event ON deliveries (event_id);
 """
 
@@ -168,6 +169,24 @@ class _Writer(threading.Thread):
         self.conn.close()
 
     def _run_batch(self, batch: list[tuple[Callable[[sqlite3.Connection], Any], Any]]) -> None:
+        # Fast path: the whole batch in one transaction. Only if something fails is it
+        # rolled back and run again with a savepoint per operation, so that one failing
+        # operation fails alone. (Operations only touch the database: a rerun is safe.)
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+            results = [(True, operation(self.conn)) for operation, _ in batch]
+            self.conn.commit()
+        except Exception:
+            if self.conn.in_transaction:
+                self.conn.rollback()
+            self._run_batch_carefully(batch)
+            return
+        self.batches += 1
+        self._settle(batch, results)
+
+    def _run_batch_carefully(
+        self, batch: list[tuple[Callable[[sqlite3.Connection], Any], Any]]
+    ) -> None:
         results: list[tuple[bool, Any]] = [(False, None)] * len(batch)
         # Operations that succeeded inside the open transaction: they stand or fall with it.
         uncommitted: list[int] = []
@@ -216,17 +235,22 @@ class _Writer(threading.Thread):
 
     @staticmethod
     def _settle(batch: list[tuple[Any, Any]], results: list[tuple[bool, Any]]) -> None:
+        # One wake-up of each event loop per batch, not one per operation.
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Any, bool, Any]]] = {}
         for (_, (loop, future)), (ok, value) in zip(batch, results, strict=True):
-            loop.call_soon_threadsafe(_resolve, future, ok, value)
+            by_loop.setdefault(loop, []).append((future, ok, value))
+        for loop, settled in by_loop.items():
+            loop.call_soon_threadsafe(_resolve, settled)
 
 
-def _resolve(future: asyncio.Future[Any], ok: bool, value: Any) -> None:
-    if future.done():  # the awaiting request went away; the work is done regardless
-        return
-    if ok:
-        future.set_result(value)
-    else:
-        future.set_exception(value)
+def _resolve(settled: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
+    for future, ok, value in settled:
+        if future.done():  # the awaiting request went away; the work is done regardless
+            continue
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(value)
 
 
 def _connect(path: Path, synchronous: Synchronous) -> sqlite3.Connection:
@@ -448,21 +472,26 @@ def _recover_committed(conn: sqlite3.Connection) -> int:
 
 
 def _accept(conn: sqlite3.Connection, incoming: Incoming, handlers: Sequence[str]) -> Accepted:
-    # The same signed request again (Frame.io's retry, or a replay): it is this event.
-    row = conn.execute(
-        "SELECT id FROM events WHERE signature = ? AND timestamp = ? AND source = ?",
-        (incoming.signature, incoming.timestamp, incoming.source),
-    ).fetchone()
-    if row:
-        return Accepted(row[0], duplicate=True, deliveries=0)
     digest = body_hash(incoming.body)
-    # An identical body still waiting for every handler: the pending run will do.
+    # One query for both kinds of duplicate (each statement costs a trip through the GIL):
+    # the same signed request again (Frame.io's retry, or a replay), or an identical body
+    # still waiting for every handler (the pending run will see the latest state).
     row = conn.execute(
-        "SELECT e.id FROM events e WHERE e.source = ? AND e.body_hash = ? AND e.secret_id = ?"
-        " AND EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = e.id)"
+        "SELECT id FROM events WHERE signature = ? AND timestamp = ? AND source = ?"
+        " UNION ALL"
+        " SELECT * FROM (SELECT e.id FROM events e WHERE e.source = ? AND e.body_hash = ?"
+        " AND e.secret_id = ? AND EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = e.id)"
         " AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = e.id"
-        " AND d.state != 'pending') ORDER BY e.received_at DESC LIMIT 1",
-        (incoming.source, digest, incoming.secret_id),
+        " AND d.state != 'pending') ORDER BY e.received_at DESC LIMIT 1)"
+        " LIMIT 1",
+        (
+            incoming.signature,
+            incoming.timestamp,
+            incoming.source,
+            incoming.source,
+            digest,
+            incoming.secret_id,
+        ),
     ).fetchone()
     if row:
         return Accepted(row[0], duplicate=True, deliveries=0)
@@ -481,36 +510,32 @@ def _accept(conn: sqlite3.Connection, incoming: Incoming, handlers: Sequence[str
             incoming.received_at,
         ),
     )
-    conn.executemany(
-        "INSERT INTO deliveries (event_id, handler, state, next_attempt_at, updated_at)"
-        " VALUES (?, ?, 'pending', ?, ?)",
-        [
-            (incoming.id, handler, incoming.received_at, incoming.received_at)
-            for handler in handlers
-        ],
-    )
+    if handlers:
+        conn.executemany(
+            "INSERT INTO deliveries (event_id, handler, state, next_attempt_at, updated_at)"
+            " VALUES (?, ?, 'pending', ?, ?)",
+            [
+                (incoming.id, handler, incoming.received_at, incoming.received_at)
+                for handler in handlers
+            ],
+        )
     return Accepted(incoming.id, duplicate=False, deliveries=len(handlers))
 
 
 def _claim(conn: sqlite3.Connection, limit: int, caps: dict[str, int], now: float) -> list[Claimed]:
-    marks = ",".join("?" * len(caps))
-    sql = (
-        "SELECT d.id, d.event_id, d.handler, d.attempts, e.source, e.body, e.timestamp,"
-        " e.received_at FROM deliveries d JOIN events e ON e.id = d.event_id"
-        f" WHERE d.state = 'pending' AND d.next_attempt_at <= ? AND d.handler IN ({marks})"
-        " ORDER BY d.next_attempt_at, d.id LIMIT ?"
-    )
-    # Fetch more than needed: rows of handlers at their concurrency cap are skipped.
-    rows = conn.execute(sql, (now, *caps, limit * 4)).fetchall()
-    claimed: list[Claimed] = []
-    for row in rows:
-        handler = row[2]
-        if caps[handler] <= 0:
-            continue
-        caps[handler] -= 1
-        claimed.append(Claimed(row[0], row[1], handler, row[3] + 1, row[4], row[5], row[6], row[7]))
-        if len(claimed) == limit:
-            break
+    # One indexed query per handler, each taking at most what that handler may start: a
+    # backlog of one capped handler can never hide the due deliveries of the others.
+    rows = []
+    for handler, room in caps.items():
+        rows += conn.execute(
+            "SELECT d.next_attempt_at, d.id, d.event_id, d.handler, d.attempts, e.source,"
+            " e.body, e.timestamp, e.received_at FROM deliveries d"
+            " JOIN events e ON e.id = d.event_id WHERE d.state = 'pending' AND d.handler = ?"
+            " AND d.next_attempt_at <= ? ORDER BY d.next_attempt_at, d.id LIMIT ?",
+            (handler, now, min(room, limit)),
+        ).fetchall()
+    rows.sort()  # oldest first across handlers
+    claimed = [Claimed(row[1], row[2], row[3], row[4] + 1, *row[5:]) for row in rows[:limit]]
     conn.executemany(
         "UPDATE deliveries SET state = 'running', attempts = attempts + 1, updated_at = ?"
         " WHERE id = ?",
