@@ -3,8 +3,11 @@
 An event is committed, with one delivery row per matching handler, before the 202 goes
 out. All SQLite work runs on one writer thread that owns the connection; operations that
 arrive while it is busy form the next batch and share one transaction and one fsync
-(group commit), so throughput does not collapse to one fsync per request. Each
-operation runs in its own savepoint: one failing (a full disk, say) fails alone.
+(group commit), so throughput does not collapse to one fsync per request. If anything in
+a batch fails, the batch is run again with a savepoint per operation, so a failing
+operation fails alone; operations must therefore touch nothing but the database. (A full
+disk is the exception: SQLite then rolls back the whole transaction, and every operation
+of that batch is reported failed, none falsely reported committed.)
 
 Delivery states: ``pending`` (due at ``next_attempt_at``), ``running``, ``done``, ``dead``.
 """
@@ -527,6 +530,8 @@ def _claim(conn: sqlite3.Connection, limit: int, caps: dict[str, int], now: floa
     # backlog of one capped handler can never hide the due deliveries of the others.
     rows = []
     for handler, room in caps.items():
+        if room <= 0:  # SQLite would read a negative LIMIT as "no limit"
+            continue
         rows += conn.execute(
             "SELECT d.next_attempt_at, d.id, d.event_id, d.handler, d.attempts, e.source,"
             " e.body, e.timestamp, e.received_at FROM deliveries d"

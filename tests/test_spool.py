@@ -1,0 +1,642 @@
+"""The spool against real SQLite files: settings, duplicates, group commit, claims, failures."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+import pytest
+from support import event_body
+
+from frameiod.spool import (
+    SCHEMA_VERSION,
+    Accepted,
+    Incoming,
+    Spool,
+    SpoolError,
+    SpoolUnavailable,
+)
+
+
+def incoming(body: bytes | None = None, **changes: Any) -> Incoming:
+    """A verified delivery; by default with a body, signature and id of its own."""
+    fields: dict[str, Any] = {
+        "id": str(uuid.uuid4()),
+        "source": "default",
+        "type": "file.ready",
+        "body": event_body(resource={"id": str(uuid.uuid4()), "type": "file"})
+        if body is None
+        else body,
+        "timestamp": int(time.time()),
+        "signature": f"v0={uuid.uuid4().hex}",
+        "secret_id": "0",
+        "received_at": time.time(),
+    }
+    return Incoming(**{**fields, **changes})
+
+
+def query(path: Path, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+    """Rows as a separate connection sees them: what is committed, not what is cached."""
+    with closing(sqlite3.connect(path)) as db:
+        return db.execute(sql, args).fetchall()
+
+
+def states(path: Path, event_id: str) -> dict[str, str]:
+    """Handler → delivery state for one event."""
+    rows = query(path, "SELECT handler, state FROM deliveries WHERE event_id = ?", event_id)
+    return dict(rows)
+
+
+def event_ids(path: Path) -> set[str]:
+    return {row[0] for row in query(path, "SELECT id FROM events")}
+
+
+@contextlib.asynccontextmanager
+async def writer_held(spool: Spool) -> AsyncIterator[None]:
+    """Keep the writer thread busy inside one operation.
+
+    Everything submitted in the body queues up behind it and, once released, runs as one
+    batch: one transaction, one commit.
+    """
+    entered, release = threading.Event(), threading.Event()
+
+    def hold(conn: sqlite3.Connection) -> None:
+        entered.set()
+        release.wait(10)
+
+    held = spool.run(hold)
+    await asyncio.to_thread(entered.wait, 10)
+    try:
+        yield
+        # Tasks created in the body submit their operation on their first step: let them.
+        await asyncio.sleep(0)
+    finally:
+        release.set()
+        await held
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> Path:
+    return tmp_path / "spool.db"
+
+
+@pytest.fixture
+async def spool(path: Path) -> AsyncIterator[Spool]:
+    opened = await Spool.open(path)
+    yield opened
+    await opened.close()
+
+
+class TestOpen:
+    async def test_a_new_spool_is_created_in_wal_mode_with_full_sync(self, tmp_path: Path):
+        path = tmp_path / "state" / "nested" / "spool.db"
+        spool = await Spool.open(path)
+        try:
+            level = await spool.run(lambda c: c.execute("PRAGMA synchronous").fetchone()[0])
+        finally:
+            await spool.close()
+        assert level == 2
+        assert query(path, "PRAGMA journal_mode") == [("wal",)]
+        assert query(path, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
+
+    async def test_synchronous_normal_is_applied_when_configured(self, path: Path):
+        spool = await Spool.open(path, synchronous="NORMAL")
+        try:
+            level = await spool.run(lambda c: c.execute("PRAGMA synchronous").fetchone()[0])
+        finally:
+            await spool.close()
+        assert level == 1
+
+    @pytest.fixture
+    def garbage(self, path: Path) -> bytes:
+        """Bytes that are not SQLite, written where the spool should be."""
+        data = bytes(range(256)) * 16
+        path.write_bytes(data)
+        return data
+
+    async def test_a_file_that_is_not_sqlite_is_refused_with_advice(
+        self, path: Path, garbage: bytes
+    ):
+        with pytest.raises(SpoolError) as caught:
+            await Spool.open(path)
+        message = str(caught.value)
+        assert message.startswith(f"{path}: ")
+        assert "move it aside" in message.lower()
+        assert await asyncio.to_thread(path.read_bytes) == garbage, "the file must be left as is"
+
+    async def test_a_spool_from_a_newer_frameiod_is_refused(self, path: Path):
+        with closing(sqlite3.connect(path)) as db:
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+        with pytest.raises(SpoolError, match="newer frameiod") as caught:
+            await Spool.open(path)
+        assert str(path) in str(caught.value)
+        assert query(path, "PRAGMA user_version") == [(SCHEMA_VERSION + 1,)]
+
+    async def test_a_folder_that_cannot_be_created_is_refused(self, tmp_path: Path):
+        blocker = tmp_path / "a-file"
+        blocker.write_text("not a folder")
+        path = blocker / "spool.db"
+        with pytest.raises(SpoolError, match="cannot open the spool") as caught:
+            await Spool.open(path)
+        assert str(path) in str(caught.value)
+
+
+class TestAccept:
+    async def test_the_event_and_one_pending_delivery_per_handler_are_committed(
+        self, spool: Spool, path: Path
+    ):
+        event = incoming()
+        accepted = await spool.accept(event, ["log:write", "notify:post"])
+        assert accepted == Accepted(event.id, duplicate=False, deliveries=2)
+        assert query(path, "SELECT id, source, type, body, timestamp FROM events") == [
+            (event.id, "default", "file.ready", event.body, event.timestamp)
+        ]
+        assert query(
+            path,
+            "SELECT handler, state, attempts, next_attempt_at FROM deliveries ORDER BY id",
+        ) == [
+            ("log:write", "pending", 0, event.received_at),
+            ("notify:post", "pending", 0, event.received_at),
+        ]
+
+    async def test_an_event_no_handler_wants_is_stored_without_deliveries(
+        self, spool: Spool, path: Path
+    ):
+        event = incoming()
+        assert await spool.accept(event, []) == Accepted(event.id, duplicate=False, deliveries=0)
+        assert event_ids(path) == {event.id}
+        assert query(path, "SELECT COUNT(*) FROM deliveries") == [(0,)]
+
+    async def test_everything_accepted_is_still_there_after_reopening(self, path: Path):
+        events = [incoming(), incoming()]
+        spool = await Spool.open(path)
+        await spool.accept(events[0], ["a", "b"])
+        await spool.accept(events[1], [])
+        await spool.close()
+
+        spool = await Spool.open(path)
+        try:
+            rows = await spool.deliveries_of(events[0].id)
+            assert spool.recovered == 0
+        finally:
+            await spool.close()
+        assert [(row["handler"], row["state"]) for row in rows] == [
+            ("a", "pending"),
+            ("b", "pending"),
+        ]
+        assert event_ids(path) == {events[0].id, events[1].id}
+
+    async def test_listeners_hear_of_new_deliveries_only(self, spool: Spool):
+        heard: list[str] = []
+        spool.on_new_work(lambda: heard.append("work"))
+        first = incoming()
+        await spool.accept(first, ["a"])
+        await spool.accept(first, ["a"])  # a duplicate: nothing new to do
+        await spool.accept(incoming(), [])
+        assert heard == ["work"]
+
+
+class TestDuplicates:
+    async def test_the_same_signed_request_again_is_the_original_event(
+        self, spool: Spool, path: Path
+    ):
+        original = incoming()
+        await spool.accept(original, ["a"])
+        await spool.claim(1, {"a": 1})  # even once it has started
+        again = incoming(original.body, signature=original.signature, timestamp=original.timestamp)
+        assert await spool.accept(again, ["a"]) == Accepted(
+            original.id, duplicate=True, deliveries=0
+        )
+        assert event_ids(path) == {original.id}
+        assert query(path, "SELECT COUNT(*) FROM deliveries") == [(1,)]
+
+    async def test_a_retried_request_is_its_own_event_even_when_a_newer_copy_waits(
+        self, spool: Spool
+    ):
+        original = incoming()
+        await spool.accept(original, ["a"])
+        await spool.claim(1, {"a": 1})
+        copy = incoming(original.body)  # started original: the copy is an event of its own
+        assert (await spool.accept(copy, ["a"])).duplicate is False
+        retry = incoming(original.body, signature=original.signature, timestamp=original.timestamp)
+        assert await spool.accept(retry, ["a"]) == Accepted(
+            original.id, duplicate=True, deliveries=0
+        )
+
+    async def test_an_identical_body_waiting_for_all_handlers_is_coalesced(
+        self, spool: Spool, path: Path
+    ):
+        original = incoming()
+        await spool.accept(original, ["a", "b"])
+        again = incoming(original.body, timestamp=original.timestamp + 5)
+        assert await spool.accept(again, ["a", "b"]) == Accepted(
+            original.id, duplicate=True, deliveries=0
+        )
+        assert event_ids(path) == {original.id}
+
+    @pytest.mark.parametrize("progress", ["running", "done"])
+    async def test_an_identical_body_is_a_new_event_once_a_delivery_has_started(
+        self, spool: Spool, path: Path, progress: str
+    ):
+        original = incoming()
+        await spool.accept(original, ["a", "b"])
+        [claimed] = await spool.claim(1, {"a": 1})
+        if progress == "done":
+            await spool.finish(claimed.delivery_id, outcome="ok", seconds=0.1, error=None)
+        assert states(path, original.id) == {"a": progress, "b": "pending"}
+
+        again = incoming(original.body)
+        assert await spool.accept(again, ["a", "b"]) == Accepted(
+            again.id, duplicate=False, deliveries=2
+        )
+        assert event_ids(path) == {original.id, again.id}
+
+    @pytest.mark.parametrize(
+        "change", [{"secret_id": "1"}, {"source": "other"}], ids=["secret", "source"]
+    )
+    async def test_an_identical_body_signed_elsewhere_is_a_new_event(
+        self, spool: Spool, path: Path, change: dict[str, str]
+    ):
+        original = incoming()
+        await spool.accept(original, ["a"])
+        again = incoming(original.body, **change)
+        assert await spool.accept(again, ["a"]) == Accepted(again.id, duplicate=False, deliveries=1)
+        assert event_ids(path) == {original.id, again.id}
+
+    async def test_an_identical_body_of_an_event_without_deliveries_is_a_new_event(
+        self, spool: Spool, path: Path
+    ):
+        original = incoming()
+        await spool.accept(original, [])
+        again = incoming(original.body)
+        assert await spool.accept(again, ["a"]) == Accepted(again.id, duplicate=False, deliveries=1)
+        assert event_ids(path) == {original.id, again.id}
+
+
+class TestGroupCommit:
+    async def test_concurrent_accepts_share_transactions(self, spool: Spool, path: Path):
+        before = spool.batches
+        events = [incoming() for _ in range(200)]
+        results = await asyncio.gather(*(spool.accept(event, ["a"]) for event in events))
+        assert [result.id for result in results] == [event.id for event in events]
+        assert not any(result.duplicate for result in results)
+        assert query(path, "SELECT COUNT(*) FROM events") == [(200,)]
+        assert query(path, "SELECT COUNT(*) FROM deliveries WHERE state = 'pending'") == [(200,)]
+        assert spool.batches - before < 100
+
+    async def test_operations_queued_while_the_writer_is_busy_form_one_batch(
+        self, spool: Spool, path: Path
+    ):
+        before = spool.batches
+        events = [incoming() for _ in range(50)]
+        async with writer_held(spool):
+            pending = asyncio.gather(*(spool.accept(event, ["a"]) for event in events))
+        await pending
+        assert spool.batches - before == 2  # the held operation's batch, then all 50
+        assert len(event_ids(path)) == 50
+
+    async def test_a_failing_operation_fails_alone(self, spool: Spool, path: Path):
+        events = [incoming() for _ in range(10)]
+        async with writer_held(spool):
+            before = asyncio.gather(*(spool.accept(event, ["a"]) for event in events[:5]))
+            bad = spool.run(lambda c: c.execute("SELECT * FROM no_such_table").fetchall())
+            after = asyncio.gather(*(spool.accept(event, ["a"]) for event in events[5:]))
+        results = [*await before, *await after]
+        with pytest.raises(SpoolUnavailable, match="no_such_table") as caught:
+            await bad
+        assert caught.value.reason == "spool_error"
+        assert [result.id for result in results] == [event.id for event in events]
+        assert event_ids(path) == {event.id for event in events}
+
+    async def test_an_exception_from_an_operation_reaches_its_caller_unchanged(
+        self, spool: Spool, path: Path
+    ):
+        def broken(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM events")
+            raise LookupError("the operation's own bug")
+
+        event = incoming()
+        await spool.accept(event, ["a"])
+        with pytest.raises(LookupError, match="the operation's own bug"):
+            await spool.run(broken)
+        assert event_ids(path) == {event.id}, "the failed operation's writes are undone"
+
+
+class TestClaim:
+    async def test_due_deliveries_are_claimed_oldest_first_and_marked_running(
+        self, spool: Spool, path: Path
+    ):
+        now = time.time()
+        newest = incoming(received_at=now - 10)
+        oldest = incoming(received_at=now - 30)
+        middle = incoming(received_at=now - 20)
+        for event in (newest, oldest):
+            await spool.accept(event, ["h"])
+        await spool.accept(middle, ["h", "g"])  # same due time: by delivery id
+
+        claimed = await spool.claim(10, {"h": 10, "g": 10}, now=now)
+        assert [(c.event_id, c.handler) for c in claimed] == [
+            (oldest.id, "h"),
+            (middle.id, "h"),
+            (middle.id, "g"),
+            (newest.id, "h"),
+        ]
+        first = claimed[0]
+        assert (first.attempts, first.source, first.body, first.timestamp, first.received_at) == (
+            1,
+            "default",
+            oldest.body,
+            oldest.timestamp,
+            oldest.received_at,
+        )
+        assert query(path, "SELECT DISTINCT state, attempts FROM deliveries") == [("running", 1)]
+        assert await spool.claim(10, {"h": 10, "g": 10}, now=now) == []
+
+    async def test_a_delivery_scheduled_later_is_claimed_only_once_due(
+        self, spool: Spool, path: Path
+    ):
+        now = time.time()
+        event = incoming(received_at=now - 5)
+        await spool.accept(event, ["h"])
+        [first] = await spool.claim(1, {"h": 1}, now=now)
+        await spool.finish(
+            first.delivery_id, outcome="error", seconds=0.5, error="boom", next_attempt_at=now + 60
+        )
+        assert await spool.claim(1, {"h": 1}, now=now + 59) == []
+        [second] = await spool.claim(1, {"h": 1}, now=now + 60)
+        assert (second.delivery_id, second.attempts) == (first.delivery_id, 2)
+
+    async def test_caps_limit_each_handler_and_skip_the_absent_ones(self, spool: Spool, path: Path):
+        now = time.time()
+        for age in range(5):
+            await spool.accept(incoming(received_at=now - 100 + age), ["busy", "free", "off"])
+
+        claimed = await spool.claim(10, {"busy": 1, "free": 3}, now=now)
+        assert sorted(c.handler for c in claimed) == ["busy", "free", "free", "free"]
+        assert query(
+            path,
+            "SELECT handler, COUNT(*) FROM deliveries WHERE state = 'running' GROUP BY handler",
+        ) == [("busy", 1), ("free", 3)]
+        assert await spool.claim(10, {}, now=now) == []
+
+    @pytest.mark.parametrize("room", [0, -1])
+    async def test_a_handler_without_room_gets_nothing(self, spool: Spool, room: int):
+        now = time.time()
+        for age in range(3):
+            await spool.accept(incoming(received_at=now - 100 + age), ["full", "free"])
+        claimed = await spool.claim(10, {"full": room, "free": 1}, now=now)
+        assert [c.handler for c in claimed] == ["free"]
+
+    async def test_no_more_than_limit_are_claimed(self, spool: Spool, path: Path):
+        now = time.time()
+        for age in range(5):
+            await spool.accept(incoming(received_at=now - 100 + age), ["h"])
+        assert len(await spool.claim(2, {"h": 10}, now=now)) == 2
+        assert await spool.claim(0, {"h": 10}, now=now) == []
+        assert query(path, "SELECT state, COUNT(*) FROM deliveries GROUP BY state") == [
+            ("pending", 3),
+            ("running", 2),
+        ]
+
+    async def test_a_backlog_of_a_capped_handler_does_not_hide_other_handlers(self, spool: Spool):
+        now = time.time()
+        for age in range(8):
+            await spool.accept(incoming(received_at=now - 100 + age), ["slow"])
+        await spool.accept(incoming(received_at=now - 50), ["fast"])
+
+        claimed = await spool.claim(2, {"slow": 1, "fast": 1}, now=now)
+        assert sorted(c.handler for c in claimed) == ["fast", "slow"]
+
+    async def test_next_due_is_the_earliest_pending_time_of_the_given_handlers(self, spool: Spool):
+        now = time.time()
+        await spool.accept(incoming(received_at=now - 5), ["a"])
+        await spool.accept(incoming(received_at=now - 9), ["b"])
+        assert await spool.next_due(["a"]) == pytest.approx(now - 5)
+        assert await spool.next_due(["a", "b"]) == pytest.approx(now - 9)
+        assert await spool.next_due(["c"]) is None
+        assert await spool.next_due([]) is None
+
+
+class TestFinish:
+    async def _claimed(self, spool: Spool, handlers: list[str]) -> tuple[str, dict[str, int]]:
+        event = incoming()
+        await spool.accept(event, handlers)
+        claimed = await spool.claim(len(handlers), dict.fromkeys(handlers, 1))
+        return event.id, {c.handler: c.delivery_id for c in claimed}
+
+    async def test_success_error_and_dead_end_in_their_states(self, spool: Spool, path: Path):
+        event_id, ids = await self._claimed(spool, ["ok", "retry", "dead"])
+        later = time.time() + 300
+        await spool.finish(ids["ok"], outcome="ok", seconds=0.25, error=None)
+        await spool.finish(
+            ids["retry"],
+            outcome="timeout",
+            seconds=30.0,
+            error="TimeoutError: gave up after 30s",
+            next_attempt_at=later,
+        )
+        await spool.finish(
+            ids["dead"], outcome="error", seconds=1.5, error="ValueError: bad", dead=True
+        )
+        rows = query(
+            path,
+            "SELECT handler, state, attempts, next_attempt_at, last_outcome, last_error,"
+            " last_seconds FROM deliveries WHERE event_id = ? ORDER BY id",
+            event_id,
+        )
+        assert [row[:2] for row in rows] == [("ok", "done"), ("retry", "pending"), ("dead", "dead")]
+        assert rows[0][4:] == ("ok", None, 0.25)
+        assert rows[1][2:] == (1, later, "timeout", "TimeoutError: gave up after 30s", 30.0)
+        assert rows[2][4:] == ("error", "ValueError: bad", 1.5)
+
+    async def test_a_very_long_error_is_truncated(self, spool: Spool, path: Path):
+        _, ids = await self._claimed(spool, ["h"])
+        error = "RuntimeError: " + "x" * 10_000
+        await spool.finish(ids["h"], outcome="error", seconds=1.0, error=error, dead=True)
+        [(stored,)] = query(path, "SELECT last_error FROM deliveries")
+        assert stored == error[:2000]
+
+    async def test_a_retry_wakes_the_listeners_and_an_end_does_not(self, spool: Spool):
+        _, ids = await self._claimed(spool, ["ok", "dead", "retry"])
+        heard: list[str] = []
+        spool.on_new_work(lambda: heard.append("work"))
+        await spool.finish(ids["ok"], outcome="ok", seconds=1.0, error=None)
+        await spool.finish(ids["dead"], outcome="error", seconds=1.0, error="e", dead=True)
+        assert heard == []
+        await spool.finish(
+            ids["retry"], outcome="error", seconds=1.0, error="e", next_attempt_at=time.time()
+        )
+        assert heard == ["work"]
+
+
+class TestReleaseAndRecovery:
+    async def test_release_puts_running_deliveries_back_to_pending(self, spool: Spool, path: Path):
+        event = incoming()
+        await spool.accept(event, ["a", "b"])
+        claimed = await spool.claim(2, {"a": 1, "b": 1})
+        await spool.finish(
+            next(c.delivery_id for c in claimed if c.handler == "b"),
+            outcome="ok",
+            seconds=0.1,
+            error=None,
+        )
+        await spool.release(c.delivery_id for c in claimed)  # only "a" is still running
+        assert states(path, event.id) == {"a": "pending", "b": "done"}
+
+    async def test_a_delivery_left_running_is_pending_again_after_reopening(self, path: Path):
+        event = incoming()
+        spool = await Spool.open(path)
+        await spool.accept(event, ["a", "b"])
+        await spool.claim(1, {"a": 1})
+        await spool.close()
+        assert states(path, event.id) == {"a": "running", "b": "pending"}
+
+        spool = await Spool.open(path)
+        try:
+            assert spool.recovered == 1
+            assert states(path, event.id) == {"a": "pending", "b": "pending"}
+            [again] = await spool.claim(1, {"a": 1})
+        finally:
+            await spool.close()
+        assert again.attempts == 2, "the interrupted call counts as an attempt"
+
+
+class TestPurgeDone:
+    async def test_only_old_events_that_are_finished_are_deleted(self, spool: Spool, path: Path):
+        old = time.time() - 3600
+        done, empty, waiting, dead, mixed = (incoming(received_at=old) for _ in range(5))
+        young = incoming()
+        for event in (done, waiting, dead, mixed, young):
+            await spool.accept(event, ["a", "b"])
+        await spool.accept(empty, [])
+        for claimed in await spool.claim(100, {"a": 100, "b": 100}):
+            if claimed.event_id == waiting.id:
+                continue
+            dies = claimed.event_id == dead.id or (
+                claimed.event_id == mixed.id and claimed.handler == "b"
+            )
+            outcome = "error" if dies else "ok"
+            await spool.finish(
+                claimed.delivery_id, outcome=outcome, seconds=0.1, error=None, dead=dies
+            )
+
+        assert await spool.purge_done(older_than=600) == 2
+        assert event_ids(path) == {waiting.id, dead.id, mixed.id, young.id}
+        assert query(path, "SELECT COUNT(*) FROM deliveries WHERE event_id = ?", done.id) == [(0,)]
+        assert states(path, mixed.id) == {"a": "done", "b": "dead"}
+        assert states(path, young.id) == {"a": "done", "b": "done"}
+
+
+class TestGauges:
+    async def test_counts_per_state_and_the_age_of_the_oldest_due_pending(self, spool: Spool):
+        now = time.time()
+        assert await spool.gauges(now=now) == (
+            {"pending": 0, "running": 0, "done": 0, "dead": 0},
+            0.0,
+        )
+        await spool.accept(incoming(received_at=now + 30), ["a"])
+        assert await spool.gauges(now=now) == (
+            {"pending": 1, "running": 0, "done": 0, "dead": 0},
+            0.0,  # pending, but not due yet: nobody is late
+        )
+        await spool.accept(incoming(received_at=now - 40), ["a", "b", "c"])
+        await spool.accept(incoming(received_at=now - 25), ["a"])
+        claimed = await spool.claim(3, {"a": 1, "b": 1, "c": 1}, now=now)
+        by_handler = {c.handler: c.delivery_id for c in claimed}
+        await spool.finish(by_handler["b"], outcome="ok", seconds=0.1, error=None)
+        await spool.finish(by_handler["c"], outcome="error", seconds=0.1, error="e", dead=True)
+
+        counts, oldest = await spool.gauges(now=now)
+        assert counts == {"pending": 2, "running": 1, "done": 1, "dead": 1}
+        assert oldest == pytest.approx(25.0)
+
+
+class TestFullDisk:
+    @staticmethod
+    async def _limit_pages(spool: Spool, extra: int) -> None:
+        def limit(conn: sqlite3.Connection) -> None:
+            pages = conn.execute("PRAGMA page_count").fetchone()[0]
+            conn.execute(f"PRAGMA max_page_count = {pages + extra}")
+
+        await spool.run(limit)
+
+    async def test_accepts_fail_as_spool_full_until_there_is_room_again(
+        self, spool: Spool, path: Path
+    ):
+        await self._limit_pages(spool, 4)
+        accepted: list[str] = []
+        for _ in range(50):
+            event = incoming(os.urandom(3000))
+            try:
+                accepted.append((await spool.accept(event, ["a"])).id)
+            except SpoolUnavailable as exc:
+                failure, refused = exc, event
+                break
+        else:
+            pytest.fail("the spool never filled up")
+        assert failure.reason == "spool_full"
+        assert "full" in failure.detail
+        assert event_ids(path) == set(accepted)
+
+        await self._limit_pages(spool, 1000)
+        assert await spool.accept(refused, ["a"]) == Accepted(refused.id, False, 1)
+        assert event_ids(path) == {*accepted, refused.id}
+
+    async def test_only_what_was_committed_is_reported_accepted_in_a_batch_that_fills_up(
+        self, spool: Spool, path: Path
+    ):
+        await self._limit_pages(spool, 6)
+        events = [incoming(os.urandom(3000 if n % 2 else 100)) for n in range(40)]
+        async with writer_held(spool):
+            pending = asyncio.gather(
+                *(spool.accept(event, ["a"]) for event in events), return_exceptions=True
+            )
+        results = await pending
+
+        committed = event_ids(path)
+        failed = [r for r in results if isinstance(r, BaseException)]
+        assert failed, "the batch should have filled the spool"
+        assert {r.reason for r in failed if isinstance(r, SpoolUnavailable)} == {"spool_full"}
+        assert len(failed) < len(events), "some of the batch should have fitted"
+        for event, result in zip(events, results, strict=True):
+            reported = isinstance(result, Accepted)
+            assert reported == (event.id in committed), (event.id, result)
+        # Every delivery row belongs to a committed event, and every committed event has one.
+        assert query(path, "SELECT COUNT(*) FROM deliveries") == [(len(committed),)]
+
+
+class TestClose:
+    async def test_operations_queued_before_close_finish(self, path: Path):
+        spool = await Spool.open(path)
+        event = incoming()
+        queued = asyncio.ensure_future(spool.accept(event, ["a"]))
+        await asyncio.sleep(0)  # let the task submit its operation
+        await spool.close()
+        assert (await queued).id == event.id
+        assert event_ids(path) == {event.id}
+
+    async def test_after_close_every_operation_is_refused(self, path: Path):
+        spool = await Spool.open(path)
+        await spool.close()
+        attempts = [
+            spool.accept(incoming(), ["a"]),
+            spool.claim(1, {"a": 1}),
+            spool.gauges(),
+            spool.run(lambda c: c.execute("SELECT 1").fetchone()),
+        ]
+        for attempt in attempts:
+            with pytest.raises(SpoolUnavailable, match="closed") as caught:
+                async with asyncio.timeout(5):  # a refusal, not an operation lost forever
+                    await attempt
+            assert caught.value.reason == "spool_closed"
+        assert event_ids(path) == set()
+        await spool.close()  # closing twice is harmless
