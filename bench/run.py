@@ -68,14 +68,16 @@ def write_script(path: Path, count: int) -> None:
     data = path.with_suffix(".tsv")
     with data.open("w") as out:
         for number in range(count):
-            body = json.dumps({
-                "type": "file.ready",
-                "account": {"id": str(uuid.uuid4())},
-                "workspace": {"id": str(uuid.uuid4())},
-                "project": {"id": str(uuid.uuid4())},
-                "resource": {"id": f"bench-{number}-{uuid.uuid4()}", "type": "file"},
-                "user": {"id": str(uuid.uuid4())},
-            }).encode()
+            body = json.dumps(
+                {
+                    "type": "file.ready",
+                    "account": {"id": str(uuid.uuid4())},
+                    "workspace": {"id": str(uuid.uuid4())},
+                    "project": {"id": str(uuid.uuid4())},
+                    "resource": {"id": f"bench-{number}-{uuid.uuid4()}", "type": "file"},
+                    "user": {"id": str(uuid.uuid4())},
+                }
+            ).encode()
             out.write(f"{now}\t{sign(SECRET, body, now)}\t{body.decode()}\n")
     # The script's argument is where to start, so a warm-up can use requests the measured
     # run will not reach.
@@ -104,8 +106,19 @@ end
 def _wrk(
     url: str, script: Path, connections: int, seconds: int, start: int = 0
 ) -> dict[str, float]:
-    command = [*_pin(1), "wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency",
-               "-s", str(script), url, "--", str(start)]
+    command = [
+        *_pin(1),
+        "wrk",
+        "-t1",
+        f"-c{connections}",
+        f"-d{seconds}s",
+        "--latency",
+        "-s",
+        str(script),
+        url,
+        "--",
+        str(start),
+    ]
     done = subprocess.run(command, capture_output=True, text=True, check=True)  # noqa: S603
     if "request = function" in done.stderr or "error" in done.stderr.lower():
         raise RuntimeError(f"wrk's script failed: {done.stderr.strip()}")
@@ -119,8 +132,9 @@ def _wrk(
     errors = 0
     if match := re.search(r"Non-2xx or 3xx responses: (\d+)", out):
         errors += int(match[1])
-    if match := re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)",
-                          out):
+    if match := re.search(
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out
+    ):
         errors += sum(int(n) for n in match.groups())
     return {"rps": rps, "p50": latency("50"), "p99": latency("99"), "errors": errors}
 
@@ -192,12 +206,19 @@ def _load(
 
 def measure(target: str, folder: Path, seconds: int, script: Path, warm_up_at: int) -> Round:
     """``target``'s throughput at 64 connections and latency at 8."""
-    wide, rss_wide = _load(target, folder, script, connections=64, seconds=seconds,
-                           warm_up_at=warm_up_at)
-    narrow, rss_narrow = _load(target, folder, script, connections=8, seconds=seconds,
-                               warm_up_at=warm_up_at)
-    return Round(wide["rps"], narrow["p50"], narrow["p99"],
-                 int(wide["errors"] + narrow["errors"]), max(rss_wide, rss_narrow))
+    wide, rss_wide = _load(
+        target, folder, script, connections=64, seconds=seconds, warm_up_at=warm_up_at
+    )
+    narrow, rss_narrow = _load(
+        target, folder, script, connections=8, seconds=seconds, warm_up_at=warm_up_at
+    )
+    return Round(
+        wide["rps"],
+        narrow["p50"],
+        narrow["p99"],
+        int(wide["errors"] + narrow["errors"]),
+        max(rss_wide, rss_narrow),
+    )
 
 
 def main() -> int:
@@ -224,10 +245,12 @@ def main() -> int:
             for target in targets:
                 figures = measure(target, folder, args.seconds, script, warm_up_at=measured)
                 results[target].append(figures)
-                print(f"round {number + 1} {target:16} {figures.rps_64:9.0f} req/s  "
-                      f"p50 {figures.p50_ms_8:6.2f} ms  p99 {figures.p99_ms_8:6.2f} ms  "
-                      f"errors {figures.errors}  rss {figures.peak_rss_mib:.0f} MiB",
-                      flush=True)
+                print(
+                    f"round {number + 1} {target:16} {figures.rps_64:9.0f} req/s  "
+                    f"p50 {figures.p50_ms_8:6.2f} ms  p99 {figures.p99_ms_8:6.2f} ms  "
+                    f"errors {figures.errors}  rss {figures.peak_rss_mib:.0f} MiB",
+                    flush=True,
+                )
 
     def median(target: str, field: str) -> float:
         return statistics.median(getattr(r, field) for r in results[target])
@@ -235,7 +258,7 @@ def main() -> int:
     summary = {
         "date": time.strftime("%Y-%m-%d"),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
-                   f"Python {platform.python_version()}",
+        f"Python {platform.python_version()}",
         "pinned": TWO_CORES,
         "targets": {
             target: {
@@ -252,23 +275,27 @@ def main() -> int:
     for target in targets[1:]:
         figures = summary["targets"][target]
         figures["rps_ratio"] = round(figures["rps_64_connections"] / base["rps_64_connections"], 3)
-        figures["p99_ratio"] = round(figures["p99_ms_8_connections"] / base["p99_ms_8_connections"],
-                                     3)
+        figures["p99_ratio"] = round(
+            figures["p99_ms_8_connections"] / base["p99_ms_8_connections"], 3
+        )
     args.output.write_text(json.dumps(summary, indent=2) + "\n")
 
     print(f"\n{summary['date']}, {summary['machine']}, server on CPU 0, wrk on CPU 1")
-    print("| target | req/s (64 conn.) | ÷ baseline | p50 ms (8 conn.) | p99 ms (8 conn.) "
-          "| p99 ÷ baseline | peak RSS MiB |")
+    print(
+        "| target | req/s (64 conn.) | ÷ baseline | p50 ms (8 conn.) | p99 ms (8 conn.) "
+        "| p99 ÷ baseline | peak RSS MiB |"
+    )
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for target in targets:
         f = summary["targets"][target]
-        print(f"| {target} | {f['rps_64_connections']:.0f} | {f.get('rps_ratio', 1):.2f} | "
-              f"{f['p50_ms_8_connections']:.2f} | {f['p99_ms_8_connections']:.2f} | "
-              f"{f.get('p99_ratio', 1):.2f} | {f['peak_rss_mib']:.0f} |")
+        print(
+            f"| {target} | {f['rps_64_connections']:.0f} | {f.get('rps_ratio', 1):.2f} | "
+            f"{f['p50_ms_8_connections']:.2f} | {f['p99_ms_8_connections']:.2f} | "
+            f"{f.get('p99_ratio', 1):.2f} | {f['peak_rss_mib']:.0f} |"
+        )
     invalid = [t for t in targets if summary["targets"][t]["errors"]]
     if invalid:
-        print(f"INVALID: non-2xx answers or socket errors in {', '.join(invalid)}",
-              file=sys.stderr)
+        print(f"INVALID: non-2xx answers or socket errors in {', '.join(invalid)}", file=sys.stderr)
         return 1
     return 0
 
