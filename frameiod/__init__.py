@@ -10,15 +10,34 @@ __version__ = "0.1.0"
 
 from frameiod.app import App, NoClientError
 from frameiod.events import ActionEvent, WebhookEvent
-from frameiod.handlers import Outcome, PluginContext, WebhookHandler
+from frameiod.handlers import ActionHandler, Outcome, PluginContext, WebhookHandler
 from frameiod.hookspecs import hookimpl
+from frameiod.responses import (
+    CheckboxField,
+    Form,
+    LinkField,
+    Message,
+    SelectField,
+    SelectOption,
+    TextareaField,
+    TextField,
+)
 
 __all__ = [
     "ActionEvent",
+    "ActionHandler",
     "App",
+    "CheckboxField",
+    "Form",
+    "LinkField",
+    "Message",
     "NoClientError",
     "Outcome",
     "PluginContext",
+    "SelectField",
+    "SelectOption",
+    "TextField",
+    "TextareaField",
     "WebhookEvent",
     "WebhookHandler",
     "__version__",

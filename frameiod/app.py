@@ -16,8 +16,10 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
+from frameiod.client import FrameioClient
 from frameiod.handlers import (
     DEFAULT_SOURCE,
+    ActionHandler,
     HandlerFunc,
     PluginContext,
     WebhookHandler,
@@ -30,6 +32,7 @@ __all__ = ["App", "NoClientError"]
 F = TypeVar("F", bound=HandlerFunc)
 LifecycleFunc = Callable[[PluginContext], Any]
 L = TypeVar("L", bound=LifecycleFunc)
+A = TypeVar("A", bound=Callable[..., Any])
 
 
 class NoClientError(RuntimeError):
@@ -46,15 +49,17 @@ class App:
     """A set of handlers registered with decorators; register it as a frameiod plugin.
 
     ``config_model`` is a pydantic model for the plugin's ``[plugins.<name>]`` table;
-    the validated table is ``app.config``. ``token`` is accepted for frameio-kit
-    compatibility; ``app.client`` is the daemon's shared client, when one is configured.
+    the validated table is ``app.config``. ``token`` gives this App its own Frame.io API
+    client; without it ``app.client`` is the daemon's shared one (``[frameio]``).
     """
 
     def __init__(
         self, *, token: str | None = None, config_model: type[BaseModel] | None = None
     ) -> None:
         self._handlers: list[WebhookHandler] = []
+        self._actions: list[ActionHandler] = []
         self._token = token
+        self._own_client: FrameioClient | None = None
         self._config_model = config_model
         self._on_startup: list[LifecycleFunc] = []
         self._on_shutdown: list[LifecycleFunc] = []
@@ -103,6 +108,44 @@ class App:
 
         return register
 
+    def on_action(
+        self,
+        action: str,
+        *,
+        name: str = "",
+        description: str = "",
+        resource_types: Sequence[str] = (),
+        secret: str | Sequence[str] | None = None,
+        source: str = DEFAULT_SOURCE,
+    ) -> Callable[[A], A]:
+        """Register the decorated function as the handler of custom action ``action`` (the
+        event key configured in Frame.io, e.g. ``"acme.transcode"``).
+
+        The function gets an `ActionEvent` (``data`` is None on the first click and holds
+        the form's values on a submission) and returns a `Message`, a `Form`, or None.
+        ``resource_types`` (e.g. ``["file"]``) limits what it runs on; ``secret`` is the
+        action's signing secret, which its ``source`` then accepts.
+        """
+        secrets = _as_tuple(secret)
+        if any(not s for s in secrets):
+            raise ValueError("on_action(secret=...) got an empty secret")
+
+        def register(func: A) -> A:
+            self._actions.append(
+                ActionHandler(
+                    func=func,
+                    action=action,
+                    name=name,
+                    description=description,
+                    resource_types=tuple(resource_types),
+                    source=source,
+                    secrets=secrets,
+                )
+            )
+            return func
+
+        return register
+
     def on_startup(self, func: L) -> L:
         """Run ``func(context)`` (sync or async) when the daemon starts, before any event."""
         self._on_startup.append(func)
@@ -134,11 +177,15 @@ class App:
 
     @property
     def client(self) -> Any:
-        """The Frame.io API client (the ``frameio`` SDK's ``AsyncFrameio``)."""
+        """The Frame.io API client (the ``frameio`` SDK's ``AsyncFrameio``): this App's own
+        when it was given ``token=``, else the daemon's shared one."""
+        if self._own_client is not None:
+            return self._own_client.api
         client = self._context.client if self._context else None
         if client is None:
             raise NoClientError(
-                "no Frame.io API client is configured: set [frameio] token in config.toml"
+                "no Frame.io API client is configured: set [frameio] token in config.toml "
+                "(or [frameio.oauth]), or give App(token=...)"
             )
         return client
 
@@ -146,6 +193,11 @@ class App:
     def frameiod_webhook_handlers(self) -> list[WebhookHandler]:
         """Offer every handler registered with `on_webhook`."""
         return list(self._handlers)
+
+    @hookimpl
+    def frameiod_action_handlers(self) -> list[ActionHandler]:
+        """Offer every handler registered with `on_action`."""
+        return list(self._actions)
 
     @hookimpl
     def frameiod_plugin_config_model(self) -> type[BaseModel] | None:
@@ -156,11 +208,18 @@ class App:
     async def frameiod_startup(self, context: PluginContext) -> None:
         """Keep the start-up context (for `client` and `config`), then run `on_startup`s."""
         self._context = context
+        if self._token is not None:
+            self._own_client = FrameioClient(context.config.frameio, token=self._token)
         for func in self._on_startup:
             await maybe_await(func(context))
 
     @hookimpl
     async def frameiod_shutdown(self, context: PluginContext) -> None:
-        """Run the `on_shutdown` functions, last registered first."""
-        for func in reversed(self._on_shutdown):
-            await maybe_await(func(context))
+        """Run the `on_shutdown` functions, last registered first; close an own client."""
+        try:
+            for func in reversed(self._on_shutdown):
+                await maybe_await(func(context))
+        finally:
+            if self._own_client is not None:
+                await self._own_client.close()
+                self._own_client = None

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from frameiod import __version__
 from frameiod.admin import add_queue_commands, run_queue
 from frameiod.config import Config, ConfigError, find_config, format_duration, load_config
-from frameiod.events import EVENT_TYPES, closest_event_type, example_payload
+from frameiod.events import EVENT_TYPES, closest_event_type, example_action, example_payload
 from frameiod.plugins import PluginHost
 from frameiod.signature import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 
@@ -44,6 +44,12 @@ def _plugins(config: Config) -> PluginHost | None:
         return None
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
+    try:
+        host.routes()  # two plugins answering one custom action
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return None
     return host
 
 
@@ -145,7 +151,7 @@ def _cmd_pip(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _default_url(config: Config, source: str) -> str:
+def _default_url(config: Config, kind: str, source: str) -> str:
     host = config.server.host
     # A wildcard listen address is not one a client can connect to.
     host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)  # noqa: S104
@@ -154,7 +160,7 @@ def _default_url(config: Config, source: str) -> str:
             host = f"[{host}]"
     except ValueError:
         pass
-    return f"http://{host}:{config.server.port}/webhooks/{source}"
+    return f"http://{host}:{config.server.port}/{kind}/{source}"
 
 
 def _cmd_send(args: argparse.Namespace) -> int:
@@ -171,19 +177,33 @@ def _cmd_send(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_CONFIG
-    if args.event_type not in EVENT_TYPES:
-        hint = closest_event_type(args.event_type)
-        print(
-            f"warning: {args.event_type!r} is not a Frame.io V4 event type"
-            + (f" (did you mean {hint!r}?)" if hint else ""),
-            file=sys.stderr,
-        )
-    url = args.url or _default_url(config, args.source)
+    if args.action:
+        try:
+            data = json.loads(args.data) if args.data is not None else None
+        except ValueError as exc:
+            print(f"--data is not JSON: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
+        kind = "actions"
+        payloads = [example_action(args.action, args.resource_id, data) for _ in range(args.count)]
+    elif args.event_type:
+        if args.event_type not in EVENT_TYPES:
+            hint = closest_event_type(args.event_type)
+            print(
+                f"warning: {args.event_type!r} is not a Frame.io V4 event type"
+                + (f" (did you mean {hint!r}?)" if hint else ""),
+                file=sys.stderr,
+            )
+        kind = "webhooks"
+        payloads = [example_payload(args.event_type, args.resource_id) for _ in range(args.count)]
+    else:
+        print("name an EVENT_TYPE to send, or --action ACTION", file=sys.stderr)
+        return EXIT_CONFIG
+    url = args.url or _default_url(config, kind, args.source)
     secret = source.secrets[0].reveal()
     failures = 0
     with httpx.Client(timeout=10.0) as client:
-        for _ in range(args.count):
-            body = json.dumps(example_payload(args.event_type, args.resource_id)).encode()
+        for payload in payloads:
+            body = json.dumps(payload).encode()
             timestamp = str(int(time.time()))
             headers = {
                 "Content-Type": "application/json",
@@ -232,7 +252,13 @@ def _parser() -> argparse.ArgumentParser:
     send = commands.add_parser(
         "send", parents=[common], help="send a signed test event to a running daemon"
     )
-    send.add_argument("event_type", metavar="EVENT_TYPE", help="e.g. file.ready")
+    send.add_argument("event_type", metavar="EVENT_TYPE", nargs="?", help="e.g. file.ready")
+    send.add_argument(
+        "--action", metavar="KEY", help="send a custom-action request for this event key instead"
+    )
+    send.add_argument(
+        "--data", metavar="JSON", help="with --action: the submitted form values, as a JSON object"
+    )
     send.add_argument("--source", default="default", help="source to sign for (default: default)")
     send.add_argument("--url", help="where to POST (default: the configured host and port)")
     send.add_argument("--resource-id", help="resource id to put in the payload (default: random)")

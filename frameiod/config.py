@@ -27,6 +27,7 @@ from pydantic import (
     PrivateAttr,
     ValidationError,
     ValidationInfo,
+    model_validator,
 )
 from pydantic_core import PydanticCustomError
 
@@ -37,7 +38,9 @@ __all__ = [
     "ConfigError",
     "DispatchConfig",
     "Duration",
+    "FrameioConfig",
     "LogConfig",
+    "OAuthConfig",
     "PluginsConfig",
     "Secret",
     "SecretRef",
@@ -252,14 +255,47 @@ class LogConfig(_Table):
 
 
 class SourceConfig(_Table):
-    """``[sources.<name>]``: one sender; the name is the URL segment of ``/webhooks/<name>``."""
+    """``[sources.<name>]``: one sender; the name is the URL segment of ``/webhooks/<name>``
+    and ``/actions/<name>``."""
 
     secrets: list[SecretRef] = Field(min_length=1)
     tolerance: Duration = 300.0
+    action_deadline: Duration = 4.0
+    action_late_message: str = "This is taking longer than usual; it goes on in the background."
 
     def secret_values(self) -> list[str]:
         """The secrets in configured order, for `frameiod.signature.verify`."""
         return [secret.reveal() for secret in self.secrets]
+
+
+class OAuthConfig(_Table):
+    """``[frameio.oauth]``: Adobe IMS server-to-server credentials (client credentials grant)."""
+
+    client_id: str = Field(min_length=1)
+    client_secret: SecretRef
+    ims_base_url: str = "https://ims-na1.adobelogin.com"
+    scopes: str = "openid AdobeID frame.s2s.all"
+
+
+class FrameioConfig(_Table):
+    """``[frameio]``: the API client handlers use (``app.client``)."""
+
+    token: SecretRef | None = None
+    oauth: OAuthConfig | None = None
+    base_url: str = "https://api.frame.io"
+    timeout: Duration = 30.0
+    max_retries: int = Field(default=0, ge=0)
+
+    @model_validator(mode="after")
+    def _one_way_to_authenticate(self) -> FrameioConfig:
+        if self.token is not None and self.oauth is not None:
+            raise PydanticCustomError("choice", "set either token or [frameio.oauth], not both")
+        return self
+
+    @property
+    def configured(self) -> bool:
+        """True when there are credentials to build a client with."""
+        return self.token is not None or self.oauth is not None
 
 
 class SpoolConfig(_Table):
@@ -302,6 +338,7 @@ class Config(_Table):
     server: ServerConfig = Field(default_factory=ServerConfig)
     log: LogConfig = Field(default_factory=LogConfig)
     sources: dict[SourceName, SourceConfig] = Field(min_length=1)
+    frameio: FrameioConfig = Field(default_factory=FrameioConfig)
     spool: SpoolConfig = Field(default_factory=SpoolConfig)
     dispatch: DispatchConfig = Field(default_factory=DispatchConfig)
     plugins: PluginsConfig = Field(default_factory=PluginsConfig)
@@ -404,7 +441,7 @@ def _describe(root: type[BaseModel], error: Mapping[str, Any]) -> str:
         return "at least one [sources.NAME] table is required"
     if kind == "too_short" and loc[-1:] == ("secrets",):
         return "at least one secret is required"
-    if kind in ("duration", "secret", "source_name"):
+    if kind in ("duration", "secret", "source_name", "choice"):
         return error["msg"]
     # pydantic's words are Python's ("dictionary or instance of SourceConfig"); use TOML's.
     message = _TOML_WORDS.get(kind) or error["msg"][0].lower() + error["msg"][1:]

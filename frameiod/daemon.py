@@ -13,7 +13,8 @@ import structlog
 from aiohttp import web
 
 from frameiod import __version__
-from frameiod.config import Config
+from frameiod.client import FrameioClient
+from frameiod.config import Config, ConfigError
 from frameiod.dispatch import Dispatcher, RetryPolicy
 from frameiod.events import WebhookEvent
 from frameiod.metrics import Metrics
@@ -37,6 +38,7 @@ class Daemon:
         self.plugins = plugins or PluginHost()
         self.metrics = Metrics(config.sources, __version__)
         self.spool: Spool | None = None
+        self.client: FrameioClient | None = None
         self.app: web.Application | None = None
         self.dispatcher: Dispatcher | None = None
         self._runner: web.AppRunner | None = None
@@ -62,8 +64,14 @@ class Daemon:
                 count=spool.recovered,
                 spool=str(spool_path),
             )
-        await self.plugins.startup(self.config)
-        routes = self.plugins.routes()
+        if self.config.frameio.configured:
+            self.client = FrameioClient(self.config.frameio)
+        await self.plugins.startup(self.config, self.client.api if self.client else None)
+        try:
+            routes = self.plugins.routes()
+        except ConfigError:
+            await self._close_resources()
+            raise
         for handler in routes.handlers:
             if handler.source not in self.config.sources and not handler.secrets:
                 log.warning(
@@ -74,6 +82,7 @@ class Daemon:
                 )
         self.metrics.register_plugins(self.plugins.plugins.values())
         self.metrics.register_handlers(routes.handlers)
+        self.metrics.register_actions(routes.actions.values())
         self.app = create_app(
             self.config, spool=spool, metrics=self.metrics, routes=routes, observe=self._observe
         )
@@ -87,8 +96,7 @@ class Daemon:
             await site.start()
         except OSError:
             await self._runner.cleanup()
-            await self.plugins.shutdown()
-            await spool.close()
+            await self._close_resources()
             raise
         dispatch = self.config.dispatch
         self.dispatcher = Dispatcher(
@@ -122,6 +130,13 @@ class Daemon:
             config=str(self.config.path),
             spool=str(spool_path),
         )
+
+    async def _close_resources(self) -> None:
+        await self.plugins.shutdown()
+        if self.client is not None:
+            await self.client.close()
+        if self.spool is not None:
+            await self.spool.close()
 
     def _observe(self, event: WebhookEvent, source: str) -> None:
         # Observers run beside the request, never inside it: the 202 does not wait.
@@ -171,8 +186,12 @@ class Daemon:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, *self._observers, return_exceptions=True)
-        await self.plugins.shutdown()
-        await self.spool.close()
+        try:
+            async with asyncio.timeout(self.config.dispatch.drain_timeout):
+                await state.actions.drain()
+        except TimeoutError:
+            log.warning("custom-action handlers still running at shutdown are cut short")
+        await self._close_resources()
         log.info("stopped", handler_calls=self.dispatcher.calls)
 
 
@@ -189,6 +208,10 @@ async def serve(config: Config, plugins: PluginHost | None = None) -> int:
     except SpoolError as exc:
         log.error("cannot open the spool", error=str(exc))
         return 1
+    except ConfigError as exc:
+        for problem in exc.problems:
+            log.error("cannot start", problem=problem)
+        return 2
     except OSError as exc:
         log.error(
             "cannot listen",

@@ -6,15 +6,13 @@ stops its siblings, and a handler that succeeded is never run again because a si
 failed. A failure is retried after an exponential backoff with full jitter; after
 ``max_attempts`` the delivery is dead (kept for ``frameiod queue replay``).
 
-Plain (non-async) handlers run in a daemon thread: they cannot block the event loop, and
-one that never returns cannot keep the process from exiting.
+Plain (non-async) handlers run in a daemon thread (`frameiod.handlers.call_handler`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
-import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -23,7 +21,7 @@ from typing import Any
 import structlog
 
 from frameiod.events import PayloadError, WebhookEvent, parse_webhook
-from frameiod.handlers import Outcome, Routes, WebhookHandler
+from frameiod.handlers import Outcome, Routes, WebhookHandler, call_handler
 from frameiod.metrics import Metrics
 from frameiod.spool import Claimed, Spool, SpoolUnavailable
 
@@ -57,27 +55,24 @@ class RetryPolicy:
         return random.uniform(0, cap)  # noqa: S311 - jitter, not cryptography
 
 
-def _in_daemon_thread(func: Callable[[WebhookEvent], Any], event: WebhookEvent) -> Awaitable[Any]:
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future[Any] = loop.create_future()
+def retry_after(error: BaseException | None) -> float | None:
+    """Seconds a 429 answer asked to wait (``Retry-After`` or ``retry-after-ms``), or None.
 
-    def settle(result: Any, error: BaseException | None) -> None:
-        if not future.done():  # it may have been cancelled by the timeout meanwhile
-            if error is None:
-                future.set_result(result)
-            else:
-                future.set_exception(error)
-
-    def run() -> None:
-        try:
-            result = func(event)
-        except BaseException as exc:  # handed to the awaiting task, which decides
-            loop.call_soon_threadsafe(settle, None, exc)
-        else:
-            loop.call_soon_threadsafe(settle, result, None)
-
-    threading.Thread(target=run, name=f"frameiod-handler-{event.type}", daemon=True).start()
-    return future
+    Reads the frameio SDK's ``TooManyRequestsError`` (an ``ApiError`` with ``status_code``
+    and ``headers``) without importing the SDK.
+    """
+    if getattr(error, "status_code", None) != 429:
+        return None
+    headers: Any = getattr(error, "headers", None) or {}
+    lowered = {str(key).lower(): str(value) for key, value in dict(headers).items()}
+    try:
+        if "retry-after-ms" in lowered:
+            return max(0.0, float(lowered["retry-after-ms"]) / 1000)
+        if "retry-after" in lowered:
+            return max(0.0, float(lowered["retry-after"]))
+    except ValueError:
+        return None  # an HTTP date, which Frame.io does not send: the usual backoff applies
+    return None
 
 
 class Dispatcher:
@@ -199,10 +194,7 @@ class Dispatcher:
         self.calls += 1
         try:
             async with deadline:
-                if handler.is_async:
-                    await handler.func(event)
-                else:
-                    await _in_daemon_thread(handler.func, event)
+                await call_handler(handler.func, event)
         except Exception as exc:
             seconds = time.perf_counter() - started
             # A TimeoutError the handler raised itself is its error, not our deadline.
@@ -221,7 +213,10 @@ class Dispatcher:
     ) -> None:
         max_attempts = handler.max_attempts or self._policy.max_attempts
         dead = outcome.status != "ok" and item.attempts >= max_attempts
-        retry_in = None if outcome.status == "ok" or dead else self._policy.delay(item.attempts)
+        retry_in = None
+        if outcome.status != "ok" and not dead:
+            # A 429 says when to come back; never sooner than that.
+            retry_in = max(self._policy.delay(item.attempts), retry_after(error) or 0.0)
         fields = {
             "event_id": item.event_id,
             "event_type": event.type,

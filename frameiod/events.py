@@ -21,6 +21,7 @@ __all__ = [
     "Resource",
     "WebhookEvent",
     "closest_event_type",
+    "example_action",
     "example_payload",
     "parse_action",
     "parse_webhook",
@@ -60,6 +61,25 @@ def example_payload(event_type: str, resource_id: str | None = None) -> dict[str
         },
         "user": {"id": str(uuid.uuid4())},
     }
+
+
+def example_action(
+    action: str, resource_id: str | None = None, data: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """A custom-action request body as Frame.io sends it (``data`` for a form submission)."""
+    payload: dict[str, Any] = {
+        "account_id": str(uuid.uuid4()),
+        "action_id": str(uuid.uuid4()),
+        "interaction_id": str(uuid.uuid4()),
+        "type": action,
+        "project": {"id": str(uuid.uuid4())},
+        "resource": {"id": resource_id or str(uuid.uuid4()), "type": "file"},
+        "user": {"id": str(uuid.uuid4())},
+        "workspace": {"id": str(uuid.uuid4())},
+    }
+    if data is not None:
+        payload["data"] = data
+    return payload
 
 
 def closest_event_type(name: str) -> str | None:

@@ -6,9 +6,11 @@ source it arrived on, its type, and the secret that verified it.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import inspect
-from collections.abc import Callable, Iterable, Mapping
+import threading
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, Literal
@@ -23,10 +25,12 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_SOURCE",
+    "ActionHandler",
     "Outcome",
     "PluginContext",
     "Routes",
     "WebhookHandler",
+    "call_handler",
     "maybe_await",
     "pattern_problem",
     "secret_id",
@@ -40,6 +44,34 @@ HandlerFunc = Callable[[WebhookEvent], Any]
 async def maybe_await(value: Any) -> Any:
     """Await ``value`` if it is awaitable: hooks and callbacks may be ``def`` or ``async def``."""
     return await value if inspect.isawaitable(value) else value
+
+
+def call_handler(func: Callable[[Any], Any], event: Any) -> Awaitable[Any]:
+    """Call a handler: ``async def`` ones on the loop, plain functions in a daemon thread,
+    so they cannot block the loop and one that never returns cannot block exit."""
+    if inspect.iscoroutinefunction(func):
+        return func(event)
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[Any] = loop.create_future()
+
+    def settle(result: Any, error: BaseException | None) -> None:
+        if not future.done():  # it may have been cancelled by a timeout meanwhile
+            if error is None:
+                future.set_result(result)
+            else:
+                future.set_exception(error)
+
+    def run() -> None:
+        try:
+            result = func(event)
+        except BaseException as exc:  # handed to the awaiting task, which decides
+            loop.call_soon_threadsafe(settle, None, exc)
+        else:
+            loop.call_soon_threadsafe(settle, result, None)
+
+    name = getattr(event, "type", "event")
+    threading.Thread(target=run, name=f"frameiod-handler-{name}", daemon=True).start()
+    return future
 
 
 def secret_id(secret: str) -> str:
@@ -130,6 +162,42 @@ class WebhookHandler:
 
 
 @dataclass(frozen=True)
+class ActionHandler:
+    """The handler of one custom action (its event key, e.g. ``"acme.transcode"``).
+
+    It gets an `frameiod.events.ActionEvent` and returns a `frameiod.responses.Message`,
+    a `frameiod.responses.Form`, or None. ``resource_types`` limits what the action runs on
+    (``file``, ``folder``, ``version_stack``); empty means any.
+    """
+
+    func: Callable[[Any], Any]
+    action: str
+    name: str = ""
+    description: str = ""
+    resource_types: tuple[str, ...] = ()
+    source: str = DEFAULT_SOURCE
+    secrets: tuple[str, ...] = field(default=(), repr=False)
+    plugin: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.action:
+            raise ValueError("an action handler needs the action's event key")
+        if not self.name:
+            object.__setattr__(self, "name", self.action)
+
+    def describe(self) -> dict[str, Any]:
+        """A JSON-ready description, without secrets (for ``frameiod plugins``)."""
+        return {
+            "action": self.action,
+            "name": self.name,
+            "description": self.description,
+            "resource_types": list(self.resource_types),
+            "source": self.source,
+            "secrets": len(self.secrets),
+        }
+
+
+@dataclass(frozen=True)
 class Outcome:
     """How one handler call ended: ``status`` is ``ok``, ``error`` or ``timeout``; ``dead``
     when it failed for the last time (no attempts left)."""
@@ -158,20 +226,30 @@ class PluginContext:
 class Routes:
     """Which handlers get which delivery: the one place the routing rules live."""
 
-    def __init__(self, handlers: Iterable[WebhookHandler]) -> None:
+    def __init__(
+        self, handlers: Iterable[WebhookHandler], actions: Iterable[ActionHandler] = ()
+    ) -> None:
         self.handlers = tuple(handlers)
+        self.actions = {(action.source, action.action): action for action in actions}
+
+    def _all(self) -> list[WebhookHandler | ActionHandler]:
+        return [*self.handlers, *self.actions.values()]
 
     def sources(self) -> set[str]:
         """Every source some handler listens on."""
-        return {handler.source for handler in self.handlers}
+        return {handler.source for handler in self._all()}
 
     def handler_secrets(self, source: str) -> list[str]:
         """Secrets declared on handlers of ``source``, which that source must accept too."""
         secrets: list[str] = []
-        for handler in self.handlers:
+        for handler in self._all():
             if handler.source == source:
                 secrets.extend(s for s in handler.secrets if s not in secrets)
         return secrets
+
+    def action(self, source: str, action: str) -> ActionHandler | None:
+        """The handler of custom action ``action`` on ``source``, if one is loaded."""
+        return self.actions.get((source, action))
 
     def merged_secrets(self, configured: Mapping[str, list[str]]) -> dict[str, list[str]]:
         """Per source: configured secrets first, then handler-declared ones (deduplicated).

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from pydantic import BaseModel
 
     from frameiod.events import WebhookEvent
-    from frameiod.handlers import Outcome, PluginContext, WebhookHandler
+    from frameiod.handlers import ActionHandler, Outcome, PluginContext, WebhookHandler
 
 __all__ = ["PROJECT", "hookimpl", "hookspec"]
 
@@ -48,6 +48,18 @@ def frameiod_webhook_handlers() -> Sequence[WebhookHandler]:
     ``"file.*"`` groups or ``"*"``), its source, optional secrets, and options such as
     ``timeout``. An `frameiod.App` implements this hook from its ``@app.on_webhook``
     registrations. Return an empty sequence to offer none.
+    """
+
+
+@hookspec
+def frameiod_action_handlers() -> Sequence[ActionHandler]:
+    """Return the custom-action handlers this plugin offers.
+
+    Called once at start-up. Each `ActionHandler` names the action's event key (the
+    ``type`` Frame.io sends, e.g. ``"acme.transcode"``), its source, and the resource
+    types it accepts. One handler per event key and source across all plugins: a second
+    one stops start-up with an error naming both plugins. An `frameiod.App` implements this
+    hook from its ``@app.on_action`` registrations. Return an empty sequence to offer none.
     """
 
 

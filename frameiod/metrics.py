@@ -20,10 +20,10 @@ from prometheus_client import (
 from prometheus_client.process_collector import ProcessCollector
 
 if TYPE_CHECKING:
-    from frameiod.handlers import Outcome, WebhookHandler
+    from frameiod.handlers import ActionHandler, Outcome, WebhookHandler
     from frameiod.plugins import PluginInfo
 
-__all__ = ["HANDLER_OUTCOMES", "RECEIVE_OUTCOMES", "UNKNOWN_SOURCE", "Metrics"]
+__all__ = ["ACTION_OUTCOMES", "HANDLER_OUTCOMES", "RECEIVE_OUTCOMES", "UNKNOWN_SOURCE", "Metrics"]
 
 RECEIVE_OUTCOMES = (
     "accepted",
@@ -37,6 +37,7 @@ RECEIVE_OUTCOMES = (
     "unavailable",
 )
 HANDLER_OUTCOMES = ("ok", "error", "timeout", "dead")
+ACTION_OUTCOMES = ("ok", "error", "late", "unsupported_resource", "unknown_action")
 UNKNOWN_SOURCE = "unknown"
 
 # The *_created series double the scrape size and no dashboard of ours reads them.
@@ -55,6 +56,7 @@ class Metrics:
     ) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         self.sources: set[str] = set()
+        self._actions: set[tuple[str, str]] = set()
         self.deliveries_received = Counter(
             "frameiod_deliveries_received",
             "Requests to /webhooks/{source}, by how they were answered",
@@ -88,6 +90,12 @@ class Metrics:
             "frameiod_plugins",
             "Discovered plugins (1 per plugin), by status",
             ["plugin", "version", "status"],
+            registry=self.registry,
+        )
+        self.actions = Counter(
+            "frameiod_actions",
+            "Custom-action requests that passed verification, by how they were answered",
+            ["source", "action", "outcome"],
             registry=self.registry,
         )
         self.spool_deliveries = Gauge(
@@ -130,6 +138,22 @@ class Metrics:
                     plugin=handler.plugin, handler=handler.name, outcome=outcome
                 )
             self.handler_seconds.labels(plugin=handler.plugin, handler=handler.name)
+
+    def register_actions(self, actions: Iterable[ActionHandler]) -> None:
+        """Accept these actions as label values and create their series at 0."""
+        for action in actions:
+            self._actions.add((action.source, action.action))
+            for outcome in ACTION_OUTCOMES:
+                if outcome != "unknown_action":
+                    self.actions.labels(source=action.source, action=action.action, outcome=outcome)
+
+    def action(self, source: str, action: str, outcome: str) -> None:
+        """Count one answered custom action; unregistered names become ``unknown``."""
+        if (source, action) not in self._actions:
+            action = UNKNOWN_SOURCE
+        if source not in self.sources:
+            source = UNKNOWN_SOURCE
+        self.actions.labels(source=source, action=action, outcome=outcome).inc()
 
     def handler_finished(
         self, plugin: str, handler: str, outcome: Outcome, dead: bool = False

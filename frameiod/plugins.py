@@ -23,6 +23,7 @@ from pydantic import BaseModel, ValidationError
 from frameiod import hookspecs
 from frameiod.config import Config, ConfigError, validation_problems
 from frameiod.handlers import (
+    ActionHandler,
     PluginContext,
     Routes,
     WebhookHandler,
@@ -63,6 +64,7 @@ class PluginInfo:
     status: Status = "loaded"
     reason: str | None = None
     handlers: list[WebhookHandler] = field(default_factory=list)
+    actions: list[ActionHandler] = field(default_factory=list)
     config: BaseModel | None = None
 
     def describe(self) -> dict[str, Any]:
@@ -74,6 +76,7 @@ class PluginInfo:
             "status": self.status,
             "reason": self.reason,
             "handlers": [handler.describe() for handler in self.handlers],
+            "actions": [action.describe() for action in self.actions],
         }
 
 
@@ -85,6 +88,12 @@ def _allow_list(environ: Mapping[str, str]) -> set[str] | None:
     if ALLOW_ENV not in environ:
         return None
     return {name.strip() for name in environ[ALLOW_ENV].split(",") if name.strip()}
+
+
+def _owned_action(action: object, plugin: str) -> ActionHandler:
+    if not isinstance(action, ActionHandler):
+        raise TypeError(f"frameiod_action_handlers returned {action!r}, not an ActionHandler")
+    return dataclasses.replace(action, plugin=plugin)
 
 
 def _owned(handler: object, plugin: str) -> WebhookHandler:
@@ -176,6 +185,10 @@ class PluginHost:
             if twice:
                 # Names label logs and metrics; two handlers under one name would merge.
                 raise ValueError(f"two handlers are named {', '.join(twice)}; pass name=...")
+            info.actions = [
+                _owned_action(action, info.name)
+                for action in self._call(info.name, "frameiod_action_handlers") or []
+            ]
         except Exception as exc:
             self._fail(info, _one_line(exc), exc)
             return
@@ -194,10 +207,11 @@ class PluginHost:
             plugin=info.name,
             version=info.version,
             handlers=[handler.name for handler in info.handlers],
+            actions=[action.action for action in info.actions],
         )
 
     def _fail(self, info: PluginInfo, reason: str, exc: BaseException | None = None) -> None:
-        info.status, info.reason, info.handlers = "failed", reason, []
+        info.status, info.reason, info.handlers, info.actions = "failed", reason, [], []
         self.plugins[info.name] = info
         plugin = self.pm.get_plugin(info.name)
         if plugin is not None:
@@ -265,8 +279,29 @@ class PluginHost:
     # --- lifecycle ------------------------------------------------------------------
 
     def routes(self) -> Routes:
-        """Routing over the handlers of every loaded plugin."""
-        return Routes(handler for name in self.loaded for handler in self.plugins[name].handlers)
+        """Routing over the handlers of every loaded plugin.
+
+        Raises `ConfigError` when two plugins handle the same custom action on one source:
+        which one should answer cannot be guessed.
+        """
+        owners: dict[tuple[str, str], str] = {}
+        problems = []
+        for name in self.loaded:
+            for action in self.plugins[name].actions:
+                key = (action.source, action.action)
+                if key in owners:
+                    problems.append(
+                        f"custom action {action.action!r} (source {action.source!r}) is "
+                        f"handled by both plugin {owners[key]!r} and plugin {name!r}; "
+                        "disable one of them in [plugins] disable"
+                    )
+                owners.setdefault(key, name)
+        if problems:
+            raise ConfigError(problems)
+        return Routes(
+            (handler for name in self.loaded for handler in self.plugins[name].handlers),
+            (action for name in self.loaded for action in self.plugins[name].actions),
+        )
 
     async def startup(self, config: Config, client: Any | None = None) -> None:
         """Await each loaded plugin's ``frameiod_startup``; a plugin that raises is failed."""

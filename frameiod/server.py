@@ -1,28 +1,30 @@
-"""The aiohttp application: receive, verify, validate and acknowledge webhooks.
+"""The aiohttp application: receive, verify, validate and answer Frame.io's requests.
 
-``POST /webhooks/{source}`` runs its checks in a fixed order (size, source, signature,
-content type, JSON, event shape), and every refusal is one `Rejection` mapped to a status
-code, a log line and a metric in one place. An accepted event is committed to the spool,
-with one delivery per matching handler, before the 202 goes out.
+``POST /webhooks/{source}`` and ``POST /actions/{source}`` run the same checks in a fixed
+order (size, source, signature, content type, JSON, payload shape), and every refusal is
+one `Rejection` mapped to a status code, a log line and a metric in one place. An accepted
+webhook is committed to the spool, with one delivery per matching handler, before the 202
+goes out; a custom action is answered by its handler (`frameiod.actions`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
 import structlog
 from aiohttp import web
 from prometheus_client.aiohttp import make_aiohttp_handler
 
+from frameiod.actions import ActionRunner
 from frameiod.config import Config, SourceConfig
-from frameiod.events import PayloadError, WebhookEvent, parse_webhook
+from frameiod.events import PayloadError, WebhookEvent, parse_action, parse_webhook
 from frameiod.handlers import Routes, secret_id
 from frameiod.ids import new_event_id
 from frameiod.metrics import Metrics
-from frameiod.signature import SignatureError, verify
+from frameiod.signature import SignatureError, Verified, verify
 from frameiod.spool import Incoming, Spool, SpoolUnavailable
 
 __all__ = ["SHUTDOWN_TIMEOUT", "STATE", "ServerState", "SourceKeys", "create_app", "source_keys"]
@@ -71,6 +73,7 @@ class ServerState:
     clock: Callable[[], float] = time.time
     observe: Callable[[WebhookEvent, str], None] = lambda event, source: None
     """Told of each newly accepted event (the daemon passes it on to observer plugins)."""
+    actions: ActionRunner = field(default_factory=ActionRunner)
     ready: bool = False
     stopping: bool = False
     addresses: list[tuple[str, int]] = field(default_factory=list)
@@ -121,19 +124,17 @@ def _is_json(content_type: str) -> bool:
 
 
 @dataclass(frozen=True, slots=True)
-class _Accepted:
-    id: str
-    type: str
-    duplicate: bool
-    handlers: int
+class _Verified:
+    source: SourceKeys
+    verified: Verified
+    body: bytes
 
 
-async def _accept(request: web.Request, state: ServerState, source_name: str) -> _Accepted:
-    """Run every check and commit the event; return what to answer, or raise `Rejection`."""
+async def _verify(request: web.Request, state: ServerState, source_name: str) -> _Verified:
+    """The checks webhooks and custom actions share, in order; raise `Rejection`."""
     if state.stopping:
         raise Rejection(503, "unavailable", "shutting_down")
-    config = state.config
-    body = await _read_body(request, config.server.max_body_bytes)
+    body = await _read_body(request, state.config.server.max_body_bytes)
 
     source = state.sources.get(source_name)
     if source is None:
@@ -152,46 +153,25 @@ async def _accept(request: web.Request, state: ServerState, source_name: str) ->
             "unsupported_media_type",
             f"Content-Type {request.content_type!r} is not JSON",
         )
-    event_id = new_event_id()
-    try:
-        event = parse_webhook(body, verified.timestamp, event_id)
-    except PayloadError as exc:
-        raise Rejection(exc.status, "malformed", exc.reason, exc.detail) from None
-
-    incoming = Incoming(
-        id=event_id,
-        source=source_name,
-        type=event.type,
-        body=body,
-        timestamp=verified.timestamp,
-        signature=verified.signature,
-        secret_id=source.ids[verified.secret_index],
-        received_at=state.clock(),
-    )
-    handlers = state.routes.for_delivery(source_name, event.type, incoming.secret_id)
-    try:
-        accepted = await state.spool.accept(incoming, [handler.key for handler in handlers])
-    except SpoolUnavailable as exc:
-        raise Rejection(503, "unavailable", exc.reason, exc.detail) from None
-    if not accepted.duplicate:
-        state.observe(event, source_name)
-    return _Accepted(accepted.id, event.type, accepted.duplicate, accepted.deliveries)
+    return _Verified(source, verified, body)
 
 
-async def receive_webhook(request: web.Request) -> web.Response:
-    """``POST /webhooks/{source}``: 202 with the event id once the event is on disk, or 200
-    with the original's id for a duplicate."""
+async def _guarded(
+    request: web.Request, kind: str, work: Callable[[ServerState, str], Awaitable[web.Response]]
+) -> web.Response:
+    """Run ``work``; answer, log and count a `Rejection`; track requests in flight."""
     started = time.perf_counter()
     state = request.app[STATE]
     source_name = request.match_info["source"]
     state.in_flight += 1
     try:
-        accepted = await _accept(request, state, source_name)
+        return await work(state, source_name)
     except Rejection as exc:
         seconds = time.perf_counter() - started
-        state.metrics.received(source_name, exc.outcome, seconds)
+        if exc.outcome:  # an unknown action is counted by the action metric instead
+            state.metrics.received(source_name, exc.outcome, seconds)
         log.warning(
-            "webhook rejected",
+            f"{kind} rejected",
             source=source_name,
             status=exc.status,
             outcome=exc.outcome,
@@ -210,21 +190,88 @@ async def receive_webhook(request: web.Request) -> web.Response:
         if state.in_flight == 0:
             state.idle.set()
 
-    seconds = time.perf_counter() - started
-    outcome, status = ("duplicate", 200) if accepted.duplicate else ("accepted", 202)
-    state.metrics.received(source_name, outcome, seconds)
-    log.info(
-        f"webhook {outcome}",
-        source=source_name,
-        event_type=accepted.type,
-        event_id=accepted.id,
-        handlers=accepted.handlers,
-        status=status,
-        outcome=outcome,
-        remote=request.remote,
-        duration_ms=round(seconds * 1000, 3),
-    )
-    return web.json_response({"status": outcome, "id": accepted.id}, status=status)
+
+async def receive_webhook(request: web.Request) -> web.Response:
+    """``POST /webhooks/{source}``: 202 with the event id once the event is on disk, or 200
+    with the original's id for a duplicate."""
+    started = time.perf_counter()
+
+    async def accept(state: ServerState, source_name: str) -> web.Response:
+        checked = await _verify(request, state, source_name)
+        event_id = new_event_id()
+        try:
+            event = parse_webhook(checked.body, checked.verified.timestamp, event_id)
+        except PayloadError as exc:
+            raise Rejection(exc.status, "malformed", exc.reason, exc.detail) from None
+        incoming = Incoming(
+            id=event_id,
+            source=source_name,
+            type=event.type,
+            body=checked.body,
+            timestamp=checked.verified.timestamp,
+            signature=checked.verified.signature,
+            secret_id=checked.source.ids[checked.verified.secret_index],
+            received_at=state.clock(),
+        )
+        handlers = state.routes.for_delivery(source_name, event.type, incoming.secret_id)
+        try:
+            accepted = await state.spool.accept(incoming, [h.key for h in handlers])
+        except SpoolUnavailable as exc:
+            raise Rejection(503, "unavailable", exc.reason, exc.detail) from None
+        if not accepted.duplicate:
+            state.observe(event, source_name)
+
+        seconds = time.perf_counter() - started
+        outcome, status = ("duplicate", 200) if accepted.duplicate else ("accepted", 202)
+        state.metrics.received(source_name, outcome, seconds)
+        log.info(
+            f"webhook {outcome}",
+            source=source_name,
+            event_type=event.type,
+            event_id=accepted.id,
+            handlers=accepted.deliveries,
+            status=status,
+            outcome=outcome,
+            remote=request.remote,
+            duration_ms=round(seconds * 1000, 3),
+        )
+        return web.json_response({"status": outcome, "id": accepted.id}, status=status)
+
+    return await _guarded(request, "webhook", accept)
+
+
+async def receive_action(request: web.Request) -> web.Response:
+    """``POST /actions/{source}``: verified like a webhook, then answered by the action's
+    handler: 200 with its `Message` or `Form` as JSON, or an empty 200."""
+
+    async def act(state: ServerState, source_name: str) -> web.Response:
+        checked = await _verify(request, state, source_name)
+        try:
+            event = parse_action(checked.body, checked.verified.timestamp)
+        except PayloadError as exc:
+            raise Rejection(exc.status, "malformed", exc.reason, exc.detail) from None
+        handler = state.routes.action(source_name, event.type)
+        if handler is None:
+            # Only now, after the signature: a forged request learns nothing.
+            state.metrics.action(source_name, "unknown", "unknown_action")
+            raise Rejection(404, "", "unknown_action", f"no handler for action {event.type!r}")
+        source = state.config.sources.get(source_name)
+        defaults = SourceConfig.model_fields
+        answer = await state.actions.run(
+            handler,
+            event,
+            request_id=new_event_id(),
+            deadline=source.action_deadline if source else defaults["action_deadline"].default,
+            late_message=(
+                source.action_late_message if source else defaults["action_late_message"].default
+            ),
+        )
+        state.metrics.action(source_name, handler.action, answer.outcome)
+        if answer.body is None:
+            return web.Response(status=200)
+        return web.json_response(answer.body)
+
+    return await _guarded(request, "action", act)
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -270,6 +317,7 @@ def create_app(
     if observe is not None:
         app[STATE].observe = observe
     app.router.add_post("/webhooks/{source}", receive_webhook)
+    app.router.add_post("/actions/{source}", receive_action)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", make_aiohttp_handler(metrics.registry))

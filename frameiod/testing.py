@@ -27,7 +27,7 @@ import pytest
 
 from frameiod.config import Config, load_config
 from frameiod.daemon import Daemon
-from frameiod.events import example_payload
+from frameiod.events import example_action, example_payload
 from frameiod.handlers import Outcome
 from frameiod.plugins import PluginHost
 from frameiod.signature import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
@@ -80,6 +80,22 @@ class RunningDaemon:
         """An absolute URL on the daemon."""
         return f"http://127.0.0.1:{self.port}{path}"
 
+    async def act(
+        self,
+        action: str,
+        *,
+        data: dict[str, Any] | None = None,
+        source: str = "default",
+        secret: str | None = None,
+        **fields: Any,
+    ) -> tuple[int, Any]:
+        """Send a signed custom-action request (``data``: a form submission); return the
+        status and the decoded answer (None for an empty one)."""
+        payload = {**example_action(action, data=data), **fields}
+        return await self.post(
+            json.dumps(payload).encode(), source=source, secret=secret, path="actions"
+        )
+
     async def post(
         self,
         body: bytes,
@@ -87,9 +103,11 @@ class RunningDaemon:
         source: str = "default",
         secret: str | None = None,
         timestamp: int | None = None,
-    ) -> tuple[int, dict[str, Any]]:
-        """POST ``body`` to ``/webhooks/<source>``, signed with ``secret`` (default: the
-        source's first configured secret); return the status and JSON answer."""
+        path: str = "webhooks",
+    ) -> tuple[int, Any]:
+        """POST ``body`` to ``/<path>/<source>``, signed with ``secret`` (default: the
+        source's first configured secret); return the status and JSON answer (None when
+        the answer is empty)."""
         secret = secret or self.config.sources[source].secrets[0].reveal()
         ts = str(int(time.time()) if timestamp is None else timestamp)
         headers = {
@@ -98,9 +116,10 @@ class RunningDaemon:
             SIGNATURE_HEADER: sign(secret, body, ts),
         }
         async with self._session.post(
-            self.url(f"/webhooks/{source}"), data=body, headers=headers
+            self.url(f"/{path}/{source}"), data=body, headers=headers
         ) as response:
-            return response.status, await response.json()
+            text = await response.text()
+            return response.status, json.loads(text) if text else None
 
     async def send(
         self,

@@ -17,7 +17,16 @@ from prometheus_client.parser import text_string_to_metric_families
 from pydantic import BaseModel, Field
 from structlog.testing import capture_logs
 
-from frameiod import App, PluginContext, WebhookEvent, WebhookHandler, hookimpl, hookspecs
+from frameiod import (
+    ActionHandler,
+    App,
+    Message,
+    PluginContext,
+    WebhookEvent,
+    WebhookHandler,
+    hookimpl,
+    hookspecs,
+)
 from frameiod.config import ConfigError
 from frameiod.plugins import ENTRY_POINT_GROUP, PluginHost
 from frameiod.testing import TEST_SECRET, run_daemon
@@ -426,6 +435,26 @@ class TestStartupFailures:
         info = PluginHost().add(Wrong(), "wrong")
         assert info.status == "failed"
         assert "not a WebhookHandler" in str(info.reason)
+
+    async def test_two_plugins_answering_one_custom_action_stop_start_up(self):
+        class Rival:
+            def __init__(self, reply: str) -> None:
+                self.reply = reply
+
+            @hookimpl
+            def frameiod_action_handlers(self) -> list[ActionHandler]:
+                async def answer(event: Any) -> Message:
+                    return Message(self.reply)
+
+                return [ActionHandler(func=answer, action="acme.render")]
+
+        with pytest.raises(ConfigError) as error:
+            async with run_daemon({"first": Rival("a"), "second": Rival("b")}):
+                pass
+        assert error.value.problems == [
+            "custom action 'acme.render' (source 'default') is handled by both plugin "
+            "'first' and plugin 'second'; disable one of them in [plugins] disable"
+        ]
 
     def test_a_plugin_implementing_an_unknown_hook_fails_to_load(self):
         class Typo:

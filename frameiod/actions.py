@@ -1,0 +1,134 @@
+"""Running a custom-action handler and turning what it did into Frame.io's answer.
+
+Custom actions are synchronous: the handler's `Message` or `Form` is the HTTP answer, and
+Frame.io waits at most 5 seconds. A handler still running at the deadline keeps running
+in the background while the user is told the work goes on; one that fails is answered
+with a `Message` that carries an id the operator can find in the logs, never a bare 500.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from frameiod.events import ActionEvent
+from frameiod.handlers import ActionHandler, call_handler
+from frameiod.responses import Form, Message
+
+__all__ = ["ActionAnswer", "ActionRunner"]
+
+log = structlog.get_logger("frameiod.actions")
+
+
+@dataclass(frozen=True)
+class ActionAnswer:
+    """What to send back: ``body`` is the JSON (None for an empty 200); ``outcome`` is the
+    metric's word."""
+
+    body: dict[str, Any] | None
+    outcome: str
+
+
+def _failed(handler: ActionHandler, request_id: str) -> ActionAnswer:
+    message = Message(
+        "Something went wrong", f"{handler.name} failed. Reference for the operator: {request_id}"
+    )
+    return ActionAnswer(message.to_wire(), "error")
+
+
+class ActionRunner:
+    """Calls action handlers under a deadline and keeps the late ones alive."""
+
+    def __init__(self) -> None:
+        self._late: set[asyncio.Task[Any]] = set()
+        self.finished_late: list[tuple[str, str]] = []  # (interaction id, outcome), for tests
+
+    async def run(
+        self,
+        handler: ActionHandler,
+        event: ActionEvent,
+        *,
+        request_id: str,
+        deadline: float,
+        late_message: str,
+    ) -> ActionAnswer:
+        """Call ``handler`` with ``event``; answer within ``deadline`` seconds, whatever it
+        does."""
+        fields = {
+            "request_id": request_id,
+            "action": handler.action,
+            "plugin": handler.plugin,
+            "interaction_id": event.interaction_id,
+        }
+        supported = handler.resource_types
+        kind = event.resource.type if event.resource else None
+        if supported and kind not in supported:
+            log.info("action refused for this resource", **fields, resource_type=kind)
+            return ActionAnswer(
+                Message(
+                    "Not available here", f"{handler.name} works on: {', '.join(supported)}."
+                ).to_wire(),
+                "unsupported_resource",
+            )
+        started = time.perf_counter()
+        task = asyncio.ensure_future(call_handler(handler.func, event))
+        try:
+            # shield: at the deadline the handler keeps running; only our wait ends.
+            result = await asyncio.wait_for(asyncio.shield(task), deadline)
+        except TimeoutError:
+            self._late.add(task)
+            task.add_done_callback(lambda done: self._finish_late(done, fields, started))
+            log.warning("action answered late; the handler goes on", **fields, deadline_s=deadline)
+            return ActionAnswer(Message("Working on it", late_message).to_wire(), "late")
+        except Exception as exc:
+            log.error(
+                "action handler failed",
+                **fields,
+                error=f"{type(exc).__name__}: {exc}",
+                exc_info=exc,
+            )
+            return _failed(handler, request_id)
+        return self._answer(result, fields, handler, request_id)
+
+    def _answer(
+        self, result: object, fields: dict[str, Any], handler: ActionHandler, request_id: str
+    ) -> ActionAnswer:
+        if result is None:
+            log.info("action handled", **fields, answer="none")
+            return ActionAnswer(None, "ok")
+        if isinstance(result, Message | Form):
+            log.info("action handled", **fields, answer=type(result).__name__.lower())
+            return ActionAnswer(result.to_wire(), "ok")
+        log.error(
+            "action handler returned neither a Message, a Form nor None",
+            **fields,
+            returned=type(result).__name__,
+        )
+        return _failed(handler, request_id)
+
+    def _finish_late(self, task: asyncio.Task[Any], fields: dict[str, Any], started: float) -> None:
+        self._late.discard(task)
+        seconds = round(time.perf_counter() - started, 3)
+        if task.cancelled():
+            outcome = "cancelled"
+        elif task.exception() is not None:
+            outcome = "error"
+            log.error(
+                "late action handler failed",
+                **fields,
+                seconds=seconds,
+                error=repr(task.exception()),
+            )
+        else:
+            outcome = "ok"
+            log.info("late action handler finished", **fields, seconds=seconds)
+        self.finished_late.append((fields["interaction_id"], outcome))
+
+    async def drain(self) -> None:
+        """Wait for handlers still running after their answer (bound it with a timeout)."""
+        if self._late:
+            await asyncio.wait(set(self._late))
