@@ -119,6 +119,8 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
             for handler in info.handlers:
                 types = ", ".join(handler.event_types)
                 print(f"  handler {handler.name}: {types} (source {handler.source})")
+            for action in info.actions:
+                print(f"  action  {action.action}: {action.name} (source {action.source})")
     return EXIT_OK
 
 

@@ -194,9 +194,10 @@ def wait_until(condition: Callable[[], object], timeout: float = 10.0) -> None:
 
 
 def run_cli(
-    *args: str, cwd: Path | None = None, timeout: float = 30.0
+    *args: str, cwd: Path | None = None, timeout: float = 30.0, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """Run ``frameiod ARGS`` to completion, capturing its output."""
+    """Run ``frameiod ARGS`` to completion, capturing its output (no plugins unless ``env``
+    sets ``FRAMEIOD_PLUGINS``)."""
     return subprocess.run(
         [*FRAMEIOD, *args],
         capture_output=True,
@@ -204,7 +205,7 @@ def run_cli(
         cwd=cwd,
         timeout=timeout,
         check=False,
-        env={**os.environ, "FRAMEIOD_PLUGINS": ""},
+        env={**os.environ, "FRAMEIOD_PLUGINS": "", **(env or {})},
     )
 
 

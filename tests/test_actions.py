@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from structlog.testing import capture_logs
-from support import run_cli, write_config
+from support import install_plugin, run_cli, write_config
 
 from frameiod import (
     ActionEvent,
@@ -271,6 +271,39 @@ class TestWire:
 
     def test_a_message_is_title_and_description(self):
         assert Message("Done", "Queued").to_wire() == {"title": "Done", "description": "Queued"}
+
+
+ACME = """
+from frameiod import App, Message
+
+app = App()
+
+
+@app.on_action("acme.transcode", name="Transcode", resource_types=["file"])
+async def transcode(event):
+    return Message("ok")
+"""
+
+
+class TestListing:
+    def test_frameiod_plugins_lists_the_actions(self, tmp_path):
+        env = {**install_plugin(tmp_path / "site", "acme", ACME), "FRAMEIOD_PLUGINS": "acme"}
+        config = str(write_config(tmp_path))
+        text = run_cli("plugins", "--config", config, env=env)
+        listed = run_cli("plugins", "--json", "--config", config, env=env)
+        assert text.returncode == 0, text.stderr
+        assert "  action  acme.transcode: Transcode (source default)" in text.stdout
+        acme = next(p for p in json.loads(listed.stdout) if p["name"] == "acme")
+        assert acme["actions"] == [
+            {
+                "action": "acme.transcode",
+                "name": "Transcode",
+                "description": "",
+                "resource_types": ["file"],
+                "source": "default",
+                "secrets": 0,
+            }
+        ]
 
 
 class TestSendAction:
