@@ -65,8 +65,10 @@ class ActionRunner:
             "interaction_id": event.interaction_id,
         }
         supported = handler.resource_types
+        # A form submission may come without the resource (Frame.io's own example has only
+        # type, ids and data): only a resource that is there can be refused.
         kind = event.resource.type if event.resource else None
-        if supported and kind not in supported:
+        if supported and event.resource is not None and kind not in supported:
             log.info("action refused for this resource", **fields, resource_type=kind)
             return ActionAnswer(
                 Message(
