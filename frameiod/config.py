@@ -27,6 +27,7 @@ from pydantic import (
     PrivateAttr,
     ValidationError,
     ValidationInfo,
+    field_validator,
     model_validator,
 )
 from pydantic_core import PydanticCustomError
@@ -40,6 +41,7 @@ __all__ = [
     "Duration",
     "FrameioConfig",
     "LogConfig",
+    "MetricsConfig",
     "OAuthConfig",
     "PluginsConfig",
     "Secret",
@@ -245,6 +247,26 @@ class ServerConfig(_Table):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
     max_body_bytes: int = Field(default=65536, gt=0)
+    read_timeout: Duration = 10.0
+    keepalive_timeout: Duration = 75.0
+    max_connections: int = Field(default=1024, ge=1)
+    unauthenticated_failures: int = Field(default=20, ge=1)
+    trusted_proxies: list[str] = Field(default_factory=list)
+    max_tracked_addresses: int = Field(default=10000, ge=1)
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _addresses(cls, value: list[str]) -> list[str]:
+        for address in value:
+            try:
+                ipaddress.ip_network(address, strict=False)
+            except ValueError:
+                raise PydanticCustomError(
+                    "choice",
+                    "expected IP addresses or networks, got {got}",
+                    {"got": json.dumps(address)},
+                ) from None
+        return value
 
 
 class LogConfig(_Table):
@@ -260,6 +282,9 @@ class SourceConfig(_Table):
 
     secrets: list[SecretRef] = Field(min_length=1)
     tolerance: Duration = 300.0
+    rate: float = Field(default=1000.0, gt=0)
+    burst: int = Field(default=2000, ge=1)
+    dispatch_rate: float = Field(default=0.0, ge=0)
     action_deadline: Duration = 4.0
     action_late_message: str = "This is taking longer than usual; it goes on in the background."
 
@@ -296,6 +321,13 @@ class FrameioConfig(_Table):
     def configured(self) -> bool:
         """True when there are credentials to build a client with."""
         return self.token is not None or self.oauth is not None
+
+
+class MetricsConfig(_Table):
+    """``[metrics]``: the Prometheus endpoint."""
+
+    enabled: bool = True
+    path: str = Field(default="/metrics", pattern=r"^/[A-Za-z0-9/_.-]*$")
 
 
 class SpoolConfig(_Table):
@@ -338,6 +370,7 @@ class Config(_Table):
     server: ServerConfig = Field(default_factory=ServerConfig)
     log: LogConfig = Field(default_factory=LogConfig)
     sources: dict[SourceName, SourceConfig] = Field(min_length=1)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     frameio: FrameioConfig = Field(default_factory=FrameioConfig)
     spool: SpoolConfig = Field(default_factory=SpoolConfig)
     dispatch: DispatchConfig = Field(default_factory=DispatchConfig)

@@ -37,6 +37,7 @@ RECEIVE_OUTCOMES = (
     "unavailable",
 )
 HANDLER_OUTCOMES = ("ok", "error", "timeout", "dead")
+UNAUTHENTICATED_REASONS = ("bad_signature", "stale", "malformed", "too_large", "address_limited")
 ACTION_OUTCOMES = ("ok", "error", "late", "unsupported_resource", "unknown_action")
 UNKNOWN_SOURCE = "unknown"
 
@@ -92,6 +93,28 @@ class Metrics:
             ["plugin", "version", "status"],
             registry=self.registry,
         )
+        self.rate_limited = Counter(
+            "frameiod_rate_limited",
+            "Verified deliveries refused with 429 because their source was over its rate",
+            ["source"],
+            registry=self.registry,
+        )
+        self.unauthenticated_rejected = Counter(
+            "frameiod_unauthenticated_rejected",
+            "Refused requests counted against the sender's address, by reason",
+            ["reason"],
+            registry=self.registry,
+        )
+        for reason in UNAUTHENTICATED_REASONS:
+            self.unauthenticated_rejected.labels(reason=reason)
+        self.config_reloads = Counter(
+            "frameiod_config_reloads",
+            "Configuration reloads (SIGHUP), by outcome",
+            ["outcome"],
+            registry=self.registry,
+        )
+        for outcome in ("ok", "error"):
+            self.config_reloads.labels(outcome=outcome)
         self.actions = Counter(
             "frameiod_actions",
             "Custom-action requests that passed verification, by how they were answered",
@@ -122,6 +145,7 @@ class Metrics:
             for outcome in RECEIVE_OUTCOMES:
                 if outcome != "unknown_source":
                     self.deliveries_received.labels(source=source, outcome=outcome)
+            self.rate_limited.labels(source=source)
 
     def register_plugins(self, plugins: Iterable[PluginInfo]) -> None:
         """Publish each plugin's status and create its handlers' series at 0."""

@@ -24,6 +24,7 @@ from frameiod.events import PayloadError, WebhookEvent, parse_action, parse_webh
 from frameiod.handlers import Routes, secret_id
 from frameiod.ids import new_event_id
 from frameiod.metrics import Metrics
+from frameiod.ratelimit import AddressLimiter, Clock, SourceLimiter, client_address, retry_after
 from frameiod.signature import SignatureError, Verified, verify
 from frameiod.spool import Incoming, Spool, SpoolUnavailable
 
@@ -61,12 +62,44 @@ def source_keys(config: Config, routes: Routes) -> dict[str, SourceKeys]:
     return keys
 
 
+@dataclass(frozen=True)
+class Live:
+    """What a reload replaces, as one object: a request takes it once at its start, so it
+    never sees half of an old configuration and half of a new one."""
+
+    config: Config
+    sources: Mapping[str, SourceKeys]
+    limiter: SourceLimiter
+    addresses: AddressLimiter
+
+    @classmethod
+    def build(cls, config: Config, routes: Routes, clock: Clock = time.monotonic) -> Live:
+        """Everything derived from ``config`` (and the secrets ``routes`` declare)."""
+        sources = source_keys(config, routes)
+        default = SourceConfig.model_fields
+        limits = {
+            name: (
+                config.sources[name].rate if name in config.sources else default["rate"].default,
+                config.sources[name].burst if name in config.sources else default["burst"].default,
+            )
+            for name in sources
+        }
+        server = config.server
+        return cls(
+            config=config,
+            sources=sources,
+            limiter=SourceLimiter(limits, clock),
+            addresses=AddressLimiter(
+                server.unauthenticated_failures, server.max_tracked_addresses, clock
+            ),
+        )
+
+
 @dataclass
 class ServerState:
     """Everything a request handler needs, stored on the Application under `STATE`."""
 
-    config: Config
-    sources: Mapping[str, SourceKeys]
+    live: Live
     routes: Routes
     spool: Spool
     metrics: Metrics
@@ -79,6 +112,16 @@ class ServerState:
     addresses: list[tuple[str, int]] = field(default_factory=list)
     in_flight: int = 0
     idle: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def config(self) -> Config:
+        """The configuration in force."""
+        return self.live.config
+
+    @property
+    def sources(self) -> Mapping[str, SourceKeys]:
+        """The sources in force, with their secrets."""
+        return self.live.sources
 
     async def drain(self) -> None:
         """Wait until no webhook request is in flight (bound it with ``asyncio.timeout``)."""
@@ -94,10 +137,18 @@ class Rejection(Exception):
     """A request refused at one of the checks: what to answer, count and log."""
 
     def __init__(
-        self, status: int, outcome: str, reason: str, detail: str = "", public: str | None = None
+        self,
+        status: int,
+        outcome: str,
+        reason: str,
+        detail: str = "",
+        *,
+        public: str | None = None,
+        retry_after: str = RETRY_AFTER_SECONDS,
     ) -> None:
         super().__init__(reason)
         self.status = status
+        self.retry_after = retry_after
         self.outcome = outcome
         self.reason = reason
         self.detail = detail
@@ -130,13 +181,15 @@ class _Verified:
     body: bytes
 
 
-async def _verify(request: web.Request, state: ServerState, source_name: str) -> _Verified:
+async def _verify(
+    request: web.Request, state: ServerState, live: Live, source_name: str
+) -> _Verified:
     """The checks webhooks and custom actions share, in order; raise `Rejection`."""
     if state.stopping:
         raise Rejection(503, "unavailable", "shutting_down")
-    body = await _read_body(request, state.config.server.max_body_bytes)
+    body = await _read_body(request, live.config.server.max_body_bytes)
 
-    source = state.sources.get(source_name)
+    source = live.sources.get(source_name)
     if source is None:
         raise Rejection(404, "unknown_source", "unknown_source", f"no source {source_name!r}")
 
@@ -145,6 +198,18 @@ async def _verify(request: web.Request, state: ServerState, source_name: str) ->
     except SignatureError as exc:
         outcome = "stale" if exc.is_stale else "bad_signature"
         raise Rejection(401, outcome, exc.reason, exc.detail, public="unauthorized") from None
+
+    # Only verified deliveries spend a source's budget: forgeries cannot exhaust it.
+    wait = live.limiter.take(source_name)
+    if wait:
+        state.metrics.rate_limited.labels(source=source_name).inc()
+        raise Rejection(
+            429,
+            "rate_limited",
+            "source_rate_limited",
+            f"source {source_name!r} is over its rate",
+            retry_after=retry_after(wait),
+        )
 
     if "Content-Type" in request.headers and not _is_json(request.content_type):
         raise Rejection(
@@ -156,18 +221,42 @@ async def _verify(request: web.Request, state: ServerState, source_name: str) ->
     return _Verified(source, verified, body)
 
 
+# Refusals that count against the sender's address (the issue: 401, 400, 413).
+_COUNTED_AGAINST_ADDRESS = frozenset({400, 401, 413})
+
+
 async def _guarded(
-    request: web.Request, kind: str, work: Callable[[ServerState, str], Awaitable[web.Response]]
+    request: web.Request,
+    kind: str,
+    work: Callable[[ServerState, Live, str], Awaitable[web.Response]],
 ) -> web.Response:
     """Run ``work``; answer, log and count a `Rejection`; track requests in flight."""
     started = time.perf_counter()
     state = request.app[STATE]
+    live = state.live
     source_name = request.match_info["source"]
+    address = client_address(
+        request.remote, request.headers.get("X-Forwarded-For"), live.config.server.trusted_proxies
+    )
     state.in_flight += 1
     try:
-        return await work(state, source_name)
+        # Checked before anything is read or verified: a flood of bad requests is cheap.
+        wait = live.addresses.blocked(address)
+        if wait:
+            state.metrics.unauthenticated_rejected.labels(reason="address_limited").inc()
+            raise Rejection(
+                429,
+                "rate_limited",
+                "address_rate_limited",
+                "too many refused requests from this address",
+                retry_after=retry_after(wait),
+            )
+        return await work(state, live, source_name)
     except Rejection as exc:
         seconds = time.perf_counter() - started
+        if exc.status in _COUNTED_AGAINST_ADDRESS:
+            live.addresses.refused(address)
+            state.metrics.unauthenticated_rejected.labels(reason=exc.outcome).inc()
         if exc.outcome:  # an unknown action is counted by the action metric instead
             state.metrics.received(source_name, exc.outcome, seconds)
         log.warning(
@@ -177,13 +266,13 @@ async def _guarded(
             outcome=exc.outcome,
             reason=exc.reason,
             detail=exc.detail,
-            remote=request.remote,
+            remote=address,
             duration_ms=round(seconds * 1000, 3),
         )
         body = {"error": exc.public}
         if exc.status != 401 and exc.detail:
             body["detail"] = exc.detail
-        headers = {"Retry-After": RETRY_AFTER_SECONDS} if exc.status == 503 else None
+        headers = {"Retry-After": exc.retry_after} if exc.status in (429, 503) else None
         return web.json_response(body, status=exc.status, headers=headers)
     finally:
         state.in_flight -= 1
@@ -196,8 +285,8 @@ async def receive_webhook(request: web.Request) -> web.Response:
     with the original's id for a duplicate."""
     started = time.perf_counter()
 
-    async def accept(state: ServerState, source_name: str) -> web.Response:
-        checked = await _verify(request, state, source_name)
+    async def accept(state: ServerState, live: Live, source_name: str) -> web.Response:
+        checked = await _verify(request, state, live, source_name)
         event_id = new_event_id()
         try:
             event = parse_webhook(checked.body, checked.verified.timestamp, event_id)
@@ -244,8 +333,8 @@ async def receive_action(request: web.Request) -> web.Response:
     """``POST /actions/{source}``: verified like a webhook, then answered by the action's
     handler: 200 with its `Message` or `Form` as JSON, or an empty 200."""
 
-    async def act(state: ServerState, source_name: str) -> web.Response:
-        checked = await _verify(request, state, source_name)
+    async def act(state: ServerState, live: Live, source_name: str) -> web.Response:
+        checked = await _verify(request, state, live, source_name)
         try:
             event = parse_action(checked.body, checked.verified.timestamp)
         except PayloadError as exc:
@@ -255,7 +344,7 @@ async def receive_action(request: web.Request) -> web.Response:
             # Only now, after the signature: a forged request learns nothing.
             state.metrics.action(source_name, "unknown", "unknown_action")
             raise Rejection(404, "", "unknown_action", f"no handler for action {event.type!r}")
-        source = state.config.sources.get(source_name)
+        source = live.config.sources.get(source_name)
         defaults = SourceConfig.model_fields
         answer = await state.actions.run(
             handler,
@@ -304,11 +393,10 @@ def create_app(
     """
     app = web.Application()
     routes = routes or Routes(())
-    sources = source_keys(config, routes)
-    metrics.add_sources(sources)
+    live = Live.build(config, routes)
+    metrics.add_sources(live.sources)
     app[STATE] = ServerState(
-        config=config,
-        sources=sources,
+        live=live,
         routes=routes,
         spool=spool,
         metrics=metrics,
@@ -320,5 +408,6 @@ def create_app(
     app.router.add_post("/actions/{source}", receive_action)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", make_aiohttp_handler(metrics.registry))
+    if config.metrics.enabled:
+        app.router.add_get(config.metrics.path, make_aiohttp_handler(metrics.registry))
     return app

@@ -1,0 +1,130 @@
+"""Token buckets: per source for verified deliveries, per address for refused requests.
+
+Pure and clock-injected, so tests drive time. Frame.io gives a delivery only 5 attempts,
+so a 429 costs the sender one of them: the per-source limit counts only deliveries that
+passed the signature check (forged traffic cannot spend a real source's budget), and the
+per-address limit counts only refusals, so it stops a misbehaving sender early without
+touching well-behaved ones.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+
+__all__ = ["AddressLimiter", "SourceLimiter", "TokenBucket", "client_address", "retry_after"]
+
+Clock = Callable[[], float]
+
+
+@dataclass(slots=True)
+class TokenBucket:
+    """``capacity`` tokens, refilled at ``rate`` per second."""
+
+    rate: float
+    capacity: float
+    tokens: float
+    updated: float
+
+    @classmethod
+    def full(cls, rate: float, capacity: float, now: float) -> TokenBucket:
+        """A bucket that starts with every token."""
+        return cls(rate, capacity, capacity, now)
+
+    def _refill(self, now: float) -> None:
+        if now > self.updated:
+            self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
+            self.updated = now
+
+    def wait(self, now: float) -> float:
+        """Seconds until a token is there (0 when one is there now); takes nothing."""
+        self._refill(now)
+        return 0.0 if self.tokens >= 1 else (1 - self.tokens) / self.rate
+
+    def take(self, now: float) -> float:
+        """Take a token and return 0, or return the seconds until one is there."""
+        waiting = self.wait(now)
+        if waiting == 0:
+            self.tokens -= 1
+        return waiting
+
+
+def retry_after(seconds: float) -> str:
+    """A ``Retry-After`` value: whole seconds, at least 1."""
+    return str(max(1, math.ceil(seconds)))
+
+
+class SourceLimiter:
+    """One bucket per source: ``rate`` verified deliveries per second, bursts of ``burst``."""
+
+    def __init__(
+        self, limits: Mapping[str, tuple[float, int]], clock: Clock = time.monotonic
+    ) -> None:
+        now = clock()
+        self._clock = clock
+        self._buckets = {
+            name: TokenBucket.full(rate, burst, now) for name, (rate, burst) in limits.items()
+        }
+
+    def take(self, source: str) -> float:
+        """0 if this delivery may pass, else the seconds until the source may send again."""
+        bucket = self._buckets.get(source)
+        return bucket.take(self._clock()) if bucket else 0.0
+
+
+class AddressLimiter:
+    """Refused requests per client address: ``per_minute`` of them, then 429 until the
+    budget refills. At most ``max_tracked`` addresses are remembered (least recently seen
+    go first), so a flood from many addresses cannot grow memory without bound."""
+
+    def __init__(self, per_minute: int, max_tracked: int, clock: Clock = time.monotonic) -> None:
+        self._rate = per_minute / 60.0
+        self._capacity = float(per_minute)
+        self._max_tracked = max_tracked
+        self._clock = clock
+        self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+    def blocked(self, address: str) -> float:
+        """Seconds this address must wait before it is heard again (0: not blocked)."""
+        bucket = self._buckets.get(address)
+        return bucket.wait(self._clock()) if bucket else 0.0
+
+    def refused(self, address: str) -> None:
+        """Count one refused request against ``address``."""
+        now = self._clock()
+        bucket = self._buckets.get(address)
+        if bucket is None:
+            bucket = self._buckets[address] = TokenBucket.full(self._rate, self._capacity, now)
+            while len(self._buckets) > self._max_tracked:
+                self._buckets.popitem(last=False)
+        else:
+            self._buckets.move_to_end(address)
+        bucket.take(now)
+
+
+def client_address(peer: str | None, forwarded_for: str | None, trusted: Iterable[str]) -> str:
+    """The address to hold responsible: the peer, unless the peer is a trusted proxy, then
+    the nearest ``X-Forwarded-For`` hop that is not itself a trusted proxy."""
+    networks = [ipaddress.ip_network(item, strict=False) for item in trusted]
+
+    def is_trusted(address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in network for network in networks)
+
+    address = peer or "unknown"
+    if not networks or not is_trusted(address) or not forwarded_for:
+        return address
+    for hop in reversed([part.strip() for part in forwarded_for.split(",")]):
+        if hop and not is_trusted(hop):
+            return hop
+    return address
