@@ -129,7 +129,7 @@ class TestAsASenderMeetsThem:
             metrics = await _metrics(daemon)
         assert [a.status for a in answers] == [202, 202, 429]
         assert answers[2].body == {
-            "error": "rate_limited",
+            "error": "source_rate_limited",
             "detail": "source 'default' is over its rate",
         }
         assert status == 429
