@@ -14,12 +14,13 @@ from aiohttp import web
 
 from frameiod import __version__
 from frameiod.client import FrameioClient
-from frameiod.config import Config, ConfigError
+from frameiod.config import Config, ConfigError, load_config
 from frameiod.dispatch import Dispatcher, RetryPolicy
 from frameiod.events import WebhookEvent
+from frameiod.logs import configure_logging
 from frameiod.metrics import Metrics
 from frameiod.plugins import PluginHost
-from frameiod.server import SHUTDOWN_TIMEOUT, STATE, create_app
+from frameiod.server import SHUTDOWN_TIMEOUT, STATE, Live, create_app
 from frameiod.spool import Spool, SpoolError, SpoolUnavailable
 
 __all__ = ["Daemon", "serve"]
@@ -159,6 +160,38 @@ class Daemon:
                 log.warning("spool maintenance failed", reason=exc.reason, detail=exc.detail)
             await asyncio.sleep(_MAINTENANCE_SECONDS)
 
+    def reload(self) -> bool:
+        """Re-read the config file and apply it (SIGHUP); False if it was refused.
+
+        New secrets, tolerances, rate limits, log settings and the set of sources take
+        effect together; anything wrong keeps the old configuration fully in force.
+        Settings that need a restart are named in a warning.
+        """
+        assert self.app is not None, "not started"
+        state = self.app[STATE]
+        try:
+            new = load_config(self.config.path)
+            self.plugins.configure(new, apply=False)
+        except ConfigError as exc:
+            self.metrics.config_reloads.labels(outcome="error").inc()
+            for problem in exc.problems:
+                log.error("config reload refused; the old config stays in force", problem=problem)
+            return False
+        live = Live.build(new, state.routes)
+        self.metrics.add_sources(live.sources)
+        changed = _needs_restart(self.config, new)
+        old_log = self.config.log
+        state.live = live  # one assignment: every request sees the old config or the new
+        self.config = new
+        self.metrics.config_reloads.labels(outcome="ok").inc()
+        if changed:
+            log.warning("these settings take effect only after a restart", keys=changed)
+        # Said before the log settings change, so it is seen even when they go quieter.
+        log.info("config reloaded", sources=sorted(live.sources), config=str(new.path))
+        if new.log != old_log:
+            configure_logging(new.log.level, new.log.format)
+        return True
+
     async def stop(self) -> None:
         """Stop accepting, finish requests in flight, let running handler calls finish (up
         to ``[dispatch] drain_timeout``), leave everything else pending in the spool, then
@@ -195,6 +228,21 @@ class Daemon:
         log.info("stopped", handler_calls=self.dispatcher.calls)
 
 
+def _needs_restart(old: Config, new: Config) -> list[str]:
+    """Keys whose new values a running daemon cannot apply."""
+    keys = [
+        f"server.{key}"
+        for key in ("host", "port", "read_timeout", "keepalive_timeout", "max_connections")
+        if getattr(old.server, key) != getattr(new.server, key)
+    ]
+    keys += [
+        table
+        for table in ("metrics", "spool", "dispatch", "frameio", "plugins")
+        if getattr(old, table) != getattr(new, table)
+    ]
+    return keys
+
+
 async def serve(config: Config, plugins: PluginHost | None = None) -> int:
     """Run the daemon until SIGTERM or SIGINT; return the process exit status."""
     # Signals first: a SIGTERM that arrives while starting must still mean a clean stop.
@@ -203,6 +251,8 @@ async def serve(config: Config, plugins: PluginHost | None = None) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     daemon = Daemon(config, plugins)
+    # Ignored until started; the operator's `systemctl reload` must never kill the daemon.
+    loop.add_signal_handler(signal.SIGHUP, lambda: daemon.app is not None and daemon.reload())
     try:
         await daemon.start()
     except SpoolError as exc:

@@ -242,8 +242,9 @@ class PluginHost:
 
     # --- configuration ----------------------------------------------------------
 
-    def configure(self, config: Config) -> list[str]:
-        """Validate each loaded plugin's ``[plugins.<name>]`` table against its model.
+    def configure(self, config: Config, *, apply: bool = True) -> list[str]:
+        """Validate each loaded plugin's ``[plugins.<name>]`` table against its model and,
+        with ``apply``, keep the result for its start-up (a reload only validates).
 
         Returns warnings (tables for plugins that are not installed); raises `ConfigError`
         listing every problem, as the core config does.
@@ -265,9 +266,12 @@ class PluginHost:
                     )
                 continue
             try:
-                info.config = config.validate_table(model, table or {})
+                validated = config.validate_table(model, table or {})
             except ValidationError as exc:
                 problems.extend(validation_problems(config.path, model, exc, ("plugins", name)))
+                continue
+            if apply:
+                info.config = validated
         if problems:
             raise ConfigError(problems)
         return [
