@@ -15,6 +15,7 @@ from aiohttp import web
 from frameiod import __version__
 from frameiod.client import FrameioClient
 from frameiod.config import Config, ConfigError, load_config
+from frameiod.connections import GuardedRunner
 from frameiod.dispatch import Dispatcher, RetryPolicy
 from frameiod.events import WebhookEvent
 from frameiod.logs import configure_logging
@@ -87,9 +88,20 @@ class Daemon:
         self.app = create_app(
             self.config, spool=spool, metrics=self.metrics, routes=routes, observe=self._observe
         )
+        server = self.config.server
         # access_log=None: the one line per delivery replaces aiohttp's access log.
-        self._runner = web.AppRunner(
-            self.app, handle_signals=False, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT
+        self._runner = GuardedRunner(
+            self.app,
+            read_timeout=server.read_timeout,
+            max_connections=server.max_connections,
+            handle_signals=False,
+            access_log=None,
+            shutdown_timeout=SHUTDOWN_TIMEOUT,
+            keepalive_timeout=server.keepalive_timeout,
+            auto_decompress=False,
+            # After refusing a body midway (408, 413), how long to keep reading what is still
+            # coming so the client sees the answer: aiohttp's 10 s would hold slow clients.
+            lingering_time=1.0,
         )
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.config.server.host, self.config.server.port)

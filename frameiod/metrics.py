@@ -32,6 +32,7 @@ RECEIVE_OUTCOMES = (
     "stale",
     "malformed",
     "too_large",
+    "too_slow",
     "rate_limited",
     "unknown_source",
     "unavailable",

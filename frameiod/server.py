@@ -20,6 +20,7 @@ from prometheus_client.aiohttp import make_aiohttp_handler
 
 from frameiod.actions import ActionRunner
 from frameiod.config import Config, SourceConfig
+from frameiod.connections import body_deadline
 from frameiod.events import PayloadError, WebhookEvent, parse_action, parse_webhook
 from frameiod.handlers import Routes, secret_id
 from frameiod.ids import new_event_id
@@ -156,17 +157,35 @@ class Rejection(Exception):
         self.public = public if public is not None else reason
 
 
-async def _read_body(request: web.Request, limit: int) -> bytes:
+async def _read_body(request: web.Request, limit: int, read_timeout: float) -> bytes:
+    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding != "identity":
+        # Compressed bodies are refused, not inflated: a small gzip can inflate to gigabytes.
+        raise Rejection(
+            415,
+            "malformed",
+            "compressed_body",
+            f"Content-Encoding {encoding!r} is not accepted; send the body as is",
+        )
     length = request.content_length
     if length is not None and length > limit:
         raise Rejection(413, "too_large", "too_large", f"Content-Length {length} > {limit} bytes")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.content.iter_any():
-        size += len(chunk)
-        if size > limit:
-            raise Rejection(413, "too_large", "too_large", f"body exceeds {limit} bytes")
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(body_deadline(request, read_timeout)):
+            async for chunk in request.content.iter_any():
+                size += len(chunk)
+                if size > limit:
+                    raise Rejection(413, "too_large", "too_large", f"body exceeds {limit} bytes")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise Rejection(
+            408,
+            "too_slow",
+            "read_timeout",
+            f"the request was not complete within {read_timeout:g}s",
+        ) from None
     return b"".join(chunks)
 
 
@@ -187,7 +206,8 @@ async def _verify(
     """The checks webhooks and custom actions share, in order; raise `Rejection`."""
     if state.stopping:
         raise Rejection(503, "unavailable", "shutting_down")
-    body = await _read_body(request, live.config.server.max_body_bytes)
+    server = live.config.server
+    body = await _read_body(request, server.max_body_bytes, server.read_timeout)
 
     source = live.sources.get(source_name)
     if source is None:
@@ -273,7 +293,10 @@ async def _guarded(
         if exc.status != 401 and exc.detail:
             body["detail"] = exc.detail
         headers = {"Retry-After": exc.retry_after} if exc.status in (429, 503) else None
-        return web.json_response(body, status=exc.status, headers=headers)
+        response = web.json_response(body, status=exc.status, headers=headers)
+        if exc.status in (408, 413, 415):
+            response.force_close()  # the rest of the body may still be on its way
+        return response
     finally:
         state.in_flight -= 1
         if state.in_flight == 0:

@@ -1,0 +1,121 @@
+"""Guards aiohttp lacks: a deadline for receiving a whole request, and a connection cap.
+
+aiohttp waits forever for request headers that trickle in, and keeps idle connections for
+an hour by default, so a few hundred slow clients could hold a daemon hostage. Here each
+request must arrive (headers and body) within ``read_timeout`` of its first byte, and at
+most ``max_connections`` connections are served at once.
+
+This hooks into aiohttp's request handler (``data_received``, ``_handle_request``): the
+smallest seam that sees a request begin before its headers are complete. aiohttp is
+pinned below 4 in pyproject.toml, and tests/test_slow_clients.py pins the behaviour.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import structlog
+from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
+
+__all__ = ["GuardedRunner", "body_deadline"]
+
+log = structlog.get_logger("frameiod.connections")
+
+_TIMEOUT_ANSWER = (
+    b"HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json\r\n"
+    b"Content-Length: 26\r\nConnection: close\r\n\r\n"
+    b'{"error": "read_timeout"}\n'
+)
+
+
+class _GuardedHandler(RequestHandler):
+    __slots__ = ("_deadline", "first_byte_at")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._deadline: asyncio.TimerHandle | None = None
+        self.first_byte_at: float | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        server = self._manager
+        if server is not None and len(server.connections) > server.max_connections:
+            server.refused += 1
+            log.warning("connection refused: too many open", limit=server.max_connections)
+            self.force_close()
+
+    def data_received(self, data: bytes) -> None:
+        if self.first_byte_at is None and not self._request_in_progress:
+            # The first byte of a new request: its headers and body are due by the deadline.
+            self.first_byte_at = self._loop.time()
+            read_timeout = self._manager.read_timeout if self._manager else 10.0
+            self._deadline = self._loop.call_later(read_timeout, self._too_slow)
+        super().data_received(data)
+
+    async def _handle_request(self, request: Any, start_time: Any, handler: Any) -> Any:
+        # The headers are in; the body's deadline is enforced while it is read.
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+        try:
+            return await super()._handle_request(request, start_time, handler)
+        finally:
+            self.first_byte_at = None
+
+    def _too_slow(self) -> None:
+        self._deadline = None
+        if self._request_in_progress or self.transport is None:
+            return
+        log.warning(
+            "request headers too slow; connection closed",
+            remote=self.transport.get_extra_info("peername"),
+        )
+        if self._manager is not None:
+            self._manager.timed_out += 1
+        self.transport.write(_TIMEOUT_ANSWER)
+        self.force_close()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+        super().connection_lost(exc)
+
+
+class _GuardedServer(web.Server):
+    read_timeout = 10.0
+    max_connections = 1024
+    refused = 0
+    timed_out = 0
+
+    def __call__(self) -> RequestHandler:
+        return _GuardedHandler(self, loop=self._loop, **self._kwargs)
+
+
+class GuardedRunner(web.AppRunner):
+    """An `AppRunner` whose connections have a request deadline and a cap."""
+
+    def __init__(
+        self, app: web.Application, *, read_timeout: float, max_connections: int, **kwargs: Any
+    ) -> None:
+        super().__init__(app, **kwargs)
+        self._read_timeout = read_timeout
+        self._max_connections = max_connections
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        server.__class__ = _GuardedServer  # same layout; only __call__ differs
+        server.read_timeout = self._read_timeout  # type: ignore[attr-defined]
+        server.max_connections = self._max_connections  # type: ignore[attr-defined]
+        return server
+
+
+def body_deadline(request: web.Request, read_timeout: float) -> float | None:
+    """Seconds left for this request's body (counted from its first byte), if known."""
+    protocol = request.protocol
+    first = getattr(protocol, "first_byte_at", None)
+    if first is None:
+        return None
+    return max(0.0, first + read_timeout - asyncio.get_running_loop().time())

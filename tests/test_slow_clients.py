@@ -1,0 +1,139 @@
+"""Slow and hostile clients: trickled headers and bodies, too many connections,
+compressed bodies, idle keep-alive."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+import time
+
+from frameiod.events import example_payload
+from frameiod.signature import sign
+from frameiod.testing import TEST_SECRET, RunningDaemon, run_daemon
+
+
+def _config(server: str) -> str:
+    return f"""
+[server]
+host = "127.0.0.1"
+port = 0
+{server}
+[sources.default]
+secrets = ["{TEST_SECRET}"]
+"""
+
+
+def _request(body: bytes, extra: str = "") -> bytes:
+    ts = str(int(time.time()))
+    return (
+        "POST /webhooks/default HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        "Content-Type: application/json\r\n"
+        f"X-Frameio-Request-Timestamp: {ts}\r\n"
+        f"X-Frameio-Signature: {sign(TEST_SECRET, body, ts)}\r\n"
+        f"Content-Length: {len(body)}\r\n{extra}\r\n"
+    ).encode() + body
+
+
+async def _read_all(reader: asyncio.StreamReader, within: float) -> bytes:
+    async with asyncio.timeout(within):
+        return await reader.read()  # until the server closes the connection
+
+
+class TestTrickle:
+    async def test_two_hundred_tricklers_are_cut_off_while_real_events_keep_flowing(self):
+        async with run_daemon(config_text=_config('read_timeout = "2s"')) as daemon:
+            port = daemon.port
+
+            async def trickle() -> tuple[bytes, float]:
+                """Send a request one byte a second; return what came back and when."""
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                started = time.monotonic()
+                answer = asyncio.create_task(reader.read())  # everything until the close
+                try:
+                    for byte in _request(b"{}"):
+                        writer.write(bytes([byte]))
+                        done, _ = await asyncio.wait({answer}, timeout=1.0)
+                        if done:
+                            break
+                except ConnectionError:
+                    pass  # closed under us
+                try:
+                    data = await asyncio.wait_for(answer, timeout=5)
+                except ConnectionResetError:
+                    # Closed while our next byte was in flight: the kernel answers that
+                    # byte with a reset, which can overtake the 408. Closed all the same.
+                    data = b"reset"
+                writer.close()
+                return data, time.monotonic() - started
+
+            tricklers = [asyncio.create_task(trickle()) for _ in range(200)]
+            statuses = []
+            for _ in range(20):  # a steady stream of real events meanwhile
+                statuses.append((await daemon.send("file.ready", wait=False)).status)
+                await asyncio.sleep(0.1)
+            results = await asyncio.gather(*tricklers)
+        assert statuses == [202] * 20
+        assert {answer[:12] for answer, _ in results} <= {b"HTTP/1.1 408", b"reset"}
+        assert sum(answer.startswith(b"HTTP/1.1 408") for answer, _ in results) > 100
+        assert max(seconds for _, seconds in results) < 2 + 1.5
+
+    async def test_a_trickled_body_gets_408_within_the_deadline(self):
+        async with run_daemon(config_text=_config('read_timeout = "1s"')) as daemon:
+            reader, writer = await asyncio.open_connection("127.0.0.1", daemon.port)
+            body = json.dumps(example_payload("file.ready")).encode()
+            request = _request(body)
+            writer.write(request[: len(request) - len(body) + 5])  # headers and a little body
+            started = time.monotonic()
+            answer = await _read_all(reader, within=5)
+            waited = time.monotonic() - started
+            writer.close()
+        assert answer.startswith(b"HTTP/1.1 408")
+        assert b'"error": "read_timeout"' in answer
+        assert waited < 2.5
+
+
+class TestConnections:
+    async def test_connections_beyond_the_cap_are_closed_at_once(self):
+        async with run_daemon(config_text=_config("max_connections = 3")) as daemon:
+            held = [await asyncio.open_connection("127.0.0.1", daemon.port) for _ in range(3)]
+            reader, writer = await asyncio.open_connection("127.0.0.1", daemon.port)
+            assert await _read_all(reader, within=2) == b""
+            writer.close()
+            for _, held_writer in held:
+                held_writer.close()
+            server = daemon.daemon._runner.server  # type: ignore[union-attr]
+            async with asyncio.timeout(5):
+                while len(server.connections) > 0:  # noqa: ASYNC110 - aiohttp has no event
+                    await asyncio.sleep(0.01)
+            # With the others gone, a new connection is served again.
+            assert (await daemon.send("file.ready", wait=False)).status == 202
+
+    async def test_idle_keep_alive_connections_are_closed_after_the_timeout(self):
+        async with run_daemon(config_text=_config('keepalive_timeout = "1s"')) as daemon:
+            reader, writer = await asyncio.open_connection("127.0.0.1", daemon.port)
+            body = json.dumps(example_payload("file.ready")).encode()
+            writer.write(_request(body))
+            await writer.drain()
+            status = await reader.readline()
+            started = time.monotonic()
+            rest = await _read_all(reader, within=5)
+            writer.close()
+        assert status.startswith(b"HTTP/1.1 202")
+        assert b"accepted" in rest
+        assert time.monotonic() - started < 3
+
+
+class TestCompression:
+    async def test_a_compressed_body_is_refused_with_415(
+        self,
+    ):
+        async with run_daemon() as daemon:
+            daemon_: RunningDaemon = daemon
+            body = gzip.compress(json.dumps(example_payload("file.ready")).encode())
+            reader, writer = await asyncio.open_connection("127.0.0.1", daemon_.port)
+            writer.write(_request(body, extra="Content-Encoding: gzip\r\n"))
+            answer = await _read_all(reader, within=5)
+            writer.close()
+        assert answer.startswith(b"HTTP/1.1 415")
+        assert b"compressed_body" in answer
