@@ -6,7 +6,7 @@ CONFIG ?= config.toml
 PLUGIN_DIRS := $(patsubst %/pyproject.toml,%,$(wildcard plugins/*/pyproject.toml))
 PLUGIN_ARGS := $(foreach dir,$(PLUGIN_DIRS),-e ./$(dir))
 
-.PHONY: run test lint fix bench clean
+.PHONY: run test lint fix bench clean system-deps
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
@@ -30,7 +30,12 @@ lint: $(VENV)/.test-installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: lint
+# The systemd unit is checked with systemd-analyze (Debian's systemd package).
+system-deps:
+	@command -v systemd-analyze >/dev/null || { \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd; }
+
+test: lint system-deps
 	$(BIN)/pytest -n auto --dist loadfile
 
 # Load tests need wrk (and taskset, from util-linux, to pin server and load to separate cores).

@@ -12,7 +12,7 @@ import signal
 import structlog
 from aiohttp import web
 
-from frameiod import __version__
+from frameiod import __version__, systemd
 from frameiod.client import FrameioClient
 from frameiod.config import Config, ConfigError, load_config
 from frameiod.connections import GuardedRunner
@@ -172,6 +172,16 @@ class Daemon:
                 log.warning("spool maintenance failed", reason=exc.reason, detail=exc.detail)
             await asyncio.sleep(_MAINTENANCE_SECONDS)
 
+    def summary(self) -> str:
+        """A one-line status for systemd (``systemctl status``)."""
+        assert self.app is not None, "not started"
+        state = self.app[STATE]
+        host, port = state.addresses[0]
+        return (
+            f"listening on {host}:{port}; {len(state.sources)} source(s), "
+            f"{len(self.plugins.loaded)} plugin(s)"
+        )
+
     def reload(self) -> bool:
         """Re-read the config file and apply it (SIGHUP); False if it was refused.
 
@@ -263,8 +273,15 @@ async def serve(config: Config, plugins: PluginHost | None = None) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     daemon = Daemon(config, plugins)
-    # Ignored until started; the operator's `systemctl reload` must never kill the daemon.
-    loop.add_signal_handler(signal.SIGHUP, lambda: daemon.app is not None and daemon.reload())
+
+    def reload() -> None:
+        # Ignored until started: the operator's `systemctl reload` must never kill it.
+        if daemon.app is not None:
+            systemd.reloading()
+            daemon.reload()
+            systemd.ready(daemon.summary())
+
+    loop.add_signal_handler(signal.SIGHUP, reload)
     try:
         await daemon.start()
     except SpoolError as exc:
@@ -282,6 +299,21 @@ async def serve(config: Config, plugins: PluginHost | None = None) -> int:
             error=exc.strerror or str(exc),
         )
         return 1
+    # Only now: the port is bound and the spool is open.
+    systemd.ready(daemon.summary())
+    watchdog = asyncio.create_task(_watchdog(systemd.watchdog_period()), name="frameiod-watchdog")
     await stop.wait()
+    systemd.stopping()
+    watchdog.cancel()
     await daemon.stop()
     return 0
+
+
+async def _watchdog(period: float | None) -> None:
+    """Ping systemd's watchdog from the event loop: a blocked loop stops the pings, and
+    systemd restarts the daemon."""
+    if period is None:
+        return
+    while True:
+        systemd.watchdog_ping()
+        await asyncio.sleep(period)
