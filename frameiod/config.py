@@ -253,6 +253,16 @@ class ServerConfig(_Table):
     unauthenticated_failures: int = Field(default=20, ge=1)
     trusted_proxies: list[str] = Field(default_factory=list)
     max_tracked_addresses: int = Field(default=10000, ge=1)
+    tls_certificate: str | None = None
+    tls_key: str | None = None
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> ServerConfig:
+        if (self.tls_certificate is None) != (self.tls_key is None):
+            raise PydanticCustomError(
+                "choice", "tls_certificate and tls_key go together: set both or neither"
+            )
+        return self
 
     @field_validator("trusted_proxies")
     @classmethod
@@ -381,6 +391,23 @@ class Config(_Table):
     _path: Path = PrivateAttr(default=Path("config.toml"))
     _base_dir: Path = PrivateAttr(default=Path())
     _environ: Mapping[str, str] = PrivateAttr(default_factory=lambda: os.environ)
+
+    def tls_files(self) -> tuple[Path, Path] | None:
+        """The certificate chain and key files to serve HTTPS with, or None for HTTP.
+
+        Each is a path (relative ones resolve like every relative path) or
+        ``credential:NAME`` (systemd's ``LoadCredential=``).
+        """
+        server = self.server
+        if server.tls_certificate is None or server.tls_key is None:
+            return None
+        return self._file(server.tls_certificate), self._file(server.tls_key)
+
+    def _file(self, reference: str) -> Path:
+        kind, _, name = reference.partition(":")
+        if kind == "credential" and name:
+            return Path(self._environ.get("CREDENTIALS_DIRECTORY", "")) / name
+        return self.resolve_path(reference)
 
     @property
     def path(self) -> Path:

@@ -1,4 +1,5 @@
-"""Guards aiohttp lacks: a deadline for receiving a whole request, and a connection cap.
+"""How connections are served: TLS, and guards aiohttp lacks (a deadline for receiving a
+whole request, and a connection cap).
 
 aiohttp waits forever for request headers that trickle in, and keeps idle connections for
 an hour by default, so a few hundred slow clients could hold a daemon hostage. Here each
@@ -13,13 +14,16 @@ pinned below 4 in pyproject.toml, and tests/test_slow_clients.py pins the behavi
 from __future__ import annotations
 
 import asyncio
+import ssl
 from typing import Any
 
 import structlog
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
-__all__ = ["GuardedRunner", "body_deadline"]
+from frameiod.config import Config, ConfigError
+
+__all__ = ["GuardedRunner", "body_deadline", "load_tls", "tls_context"]
 
 log = structlog.get_logger("frameiod.connections")
 
@@ -119,3 +123,32 @@ def body_deadline(request: web.Request, read_timeout: float) -> float | None:
     if first is None:
         return None
     return max(0.0, first + read_timeout - asyncio.get_running_loop().time())
+
+
+def load_tls(context: ssl.SSLContext, config: Config) -> None:
+    """(Re)load the certificate chain and key into ``context``; new handshakes use them.
+
+    Raises `ConfigError` naming the key and the file when they cannot be loaded.
+    """
+    files = config.tls_files()
+    assert files is not None, "TLS is not configured"
+    certificate, key = files
+    try:
+        context.load_cert_chain(certificate, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(
+            [
+                f"{config.path}: server.tls_certificate / server.tls_key: cannot load "
+                f"{certificate} and {key}: {exc.strerror or exc}"
+            ]
+        ) from None
+
+
+def tls_context(config: Config) -> ssl.SSLContext | None:
+    """A server-side TLS context (TLS 1.2 and newer) when ``[server]`` names a certificate."""
+    if config.tls_files() is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    load_tls(context, config)
+    return context

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import ssl
 
 import structlog
 from aiohttp import web
@@ -15,7 +16,7 @@ from aiohttp import web
 from frameiod import __version__, systemd
 from frameiod.client import FrameioClient
 from frameiod.config import Config, ConfigError, load_config
-from frameiod.connections import GuardedRunner
+from frameiod.connections import GuardedRunner, load_tls, tls_context
 from frameiod.dispatch import Dispatcher, RetryPolicy
 from frameiod.events import WebhookEvent
 from frameiod.logs import configure_logging
@@ -45,6 +46,7 @@ class Daemon:
         self.dispatcher: Dispatcher | None = None
         self._runner: web.AppRunner | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._tls: ssl.SSLContext | None = None
         self._observers: set[asyncio.Task[None]] = set()
 
     @property
@@ -103,8 +105,13 @@ class Daemon:
             # coming so the client sees the answer: aiohttp's 10 s would hold slow clients.
             lingering_time=1.0,
         )
+        try:
+            self._tls = tls_context(self.config)
+        except ConfigError:
+            await self._close_resources()
+            raise
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.config.server.host, self.config.server.port)
+        site = web.TCPSite(self._runner, server.host, server.port, ssl_context=self._tls)
         try:
             await site.start()
         except OSError:
@@ -194,6 +201,8 @@ class Daemon:
         try:
             new = load_config(self.config.path)
             self.plugins.configure(new, apply=False)
+            if self._tls is not None and new.tls_files() is not None:
+                load_tls(self._tls, new)  # certificates renewed on disk take effect now
         except ConfigError as exc:
             self.metrics.config_reloads.labels(outcome="error").inc()
             for problem in exc.problems:
@@ -257,6 +266,8 @@ def _needs_restart(old: Config, new: Config) -> list[str]:
         for key in ("host", "port", "read_timeout", "keepalive_timeout", "max_connections")
         if getattr(old.server, key) != getattr(new.server, key)
     ]
+    if (old.tls_files() is None) != (new.tls_files() is None):  # HTTPS switched on or off
+        keys.append("server.tls_certificate")
     keys += [
         table
         for table in ("metrics", "spool", "dispatch", "frameio", "plugins")
