@@ -132,6 +132,7 @@ class Daemon:
             metrics=self.metrics,
             notify=self.plugins.notify,
         )
+        self.dispatcher.set_dispatch_rates(_dispatch_rates(self.config))
         self._tasks = [
             asyncio.create_task(self.dispatcher.run(), name="frameiod-dispatch"),
             asyncio.create_task(self._maintain(), name="frameiod-maintenance"),
@@ -214,6 +215,8 @@ class Daemon:
         old_log = self.config.log
         state.live = live  # one assignment: every request sees the old config or the new
         self.config = new
+        if self.dispatcher is not None:
+            self.dispatcher.set_dispatch_rates(_dispatch_rates(new))
         self.metrics.config_reloads.labels(outcome="ok").inc()
         if changed:
             log.warning("these settings take effect only after a restart", keys=changed)
@@ -257,6 +260,10 @@ class Daemon:
             log.warning("custom-action handlers still running at shutdown are cut short")
         await self._close_resources()
         log.info("stopped", handler_calls=self.dispatcher.calls)
+
+
+def _dispatch_rates(config: Config) -> dict[str, float]:
+    return {name: source.dispatch_rate for name, source in config.sources.items()}
 
 
 def _needs_restart(old: Config, new: Config) -> list[str]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +23,7 @@ import structlog
 from frameiod.events import PayloadError, WebhookEvent, parse_webhook
 from frameiod.handlers import Outcome, Routes, WebhookHandler, call_handler
 from frameiod.metrics import Metrics
+from frameiod.ratelimit import TokenBucket
 from frameiod.spool import Claimed, Spool, SpoolUnavailable
 
 __all__ = ["Dispatcher", "Notify", "RetryPolicy"]
@@ -97,6 +98,7 @@ class Dispatcher:
         self._running: dict[int, tuple[Claimed, asyncio.Task[None]]] = {}
         self._busy = dict.fromkeys(self._handlers, 0)
         self._wake = asyncio.Event()
+        self._rates: dict[str, TokenBucket] = {}
         self._finished = asyncio.Condition()
         self._stopping = False
         spool.on_new_work(self._wake.set)
@@ -110,16 +112,38 @@ class Dispatcher:
             # Cleared before claiming: a wake-up that arrives while we claim is kept.
             self._wake.clear()
             free = self._workers - len(self._running)
+            claimed: list[Claimed] = []
             try:
-                claimed = await self._spool.claim(free, self._caps())
+                # Handlers of sources with a dispatch rate are claimed per source, at most as
+                # many as the source has tokens; excess simply waits in the spool.
+                for source, caps in self._groups():
+                    limit = free - len(claimed)
+                    bucket = self._rates.get(source) if source else None
+                    if bucket is not None:
+                        limit = min(limit, bucket.available(time.monotonic()))
+                    if limit <= 0:
+                        continue
+                    got = await self._spool.claim(limit, caps)
+                    if bucket is not None:
+                        bucket.spend(len(got), time.monotonic())
+                    claimed += got
             except SpoolUnavailable as exc:
                 log.error("cannot claim deliveries", reason=exc.reason, detail=exc.detail)
-                claimed = []
             for item in claimed:
                 self._start(item)
             if claimed and len(claimed) == free:
                 continue  # maybe more are due; claim again once a worker frees up
             await self._sleep(free - len(claimed))
+
+    def set_dispatch_rates(self, rates: Mapping[str, float]) -> None:
+        """Handler calls per second allowed for each source's events (0: unlimited)."""
+        now = time.monotonic()
+        self._rates = {
+            source: TokenBucket.full(rate, max(1.0, rate), now)
+            for source, rate in rates.items()
+            if rate > 0
+        }
+        self._wake.set()
 
     def _caps(self) -> dict[str, int]:
         caps = {}
@@ -129,12 +153,34 @@ class Dispatcher:
                 caps[key] = room
         return caps
 
+    def _groups(self) -> list[tuple[str | None, dict[str, int]]]:
+        caps = self._caps()
+        unrated = {
+            k: room for k, room in caps.items() if self._handlers[k].source not in self._rates
+        }
+        groups: list[tuple[str | None, dict[str, int]]] = [(None, unrated)] if unrated else []
+        for source in self._rates:
+            rated = {k: room for k, room in caps.items() if self._handlers[k].source == source}
+            if rated:
+                groups.append((source, rated))
+        return groups
+
     async def _sleep(self, free: int) -> None:
-        """Wait for new work, a free worker, or the next scheduled retry."""
+        """Wait for new work, a free worker, the next scheduled retry, or the next token of
+        a rate-limited source."""
         timeout = _POLL_SECONDS
         if free > 0:
+            now = time.monotonic()
+            waiting = {source: bucket.wait(now) for source, bucket in self._rates.items()}
+            # A source out of tokens is not "due" until its next token: no busy loop.
+            caps = {
+                k: room
+                for k, room in self._caps().items()
+                if waiting.get(self._handlers[k].source, 0.0) == 0.0
+            }
+            timeout = min([timeout, *(w for w in waiting.values() if w > 0)])
             try:
-                due = await self._spool.next_due(self._caps())
+                due = await self._spool.next_due(caps)
             except SpoolUnavailable:
                 due = None
             if due is not None:

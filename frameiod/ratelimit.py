@@ -45,6 +45,16 @@ class TokenBucket:
         self._refill(now)
         return 0.0 if self.tokens >= 1 else (1 - self.tokens) / self.rate
 
+    def available(self, now: float) -> int:
+        """Whole tokens there now."""
+        self._refill(now)
+        return int(self.tokens)
+
+    def spend(self, count: int, now: float) -> None:
+        """Take ``count`` tokens that `available` said were there."""
+        self._refill(now)
+        self.tokens -= count
+
     def take(self, now: float) -> float:
         """Take a token and return 0, or return the seconds until one is there."""
         waiting = self.wait(now)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ from support import run_cli
 
 from frameiod import App, WebhookEvent
 from frameiod.dispatch import RetryPolicy
-from frameiod.testing import RunningDaemon, run_daemon
+from frameiod.testing import TEST_SECRET, RunningDaemon, run_daemon
 
 # Retries in milliseconds, so the tests run in a blink.
 FAST = """
@@ -207,3 +208,33 @@ class TestRestart:
             outcomes = await daemon.wait_for(sent.id, settled=True)
         assert seen == [sent.id]
         assert [o.status for o in outcomes] == ["ok"]
+
+
+class TestDispatchRate:
+    async def test_a_dispatch_rate_spreads_handler_calls_and_rejects_nothing(self):
+        app = App()
+        called: list[float] = []
+
+        @app.on_webhook("file.ready")
+        async def record(event: WebhookEvent) -> None:
+            called.append(time.monotonic())
+
+        config = f"""
+[server]
+host = "127.0.0.1"
+port = 0
+[sources.default]
+secrets = ["{TEST_SECRET}"]
+dispatch_rate = 5.0
+"""
+        async with run_daemon({"p": app}, config_text=config) as daemon:
+            sent = [await daemon.send("file.ready", wait=False) for _ in range(15)]
+            for item in sent:
+                await daemon.wait_for(item.id, settled=True)
+        assert [item.status for item in sent] == [202] * 15
+        assert len(called) == 15
+        # A burst of 5, then 5 a second: the last 10 calls need about 2 s.
+        assert called[-1] - called[0] >= 1.8
+        # At no point more than burst + rate x elapsed.
+        for index, moment in enumerate(called):
+            assert index + 1 <= 5 + 5 * (moment - called[0]) + 1
