@@ -21,6 +21,7 @@ from frameiod.config import (
     ConfigError,
     DispatchConfig,
     LogConfig,
+    MetricsConfig,
     Secret,
     ServerConfig,
     SpoolConfig,
@@ -86,6 +87,7 @@ class TestShippedConfig:
         assert config.log == LogConfig()
         assert config.spool == SpoolConfig()
         assert config.dispatch == DispatchConfig()
+        assert config.metrics == MetricsConfig()
 
     def test_shipped_config_resolves_relative_paths_against_its_own_folder(self) -> None:
         config = load_config(SHIPPED_CONFIG, environ={})
