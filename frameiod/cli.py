@@ -23,12 +23,16 @@ __all__ = ["main"]
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 
 
+def _report(error: ConfigError) -> None:
+    for problem in error.problems:
+        print(problem, file=sys.stderr)
+
+
 def _load(args: argparse.Namespace) -> Config | None:
     try:
         return load_config(find_config(args.config))
     except ConfigError as exc:
-        for problem in exc.problems:
-            print(problem, file=sys.stderr)
+        _report(exc)
         return None
 
 
@@ -39,16 +43,14 @@ def _plugins(config: Config) -> PluginHost | None:
     try:
         warnings = host.configure(config)
     except ConfigError as exc:
-        for problem in exc.problems:
-            print(problem, file=sys.stderr)
+        _report(exc)
         return None
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
     try:
         host.routes()  # two plugins answering one custom action
     except ConfigError as exc:
-        for problem in exc.problems:
-            print(problem, file=sys.stderr)
+        _report(exc)
         return None
     return host
 

@@ -24,6 +24,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from frameiod.config import Config, load_config
 from frameiod.daemon import Daemon
@@ -79,6 +80,16 @@ class RunningDaemon:
     def url(self, path: str = "/webhooks/default") -> str:
         """An absolute URL on the daemon."""
         return f"http://127.0.0.1:{self.port}{path}"
+
+    async def metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        """Scrape ``/metrics``: ``{(sample name, sorted label pairs): value}``."""
+        async with self._session.get(self.url(self.config.metrics.path)) as response:
+            text = await response.text()
+        return {
+            (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+        }
 
     async def act(
         self,

@@ -7,7 +7,6 @@ import json
 from typing import Any
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 from structlog.testing import capture_logs
 from support import install_plugin, run_cli, write_config
 
@@ -23,7 +22,7 @@ from frameiod import (
     TextareaField,
     TextField,
 )
-from frameiod.testing import TEST_SECRET, RunningDaemon, run_daemon
+from frameiod.testing import TEST_SECRET, run_daemon
 
 
 def transcode_app() -> App:
@@ -47,16 +46,6 @@ def transcode_app() -> App:
         return Message("Queued", f"{event.resource_id} → {event.data['codec']}")
 
     return app
-
-
-async def _metrics(daemon: RunningDaemon) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    async with daemon._session.get(daemon.url("/metrics")) as response:
-        text = await response.text()
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
 
 
 class TestInteraction:
@@ -83,7 +72,7 @@ class TestInteraction:
             status, message = await daemon.act(
                 "acme.transcode", data={"codec": "prores"}, resource={"id": "f1", "type": "file"}
             )
-            metrics = await _metrics(daemon)
+            metrics = await daemon.metrics()
         assert (status, message) == (200, {"title": "Queued", "description": "f1 → prores"})
         key = (
             "frameiod_actions_total",
@@ -135,7 +124,7 @@ class TestFailures:
         with capture_logs() as logs:
             async with run_daemon({"acme": app}) as daemon:
                 status, answer = await daemon.act("acme.broken")
-                metrics = await _metrics(daemon)
+                metrics = await daemon.metrics()
         assert status == 200
         assert answer["title"] == "Something went wrong"
         failure = next(e for e in logs if e["event"] == "action handler failed")
@@ -197,7 +186,7 @@ action_late_message = "Rendering; you will get a comment when it is done."
         async with run_daemon({"acme": transcode_app()}) as daemon:
             forged = await daemon.act("acme.nothing", secret="forged")
             signed = await daemon.act("acme.nothing")
-            metrics = await _metrics(daemon)
+            metrics = await daemon.metrics()
         assert forged == (401, {"error": "unauthorized"})
         assert signed[0] == 404
         assert signed[1]["error"] == "unknown_action"

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 from pydantic import BaseModel, Field
 from structlog.testing import capture_logs
 
@@ -409,7 +408,7 @@ class TestStartupFailures:
             async with run_daemon({"bad": bad, "good": Recorder(calls, "good")}) as daemon:
                 sent = await daemon.send("file.ready")
                 host = daemon.daemon.plugins
-                metrics = await _scrape(daemon)
+                metrics = await daemon.metrics()
         assert host.plugins["bad"].status == "failed"
         assert host.plugins["bad"].reason == (
             "frameiod_startup raised ConnectionError: database unreachable"
@@ -468,16 +467,6 @@ class TestStartupFailures:
         )
 
 
-async def _scrape(daemon: Any) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    async with daemon._session.get(daemon.url("/metrics")) as response:
-        text = await response.text()
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
-
-
 class TestHandlerMetrics:
     async def test_outcomes_are_counted_per_plugin_and_handler(self):
         app = App()
@@ -488,11 +477,11 @@ class TestHandlerMetrics:
                 raise RuntimeError("nope")
 
         async with run_daemon({"storage": app}) as daemon:
-            before = await _scrape(daemon)
+            before = await daemon.metrics()
             await daemon.send("file.ready")
             await daemon.send("file.ready")
             await daemon.send("file.ready", resource={"id": "bad"})
-            after = await _scrape(daemon)
+            after = await daemon.metrics()
 
         def runs(samples: dict, outcome: str) -> float:
             key = (("handler", "copy"), ("outcome", outcome), ("plugin", "storage"))

@@ -6,8 +6,6 @@ import asyncio
 import json
 import time
 
-from prometheus_client.parser import text_string_to_metric_families
-
 from frameiod.ratelimit import (
     AddressLimiter,
     SourceLimiter,
@@ -93,16 +91,6 @@ class TestClientAddress:
         assert client_address("10.0.0.5", "10.0.0.8", ["10.0.0.0/8"]) == "10.0.0.5"
 
 
-async def _metrics(daemon: RunningDaemon) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    async with daemon._session.get(daemon.url("/metrics")) as response:
-        text = await response.text()
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
-
-
 def _config(extra_server: str = "", extra_source: str = "") -> str:
     return f"""
 [server]
@@ -126,7 +114,7 @@ class TestAsASenderMeetsThem:
             ) as response:
                 retry = response.headers.get("Retry-After")
                 status = response.status
-            metrics = await _metrics(daemon)
+            metrics = await daemon.metrics()
         assert [a.status for a in answers] == [202, 202, 429]
         assert answers[2].body == {
             "error": "source_rate_limited",
@@ -150,7 +138,7 @@ class TestAsASenderMeetsThem:
         async with run_daemon(config_text=config) as daemon:
             refused = [(await daemon.send("file.ready", secret="forged")).status for _ in range(3)]
             blocked = await daemon.send("file.ready")  # valid, but the address is blocked
-            metrics = await _metrics(daemon)
+            metrics = await daemon.metrics()
         assert refused == [401, 401, 401]
         assert blocked.status == 429
         assert blocked.body["error"] == "address_rate_limited"
