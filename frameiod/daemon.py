@@ -19,6 +19,7 @@ from frameiod.config import Config, ConfigError, load_config
 from frameiod.connections import GuardedRunner, load_tls, tls_context
 from frameiod.dispatch import Dispatcher, RetryPolicy
 from frameiod.events import WebhookEvent
+from frameiod.handlers import Routes
 from frameiod.logs import configure_logging
 from frameiod.metrics import Metrics
 from frameiod.plugins import PluginHost
@@ -58,7 +59,9 @@ class Daemon:
     async def start(self) -> None:
         """Open the spool, start plugins, bind the port, start dispatching.
 
-        Raises `SpoolError` if the spool cannot be used and OSError if it cannot listen.
+        Raises `SpoolError` if the spool cannot be used, `ConfigError` for a problem only
+        visible now (TLS files, two plugins answering one action), OSError if it cannot
+        listen. Whatever was started is stopped again before raising.
         """
         spool_path = self.config.resolve_path(self.config.spool.path)
         self.spool = spool = await Spool.open(spool_path, self.config.spool.synchronous)
@@ -68,76 +71,23 @@ class Daemon:
                 count=spool.recovered,
                 spool=str(spool_path),
             )
-        if self.config.frameio.configured:
-            self.client = FrameioClient(self.config.frameio)
-        await self.plugins.startup(self.config, self.client.api if self.client else None)
-        try:
-            routes = self.plugins.routes()
-        except ConfigError:
-            await self._close_resources()
-            raise
-        for handler in routes.handlers:
-            if handler.source not in self.config.sources and not handler.secrets:
-                log.warning(
-                    "handler listens on a source that is not configured; it will get nothing",
-                    plugin=handler.plugin,
-                    handler=handler.name,
-                    source=handler.source,
-                )
-        self.metrics.register_plugins(self.plugins.plugins.values())
-        self.metrics.register_handlers(routes.handlers)
-        self.metrics.register_actions(routes.actions.values())
-        self.app = create_app(
-            self.config, spool=spool, metrics=self.metrics, routes=routes, observe=self._observe
-        )
-        server = self.config.server
-        # access_log=None: the one line per delivery replaces aiohttp's access log.
-        self._runner = GuardedRunner(
-            self.app,
-            read_timeout=server.read_timeout,
-            max_connections=server.max_connections,
-            handle_signals=False,
-            access_log=None,
-            shutdown_timeout=SHUTDOWN_TIMEOUT,
-            keepalive_timeout=server.keepalive_timeout,
-            auto_decompress=False,
-            # After refusing a body midway (408, 413), how long to keep reading what is still
-            # coming so the client sees the answer: aiohttp's 10 s would hold slow clients.
-            lingering_time=1.0,
-        )
         try:
             self._tls = tls_context(self.config)
-        except ConfigError:
+            routes = await self._start_plugins()
+            self.app = create_app(
+                self.config,
+                spool=spool,
+                metrics=self.metrics,
+                routes=routes,
+                observe=self._observe,
+            )
+            await self._listen(self.app)
+        except (ConfigError, OSError):
             await self._close_resources()
             raise
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, server.host, server.port, ssl_context=self._tls)
-        try:
-            await site.start()
-        except OSError:
-            await self._runner.cleanup()
-            await self._close_resources()
-            raise
-        dispatch = self.config.dispatch
-        self.dispatcher = Dispatcher(
-            spool,
-            routes,
-            policy=RetryPolicy(
-                handler_timeout=dispatch.handler_timeout,
-                max_attempts=dispatch.max_attempts,
-                backoff_initial=dispatch.backoff_initial,
-                backoff_max=dispatch.backoff_max,
-            ),
-            workers=dispatch.workers,
-            metrics=self.metrics,
-            notify=self.plugins.notify,
-        )
-        self.dispatcher.set_dispatch_rates(_dispatch_rates(self.config))
-        self._tasks = [
-            asyncio.create_task(self.dispatcher.run(), name="frameiod-dispatch"),
-            asyncio.create_task(self._maintain(), name="frameiod-maintenance"),
-        ]
+        self._start_dispatching(spool, routes)
         state = self.app[STATE]
+        assert self._runner is not None
         state.addresses = [(str(a[0]), int(a[1])) for a in self._runner.addresses]
         state.ready = True
         host, port = state.addresses[0]
@@ -179,6 +129,69 @@ class Daemon:
             except SpoolUnavailable as exc:
                 log.warning("spool maintenance failed", reason=exc.reason, detail=exc.detail)
             await asyncio.sleep(_MAINTENANCE_SECONDS)
+
+    async def _start_plugins(self) -> Routes:
+        if self.config.frameio.configured:
+            self.client = FrameioClient(self.config.frameio)
+        await self.plugins.startup(self.config, self.client.api if self.client else None)
+        routes = self.plugins.routes()
+        for handler in routes.handlers:
+            if handler.source not in self.config.sources and not handler.secrets:
+                log.warning(
+                    "handler listens on a source that is not configured; it will get nothing",
+                    plugin=handler.plugin,
+                    handler=handler.name,
+                    source=handler.source,
+                )
+        self.metrics.register_plugins(self.plugins.plugins.values())
+        self.metrics.register_handlers(routes.handlers)
+        self.metrics.register_actions(routes.actions.values())
+        return routes
+
+    async def _listen(self, app: web.Application) -> None:
+        server = self.config.server
+        # access_log=None: the one line per delivery replaces aiohttp's access log.
+        self._runner = GuardedRunner(
+            app,
+            read_timeout=server.read_timeout,
+            max_connections=server.max_connections,
+            handle_signals=False,
+            access_log=None,
+            shutdown_timeout=SHUTDOWN_TIMEOUT,
+            keepalive_timeout=server.keepalive_timeout,
+            auto_decompress=False,
+            # After refusing a body midway (408, 413), how long to keep reading what is still
+            # coming so the client sees the answer: aiohttp's 10 s would hold slow clients.
+            lingering_time=1.0,
+        )
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, server.host, server.port, ssl_context=self._tls)
+        try:
+            await site.start()
+        except OSError:
+            await self._runner.cleanup()
+            raise
+
+    def _start_dispatching(self, spool: Spool, routes: Routes) -> None:
+        dispatch = self.config.dispatch
+        self.dispatcher = Dispatcher(
+            spool,
+            routes,
+            policy=RetryPolicy(
+                handler_timeout=dispatch.handler_timeout,
+                max_attempts=dispatch.max_attempts,
+                backoff_initial=dispatch.backoff_initial,
+                backoff_max=dispatch.backoff_max,
+            ),
+            workers=dispatch.workers,
+            metrics=self.metrics,
+            notify=self.plugins.notify,
+        )
+        self.dispatcher.set_dispatch_rates(_dispatch_rates(self.config))
+        self._tasks = [
+            asyncio.create_task(self.dispatcher.run(), name="frameiod-dispatch"),
+            asyncio.create_task(self._maintain(), name="frameiod-maintenance"),
+        ]
 
     def summary(self) -> str:
         """A one-line status for systemd (``systemctl status``)."""
