@@ -425,10 +425,18 @@ class Config(_Table):
         context = _ResolveContext(base_dir=self._base_dir, environ=self._environ)
         return model.model_validate(table, context=context)
 
+    def source(self, name: str) -> SourceConfig:
+        """``[sources.<name>]``, or the defaults for a source only handlers' secrets declare."""
+        return self.sources.get(name) or _IMPLICIT_SOURCE
+
     def resolve_path(self, path: str | Path) -> Path:
         """Resolve a configured path: relative paths live under ``$STATE_DIRECTORY`` or the
         config file's folder."""
         return self.base_dir / path
+
+
+# Settings of a source that handlers declare with their secrets but the file does not list.
+_IMPLICIT_SOURCE = SourceConfig.model_construct(secrets=[])
 
 
 def find_config(explicit: str | os.PathLike[str] | None) -> Path:

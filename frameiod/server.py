@@ -19,7 +19,7 @@ from aiohttp import web
 from prometheus_client.aiohttp import make_aiohttp_handler
 
 from frameiod.actions import ActionRunner
-from frameiod.config import Config, SourceConfig
+from frameiod.config import Config
 from frameiod.connections import body_deadline
 from frameiod.events import PayloadError, WebhookEvent, parse_action, parse_webhook
 from frameiod.handlers import Routes, secret_id
@@ -51,16 +51,14 @@ class SourceKeys:
 def source_keys(config: Config, routes: Routes) -> dict[str, SourceKeys]:
     """Every source the daemon accepts: configured ones, plus any a handler's secret implies."""
     configured = {name: source.secret_values() for name, source in config.sources.items()}
-    default_tolerance = SourceConfig.model_fields["tolerance"].default
-    keys = {}
-    for name, secrets in routes.merged_secrets(configured).items():
-        source = config.sources.get(name)
-        keys[name] = SourceKeys(
+    return {
+        name: SourceKeys(
             secrets=tuple(secrets),
             ids=tuple(secret_id(secret) for secret in secrets),
-            tolerance=source.tolerance if source else default_tolerance,
+            tolerance=config.source(name).tolerance,
         )
-    return keys
+        for name, secrets in routes.merged_secrets(configured).items()
+    }
 
 
 @dataclass(frozen=True)
@@ -77,14 +75,7 @@ class Live:
     def build(cls, config: Config, routes: Routes, clock: Clock = time.monotonic) -> Live:
         """Everything derived from ``config`` (and the secrets ``routes`` declare)."""
         sources = source_keys(config, routes)
-        default = SourceConfig.model_fields
-        limits = {
-            name: (
-                config.sources[name].rate if name in config.sources else default["rate"].default,
-                config.sources[name].burst if name in config.sources else default["burst"].default,
-            )
-            for name in sources
-        }
+        limits = {name: (config.source(name).rate, config.source(name).burst) for name in sources}
         server = config.server
         return cls(
             config=config,
@@ -367,16 +358,13 @@ async def receive_action(request: web.Request) -> web.Response:
             # Only now, after the signature: a forged request learns nothing.
             state.metrics.action(source_name, "unknown", "unknown_action")
             raise Rejection(404, "", "unknown_action", f"no handler for action {event.type!r}")
-        source = live.config.sources.get(source_name)
-        defaults = SourceConfig.model_fields
+        source = live.config.source(source_name)
         answer = await state.actions.run(
             handler,
             event,
             request_id=new_event_id(),
-            deadline=source.action_deadline if source else defaults["action_deadline"].default,
-            late_message=(
-                source.action_late_message if source else defaults["action_late_message"].default
-            ),
+            deadline=source.action_deadline,
+            late_message=source.action_late_message,
         )
         state.metrics.action(source_name, handler.action, answer.outcome)
         if answer.body is None:
