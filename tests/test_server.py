@@ -59,6 +59,25 @@ class Daemon:
         )
         return response.status, await response.json()
 
+    async def spooled(self, event_id: str) -> dict[str, object]:
+        """The event row the spool committed for ``event_id``."""
+        rows = await self.spool.run(
+            lambda conn: conn.execute("SELECT * FROM events WHERE id = ?", (event_id,)).fetchall()
+        )
+        assert len(rows) == 1, f"event {event_id} is not in the spool"
+        names = [
+            "id",
+            "source",
+            "type",
+            "body",
+            "body_hash",
+            "timestamp",
+            "signature",
+            "secret_id",
+            "received_at",
+        ]
+        return dict(zip(names, rows[0], strict=True))
+
     async def scrape(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
         response = await self.client.get("/metrics")
         assert response.status == 200
@@ -72,29 +91,6 @@ class Daemon:
 @pytest.fixture
 def config(tmp_path: Path) -> Config:
     return make_config(tmp_path)
-
-
-async def _spooled(self: Daemon, event_id: str) -> dict[str, object]:
-    """The event row the spool committed for ``event_id``."""
-    rows = await self.spool.run(
-        lambda conn: conn.execute("SELECT * FROM events WHERE id = ?", (event_id,)).fetchall()
-    )
-    assert len(rows) == 1, f"event {event_id} is not in the spool"
-    names = [
-        "id",
-        "source",
-        "type",
-        "body",
-        "body_hash",
-        "timestamp",
-        "signature",
-        "secret_id",
-        "received_at",
-    ]
-    return dict(zip(names, rows[0], strict=True))
-
-
-Daemon.spooled = _spooled  # type: ignore[attr-defined]
 
 
 @pytest.fixture
