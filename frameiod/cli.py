@@ -1,4 +1,5 @@
-"""The ``frameiod`` command: run, check, send, plugins, install, uninstall, --version."""
+"""The ``frameiod`` command: run, check, send, plugins, queue, webhooks, actions, install,
+uninstall, --version."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from frameiod.admin import add_queue_commands, run_queue
 from frameiod.config import Config, ConfigError, find_config, format_duration, load_config
 from frameiod.events import EVENT_TYPES, closest_event_type, example_action, example_payload
 from frameiod.plugins import PluginHost
+from frameiod.registration import add_registration_commands, run_registration
 from frameiod.signature import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 
 __all__ = ["main"]
@@ -131,6 +133,13 @@ def _cmd_queue(args: argparse.Namespace) -> int:
     if config is None:
         return EXIT_CONFIG
     return run_queue(args, config)
+
+
+def _cmd_registration(args: argparse.Namespace) -> int:
+    config = _load(args)
+    if config is None:
+        return EXIT_CONFIG
+    return run_registration(args, config, _plugins)
 
 
 def _cmd_pip(args: argparse.Namespace) -> int:
@@ -286,6 +295,8 @@ def _parser() -> argparse.ArgumentParser:
     plugins.set_defaults(func=_cmd_plugins)
 
     add_queue_commands(commands, common).set_defaults(func=_cmd_queue)
+    for group in add_registration_commands(commands, common):
+        group.set_defaults(func=_cmd_registration)
 
     for verb, what in (
         ("install", "install plugins into frameiod's own environment"),
