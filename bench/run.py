@@ -1,45 +1,72 @@
-"""``make bench``: frameiod's ingest side by side with the limit of its stack.
+"""``make bench``: frameiod side by side with the limit of its stack.
 
 Starts, one after the other on 127.0.0.1, the minimal aiohttp server of ``baseline.py``
 and ``frameiod run`` with the spool at ``synchronous = FULL`` and ``NORMAL``; pins each
 server to CPU 0 and wrk to CPU 1 when there are two cores. wrk cycles through freshly
-signed, distinct requests (more than a round sends, so frameiod never answers from its
+signed, distinct requests (more than a load sends, so frameiod never answers from its
 duplicate check). Three alternating rounds; the median of each figure is reported, and
 frameiod's as a ratio to the baseline measured in the same run, since machines are noisy.
 
-Writes ``bench/results.json`` and prints a Markdown table for the README.
+Each round measures, per target:
+
+- ingest: requests/s at 64 connections and p50/p99 latency at 8 (frameiod without plugins,
+  so every request is one committed event and no handler runs);
+- for frameiod, end to end: the no-op handler plugin of ``noop_plugin.py`` loaded, wrk at
+  64 connections for ``--e2e-seconds``; handler calls started per second in that window,
+  and receipt to handler start: the handler's ``time.time()`` at its start minus the
+  spool's ``events.received_at`` (frameiod's ``time.time()`` when it accepted the request).
+
+Then, once, idle RSS and start to ``READY=1`` (over a ``NOTIFY_SOCKET`` datagram socket),
+median of 5 starts, with the example plugins loaded (and without plugins, for reference).
+
+``--profile`` instead records a py-spy flame graph of frameiod (FULL) under the
+64-connection load to ``bench/profile-ingest.svg`` and its hottest frames to
+``bench/profile-ingest.txt`` (py-spy: ``.venv/bin/pip install py-spy``).
+
+Writes ``bench/results.json`` and prints Markdown tables for the README.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
+import contextlib
 import json
+import math
 import os
 import platform
 import re
 import shutil
 import signal
 import socket
+import sqlite3
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 BENCH = Path(__file__).resolve().parent
 SECRET = "bench-secret"  # noqa: S105 - a throwaway secret for loopback only
 TWO_CORES = (os.cpu_count() or 1) >= 2
 sys.path.insert(0, str(BENCH.parent))
 
-from frameiod.signature import sign  # noqa: E402 - after the path tweak above
+import noop_plugin  # noqa: E402 - after the path tweak above
+
+from frameiod.signature import sign  # noqa: E402
+
+# Sources are rate-limited by default (1000/s, burst 2000), which would answer most of a
+# wrk load with cheap 429s: the bench measures accepted requests, so it lifts the limit.
+UNLIMITED = "rate = 1000000.0\nburst = 1000000"
 
 
 @dataclass
 class Round:
-    """One target's figures from one round."""
+    """One target's ingest figures from one round."""
 
     rps_64: float
     p50_ms_8: float
@@ -48,18 +75,81 @@ class Round:
     peak_rss_mib: float
 
 
-def _free_port() -> int:
+@dataclass
+class EndToEnd:
+    """frameiod with the no-op handler, from one round (times in ms, rates per second)."""
+
+    calls_per_s: float
+    """Every event of a full-speed load, handled: events / (last handler start - first receipt)."""
+    load_calls_per_s: float
+    """Handler calls started per second while the full-speed load ran."""
+    load_acks_per_s: float
+    """Requests acknowledged per second by the full-speed load (wrk)."""
+    load_backlog: int
+    """Events received during the full-speed load whose handler had not started at its end."""
+    load_p50_ms: float
+    load_p99_ms: float
+    """Receipt to handler start over the full-speed load's events (mostly queueing)."""
+    paced_rate: float
+    """The paced load's target: 80 % of ``calls_per_s`` as the spool's gauges first saw it."""
+    paced_acks_per_s: float
+    paced_calls_per_s: float
+    """Handler calls started per second while the paced load ran."""
+    paced_backlog: int
+    p50_ms: float
+    p99_ms: float
+    """Receipt to handler start over the paced load's events."""
+    errors: int
+    """Non-2xx answers, socket errors, and events never handled."""
+    wrapped: int
+    """1 if wrk may have come round to a request again (a duplicate): the run is invalid."""
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 
 
-def _pin(cpu: int) -> list[str]:
+def pin(cpu: int) -> list[str]:
+    """The taskset prefix that pins a command to ``cpu`` (nothing on one core)."""
     return ["taskset", "-c", str(cpu)] if TWO_CORES and shutil.which("taskset") else []
 
 
-def write_script(path: Path, count: int) -> None:
-    """A wrk Lua script cycling through ``count`` distinct, freshly signed requests.
+def proc_status(pid: int, field: str) -> int:
+    """A numeric field of /proc/PID/status (kB for memory fields), 0 if absent."""
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def frameiod_config(state: Path, port: int, synchronous: str = "FULL", extra: str = "") -> Path:
+    """A frameiod config in ``state`` (spool there too): one source, no rate limit."""
+    state.mkdir(parents=True, exist_ok=True)
+    config = state / "config.toml"
+    config.write_text(f"""
+[server]
+host = "127.0.0.1"
+port = {port}
+max_body_bytes = 65536
+[log]
+format = "json"
+[sources.default]
+secrets = ["{SECRET}"]
+{UNLIMITED}
+[spool]
+synchronous = "{synchronous}"
+{extra}
+""")
+    return config
+
+
+def write_script(path: Path, count: int) -> Path:
+    """A wrk Lua script cycling through ``count`` distinct, freshly signed requests; returns
+    its paced twin (`think_ms` says how to pace it).
 
     The requests go to a data file beside it, one per line, which the script reads at start:
     Lua cannot compile a chunk holding that many constants.
@@ -79,9 +169,9 @@ def write_script(path: Path, count: int) -> None:
                 }
             ).encode()
             out.write(f"{now}\t{sign(SECRET, body, now)}\t{body.decode()}\n")
-    # The script's argument is where to start, so a warm-up can use requests the measured
-    # run will not reach.
-    path.write_text(f"""
+    # The script's first argument is where to start, so a warm-up can use requests the
+    # measured run will not reach.
+    common = f"""
 local requests = {{}}
 for line in io.lines("{data}") do
   local ts, sig, body = line:match("([^\t]*)\t([^\t]*)\t(.*)")
@@ -92,22 +182,39 @@ for line in io.lines("{data}") do
   }}
 end
 local i = 0
+local pause = 0
 init = function(args)
   i = tonumber(args[1] or "0")
+  pause = tonumber(args[2] or "0")
 end
 request = function()
   i = i % #requests + 1
   local r = requests[i]
   return wrk.format("POST", "/webhooks/default", r[1], r[2])
 end
-""")
+"""
+    path.write_text(common)
+    # wrk waits delay() ms after each answer before the connection's next request: with
+    # the second argument at connections / rate * 1000, the load runs at about ``rate``
+    # (less the answers' own latency). Milliseconds are whole: rounded at random, so the
+    # mean is right. A separate script, since a delay() of 0 still costs a timer each.
+    paced = path.with_name(path.stem + "-paced.lua")
+    paced.write_text(common + "delay = function() return math.floor(pause + math.random()) end\n")
+    return paced
+
+
+def think_ms(connections: int, rate: float) -> float:
+    """The paced script's think time for about ``rate`` requests/s over ``connections``."""
+    return connections / rate * 1000
 
 
 def _wrk(
-    url: str, script: Path, connections: int, seconds: int, start: int = 0
+    url: str, script: Path, connections: int, seconds: int, start: int = 0, *, pause_ms: float = 0
 ) -> dict[str, float]:
+    """Run wrk; ``pause_ms`` is the paced script's think time per connection (see
+    `write_script`)."""
     command = [
-        *_pin(1),
+        *pin(1),
         "wrk",
         "-t1",
         f"-c{connections}",
@@ -118,12 +225,14 @@ def _wrk(
         url,
         "--",
         str(start),
+        *([f"{pause_ms:.3f}"] if pause_ms else []),
     ]
     done = subprocess.run(command, capture_output=True, text=True, check=True)  # noqa: S603
     if "request = function" in done.stderr or "error" in done.stderr.lower():
         raise RuntimeError(f"wrk's script failed: {done.stderr.strip()}")
     out = done.stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out)[1])
+    requests = int(re.search(r"(\d+) requests in", out)[1])
 
     def latency(pct: str) -> float:
         value, unit = re.search(rf"\s{pct}%\s+([\d.]+)(us|ms|s)\b", out).groups()
@@ -136,11 +245,18 @@ def _wrk(
         r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out
     ):
         errors += sum(int(n) for n in match.groups())
-    return {"rps": rps, "p50": latency("50"), "p99": latency("99"), "errors": errors}
+    return {
+        "rps": rps,
+        "requests": requests,
+        "p50": latency("50"),
+        "p99": latency("99"),
+        "errors": errors,
+    }
 
 
-def _wait_listening(port: int, process: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 20
+def wait_listening(port: int, process: subprocess.Popen[bytes], timeout: float = 20) -> None:
+    """Wait until something accepts connections on ``port``; raise if ``process`` exits."""
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError("the server exited during start-up")
@@ -151,56 +267,60 @@ def _wait_listening(port: int, process: subprocess.Popen[bytes]) -> None:
     raise RuntimeError("the server did not start listening")
 
 
-def _peak_rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(60)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def start_frameiod(
+    config: Path, env: dict[str, str] | None = None, *, plugins: str | None = "", **popen: object
+) -> subprocess.Popen[bytes]:
+    """``frameiod run`` on CPU 0 with ``config``. ``plugins`` is $FRAMEIOD_PLUGINS (None:
+    every installed plugin loads); ``env`` is added to the environment."""
+    environ = {**os.environ, **(env or {})}
+    environ.pop("FRAMEIOD_PLUGINS", None)
+    if plugins is not None:
+        environ["FRAMEIOD_PLUGINS"] = plugins
+    popen.setdefault("stdout", subprocess.DEVNULL)
+    popen.setdefault("stderr", subprocess.DEVNULL)
+    return subprocess.Popen(  # noqa: S603 - our own interpreter and files
+        [*pin(0), sys.executable, "-m", "frameiod", "run", "--config", str(config)],
+        env=environ,
+        **popen,
+    )
 
 
 def _serve(target: str, port: int, folder: Path) -> subprocess.Popen[bytes]:
     if target == "baseline":
-        command = [sys.executable, str(BENCH / "baseline.py"), str(port), SECRET]
-        env = os.environ.copy()
-    else:
-        synchronous = target.split("-")[1].upper()
-        state = folder / target
-        shutil.rmtree(state, ignore_errors=True)
-        state.mkdir()
-        config = state / "config.toml"
-        config.write_text(f"""
-[server]
-port = {port}
-max_body_bytes = 65536
-[log]
-format = "json"
-[sources.default]
-secrets = ["{SECRET}"]
-[spool]
-synchronous = "{synchronous}"
-""")
-        command = [sys.executable, "-m", "frameiod", "run", "--config", str(config)]
-        env = {**os.environ, "FRAMEIOD_PLUGINS": ""}
-    return subprocess.Popen(  # noqa: S603 - our own interpreter and files
-        [*_pin(0), *command], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env
-    )
+        return subprocess.Popen(  # noqa: S603 - our own interpreter and files
+            [*pin(0), sys.executable, str(BENCH / "baseline.py"), str(port), SECRET],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+    state = folder / target
+    shutil.rmtree(state, ignore_errors=True)
+    return start_frameiod(frameiod_config(state, port, target.removeprefix("frameiod-").upper()))
 
 
 def _load(
     target: str, folder: Path, script: Path, *, connections: int, seconds: int, warm_up_at: int
 ) -> tuple[dict[str, float], float]:
     """A fresh server (and spool) per load, so no request is ever seen twice."""
-    port = _free_port()
+    port = free_port()
     process = _serve(target, port, folder)
     try:
-        _wait_listening(port, process)
+        wait_listening(port, process)
         url = f"http://127.0.0.1:{port}"
         _wrk(url, script, connections, 1, start=warm_up_at)
         figures = _wrk(url, script, connections, seconds)
-        rss = _peak_rss_mib(process.pid)
+        rss = proc_status(process.pid, "VmHWM") / 1024
     finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(30)
+        _stop(process)
     return figures, rss
 
 
@@ -221,28 +341,345 @@ def measure(target: str, folder: Path, seconds: int, script: Path, warm_up_at: i
     )
 
 
-def main() -> int:
-    """Run the rounds and report; exit 1 if any run had a non-2xx answer or socket error."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--seconds", type=int, default=5)
-    parser.add_argument("--output", type=Path, default=BENCH / "results.json")
-    args = parser.parse_args()
-    if not shutil.which("wrk"):
-        print("wrk is missing: apt-get install wrk (make bench does it)", file=sys.stderr)
-        return 1
+# --- end to end --------------------------------------------------------------------------
 
-    targets = ["baseline", "frameiod-full", "frameiod-normal"]
-    results: dict[str, list[Round]] = {target: [] for target in targets}
+
+def _unfinished(spool: Path) -> int:
+    """Deliveries pending or running, read beside the daemon (WAL lets a reader in)."""
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{spool}?mode=ro", uri=True)) as conn:
+            return conn.execute(
+                "SELECT COUNT(*) FROM deliveries WHERE state IN ('pending', 'running')"
+            ).fetchone()[0]
+    except sqlite3.Error:
+        return -1  # busy or not created yet: ask again
+
+
+def _wait_drained(spool: Path, timeout: float) -> float:
+    """Seconds until no delivery is pending or running (``timeout`` if never)."""
+    began = time.monotonic()
+    while time.monotonic() - began < timeout:
+        if _unfinished(spool) == 0:
+            return time.monotonic() - began
+        time.sleep(0.1)
+    return timeout
+
+
+def percentile(values: list[float], pct: int) -> float:
+    """The ``pct``-th percentile (nearest rank); NaN for no values."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(pct / 100 * len(ordered)) - 1)]
+
+
+def _received(spool: Path, after: float = 0.0) -> dict[str, float]:
+    """Event id → received_at, for events received after ``after``."""
+    with contextlib.closing(sqlite3.connect(f"file:{spool}?mode=ro", uri=True)) as conn:
+        rows = conn.execute("SELECT id, received_at FROM events WHERE received_at > ?", (after,))
+        return dict(rows.fetchall())
+
+
+def _last_done(spool: Path) -> float:
+    with contextlib.closing(sqlite3.connect(f"file:{spool}?mode=ro", uri=True)) as conn:
+        return conn.execute("SELECT MAX(updated_at) FROM deliveries").fetchone()[0] or 0.0
+
+
+class _Phase:
+    """One load's events and what the handler recorded of them."""
+
+    def __init__(
+        self, received: dict[str, float], starts: dict[str, float], seconds: float
+    ) -> None:
+        self.received, self.starts, self.seconds = received, starts, seconds
+        self.began = min(received.values())
+        self.ended = self.began + seconds
+
+    def calls_per_s(self) -> float:
+        began, ended = self.began, self.ended
+        return sum(began <= t < ended for t in self.starts.values()) / self.seconds
+
+    def latencies(self) -> list[float]:
+        return [
+            (self.starts[event_id] - at) * 1000
+            for event_id, at in self.received.items()
+            if event_id in self.starts
+        ]
+
+    def backlog(self) -> int:
+        ended = self.ended
+        return sum(
+            1
+            for event_id, at in self.received.items()
+            if at < ended and self.starts.get(event_id, math.inf) >= ended
+        )
+
+    def throughput(self) -> float:
+        last = max(self.starts[event_id] for event_id in self.received if event_id in self.starts)
+        return len(self.received) / (last - self.began)
+
+
+def measure_e2e(
+    synchronous: str, folder: Path, script: Path, paced: Path, *, seconds: int, region: int
+) -> EndToEnd:
+    """frameiod with the no-op handler: wrk at 64 connections for ``seconds`` at full speed
+    (requests ``[0, region)`` of ``script``), drained; then paced at 80 % of what that
+    achieved end to end (``[region, 2 * region)``), drained. Warm-up from ``2 * region``."""
+    state = folder / f"e2e-{synchronous.lower()}"
+    shutil.rmtree(state, ignore_errors=True)
+    port = free_port()
+    config = frameiod_config(state, port, synchronous)
+    record = state / "handler-starts.txt"
+    site = noop_plugin.install(folder / "site")
+    env = {"PYTHONPATH": site["PYTHONPATH"], "BENCH_RECORD": str(record), "BENCH_RECORD_EACH": ""}
+    process = start_frameiod(config, env, plugins=site["FRAMEIOD_PLUGINS"])
+    spool = state / "frameiod.db"
+    try:
+        wait_listening(port, process)
+        url = f"http://127.0.0.1:{port}"
+        warm = _wrk(url, script, 64, 1, start=2 * region)
+        _wait_drained(spool, 60)
+        if not (warmed := _received(spool)):
+            raise RuntimeError(f"the warm-up left no event in the spool: {warm}")
+        mark = max(warmed.values())
+        load = _wrk(url, script, 64, seconds)
+        _wait_drained(spool, 600)
+        first = _received(spool, mark)
+        # The handler's own records are read at the end; the spool's last update is close
+        # enough to size the paced load.
+        rate = 0.8 * len(first) / (_last_done(spool) - min(first.values()))
+        mark = max(first.values())
+        steady = _wrk(url, paced, 64, seconds, region, pause_ms=think_ms(64, rate))
+        _wait_drained(spool, 600)
+    finally:
+        _stop(process)
+
+    starts: dict[str, float] = {}
+    for line in record.read_text().splitlines():
+        event_id, moment = line.split()
+        starts.setdefault(event_id, float(moment))  # a retry would be a second line
+    everything = _received(spool)
+    full = _Phase(first, starts, seconds)
+    slow = _Phase(
+        {event_id: at for event_id, at in everything.items() if at > mark}, starts, seconds
+    )
+    wrapped = (
+        warm["requests"] + 64 >= 20_000
+        or load["requests"] + 64 >= region
+        or steady["requests"] + 64 >= region
+    )
+    return EndToEnd(
+        calls_per_s=full.throughput(),
+        load_calls_per_s=full.calls_per_s(),
+        load_acks_per_s=load["rps"],
+        load_backlog=full.backlog(),
+        load_p50_ms=percentile(full.latencies(), 50),
+        load_p99_ms=percentile(full.latencies(), 99),
+        paced_rate=rate,
+        paced_acks_per_s=steady["rps"],
+        paced_calls_per_s=slow.calls_per_s(),
+        paced_backlog=slow.backlog(),
+        p50_ms=percentile(slow.latencies(), 50),
+        p99_ms=percentile(slow.latencies(), 99),
+        errors=int(warm["errors"] + load["errors"] + steady["errors"])
+        + sum(1 for event_id in everything if event_id not in starts),
+        wrapped=int(wrapped),
+    )
+
+
+# --- start-up ----------------------------------------------------------------------------
+
+
+def _examples_config(state: Path, port: int) -> Path:
+    # The three example plugins with settings that let each of them start: notify needs
+    # somewhere to post, comment_on_ready an API client. Neither is ever called here.
+    return frameiod_config(
+        state,
+        port,
+        extra=f"""
+[frameio]
+token = "bench-dummy-token"
+[plugins.event_log]
+path = "{state / "events.jsonl"}"
+[plugins.notify]
+webhook_url = "https://hooks.invalid/bench"
+""",
+    )
+
+
+def measure_start(folder: Path, *, examples: bool, settle: float = 2.0) -> dict[str, float]:
+    """One start: seconds from spawning ``frameiod run`` to READY=1, and RSS once idle."""
+    state = folder / ("start-examples" if examples else "start-bare")
+    shutil.rmtree(state, ignore_errors=True)
+    port = free_port()
+    config = _examples_config(state, port) if examples else frameiod_config(state, port)
+    address = state / "notify.sock"
+    env = {"NOTIFY_SOCKET": str(address)}
+    log = state / "log.jsonl"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock, log.open("wb") as out:
+        sock.bind(str(address))
+        sock.settimeout(30)
+        began = time.monotonic()
+        process = start_frameiod(
+            config, env, plugins=None if examples else "", stdout=out, stderr=subprocess.STDOUT
+        )
+        try:
+            while b"READY=1" not in sock.recv(4096):
+                pass
+            ready = time.monotonic() - began
+            time.sleep(settle)
+            rss = proc_status(process.pid, "VmRSS") / 1024
+        finally:
+            _stop(process)
+    loaded: list[str] = []
+    for line in log.read_text().splitlines():
+        with contextlib.suppress(ValueError):
+            entry = json.loads(line)
+            if entry.get("event") == "listening":
+                loaded = entry.get("plugins", [])
+    expected = ["comment_on_ready", "event_log", "notify"] if examples else []
+    if sorted(loaded) != expected:
+        raise RuntimeError(f"plugins loaded: {loaded}, expected {expected}; see {log}")
+    return {"ready_s": ready, "idle_rss_mib": rss}
+
+
+def measure_starts(folder: Path, starts: int) -> dict[str, dict[str, float]]:
+    """Median of ``starts`` starts, with the example plugins and without plugins."""
+    results = {}
+    for examples in (True, False):
+        runs = [measure_start(folder, examples=examples) for _ in range(starts)]
+        results["example_plugins" if examples else "no_plugins"] = {
+            key: round(statistics.median(run[key] for run in runs), 3) for key in runs[0]
+        }
+    return results
+
+
+# --- profile -----------------------------------------------------------------------------
+
+
+def _package(frame: str) -> str:
+    """``f (aiohttp/web_protocol.py:446)`` → ``aiohttp``, ``f (hmac.py:67)`` → ``hmac.py``."""
+    where = frame.rpartition(" (")[2]
+    return where.split("/")[0] if "/" in where else where.rsplit(":", 1)[0]
+
+
+def _top_frames(raw: Path, limit: int = 20) -> str:
+    """The hottest frames of py-spy's collapsed stacks: per thread, per package (own
+    samples), own samples per function, and total samples per frameiod function."""
+    own: collections.Counter[str] = collections.Counter()
+    total: collections.Counter[str] = collections.Counter()
+    threads: collections.Counter[str] = collections.Counter()
+    packages: collections.Counter[str] = collections.Counter()
+    samples = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack:
+            continue
+        number = int(count)
+        thread, *frames = stack.split(";")
+        samples += number
+        threads[re.sub(r"\(\d+\): ", "", thread)] += number
+        if not frames:
+            continue
+        own[frames[-1]] += number
+        packages[_package(frames[-1])] += number
+        for frame in set(frames):
+            if "(frameiod/" in frame:
+                total[frame] += number
+
+    def block(title: str, counts: collections.Counter[str], top: int) -> list[str]:
+        return ["", title] + [
+            f"{100 * n / samples:5.1f}%  {name}" for name, n in counts.most_common(top)
+        ]
+
+    lines = [f"{samples} samples"]
+    lines += block("by thread:", threads, limit)
+    lines += block("own samples by package (the frame itself was running):", packages, limit)
+    lines += block("own samples by function:", own, limit)
+    lines += block("total samples of frameiod functions (on the stack):", total, limit)
+    return "\n".join(lines) + "\n"
+
+
+def profile(folder: Path, seconds: int) -> int:
+    """py-spy flame graph of frameiod (FULL, no plugins) under wrk at 64 connections, and
+    the hottest frames: every thread's samples, then only those holding the GIL."""
+    spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which("py-spy")
+    if spy is None:
+        print("py-spy is missing: .venv/bin/pip install py-spy", file=sys.stderr)
+        return 1
+    svg, text = BENCH / "profile-ingest.svg", BENCH / "profile-ingest.txt"
+    runs = [
+        (svg, ["--format", "flamegraph"]),
+        (folder / "threads.txt", ["--format", "raw", "--function"]),
+        (folder / "gil.txt", ["--format", "raw", "--function", "--gil"]),
+    ]
+    # Distinct requests for every load (at most 10,000/s) and a warm-up before each.
+    per_run = 10_000 * (seconds + 1)
+    script = folder / "requests.lua"
+    write_script(script, count=per_run * len(runs))
+    port = free_port()
+    process = _serve("frameiod-full", port, folder)
+    rates = []
+    try:
+        wait_listening(port, process)
+        url = f"http://127.0.0.1:{port}"
+        for number, (output, options) in enumerate(runs):
+            _wrk(url, script, 64, 1, start=number * per_run)
+            command = [spy, "record", "--threads", *options, "--output", str(output)]
+            command += ["--duration", str(seconds), "--pid", str(process.pid)]
+            spying = subprocess.Popen(command, stdout=subprocess.DEVNULL)  # noqa: S603
+            time.sleep(1)  # let py-spy attach before the load starts
+            figures = _wrk(url, script, 64, seconds - 2, start=number * per_run + 10_000)
+            if spying.wait(seconds + 30) != 0:
+                raise RuntimeError("py-spy failed")
+            rates.append(figures["rps"])
+    finally:
+        _stop(process)
+    text.write_text(
+        f"py-spy record, {seconds} s per run, of frameiod run (synchronous = FULL, no plugins)"
+        f" under wrk at 64 connections, {time.strftime('%Y-%m-%d')}; req/s while sampled: "
+        f"{', '.join(f'{r:.0f}' for r in rates)} (py-spy pauses the process to sample).\n"
+        "profile-ingest.svg is the first run: every thread, by line. Below, by function:\n"
+        "\n== every thread (waits with the GIL released, e.g. fsync in commit, count too) ==\n"
+        + _top_frames(folder / "threads.txt")
+        + "\n== only samples holding the GIL (where the one core's Python time goes) ==\n"
+        + _top_frames(folder / "gil.txt")
+    )
+    print(f"wrote {svg} and {text}")
+    print(text.read_text())
+    return 0
+
+
+# --- report ------------------------------------------------------------------------------
+
+
+def _ratio(value: float, base: float) -> float:
+    return round(value / base, 3) if base else math.nan
+
+
+TARGETS = ["baseline", "frameiod-full", "frameiod-normal"]
+MODES = ["FULL", "NORMAL"]
+
+
+def collect(
+    args: argparse.Namespace,
+) -> tuple[dict[str, list[Round]], dict[str, list[EndToEnd]], dict[str, dict[str, float]]]:
+    """Every load of every round, then the starts."""
+    results: dict[str, list[Round]] = {target: [] for target in TARGETS}
+    ends: dict[str, list[EndToEnd]] = {mode: [] for mode in MODES}
     with tempfile.TemporaryDirectory(prefix="frameiod-bench-") as scratch:
         folder = Path(scratch)
         script = folder / "requests.lua"
         # More distinct requests than frameiod answers in one load, plus a tail for the
         # warm-up: it never sees a request twice (the baseline does not care).
         measured = 20_000 * args.seconds
-        write_script(script, count=measured + 20_000)
+        e2e_script = folder / "e2e.lua"
+        region = 0
         for number in range(args.rounds):
-            for target in targets:
+            # Signed afresh for every round and every end-to-end load: a request older than
+            # the source's tolerance (5 minutes) would be refused as stale.
+            write_script(script, count=measured + 20_000)
+            for target in TARGETS:
                 figures = measure(target, folder, args.seconds, script, warm_up_at=measured)
                 results[target].append(figures)
                 print(
@@ -251,53 +688,165 @@ def main() -> int:
                     f"errors {figures.errors}  rss {figures.peak_rss_mib:.0f} MiB",
                     flush=True,
                 )
+            if not region:
+                # Two loads' worth of requests (full speed, paced) and a warm-up tail, sized
+                # from frameiod's ingest just measured with room to spare; `wrapped` says if
+                # wrk ever came round to a request again all the same.
+                fastest = max(r.rps_64 for t in TARGETS[1:] for r in results[t])
+                region = int(fastest * 1.5 * args.e2e_seconds) + 10_000
+            for mode in MODES:
+                paced = write_script(e2e_script, count=2 * region + 20_000)
+                end = measure_e2e(
+                    mode, folder, e2e_script, paced, seconds=args.e2e_seconds, region=region
+                )
+                ends[mode].append(end)
+                print(
+                    f"round {number + 1} e2e-{mode.lower():12} {end.calls_per_s:6.0f} calls/s; "
+                    f"under full load {end.load_calls_per_s:.0f} calls/s, "
+                    f"{end.load_acks_per_s:.0f} acks/s, backlog {end.load_backlog}; "
+                    f"paced at {end.paced_rate:.0f}/s: {end.paced_calls_per_s:.0f} calls/s, "
+                    f"backlog {end.paced_backlog}, receipt->start p50 {end.p50_ms:.1f} ms "
+                    f"p99 {end.p99_ms:.1f} ms; errors {end.errors}, wrapped {end.wrapped}",
+                    flush=True,
+                )
+        starts = measure_starts(folder, args.starts)
+        for name, figures in starts.items():
+            print(
+                f"start {name:16} ready {figures['ready_s']:.3f} s  "
+                f"idle rss {figures['idle_rss_mib']:.1f} MiB",
+                flush=True,
+            )
+    return results, ends, starts
+
+
+def summarise(
+    args: argparse.Namespace,
+    results: dict[str, list[Round]],
+    ends: dict[str, list[EndToEnd]],
+    starts: dict[str, dict[str, float]],
+) -> dict[str, object]:
+    """Medians, ratios to the baseline and the issue's targets, as results.json holds them."""
 
     def median(target: str, field: str) -> float:
         return statistics.median(getattr(r, field) for r in results[target])
 
-    summary = {
+    targets = {
+        target: {
+            "rps_64_connections": median(target, "rps_64"),
+            "p50_ms_8_connections": median(target, "p50_ms_8"),
+            "p99_ms_8_connections": median(target, "p99_ms_8"),
+            "peak_rss_mib": median(target, "peak_rss_mib"),
+            "errors": sum(r.errors for r in results[target]),
+        }
+        for target in TARGETS
+    }
+    base = targets["baseline"]
+    for target in TARGETS[1:]:
+        figures = targets[target]
+        figures["rps_ratio"] = _ratio(figures["rps_64_connections"], base["rps_64_connections"])
+        figures["p99_ratio"] = _ratio(figures["p99_ms_8_connections"], base["p99_ms_8_connections"])
+    end_to_end = {}
+    for mode in MODES:
+        figures = {
+            key: round(statistics.median(getattr(e, key) for e in ends[mode]), 3)
+            for key in asdict(ends[mode][0])
+        }
+        figures["errors"] = sum(e.errors for e in ends[mode])
+        figures["wrapped"] = sum(e.wrapped for e in ends[mode])
+        figures["seconds"] = args.e2e_seconds
+        figures["calls_ratio"] = _ratio(figures["calls_per_s"], base["rps_64_connections"])
+        end_to_end[f"frameiod-{mode.lower()}"] = figures
+    full, full_e2e = targets["frameiod-full"], end_to_end["frameiod-full"]
+    examples = starts["example_plugins"]
+    return {
         "date": time.strftime("%Y-%m-%d"),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
         f"Python {platform.python_version()}",
         "pinned": TWO_CORES,
-        "targets": {
-            target: {
-                "rps_64_connections": median(target, "rps_64"),
-                "p50_ms_8_connections": median(target, "p50_ms_8"),
-                "p99_ms_8_connections": median(target, "p99_ms_8"),
-                "peak_rss_mib": median(target, "peak_rss_mib"),
-                "errors": sum(r.errors for r in results[target]),
-            }
-            for target in targets
+        "targets": targets,
+        "end_to_end": end_to_end,
+        "start": {**starts, "starts": args.starts},
+        "issue_targets": {
+            "ingest_full_rps_ratio >= 0.5": full["rps_ratio"] >= 0.5,
+            "ingest_full_p99_ratio <= 2": full["p99_ratio"] <= 2,
+            "e2e_full_calls_ratio >= 0.35": full_e2e["calls_ratio"] >= 0.35,
+            "idle_rss_mib <= 60": examples["idle_rss_mib"] <= 60,
+            "ready_s <= 1": examples["ready_s"] <= 1,
         },
     }
-    base = summary["targets"]["baseline"]
-    for target in targets[1:]:
-        figures = summary["targets"][target]
-        figures["rps_ratio"] = round(figures["rps_64_connections"] / base["rps_64_connections"], 3)
-        figures["p99_ratio"] = round(
-            figures["p99_ms_8_connections"] / base["p99_ms_8_connections"], 3
-        )
-    args.output.write_text(json.dumps(summary, indent=2) + "\n")
 
+
+def report(summary: dict[str, Any]) -> int:
+    """Print the README's tables; 1 if any load was invalid."""
     print(f"\n{summary['date']}, {summary['machine']}, server on CPU 0, wrk on CPU 1")
     print(
         "| target | req/s (64 conn.) | ÷ baseline | p50 ms (8 conn.) | p99 ms (8 conn.) "
         "| p99 ÷ baseline | peak RSS MiB |"
     )
     print("| --- | --- | --- | --- | --- | --- | --- |")
-    for target in targets:
-        f = summary["targets"][target]
+    for target, f in summary["targets"].items():
         print(
             f"| {target} | {f['rps_64_connections']:.0f} | {f.get('rps_ratio', 1):.2f} | "
             f"{f['p50_ms_8_connections']:.2f} | {f['p99_ms_8_connections']:.2f} | "
             f"{f.get('p99_ratio', 1):.2f} | {f['peak_rss_mib']:.0f} |"
         )
-    invalid = [t for t in targets if summary["targets"][t]["errors"]]
+    seconds = summary["end_to_end"]["frameiod-full"]["seconds"]
+    print(
+        f"\nEnd to end, no-op handler: wrk at 64 connections for {seconds} s at full speed, "
+        "then paced at 80 % of what that achieved end to end:\n"
+        "| spool | handler calls/s end to end | ÷ baseline req/s | under full load: calls/s "
+        "| acks/s | paced: calls/s | receipt→start p50 ms | p99 ms |"
+    )
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for target, f in summary["end_to_end"].items():
+        print(
+            f"| {target} | {f['calls_per_s']:.0f} | {f['calls_ratio']:.2f} | "
+            f"{f['load_calls_per_s']:.0f} | {f['load_acks_per_s']:.0f} | "
+            f"{f['paced_calls_per_s']:.0f} | {f['p50_ms']:.1f} | {f['p99_ms']:.1f} |"
+        )
+    starts = summary["start"]
+    print(f"\nStart, median of {starts['starts']}:\n| plugins | start → READY=1 s | idle RSS MiB |")
+    print("| --- | --- | --- |")
+    for name in ("example_plugins", "no_plugins"):
+        f = starts[name]
+        print(f"| {name.replace('_', ' ')} | {f['ready_s']:.2f} | {f['idle_rss_mib']:.1f} |")
+    print("\nIssue 7 targets:")
+    for name, met in summary["issue_targets"].items():
+        print(f"  {'met   ' if met else 'MISSED'}  {name}")
+    invalid = [t for t, f in summary["targets"].items() if f["errors"]]
+    invalid += [t for t, f in summary["end_to_end"].items() if f["errors"] or f["wrapped"]]
     if invalid:
-        print(f"INVALID: non-2xx answers or socket errors in {', '.join(invalid)}", file=sys.stderr)
+        print(
+            "INVALID: non-2xx answers, socket errors, unhandled events or repeated requests in "
+            + ", ".join(invalid),
+            file=sys.stderr,
+        )
         return 1
     return 0
+
+
+def main() -> int:
+    """Run the rounds and report; exit 1 if any load was invalid."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=int, default=5, help="per ingest load")
+    parser.add_argument("--e2e-seconds", type=int, default=30, help="per end-to-end load")
+    parser.add_argument("--starts", type=int, default=5, help="starts for idle RSS and READY")
+    parser.add_argument("--output", type=Path, default=BENCH / "results.json")
+    parser.add_argument(
+        "--profile", action="store_true", help="only record bench/profile-ingest.svg"
+    )
+    parser.add_argument("--profile-seconds", type=int, default=15)
+    args = parser.parse_args()
+    if not shutil.which("wrk"):
+        print("wrk is missing: apt-get install wrk (make bench does it)", file=sys.stderr)
+        return 1
+    if args.profile:
+        with tempfile.TemporaryDirectory(prefix="frameiod-bench-") as scratch:
+            return profile(Path(scratch), args.profile_seconds)
+    summary = summarise(args, *collect(args))
+    args.output.write_text(json.dumps(summary, indent=2) + "\n")
+    return report(summary)
 
 
 if __name__ == "__main__":
