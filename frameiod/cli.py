@@ -71,13 +71,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return asyncio.run(serve(config, plugins))
 
 
-def _cmd_check(args: argparse.Namespace) -> int:
+def _load_with_plugins(args: argparse.Namespace) -> tuple[Config, PluginHost] | None:
     config = _load(args)
-    if config is None:
+    plugins = _plugins(config) if config is not None else None
+    return (config, plugins) if config is not None and plugins is not None else None
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    loaded = _load_with_plugins(args)
+    if loaded is None:
         return EXIT_CONFIG
-    plugins = _plugins(config)
-    if plugins is None:
-        return EXIT_CONFIG
+    config, plugins = loaded
     server = config.server
     print(f"{config.path}: ok")
     print(f"  listen  {server.host}:{server.port} (bodies up to {server.max_body_bytes} bytes)")
@@ -98,13 +102,10 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 
 def _cmd_plugins(args: argparse.Namespace) -> int:
-    config = _load(args)
-    if config is None:
+    loaded = _load_with_plugins(args)
+    if loaded is None:
         return EXIT_CONFIG
-    plugins = _plugins(config)
-    if plugins is None:
-        return EXIT_CONFIG
-    infos = list(plugins.plugins.values())
+    infos = list(loaded[1].plugins.values())
     if args.requirements:
         # Only distributions: in-process plugins have nothing to pin.
         print(
