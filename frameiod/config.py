@@ -8,6 +8,7 @@ while loading (``frameiod check`` proves they resolve) and never printed.
 from __future__ import annotations
 
 import difflib
+import importlib.util
 import ipaddress
 import json
 import os
@@ -343,9 +344,27 @@ class MetricsConfig(_Table):
 class SpoolConfig(_Table):
     """``[spool]``: where accepted events wait for their handlers."""
 
+    backend: Literal["sqlite", "redis"] = "sqlite"
     path: str = "frameiod.db"
     synchronous: Literal["FULL", "NORMAL"] = "FULL"
     keep_done: Duration = 86400.0
+    # For backend = "redis" (several receivers sharing one queue): a secret reference,
+    # since the URL may carry a password.
+    redis_url: SecretRef = Field(
+        default_factory=lambda: Secret("<default>", "redis://127.0.0.1:6379/0")
+    )
+    stream_prefix: str = Field(default="frameiod", pattern=r"^[A-Za-z0-9_.:-]+$")
+
+    @field_validator("backend")
+    @classmethod
+    def _redis_installed(cls, backend: str) -> str:
+        # Said by `frameiod check`, not first at start-up: the package is an optional extra.
+        if backend == "redis" and importlib.util.find_spec("redis") is None:
+            raise PydanticCustomError(
+                "missing_package",
+                "\"redis\" needs the redis package: pip install 'frameiod[redis]'",
+            )
+        return backend
 
 
 class DispatchConfig(_Table):

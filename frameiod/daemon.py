@@ -14,6 +14,7 @@ import structlog
 from aiohttp import web
 
 from frameiod import __version__, systemd
+from frameiod.backends import Backend, open_backend
 from frameiod.client import FrameioClient
 from frameiod.config import Config, ConfigError, load_config
 from frameiod.connections import GuardedRunner, load_tls, tls_context
@@ -24,7 +25,7 @@ from frameiod.logs import configure_logging
 from frameiod.metrics import Metrics
 from frameiod.plugins import PluginHost
 from frameiod.server import SHUTDOWN_TIMEOUT, STATE, Live, create_app
-from frameiod.spool import Spool, SpoolError, SpoolUnavailable
+from frameiod.spool import SpoolBackend, SpoolError, SpoolUnavailable
 
 __all__ = ["Daemon", "serve"]
 
@@ -41,7 +42,8 @@ class Daemon:
         self.config = config
         self.plugins = plugins or PluginHost()
         self.metrics = Metrics(config.sources, __version__)
-        self.spool: Spool | None = None
+        self.backend: Backend | None = None
+        self.spool: SpoolBackend | None = None
         self.client: FrameioClient | None = None
         self.app: web.Application | None = None
         self.dispatcher: Dispatcher | None = None
@@ -63,13 +65,13 @@ class Daemon:
         visible now (TLS files, two plugins answering one action), OSError if it cannot
         listen. Whatever was started is stopped again before raising.
         """
-        spool_path = self.config.resolve_path(self.config.spool.path)
-        self.spool = spool = await Spool.open(spool_path, self.config.spool.synchronous)
+        self.backend = backend = await open_backend(self.config)
+        self.spool = spool = backend.spool
         if spool.recovered:
             log.warning(
                 "deliveries interrupted by a crash will run again",
                 count=spool.recovered,
-                spool=str(spool_path),
+                spool=spool.describe(),
             )
         try:
             self._tls = tls_context(self.config)
@@ -80,6 +82,7 @@ class Daemon:
                 metrics=self.metrics,
                 routes=routes,
                 observe=self._observe,
+                limiter=backend.limiter,
             )
             await self._listen(self.app)
         except (ConfigError, OSError):
@@ -99,7 +102,7 @@ class Daemon:
             sources=sorted(state.sources),
             plugins=self.plugins.loaded,
             config=str(self.config.path),
-            spool=str(spool_path),
+            spool=spool.describe(),
         )
 
     async def _close_resources(self) -> None:
@@ -172,7 +175,7 @@ class Daemon:
             await self._runner.cleanup()
             raise
 
-    def _start_dispatching(self, spool: Spool, routes: Routes) -> None:
+    def _start_dispatching(self, spool: SpoolBackend, routes: Routes) -> None:
         dispatch = self.config.dispatch
         self.dispatcher = Dispatcher(
             spool,
@@ -222,7 +225,8 @@ class Daemon:
             for problem in exc.problems:
                 log.error("config reload refused; the old config stays in force", problem=problem)
             return False
-        live = Live.build(new, state.routes)
+        assert self.backend is not None
+        live = Live.build(new, state.routes, limiter=self.backend.limiter)
         self.metrics.add_sources(live.sources)
         changed = _needs_restart(self.config, new)
         old_log = self.config.log

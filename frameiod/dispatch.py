@@ -24,7 +24,7 @@ from frameiod.events import PayloadError, WebhookEvent, parse_webhook
 from frameiod.handlers import Outcome, Routes, WebhookHandler, call_handler
 from frameiod.metrics import Metrics
 from frameiod.ratelimit import TokenBucket
-from frameiod.spool import Claimed, Spool, SpoolUnavailable
+from frameiod.spool import Claimed, DeliveryId, SpoolBackend, SpoolUnavailable
 
 __all__ = ["Dispatcher", "Notify", "RetryPolicy"]
 
@@ -81,7 +81,7 @@ class Dispatcher:
 
     def __init__(
         self,
-        spool: Spool,
+        spool: SpoolBackend,
         routes: Routes,
         *,
         policy: RetryPolicy | None = None,
@@ -95,13 +95,16 @@ class Dispatcher:
         self._metrics = metrics
         self._notify = notify
         self._handlers = {handler.key: handler for handler in routes.handlers}
-        self._running: dict[int, tuple[Claimed, asyncio.Task[None]]] = {}
+        self._running: dict[DeliveryId, tuple[Claimed, asyncio.Task[None]]] = {}
         self._busy = dict.fromkeys(self._handlers, 0)
         self._wake = asyncio.Event()
         self._rates: dict[str, TokenBucket] = {}
         self._finished = asyncio.Condition()
         self._stopping = False
         spool.on_new_work(self._wake.set)
+        spool.expect_handlers(
+            {key: h.timeout or self._policy.handler_timeout for key, h in self._handlers.items()}
+        )
         self.calls = 0
 
     # --- the scheduler -----------------------------------------------------------

@@ -5,6 +5,10 @@ so a 429 costs the sender one of them: the per-source limit counts only deliveri
 passed the signature check (forged traffic cannot spend a real source's budget), and the
 per-address limit counts only refusals, so it stops a misbehaving sender early without
 touching well-behaved ones.
+
+`SourceLimits` is the interface the server uses for the per-source limit: `SourceLimiter`
+(here, in memory) serves one process; `frameiod.redis_spool.RedisSourceLimiter` shares one
+bucket per source among every receiver on a Redis.
 """
 
 from __future__ import annotations
@@ -15,10 +19,32 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
-__all__ = ["AddressLimiter", "SourceLimiter", "TokenBucket", "client_address", "retry_after"]
+__all__ = [
+    "AddressLimiter",
+    "Limits",
+    "SourceLimiter",
+    "SourceLimits",
+    "TokenBucket",
+    "client_address",
+    "retry_after",
+]
 
 Clock = Callable[[], float]
+Limits = Mapping[str, tuple[float, int]]
+"""``rate`` (per second) and ``burst`` by source name."""
+
+
+class SourceLimits(Protocol):
+    """The per-source limit on verified deliveries."""
+
+    async def take(self, source: str) -> float:
+        """0 if this delivery may pass, else the seconds until the source may send again.
+
+        Raises `frameiod.spool.SpoolUnavailable` if the shared state cannot be reached.
+        """
+        ...
 
 
 @dataclass(slots=True)
@@ -71,16 +97,14 @@ def retry_after(seconds: float) -> str:
 class SourceLimiter:
     """One bucket per source: ``rate`` verified deliveries per second, bursts of ``burst``."""
 
-    def __init__(
-        self, limits: Mapping[str, tuple[float, int]], clock: Clock = time.monotonic
-    ) -> None:
+    def __init__(self, limits: Limits, clock: Clock = time.monotonic) -> None:
         now = clock()
         self._clock = clock
         self._buckets = {
             name: TokenBucket.full(rate, burst, now) for name, (rate, burst) in limits.items()
         }
 
-    def take(self, source: str) -> float:
+    async def take(self, source: str) -> float:
         """0 if this delivery may pass, else the seconds until the source may send again."""
         bucket = self._buckets.get(source)
         return bucket.take(self._clock()) if bucket else 0.0

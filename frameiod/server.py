@@ -25,9 +25,17 @@ from frameiod.events import PayloadError, WebhookEvent, parse_action, parse_webh
 from frameiod.handlers import Routes, secret_id
 from frameiod.ids import new_event_id
 from frameiod.metrics import Metrics
-from frameiod.ratelimit import AddressLimiter, Clock, SourceLimiter, client_address, retry_after
+from frameiod.ratelimit import (
+    AddressLimiter,
+    Clock,
+    Limits,
+    SourceLimiter,
+    SourceLimits,
+    client_address,
+    retry_after,
+)
 from frameiod.signature import SignatureError, Verified, verify
-from frameiod.spool import Incoming, Spool, SpoolUnavailable
+from frameiod.spool import Incoming, SpoolBackend, SpoolUnavailable
 
 __all__ = ["SHUTDOWN_TIMEOUT", "STATE", "ServerState", "SourceKeys", "create_app", "source_keys"]
 
@@ -68,19 +76,28 @@ class Live:
 
     config: Config
     sources: Mapping[str, SourceKeys]
-    limiter: SourceLimiter
+    limiter: SourceLimits
     addresses: AddressLimiter
 
     @classmethod
-    def build(cls, config: Config, routes: Routes, clock: Clock = time.monotonic) -> Live:
-        """Everything derived from ``config`` (and the secrets ``routes`` declare)."""
+    def build(
+        cls,
+        config: Config,
+        routes: Routes,
+        clock: Clock = time.monotonic,
+        limiter: Callable[[Limits], SourceLimits] | None = None,
+    ) -> Live:
+        """Everything derived from ``config`` (and the secrets ``routes`` declare).
+
+        ``limiter`` builds the per-source limiter (default: in memory, on ``clock``).
+        """
         sources = source_keys(config, routes)
         limits = {name: (config.source(name).rate, config.source(name).burst) for name in sources}
         server = config.server
         return cls(
             config=config,
             sources=sources,
-            limiter=SourceLimiter(limits, clock),
+            limiter=limiter(limits) if limiter else SourceLimiter(limits, clock),
             addresses=AddressLimiter(
                 server.unauthenticated_failures, server.max_tracked_addresses, clock
             ),
@@ -93,7 +110,7 @@ class ServerState:
 
     live: Live
     routes: Routes
-    spool: Spool
+    spool: SpoolBackend
     metrics: Metrics
     clock: Callable[[], float] = time.time
     observe: Callable[[WebhookEvent, str], None] = lambda event, source: None
@@ -211,7 +228,10 @@ async def _verify(
         raise Rejection(401, outcome, exc.reason, exc.detail, public="unauthorized") from None
 
     # Only verified deliveries spend a source's budget: forgeries cannot exhaust it.
-    wait = live.limiter.take(source_name)
+    try:
+        wait = await live.limiter.take(source_name)
+    except SpoolUnavailable as exc:
+        raise Rejection(503, "unavailable", exc.reason, exc.detail) from None
     if wait:
         state.metrics.rate_limited.labels(source=source_name).inc()
         raise Rejection(
@@ -391,20 +411,22 @@ async def readyz(request: web.Request) -> web.Response:
 def create_app(
     config: Config,
     *,
-    spool: Spool,
+    spool: SpoolBackend,
     metrics: Metrics,
     routes: Routes | None = None,
     clock: Callable[[], float] = time.time,
     observe: Callable[[WebhookEvent, str], None] | None = None,
+    limiter: Callable[[Limits], SourceLimits] | None = None,
 ) -> web.Application:
     """Build the aiohttp application; all state lives on it under `STATE`.
 
     ``routes`` decides which handlers get a delivery, and contributes the secrets declared
-    on handlers (see `source_keys`).
+    on handlers (see `source_keys`); ``limiter`` builds the per-source rate limiter
+    (default: in memory).
     """
     app = web.Application()
     routes = routes or Routes(())
-    live = Live.build(config, routes)
+    live = Live.build(config, routes, limiter=limiter)
     metrics.add_sources(live.sources)
     app[STATE] = ServerState(
         live=live,

@@ -10,6 +10,9 @@ disk is the exception: SQLite then rolls back the whole transaction, and every o
 of that batch is reported failed, none falsely reported committed.)
 
 Delivery states: ``pending`` (due at ``next_attempt_at``), ``running``, ``done``, ``dead``.
+
+`SpoolBackend` is the interface the server and the dispatcher use; `Spool` (here) and
+`frameiod.redis_spool.RedisSpool` implement it, and `frameiod.backends` picks one.
 """
 
 from __future__ import annotations
@@ -23,14 +26,16 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 
 __all__ = [
     "SCHEMA_VERSION",
     "Accepted",
     "Claimed",
+    "DeliveryId",
     "Incoming",
     "Spool",
+    "SpoolBackend",
     "SpoolError",
     "SpoolUnavailable",
 ]
@@ -115,11 +120,15 @@ class Accepted:
     deliveries: int
 
 
+DeliveryId = int | str
+"""Opaque to the dispatcher: a row id in SQLite, ``"<event id> <handler>"`` in Redis."""
+
+
 @dataclass(frozen=True, slots=True)
 class Claimed:
     """One delivery handed to a worker: run ``handler`` for this event."""
 
-    delivery_id: int
+    delivery_id: DeliveryId
     event_id: str
     handler: str
     attempts: int
@@ -127,6 +136,96 @@ class Claimed:
     body: bytes
     timestamp: int
     received_at: float
+
+
+class SpoolBackend(Protocol):
+    """Where accepted events wait for their handlers: what the server and dispatcher use.
+
+    Every method raises `SpoolUnavailable` when the store cannot be reached or written.
+    """
+
+    recovered: int
+    """Deliveries a crash had left running, made pending again at open (for the log)."""
+
+    def describe(self) -> str:
+        """Where the spool lives, for log lines (never a password)."""
+        ...
+
+    def on_new_work(self, listener: Callable[[], None]) -> None:
+        """Call ``listener`` (on the event loop) whenever this process added due work."""
+        ...
+
+    def expect_handlers(self, timeouts: dict[str, float]) -> None:
+        """The handlers this process runs, each with its timeout: a delivery claimed longer
+        ago than that (plus a grace) was abandoned by a process that died."""
+        ...
+
+    async def accept(self, incoming: Incoming, handlers: Sequence[str]) -> Accepted:
+        """Store ``incoming`` with one pending delivery per handler, unless a duplicate."""
+        ...
+
+    async def claim(
+        self, limit: int, caps: dict[str, int], now: float | None = None
+    ) -> list[Claimed]:
+        """Mark up to ``limit`` due deliveries running, oldest first, at most ``caps[h]``
+        of handler ``h`` (handlers not in ``caps`` are skipped), and return them."""
+        ...
+
+    async def finish(
+        self,
+        delivery_id: DeliveryId,
+        *,
+        outcome: str,
+        seconds: float,
+        error: str | None,
+        next_attempt_at: float | None = None,
+        dead: bool = False,
+    ) -> None:
+        """Record how a call ended: done if ``outcome`` is "ok", dead if ``dead``, else
+        pending again at ``next_attempt_at``."""
+        ...
+
+    async def release(self, delivery_ids: Iterable[DeliveryId]) -> None:
+        """Make deliveries cut short by a stop pending again."""
+        ...
+
+    async def next_due(self, handlers: Iterable[str]) -> float | None:
+        """When the earliest pending delivery of ``handlers`` is due (epoch seconds), or None."""
+        ...
+
+    async def deliveries_of(self, event_id: str) -> list[dict[str, Any]]:
+        """Every delivery of one event: ``handler``, ``state``, ``attempts``,
+        ``last_outcome``, ``last_error``, ``last_seconds`` per row."""
+        ...
+
+    async def gauges(self, now: float | None = None) -> tuple[dict[str, int], float]:
+        """Deliveries per state, and the age in seconds of the oldest due pending one."""
+        ...
+
+    async def purge_done(self, older_than: float) -> int:
+        """Forget events all of whose deliveries are done, received more than
+        ``older_than`` seconds ago; returns how many."""
+        ...
+
+    async def close(self) -> None:
+        """Finish what is queued and let go of the store."""
+        ...
+
+
+class Listeners:
+    """Callbacks told that new work is due (the dispatcher's wake-up)."""
+
+    def __init__(self) -> None:
+        self._listeners: list[Callable[[], None]] = []
+
+    def add(self, listener: Callable[[], None]) -> None:
+        """Call ``listener`` on every `notify`."""
+        self._listeners.append(listener)
+
+    def notify(self) -> None:
+        """Tell every listener."""
+        for listener in self._listeners:
+            listener()
 
 
 def _unavailable(exc: sqlite3.Error) -> SpoolUnavailable:
@@ -312,7 +411,7 @@ class Spool:
         self.recovered = recovered
         """How many deliveries a crash had left ``running`` (now ``pending`` again)."""
         self._writer = writer
-        self._listeners: list[Callable[[], None]] = []
+        self._listeners = Listeners()
         self._closed = False
 
     @classmethod
@@ -343,17 +442,24 @@ class Spool:
             self._writer.jobs.put((operation, (loop, future)))
         return future
 
+    def describe(self) -> str:
+        """The spool file."""
+        return str(self.path)
+
     def on_new_work(self, listener: Callable[[], None]) -> None:
         """Call ``listener`` (on the event loop) whenever new deliveries were committed."""
-        self._listeners.append(listener)
+        self._listeners.add(listener)
+
+    def expect_handlers(self, timeouts: dict[str, float]) -> None:
+        """Nothing to do: one process owns this file, and `open` recovers what a crash left
+        running."""
 
     async def accept(self, incoming: Incoming, handlers: Sequence[str]) -> Accepted:
         """Commit ``incoming`` with one pending delivery per handler in ``handlers``, unless it
         is a duplicate; raise `SpoolUnavailable` if it cannot be written."""
         accepted = await self.run(lambda conn: _accept(conn, incoming, handlers))
         if accepted.deliveries:
-            for listener in self._listeners:
-                listener()
+            self._listeners.notify()
         return accepted
 
     async def claim(
@@ -371,7 +477,7 @@ class Spool:
 
     async def finish(
         self,
-        delivery_id: int,
+        delivery_id: DeliveryId,
         *,
         outcome: str,
         seconds: float,
@@ -399,10 +505,9 @@ class Spool:
             )
         )
         if state == "pending":
-            for listener in self._listeners:
-                listener()
+            self._listeners.notify()
 
-    async def release(self, delivery_ids: Iterable[int]) -> None:
+    async def release(self, delivery_ids: Iterable[DeliveryId]) -> None:
         """Put deliveries that were running back to ``pending`` (a call cut short by stop)."""
         ids = [(time.time(), delivery_id) for delivery_id in delivery_ids]
         await self.run(

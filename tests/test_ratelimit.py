@@ -46,13 +46,13 @@ class TestTokenBucket:
 
 
 class TestSourceLimiter:
-    def test_each_source_has_its_own_bucket(self):
+    async def test_each_source_has_its_own_bucket(self):
         clock = FakeClock()
         limiter = SourceLimiter({"a": (1.0, 2), "b": (1.0, 1)}, clock)
-        assert [limiter.take("a") for _ in range(3)] == [0.0, 0.0, 1.0]
-        assert limiter.take("b") == 0.0
-        assert limiter.take("b") == 1.0
-        assert limiter.take("unconfigured") == 0.0
+        assert [await limiter.take("a") for _ in range(3)] == [0.0, 0.0, 1.0]
+        assert await limiter.take("b") == 0.0
+        assert await limiter.take("b") == 1.0
+        assert await limiter.take("unconfigured") == 0.0
 
 
 class TestAddressLimiter:

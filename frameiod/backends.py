@@ -1,0 +1,37 @@
+"""Which spool and per-source rate limiter a daemon uses: ``[spool] backend``.
+
+The one place that knows there is more than one: everything else talks to
+`frameiod.spool.SpoolBackend` and `frameiod.ratelimit.SourceLimits`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from frameiod.config import Config
+from frameiod.ratelimit import Limits, SourceLimits
+from frameiod.spool import Spool, SpoolBackend
+
+__all__ = ["Backend", "open_backend"]
+
+
+@dataclass(frozen=True)
+class Backend:
+    """An open spool, and how to build per-source limiters that match it."""
+
+    spool: SpoolBackend
+    limiter: Callable[[Limits], SourceLimits] | None = None
+    """None: each process keeps its own buckets in memory."""
+
+
+async def open_backend(config: Config) -> Backend:
+    """Open the configured spool; raise `frameiod.spool.SpoolError` if it cannot be used."""
+    if config.spool.backend == "redis":
+        # Imported only here: redis is an optional dependency (frameiod[redis]).
+        from frameiod.redis_spool import RedisSpool  # noqa: PLC0415
+
+        redis_spool = await RedisSpool.open(config)
+        return Backend(redis_spool, redis_spool.source_limiter)
+    path = config.resolve_path(config.spool.path)
+    return Backend(await Spool.open(path, config.spool.synchronous))

@@ -1,0 +1,623 @@
+"""The spool on Redis Streams: several receivers share one queue, and any of them may die.
+
+Accepting an event is one Lua script: the duplicate checks, then ``XADD`` to the source's
+stream and the event's hash with one pending delivery per handler. The 202 goes out only
+after Redis answered (with ``appendfsync always``, after it reached the disk).
+
+Every receiver reads the streams as a consumer of one group and moves what it reads into
+the per-handler sorted sets of due deliveries (``P:due:<handler>``), then acknowledges the
+entry. Deliveries are claimed from those sets by whichever receiver has a free worker: the
+claim raises the attempt count, marks the delivery running and moves its score to the end
+of a lease (the handler's timeout plus `LEASE_GRACE`). A receiver that dies mid-call
+leaves the lease to expire, and the delivery becomes due again for the others. An entry
+read but not yet moved by a receiver that died is taken over with ``XAUTOCLAIM`` once it
+has been idle longer than the longest lease. A failed call goes back into the sorted set at
+its retry time, a dead one also into the ``P:dead`` stream; each handler's state is its
+own, so one that succeeded never runs again because a sibling failed.
+
+Stream entries are deleted only with their event, when all its deliveries are done and
+``[spool] keep_done`` has passed: an entry still pending is never trimmed.
+See `frameiod.redis_store` for every key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import redis.asyncio as aioredis
+import structlog
+from redis.exceptions import RedisError, ResponseError
+
+from frameiod.config import Config
+from frameiod.ratelimit import Limits
+from frameiod.redis_ratelimit import RedisSourceLimiter
+from frameiod.redis_store import GROUP, LUA_PRELUDE, connect, redis_errors, safe_url
+from frameiod.spool import (
+    Accepted,
+    Claimed,
+    DeliveryId,
+    Incoming,
+    Listeners,
+    SpoolError,
+)
+
+__all__ = ["LEASE_GRACE", "RedisSpool"]
+
+log = structlog.get_logger("frameiod.redis")
+
+LEASE_GRACE = 5.0
+"""Seconds a claimed delivery may outlive its handler's timeout before others take it."""
+
+_ERROR_LIMIT = 2000
+_READ_COUNT = 256
+# Taking over entries of dead receivers is cheap but not free: at most this often.
+_AUTOCLAIM_SECONDS = 1.0
+_SOURCES_SECONDS = 2.0
+_STATES = ("pending", "running", "done", "dead")
+
+# ARGV: P, event_id, source, type, body, timestamp, signature, secret_id, received_at,
+# ttl, body digest, group, handlers... Returns {event id, 1 if duplicate else 0}.
+_ACCEPT = (
+    LUA_PRELUDE
+    + r"""
+local id, source = ARGV[2], ARGV[3]
+local seen_key = P .. ':seen:' .. source .. ':' .. ARGV[6] .. ':' .. ARGV[7]
+local body_key = P .. ':body:' .. source .. ':' .. ARGV[8] .. ':' .. ARGV[11]
+local seen = redis.call('GET', seen_key)
+if seen then return {seen, 1} end
+-- An identical body whose deliveries are all still waiting: that run will see the latest.
+local twin = redis.call('GET', body_key)
+if twin then
+  local handlers = handlers_of(event_key(twin))
+  local waiting = #handlers > 0
+  for _, h in ipairs(handlers) do
+    if redis.call('HGET', event_key(twin), h .. '|state') ~= 'pending' then
+      waiting = false
+      break
+    end
+  end
+  if waiting then
+    redis.call('SET', seen_key, twin, 'EX', ARGV[10])
+    return {twin, 1}
+  end
+end
+local stream = stream_key(source)
+if redis.call('SADD', P .. ':sources', source) == 1 then
+  redis.pcall('XGROUP', 'CREATE', stream, ARGV[12], '0', 'MKSTREAM')
+end
+local entry = redis.call('XADD', stream, '*', 'id', id, 'type', ARGV[4], 'body', ARGV[5],
+  'timestamp', ARGV[6], 'received_at', ARGV[9])
+local fields = {'source', source, 'type', ARGV[4], 'entry', entry, 'timestamp', ARGV[6],
+  'signature', ARGV[7], 'secret_id', ARGV[8], 'received_at', ARGV[9]}
+local handlers = {}
+for i = 13, #ARGV do
+  local h = ARGV[i]
+  table.insert(handlers, h)
+  for _, v in ipairs({h .. '|state', 'pending', h .. '|attempts', '0', h .. '|due', ARGV[9]}) do
+    table.insert(fields, v)
+  end
+end
+table.insert(fields, 'handlers')
+table.insert(fields, table.concat(handlers, '\n'))
+redis.call('HSET', event_key(id), unpack(fields))
+redis.call('ZADD', P .. ':events', ARGV[9], id)
+if #handlers > 0 then
+  count(nil, 'pending', #handlers)
+else
+  redis.call('ZADD', P .. ':settled', ARGV[9], id)
+end
+redis.call('SET', seen_key, id, 'EX', ARGV[10])
+redis.call('SET', body_key, id, 'EX', ARGV[10])
+return {id, 0}
+"""
+)
+
+# ARGV: P, group, now, then (source, entry id, event id) per stream entry read.
+# Schedules each entry's waiting deliveries and acknowledges the entry. Returns how many
+# deliveries were scheduled.
+_SCHEDULE = (
+    LUA_PRELUDE
+    + r"""
+local now = tonumber(ARGV[3])
+local scheduled = 0
+for i = 4, #ARGV, 3 do
+  local id = ARGV[i + 2]
+  local ek = event_key(id)
+  for _, h in ipairs(handlers_of(ek)) do
+    local state = redis.call('HGET', ek, h .. '|state')
+    if state == 'pending' then
+      local due = redis.call('HGET', ek, h .. '|due') or fmt(now)
+      scheduled = scheduled + redis.call('ZADD', due_key(h), 'NX', due, id)
+    elseif state == 'running' then
+      -- Claims keep running deliveries in the set (under a lease): NX leaves those alone.
+      scheduled = scheduled + redis.call('ZADD', due_key(h), 'NX', fmt(now), id)
+    end
+  end
+  redis.call('XACK', stream_key(ARGV[i]), ARGV[2], ARGV[i + 1])
+end
+return scheduled
+"""
+)
+
+# ARGV: P, now, limit, then (handler, room, lease seconds) per handler that may start.
+# Returns {event id, handler, attempts, source, body, timestamp, received_at} per claim.
+_CLAIM = (
+    LUA_PRELUDE
+    + r"""
+local now, limit = tonumber(ARGV[2]), tonumber(ARGV[3])
+local due = {}
+for i = 4, #ARGV, 3 do
+  local h, room, lease = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
+  local rows = redis.call('ZRANGEBYSCORE', due_key(h), '-inf', fmt(now), 'WITHSCORES',
+    'LIMIT', 0, math.min(room, limit))
+  for j = 1, #rows, 2 do
+    table.insert(due, {tonumber(rows[j + 1]), h, rows[j], lease})
+  end
+end
+table.sort(due, function(a, b) return a[1] < b[1] end)
+local claimed = {}
+for _, item in ipairs(due) do
+  if #claimed >= limit then break end
+  local h, id, lease = item[2], item[3], item[4]
+  local ek = event_key(id)
+  local state = redis.call('HGET', ek, h .. '|state')
+  -- 'running' here means its lease ran out: the receiver running it died. Run it again.
+  if state == 'pending' or state == 'running' then
+    redis.call('ZADD', due_key(h), fmt(now + lease), id)
+    local attempts = redis.call('HINCRBY', ek, h .. '|attempts', 1)
+    redis.call('HSET', ek, h .. '|state', 'running', h .. '|updated', fmt(now))
+    if state == 'pending' then count('pending', 'running', 1) end
+    local ev = redis.call('HMGET', ek, 'source', 'entry', 'timestamp', 'received_at')
+    local body = ''
+    local entries = redis.call('XRANGE', stream_key(ev[1]), ev[2], ev[2])
+    if entries[1] then
+      local f = entries[1][2]
+      for k = 1, #f, 2 do
+        if f[k] == 'body' then body = f[k + 1] end
+      end
+    end
+    table.insert(claimed, {id, h, attempts, ev[1], body, ev[3], ev[4]})
+  else
+    redis.call('ZREM', due_key(h), id)  -- done, dead or purged meanwhile: nothing to run
+  end
+end
+return claimed
+"""
+)
+
+# ARGV: P, event id, handler, attempt, outcome, error, seconds, next attempt ('' if none),
+# dead ('1' or '0'), now. Returns 1 if recorded, 0 if a newer attempt owns the delivery.
+_FINISH = (
+    LUA_PRELUDE
+    + r"""
+local id, h, outcome = ARGV[2], ARGV[3], ARGV[5]
+local ek = event_key(id)
+local state = redis.call('HGET', ek, h .. '|state')
+if state ~= 'running' and state ~= 'pending' then return 0 end
+-- A success always counts (the work is done); a failure only from the latest attempt.
+if outcome ~= 'ok' and redis.call('HGET', ek, h .. '|attempts') ~= ARGV[4] then return 0 end
+redis.call('HSET', ek, h .. '|outcome', outcome, h .. '|error', ARGV[6],
+  h .. '|seconds', ARGV[7], h .. '|updated', ARGV[10])
+if outcome == 'ok' then
+  redis.call('HSET', ek, h .. '|state', 'done')
+  redis.call('ZREM', due_key(h), id)
+  count(state, 'done', 1)
+  for _, other in ipairs(handlers_of(ek)) do
+    if redis.call('HGET', ek, other .. '|state') ~= 'done' then return 1 end
+  end
+  redis.call('ZADD', P .. ':settled', ARGV[10], id)
+elseif ARGV[9] == '1' then
+  local ev = redis.call('HMGET', ek, 'source', 'type')
+  local entry = redis.call('XADD', P .. ':dead', '*', 'event_id', id, 'handler', h,
+    'source', ev[1], 'type', ev[2], 'error', ARGV[6], 'attempts', ARGV[4], 'at', ARGV[10])
+  redis.call('HSET', ek, h .. '|state', 'dead', h .. '|dead_entry', entry)
+  redis.call('ZREM', due_key(h), id)
+  count(state, 'dead', 1)
+else
+  redis.call('HSET', ek, h .. '|state', 'pending', h .. '|due', ARGV[8])
+  redis.call('ZADD', due_key(h), ARGV[8], id)
+  count(state, 'pending', 1)
+end
+return 1
+"""
+)
+
+# ARGV: P, now, then (event id, handler, attempt) per delivery a stop cut short.
+_RELEASE = (
+    LUA_PRELUDE
+    + r"""
+local released = 0
+for i = 3, #ARGV, 3 do
+  local id, h = ARGV[i], ARGV[i + 1]
+  local ek = event_key(id)
+  if redis.call('HGET', ek, h .. '|state') == 'running'
+      and redis.call('HGET', ek, h .. '|attempts') == ARGV[i + 2] then
+    redis.call('HSET', ek, h .. '|state', 'pending', h .. '|due', ARGV[2])
+    redis.call('ZADD', due_key(h), ARGV[2], id)
+    count('running', 'pending', 1)
+    released = released + 1
+  end
+end
+return released
+"""
+)
+
+# ARGV: P, cutoff, limit. Deletes events settled before cutoff, with their stream entries.
+_PURGE_DONE = (
+    LUA_PRELUDE
+    + r"""
+local ids = redis.call('ZRANGEBYSCORE', P .. ':settled', '-inf', ARGV[2], 'LIMIT', 0, ARGV[3])
+for _, id in ipairs(ids) do
+  local ek = event_key(id)
+  local ev = redis.call('HMGET', ek, 'source', 'entry')
+  if ev[1] then redis.call('XDEL', stream_key(ev[1]), ev[2]) end
+  local done = 0
+  for _, h in ipairs(handlers_of(ek)) do
+    if redis.call('HGET', ek, h .. '|state') == 'done' then done = done + 1 end
+  end
+  count('done', nil, done)
+  redis.call('DEL', ek)
+  redis.call('ZREM', P .. ':settled', id)
+  redis.call('ZREM', P .. ':events', id)
+end
+return #ids
+"""
+)
+
+
+def _text(value: bytes | str | None) -> str | None:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _node_name() -> str:
+    # Unique per process: a restarted receiver must not inherit its predecessor's entries
+    # (they are taken over like any dead receiver's).
+    return f"{socket.gethostname()}-{os.getpid()}-{os.urandom(3).hex()}"
+
+
+class RedisSpool:
+    """`frameiod.spool.SpoolBackend` on Redis Streams, shared by every receiver."""
+
+    recovered = 0  # nothing to recover at start: leases and XAUTOCLAIM take over any time
+
+    def __init__(self, client: aioredis.Redis, config: Config) -> None:
+        spool = config.spool
+        self._client = client
+        self._url = spool.redis_url.reveal()
+        self._prefix = spool.stream_prefix
+        self._default_timeout = config.dispatch.handler_timeout
+        # Duplicates are refused for as long as Frame.io could send them and the signature
+        # check would pass: the widest tolerance either way, with a margin.
+        tolerance = max((s.tolerance for s in config.sources.values()), default=300.0)
+        self._dedup_ttl = int(2 * tolerance) + 60
+        self.node = _node_name()
+        self._listeners = Listeners()
+        self._timeouts: dict[str, float] = {}
+        self._attempts: dict[DeliveryId, int] = {}
+        self._sources: set[str] = set()
+        self._sources_read = 0.0
+        self._autoclaimed = 0.0
+        self._accept = client.register_script(_ACCEPT)
+        self._schedule = client.register_script(_SCHEDULE)
+        self._claim = client.register_script(_CLAIM)
+        self._finish = client.register_script(_FINISH)
+        self._release = client.register_script(_RELEASE)
+        self._purge_done = client.register_script(_PURGE_DONE)
+
+    @classmethod
+    async def open(cls, config: Config) -> RedisSpool:
+        """Connect to ``[spool] redis_url``; raise `SpoolError` if Redis cannot be used.
+
+        Warns when Redis's persistence settings could lose an acknowledged event.
+        """
+        url = config.spool.redis_url.reveal()
+        client = connect(url)
+        try:
+            info = await client.info("server")
+        except RedisError as exc:
+            await client.aclose()
+            raise SpoolError(f"cannot use Redis at {safe_url(url)}: {exc}") from None
+        version = str(info.get("redis_version", "0"))
+        if tuple(int(part) for part in version.split(".")[:2]) < (6, 2):
+            await client.aclose()
+            raise SpoolError(
+                f"Redis at {safe_url(url)} is version {version}; frameiod needs 6.2 or newer "
+                "(XAUTOCLAIM)"
+            )
+        spool = cls(client, config)
+        await spool._warn_about_persistence()
+        return spool
+
+    async def _warn_about_persistence(self) -> None:
+        where = safe_url(self._url)
+        try:
+            settings = await self._client.config_get("appendonly", "appendfsync")
+        except RedisError as exc:  # CONFIG is often renamed away on managed Redis
+            log.warning(
+                "cannot read Redis's persistence settings; make sure appendonly is on",
+                redis=where,
+                error=str(exc),
+            )
+            return
+        appendonly = _text(settings.get(b"appendonly", settings.get("appendonly")))
+        fsync = _text(settings.get(b"appendfsync", settings.get("appendfsync")))
+        if appendonly != "yes":
+            log.warning(
+                "Redis keeps no append-only file: a Redis restart loses events acknowledged "
+                "since its last snapshot; set appendonly yes",
+                redis=where,
+            )
+        elif fsync != "always":
+            log.warning(
+                "Redis fsyncs its append-only file only every second: a power loss or "
+                "kernel crash can lose the last second of acknowledged events; set "
+                "appendfsync always for the same promise as the SQLite spool",
+                redis=where,
+                appendfsync=fsync,
+            )
+
+    def describe(self) -> str:
+        """The Redis URL (without password) and the key prefix."""
+        return f"{safe_url(self._url)} ({self._prefix}:*)"
+
+    def source_limiter(self, limits: Limits) -> RedisSourceLimiter:
+        """A per-source limiter whose buckets every receiver on this Redis shares."""
+        return RedisSourceLimiter(self._client, self._url, self._prefix, limits)
+
+    def on_new_work(self, listener: Callable[[], None]) -> None:
+        """Call ``listener`` whenever this receiver accepted or rescheduled work."""
+        self._listeners.add(listener)
+
+    def expect_handlers(self, timeouts: dict[str, float]) -> None:
+        """The handlers this receiver runs and their timeouts (the leases of its claims)."""
+        self._timeouts = dict(timeouts)
+
+    def _lease(self, handler: str) -> float:
+        return self._timeouts.get(handler, self._default_timeout) + LEASE_GRACE
+
+    async def accept(self, incoming: Incoming, handlers: Sequence[str]) -> Accepted:
+        """``XADD`` the event with one pending delivery per handler, unless a duplicate."""
+        digest = hashlib.sha256(incoming.body).hexdigest()
+        with redis_errors(self._url):
+            event_id, duplicate = await self._accept(
+                args=[
+                    self._prefix,
+                    incoming.id,
+                    incoming.source,
+                    incoming.type,
+                    incoming.body,
+                    incoming.timestamp,
+                    incoming.signature,
+                    incoming.secret_id,
+                    repr(incoming.received_at),
+                    self._dedup_ttl,
+                    digest,
+                    GROUP,
+                    *handlers,
+                ]
+            )
+        event_id = _text(event_id)
+        assert event_id is not None
+        # Our own id back means the first try did land and a retry of the script after a
+        # dropped connection saw it: that is this request's event, not a duplicate.
+        if duplicate and event_id != incoming.id:
+            return Accepted(event_id, duplicate=True, deliveries=0)
+        self._sources.add(incoming.source)
+        if handlers:
+            self._listeners.notify()
+        return Accepted(incoming.id, duplicate=False, deliveries=len(handlers))
+
+    async def claim(
+        self, limit: int, caps: dict[str, int], now: float | None = None
+    ) -> list[Claimed]:
+        """Take in new stream entries (and those of dead receivers), then claim up to
+        ``limit`` due deliveries, oldest first, under a lease."""
+        if limit <= 0 or not caps:
+            return []
+        moment = time.time() if now is None else now
+        with redis_errors(self._url):
+            await self._take_in(moment)
+            args: list[Any] = [self._prefix, repr(moment), limit]
+            for handler, room in caps.items():
+                if room > 0:
+                    args += [handler, room, repr(self._lease(handler))]
+            rows = await self._claim(args=args)
+        claimed = []
+        for event_id, handler, attempts, source, body, timestamp, received_at in rows:
+            item = Claimed(
+                delivery_id=f"{_text(event_id)} {_text(handler)}",
+                event_id=str(_text(event_id)),
+                handler=str(_text(handler)),
+                attempts=int(attempts),
+                source=str(_text(source)),
+                body=body,
+                timestamp=int(timestamp),
+                received_at=float(received_at),
+            )
+            self._attempts[item.delivery_id] = item.attempts
+            claimed.append(item)
+        return claimed
+
+    async def _take_in(self, now: float) -> None:
+        """Move stream entries into the due sets: new ones, and ones a dead receiver read."""
+        if now - self._sources_read > _SOURCES_SECONDS:
+            members = await self._client.smembers(f"{self._prefix}:sources")
+            self._sources |= {str(_text(m)) for m in members}
+            self._sources_read = now
+        if not self._sources:
+            return
+        streams = {f"{self._prefix}:stream:{source}": ">" for source in sorted(self._sources)}
+        try:
+            answer = await self._client.xreadgroup(
+                GROUP, self.node, streams=streams, count=_READ_COUNT
+            )
+        except ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            await self._create_groups(streams)
+            return
+        entries = [
+            (stream, entry_id, fields)
+            for stream, items in answer or []
+            for entry_id, fields in items
+        ]
+        if now - self._autoclaimed > _AUTOCLAIM_SECONDS:
+            self._autoclaimed = now
+            entries += await self._adopt(streams, now)
+        if entries:
+            await self._schedule_entries(entries, now)
+
+    async def _adopt(self, streams: dict[str, str], now: float) -> list[Any]:
+        """Entries read by a receiver that then died, idle longer than any lease."""
+        idle_ms = int(1000 * (max(self._timeouts.values(), default=self._default_timeout)))
+        idle_ms += int(1000 * LEASE_GRACE)
+        adopted = []
+        for stream in streams:
+            _, items, *_ = await self._client.xautoclaim(
+                stream, GROUP, self.node, min_idle_time=idle_ms, count=_READ_COUNT
+            )
+            adopted += [(stream, entry_id, fields) for entry_id, fields in items]
+        if adopted:
+            log.warning("took over stream entries of a receiver that stopped", count=len(adopted))
+        return adopted
+
+    async def _schedule_entries(self, entries: list[Any], now: float) -> None:
+        args: list[Any] = [self._prefix, GROUP, repr(now)]
+        prefix = f"{self._prefix}:stream:"
+        for stream, entry_id, fields in entries:
+            source = str(_text(stream)).removeprefix(prefix)
+            event_id = fields.get(b"id") or b""
+            args += [source, entry_id, event_id]
+        await self._schedule(args=args)
+
+    async def _create_groups(self, streams: dict[str, str]) -> None:
+        # Redis lost its data (no persistence) or a stream was deleted by hand.
+        for stream in streams:
+            try:
+                await self._client.xgroup_create(stream, GROUP, id="0", mkstream=True)
+            except ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+
+    async def finish(
+        self,
+        delivery_id: DeliveryId,
+        *,
+        outcome: str,
+        seconds: float,
+        error: str | None,
+        next_attempt_at: float | None = None,
+        dead: bool = False,
+    ) -> None:
+        """Record how a call ended (ignored if a newer attempt already owns the delivery)."""
+        event_id, handler = str(delivery_id).split(" ", 1)
+        attempt = self._attempts.pop(delivery_id, 0)
+        now = time.time()
+        with redis_errors(self._url):
+            await self._finish(
+                args=[
+                    self._prefix,
+                    event_id,
+                    handler,
+                    attempt,
+                    outcome,
+                    (error or "")[:_ERROR_LIMIT],
+                    repr(seconds),
+                    repr(next_attempt_at) if next_attempt_at is not None else repr(now),
+                    "1" if dead else "0",
+                    repr(now),
+                ]
+            )
+        if outcome != "ok" and not dead:
+            self._listeners.notify()
+
+    async def release(self, delivery_ids: Iterable[DeliveryId]) -> None:
+        """Make deliveries cut short by a stop due now, for any receiver."""
+        args: list[Any] = [self._prefix, repr(time.time())]
+        for delivery_id in delivery_ids:
+            event_id, handler = str(delivery_id).split(" ", 1)
+            args += [event_id, handler, self._attempts.pop(delivery_id, 0)]
+        if len(args) > 2:
+            with redis_errors(self._url):
+                await self._release(args=args)
+
+    async def next_due(self, handlers: Iterable[str]) -> float | None:
+        """The earliest score in the handlers' due sets (a retry, or a lease running out)."""
+        names = list(handlers)
+        if not names:
+            return None
+        with redis_errors(self._url):
+            async with self._client.pipeline(transaction=False) as pipe:
+                for handler in names:
+                    pipe.zrange(f"{self._prefix}:due:{handler}", 0, 0, withscores=True)
+                answers = await pipe.execute()
+        scores = [rows[0][1] for rows in answers if rows]
+        return min(scores) if scores else None
+
+    async def deliveries_of(self, event_id: str) -> list[dict[str, Any]]:
+        """Every delivery of one event, as rows like the SQLite spool's."""
+        with redis_errors(self._url):
+            raw = await self._client.hgetall(f"{self._prefix}:event:{event_id}")
+        return delivery_rows(event_id, raw)
+
+    async def gauges(self, now: float | None = None) -> tuple[dict[str, int], float]:
+        """Deliveries per state (kept by the scripts), and the age of the oldest due one."""
+        moment = time.time() if now is None else now
+        with redis_errors(self._url):
+            counts = await self._client.hgetall(f"{self._prefix}:counts")
+            due = await self.next_due(self._timeouts)
+        states = dict.fromkeys(_STATES, 0)
+        for state, value in counts.items():
+            if (name := str(_text(state))) in states:
+                states[name] = max(0, int(value))
+        age = moment - due if due is not None and due <= moment else 0.0
+        return states, age
+
+    async def purge_done(self, older_than: float) -> int:
+        """Delete events (and their stream entries) all done more than ``older_than`` ago."""
+        cutoff = time.time() - older_than
+        purged = 0
+        with redis_errors(self._url):
+            while batch := await self._purge_done(args=[self._prefix, repr(cutoff), 500]):
+                purged += int(batch)
+                if batch < 500:
+                    break
+        return purged
+
+    async def close(self) -> None:
+        """Close the connections (everything is already in Redis)."""
+        await self._client.aclose()
+
+
+def delivery_rows(event_id: str, raw: dict[Any, Any]) -> list[dict[str, Any]]:
+    """The deliveries in an event hash, as rows with the SQLite spool's column names."""
+    fields = {str(_text(k)): _text(v) for k, v in raw.items() if k != b"body"}
+    rows = []
+    for handler in (fields.get("handlers") or "").split("\n"):
+        if not handler:
+            continue
+
+        def get(name: str, handler: str = handler) -> str | None:
+            return fields.get(f"{handler}|{name}") or None
+
+        seconds = get("seconds")
+        rows.append(
+            {
+                "id": f"{event_id} {handler}",
+                "event_id": event_id,
+                "handler": handler,
+                "state": get("state"),
+                "attempts": int(get("attempts") or 0),
+                "next_attempt_at": float(get("due") or 0) or None,
+                "last_outcome": get("outcome"),
+                "last_error": get("error"),
+                "last_seconds": float(seconds) if seconds else None,
+                "updated_at": float(get("updated") or 0) or None,
+            }
+        )
+    return rows

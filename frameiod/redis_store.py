@@ -1,0 +1,112 @@
+"""What the Redis spool, rate limiter and ``frameiod queue`` share: the connection, the key
+names, and how Redis errors become `SpoolUnavailable`.
+
+Imported only when ``[spool] backend = "redis"`` (redis is an optional dependency).
+Every key starts with ``[spool] stream_prefix`` (``P`` below):
+
+- ``P:stream:<source>``: one stream per source; an accepted event is one entry (id, type,
+  body, timestamp, received_at). All receivers read it as consumers of the group `GROUP`.
+- ``P:event:<event id>``: a hash: the event's source, type, stream entry, signature data,
+  its handlers (newline-separated), and per handler ``<handler>|state`` (pending, running,
+  done, dead, purged), ``|attempts``, ``|due``, ``|outcome``, ``|error``, ``|seconds``,
+  ``|updated`` and ``|dead_entry``.
+- ``P:due:<handler>``: a sorted set of event ids by the time the handler's delivery is
+  due; while a delivery runs, its score is the end of the lease of the receiver running it.
+- ``P:dead``: a stream of dead letters (event, handler, error, attempts).
+- ``P:events`` (event ids by arrival), ``P:settled`` (events all of whose deliveries are
+  done, by when), ``P:sources`` (every source seen), ``P:counts`` (deliveries per state).
+- ``P:seen:<source>:<timestamp>:<signature>`` and ``P:body:<source>:<secret id>:<sha256>``:
+  the duplicate checks, with a TTL.
+- ``P:rate:<source>``: the shared token bucket of a source.
+
+Several keys are named inside the Lua scripts, so frameiod needs a single Redis primary (or
+a replicated one), not Redis Cluster.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from urllib.parse import urlsplit, urlunsplit
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from frameiod.spool import SpoolUnavailable
+
+__all__ = ["GROUP", "LUA_PRELUDE", "connect", "redis_errors", "safe_url"]
+
+GROUP = "frameiod"
+"""The consumer group every receiver reads the source streams in."""
+
+# A command waits this long for Redis: long enough for an fsync under load, short enough
+# that a request still gets its 503 well inside Frame.io's 5 seconds.
+_SOCKET_TIMEOUT = 2.0
+
+LUA_PRELUDE = r"""
+local P = ARGV[1]
+local function event_key(id) return P .. ':event:' .. id end
+local function due_key(h) return P .. ':due:' .. h end
+local function stream_key(s) return P .. ':stream:' .. s end
+local function fmt(x) return string.format('%.6f', x) end
+local function handlers_of(ek)
+  local list = {}
+  local joined = redis.call('HGET', ek, 'handlers')
+  if joined then
+    for h in string.gmatch(joined, '[^\n]+') do table.insert(list, h) end
+  end
+  return list
+end
+-- Move n deliveries from one state's counter to another's (either may be nil).
+local function count(from, to, n)
+  if from then redis.call('HINCRBY', P .. ':counts', from, -n) end
+  if to then redis.call('HINCRBY', P .. ':counts', to, n) end
+end
+"""
+
+
+def safe_url(url: str) -> str:
+    """``url`` without its password, for log lines and error messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    user = f"{parts.username}:***@" if parts.username else ":***@"
+    return urlunsplit((parts.scheme, user + host, parts.path, parts.query, parts.fragment))
+
+
+def connect(url: str) -> aioredis.Redis:
+    """A client for ``url``. One retry on a fresh connection: after Redis restarts, each
+    pooled connection fails once before the pool notices."""
+    return aioredis.Redis.from_url(
+        url,
+        decode_responses=False,
+        socket_timeout=_SOCKET_TIMEOUT,
+        socket_connect_timeout=_SOCKET_TIMEOUT,
+        retry=Retry(NoBackoff(), 1),
+        client_name="frameiod",
+    )
+
+
+@contextmanager
+def redis_errors(url: str) -> Iterator[None]:
+    """Turn Redis failures into `SpoolUnavailable` (503 for a request, a logged error for
+    the dispatcher), naming the cause without the password."""
+    where = safe_url(url)
+    try:
+        yield
+    except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+        raise SpoolUnavailable(
+            "redis_unavailable", f"Redis at {where} cannot be reached: {exc}"
+        ) from None
+    except ResponseError as exc:
+        # READONLY (a replica), MISCONF (snapshots failing), OOM (maxmemory): no writes.
+        raise SpoolUnavailable("redis_refused", f"Redis at {where} refused: {exc}") from None
+    except RedisError as exc:
+        raise SpoolUnavailable("redis_error", f"Redis at {where} failed: {exc}") from None
