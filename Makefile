@@ -20,7 +20,7 @@ $(VENV)/.run-installed: pyproject.toml $(wildcard plugins/*/pyproject.toml) | $(
 	@touch $@
 
 $(VENV)/.test-installed: pyproject.toml $(wildcard plugins/*/pyproject.toml) | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[test]' $(PLUGIN_ARGS)
+	$(BIN)/python -m pip install --quiet -e '.[test,redis]' $(PLUGIN_ARGS)
 	@touch $@ $(VENV)/.run-installed
 
 run: $(VENV)/.run-installed
@@ -30,10 +30,15 @@ lint: $(VENV)/.test-installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-# The systemd unit is checked with systemd-analyze (Debian's systemd package).
+# The systemd unit is checked with systemd-analyze (Debian's systemd package); the Redis
+# backend's tests start their own redis-server (Debian's redis-server package).
 system-deps:
-	@command -v systemd-analyze >/dev/null || { \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd; }
+	@missing=""; \
+	command -v systemd-analyze >/dev/null || missing="$$missing systemd"; \
+	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	if [ -n "$$missing" ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
 
 test: lint system-deps
 	$(BIN)/pytest -n auto --dist loadfile
