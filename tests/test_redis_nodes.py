@@ -1,0 +1,305 @@
+"""Several ``frameiod run`` receivers on one real Redis: nothing acknowledged is lost when
+a receiver or Redis itself dies, duplicates and rate limits hold across receivers."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from redis_support import RedisServer
+from support import SECRET, DaemonProcess, install_plugin, signed_headers, wait_until
+
+# Each call writes "start|end <event id> <pid> <handler>" with one O_APPEND write: lines
+# from several processes never interleave.
+RECORDER = """
+import asyncio
+import os
+
+from frameiod import App
+
+app = App()
+LOG = os.environ["RECORDER_LOG"]
+DELAY = float(os.environ.get("RECORDER_DELAY", "0"))
+
+
+def _write(kind, event, handler):
+    with open(LOG, "a") as log:
+        log.write(f"{kind} {event.event_id} {os.getpid()} {handler}\\n")
+
+
+@app.on_webhook("file.ready")
+async def record(event):
+    _write("start", event, "record")
+    await asyncio.sleep(DELAY)
+    _write("end", event, "record")
+
+
+@app.on_webhook("file.upload.completed")
+async def steady(event):
+    _write("end", event, "steady")
+
+
+@app.on_webhook("file.upload.completed")
+async def flaky(event):
+    # Fails the first two attempts, wherever they run: the log is the shared memory.
+    with open(LOG) as log:
+        tries = sum(1 for line in log if line.split()[1:2] == [event.event_id]
+                    and line.endswith(" flaky\\n"))
+    _write("try", event, "flaky")
+    if tries < 2:
+        raise RuntimeError(f"failing attempt {tries + 1}")
+    _write("end", event, "flaky")
+"""
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    yield server
+    server.stop()
+
+
+class Records:
+    """The recorder's log, parsed."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def lines(self) -> list[tuple[str, str, int, str]]:
+        if not self.path.exists():
+            return []
+        rows = []
+        for line in self.path.read_text().splitlines():
+            kind, event_id, pid, handler = line.split()
+            rows.append((kind, event_id, int(pid), handler))
+        return rows
+
+    def ended(self, handler: str = "record") -> set[str]:
+        return {e for kind, e, _, h in self.lines() if kind == "end" and h == handler}
+
+
+def _nodes(
+    tmp_path: Path, server: RedisServer, count: int, extra: str = "", delay: float = 0.0
+) -> tuple[list[DaemonProcess], Records]:
+    log = tmp_path / "handled.log"
+    log.touch()
+    env = {
+        **install_plugin(tmp_path / "site", "recorder", RECORDER),
+        "RECORDER_LOG": str(log),
+        "RECORDER_DELAY": str(delay),
+    }
+    config = tmp_path / "config.toml"
+    config.write_text(f"""
+[server]
+port = 0
+[log]
+format = "json"
+[spool]
+backend = "redis"
+redis_url = "{server.url}"
+[dispatch]
+handler_timeout = "2s"
+backoff_initial = "0.2s"
+backoff_max = "0.5s"
+[sources.default]
+secrets = ["{SECRET}"]
+{extra}
+""")
+    nodes = [DaemonProcess(config, env=env, plugins="recorder") for _ in range(count)]
+    for node in nodes:
+        node.wait_for("listening")
+    return nodes, Records(log)
+
+
+def _body(event_type: str = "file.ready") -> bytes:
+    resource = {"id": f"r-{uuid.uuid4()}", "type": "file"}
+    return json.dumps({"type": event_type, "resource": resource}).encode()
+
+
+def _stop(nodes: list[DaemonProcess]) -> None:
+    for node in nodes:
+        if node.process.poll() is None:
+            assert node.stop() == 0, "".join(node.raw)
+        node.kill()
+
+
+def test_a_receiver_killed_mid_stream_loses_nothing_and_its_calls_are_taken_over(
+    tmp_path: Path, redis_server: RedisServer
+):
+    nodes, records = _nodes(tmp_path, redis_server, 3, delay=0.3)
+    urls = [node.url() for node in nodes]
+    victim = nodes[1]
+    acked: list[str] = []
+    refused = 0
+    try:
+        with httpx.Client(timeout=5) as client:
+            for number in range(120):
+                if number == 40:
+                    # Kill node 1 while it is inside a handler call, not between two.
+                    def busy() -> bool:
+                        lines = records.lines()
+                        began = {
+                            e for k, e, p, _ in lines if k == "start" and p == victim.process.pid
+                        }
+                        done = {e for k, e, p, _ in lines if k == "end" and p == victim.process.pid}
+                        return bool(began - done)
+
+                    wait_until(busy, timeout=20)
+                    victim.process.send_signal(signal.SIGKILL)
+                    victim.wait()
+                url = urls[number % 3]
+                body = _body()
+                try:
+                    response = client.post(url, content=body, headers=signed_headers(body))
+                except httpx.HTTPError:
+                    refused += 1  # the dead node: Frame.io would retry elsewhere later
+                    continue
+                assert response.status_code == 202, response.text
+                acked.append(response.json()["id"])
+        # Leases are the handler timeout (2 s) plus a 5 s grace: the others take over after.
+        wait_until(lambda: set(acked) <= records.ended(), timeout=40)
+    finally:
+        _stop([n for n in nodes if n is not victim])
+        victim.kill()
+    lines = records.lines()
+    cut_short = {e for k, e, p, _ in lines if k == "start" and p == victim.process.pid} - {
+        e for k, e, p, _ in lines if k == "end" and p == victim.process.pid
+    }
+    finished_elsewhere = {e for k, e, p, _ in lines if k == "end" and p != victim.process.pid}
+    print(
+        f"\nacknowledged {len(acked)}, refused by the dead node {refused}, "
+        f"calls cut short by the kill {len(cut_short)}, lost {len(set(acked) - records.ended())}"
+    )
+    assert refused > 0, "the victim was not killed mid-stream"
+    assert cut_short, "the victim was killed between calls"
+    assert cut_short <= finished_elsewhere, "a call of the dead node was not taken over"
+    assert set(acked) <= records.ended()
+    survivors = {n.process.pid for n in nodes if n is not victim}
+    assert {p for k, _, p, _ in lines if k == "end"} & survivors == survivors
+
+
+def test_the_same_signed_request_at_two_receivers_is_a_duplicate(
+    tmp_path: Path, redis_server: RedisServer
+):
+    nodes, records = _nodes(tmp_path, redis_server, 2)
+    try:
+        body = _body()
+        headers = signed_headers(body)
+        first = httpx.post(nodes[0].url(), content=body, headers=headers, timeout=5)
+        second = httpx.post(nodes[1].url(), content=body, headers=headers, timeout=5)
+        assert first.status_code == 202
+        assert second.status_code == 200
+        assert second.json() == {"status": "duplicate", "id": first.json()["id"]}
+        wait_until(lambda: first.json()["id"] in records.ended())
+    finally:
+        _stop(nodes)
+    assert [e for k, e, _, _ in records.lines() if k == "end"] == [first.json()["id"]]
+
+
+def test_the_source_rate_limit_is_shared_by_all_receivers(
+    tmp_path: Path, redis_server: RedisServer
+):
+    nodes, _ = _nodes(tmp_path, redis_server, 3, extra="rate = 5\nburst = 5\n")
+    urls = itertools.cycle([node.url() for node in nodes])
+    statuses = []
+    try:
+        with httpx.Client(timeout=5) as client:
+            started = time.monotonic()
+            for _ in range(40):
+                body = _body()
+                response = client.post(next(urls), content=body, headers=signed_headers(body))
+                statuses.append(response.status_code)
+            elapsed = time.monotonic() - started
+        metrics = "".join(httpx.get(node.url("/metrics")).text for node in nodes)
+    finally:
+        _stop(nodes)
+    accepted = statuses.count(202)
+    print(f"\n40 requests over 3 receivers in {elapsed:.2f}s: {accepted} accepted")
+    assert set(statuses) <= {202, 429}
+    assert 5 <= accepted <= 5 + 5 * elapsed + 1
+    limited = sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in metrics.splitlines()
+        if line.startswith('frameiod_rate_limited_total{source="default"}')
+    )
+    assert limited == statuses.count(429)
+
+
+def test_redis_restarting_mid_stream_answers_503_then_recovers_losing_nothing(
+    tmp_path: Path, redis_server: RedisServer
+):
+    nodes, records = _nodes(tmp_path, redis_server, 2)
+    acked: list[str] = []
+    unavailable: list[dict[str, str]] = []
+    stop_sending = threading.Event()
+
+    def send() -> None:
+        with httpx.Client(timeout=5) as client:
+            for number in itertools.count():
+                if stop_sending.is_set() or number > 2000:
+                    return
+                body = _body()
+                response = client.post(
+                    nodes[number % 2].url(), content=body, headers=signed_headers(body)
+                )
+                if response.status_code == 202:
+                    acked.append(response.json()["id"])
+                else:
+                    assert response.status_code == 503, response.text
+                    assert response.headers["Retry-After"]
+                    unavailable.append(response.json())
+
+    sender = threading.Thread(target=send, daemon=True)
+    sender.start()
+    try:
+        wait_until(lambda: len(acked) >= 30, timeout=20)
+        # SIGKILL, not a clean shutdown: with appendfsync always, what Redis answered is on disk.
+        redis_server.stop(kill=True)
+        wait_until(lambda: len(unavailable) >= 5, timeout=20)
+        before_restart = len(acked)
+        redis_server.start()
+        wait_until(lambda: len(acked) >= before_restart + 30, timeout=30)
+        stop_sending.set()
+        sender.join(10)
+        wait_until(lambda: set(acked) <= records.ended(), timeout=30)
+        alive = [node.process.poll() is None for node in nodes]
+    finally:
+        stop_sending.set()
+        _stop(nodes)
+    print(f"\nacknowledged {len(acked)}, answered 503 while Redis was down {len(unavailable)}")
+    assert alive == [True, True], "a receiver had to be restarted"
+    assert {body["error"] for body in unavailable} == {"redis_unavailable"}
+    assert all(f"Redis at {redis_server.url} cannot be reached" in b["detail"] for b in unavailable)
+    assert set(acked) <= records.ended()
+    assert any(n.logs("cannot claim deliveries") for n in nodes)
+
+
+def test_a_handler_failing_twice_succeeds_later_and_its_sibling_ran_once(
+    tmp_path: Path, redis_server: RedisServer
+):
+    nodes, records = _nodes(tmp_path, redis_server, 2)
+    try:
+        body = _body("file.upload.completed")
+        response = httpx.post(nodes[0].url(), content=body, headers=signed_headers(body))
+        assert response.status_code == 202
+        event_id = response.json()["id"]
+        wait_until(lambda: event_id in records.ended("flaky"), timeout=20)
+    finally:
+        _stop(nodes)
+    calls = [(k, h) for k, e, _, h in records.lines() if e == event_id]
+    assert calls.count(("try", "flaky")) == 3
+    assert calls.count(("end", "flaky")) == 1
+    assert calls.count(("end", "steady")) == 1
+    # Where each attempt ran is up to the receivers; every one of them is a frameiod here.
+    assert {p for _, e, p, _ in records.lines() if e == event_id} <= {n.process.pid for n in nodes}
+    assert os.path.getsize(records.path) > 0
