@@ -353,7 +353,7 @@ class SpoolConfig(_Table):
     redis_url: SecretRef = Field(
         default_factory=lambda: Secret("<default>", "redis://127.0.0.1:6379/0")
     )
-    stream_prefix: str = Field(default="frameiod", pattern=r"^[A-Za-z0-9_.:-]+$")
+    stream_prefix: str = "frameiod"
 
     @field_validator("backend")
     @classmethod
@@ -365,6 +365,16 @@ class SpoolConfig(_Table):
                 "\"redis\" needs the redis package: pip install 'frameiod[redis]'",
             )
         return backend
+
+    @field_validator("stream_prefix")
+    @classmethod
+    def _key_prefix(cls, prefix: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9_.:-]{1,64}", prefix):
+            raise PydanticCustomError(
+                "key_prefix",
+                "a Redis key prefix: up to 64 letters, digits, '_', '.', ':' or '-'",
+            )
+        return prefix
 
 
 class DispatchConfig(_Table):

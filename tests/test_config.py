@@ -308,6 +308,19 @@ class TestWrongTypesAndRanges:
                 'got "a day"',
             ),
             (
+                '[spool]\nbackend = "postgres"',
+                "spool.backend: input should be 'sqlite' or 'redis', got \"postgres\"",
+            ),
+            (
+                '[spool]\nstream_prefix = "a b"',
+                "spool.stream_prefix: a Redis key prefix: up to 64 letters, digits, '_', '.', ':' "
+                "or '-', got \"a b\"",
+            ),
+            (
+                "[spool]\nredis_url = 6379",
+                f"spool.redis_url: {SECRET_EXPECTED}, got an integer",
+            ),
+            (
                 "[dispatch]\nworkers = 0",
                 "dispatch.workers: input should be greater than or equal to 1, got 0",
             ),
@@ -941,3 +954,35 @@ class TestFindConfig:
         )
 
         assert find_config(None) == Path("config.toml")
+
+
+class TestRedisBackend:
+    def test_redis_url_is_a_secret_reference_and_defaults_to_the_local_redis(
+        self, tmp_path: Path
+    ) -> None:
+        url = f"redis://:{HIDDEN}@10.0.0.5:6379/2"
+        path = write_config(
+            tmp_path, '[spool]\nbackend = "redis"\nredis_url = "env:REDIS_URL"\n' + MINIMAL_SOURCE
+        )
+        config = load_config(path, environ={"REDIS_URL": url})
+        assert config.spool.backend == "redis"
+        assert config.spool.redis_url.reveal() == url
+        assert HIDDEN not in repr(config.spool)
+        default = load_config(write_config(tmp_path / "d", MINIMAL_SOURCE), environ={})
+        assert default.spool.redis_url.reveal() == "redis://127.0.0.1:6379/0"
+        assert default.spool.stream_prefix == "frameiod"
+
+    def test_choosing_redis_without_the_package_names_the_extra_to_install(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        real_find_spec = config_module.importlib.util.find_spec
+        monkeypatch.setattr(
+            config_module.importlib.util,
+            "find_spec",
+            lambda name, *a: None if name == "redis" else real_find_spec(name, *a),
+        )
+        path = write_config(tmp_path, '[spool]\nbackend = "redis"\n' + MINIMAL_SOURCE)
+        assert problems_of(path) == [
+            f'{path}: spool.backend: "redis" needs the redis package: '
+            "pip install 'frameiod[redis]', got \"redis\""
+        ]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from redis_support import RedisServer
+from redis_support import RedisServer, free_port
 from support import SECRET, DaemonProcess, install_plugin, signed_headers, wait_until
 
 # Each call writes "start|end <event id> <pid> <handler>" with one O_APPEND write: lines
@@ -303,3 +303,25 @@ def test_a_handler_failing_twice_succeeds_later_and_its_sibling_ran_once(
     # Where each attempt ran is up to the receivers; every one of them is a frameiod here.
     assert {p for _, e, p, _ in records.lines() if e == event_id} <= {n.process.pid for n in nodes}
     assert os.path.getsize(records.path) > 0
+
+
+def test_a_receiver_that_cannot_reach_redis_at_start_exits_1_naming_it(tmp_path: Path):
+    port = free_port()  # nothing listens there
+    config = tmp_path / "config.toml"
+    config.write_text(f"""
+[server]
+port = 0
+[log]
+format = "json"
+[spool]
+backend = "redis"
+redis_url = "redis://:hunter2-{port}@127.0.0.1:{port}/0"
+[sources.default]
+secrets = ["{SECRET}"]
+""")
+    node = DaemonProcess(config)
+    assert node.wait() == 1
+    line = node.wait_for("cannot open the spool")
+    assert line["error"].startswith(f"cannot use Redis at redis://:***@127.0.0.1:{port}/0: ")
+    assert "hunter2" not in "".join(node.raw)
+    assert not node.logs("listening")
