@@ -337,6 +337,10 @@ class PluginHost:
                 log.exception("plugin shutdown failed", plugin=name)
         self._started.clear()
 
+    def observes(self, hook: str) -> bool:
+        """Whether any loaded plugin implements the observer ``hook``."""
+        return bool(getattr(self.pm.hook, hook).get_hookimpls())
+
     async def notify(self, hook: str, **kwargs: Any) -> None:
         """Call an observer hook on every plugin; each failure is logged, none passed on."""
         for impl in getattr(self.pm.hook, hook).get_hookimpls():
