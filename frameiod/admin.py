@@ -3,6 +3,8 @@
 Works on the spool file directly with its own SQLite connection: WAL lets it read while
 the daemon writes, and its few writes (replay, purge) wait for the daemon's batches
 through SQLite's busy timeout. The daemon notices replayed deliveries within seconds.
+With ``[spool] backend = "redis"`` the same actions run against Redis instead
+(`frameiod.redis_admin`); `open_queue` is the one place that chooses.
 """
 
 from __future__ import annotations
@@ -12,16 +14,19 @@ import json
 import sqlite3
 import sys
 import time
-from collections.abc import Sequence
-from contextlib import closing
+from collections.abc import Iterator, Sequence
+from contextlib import closing, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from frameiod.config import Config, parse_duration
 
 __all__ = [
+    "QueueError",
+    "QueueStore",
     "add_queue_commands",
     "list_deliveries",
+    "open_queue",
     "open_spool",
     "purge_dead",
     "replay",
@@ -151,6 +156,108 @@ def purge_dead(conn: sqlite3.Connection, older_than: float) -> int:
         return count
 
 
+# --- either backend ----------------------------------------------------------------------
+
+
+class QueueError(Exception):
+    """The spool cannot be opened or used; the message is what the user reads."""
+
+
+class QueueStore(Protocol):
+    """The five actions on one backend's spool, with its errors as `QueueError`."""
+
+    where: str
+    """The spool, for messages: a file, or a Redis URL (without password) and key prefix."""
+
+    def stats(self) -> dict[str, Any]:
+        """See `stats`."""
+        ...
+
+    def list_deliveries(
+        self, state: str | None, handler: str | None, limit: int
+    ) -> list[dict[str, Any]]:
+        """See `list_deliveries`."""
+        ...
+
+    def show(self, event_id: str) -> dict[str, Any] | None:
+        """See `show`."""
+        ...
+
+    def replay(self, ids: Sequence[str], all_dead: bool) -> int:
+        """See `replay`."""
+        ...
+
+    def purge_dead(self, older_than: float) -> int:
+        """See `purge_dead`."""
+        ...
+
+    def close(self) -> None:
+        """Let go of the spool."""
+        ...
+
+
+class _SqliteQueue:
+    """`QueueStore` on the SQLite spool file: the functions above."""
+
+    def __init__(self, path: Path) -> None:
+        self.where = str(path)
+        try:
+            self._conn = open_spool(path)
+        except FileNotFoundError as exc:
+            raise QueueError(str(exc)) from None
+        except sqlite3.Error as exc:
+            raise QueueError(f"{path}: cannot open the spool: {exc}") from None
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.Error as exc:  # not a spool, or locked beyond the busy timeout
+            raise QueueError(f"{self.where}: cannot use the spool: {exc}") from None
+
+    def stats(self) -> dict[str, Any]:
+        """See `stats`."""
+        with self._errors():
+            return stats(self._conn)
+
+    def list_deliveries(
+        self, state: str | None, handler: str | None, limit: int
+    ) -> list[dict[str, Any]]:
+        """See `list_deliveries`."""
+        with self._errors():
+            return list_deliveries(self._conn, state, handler, limit)
+
+    def show(self, event_id: str) -> dict[str, Any] | None:
+        """See `show`."""
+        with self._errors():
+            return show(self._conn, event_id)
+
+    def replay(self, ids: Sequence[str], all_dead: bool) -> int:
+        """See `replay`."""
+        with self._errors():
+            return replay(self._conn, ids, all_dead)
+
+    def purge_dead(self, older_than: float) -> int:
+        """See `purge_dead`."""
+        with self._errors():
+            return purge_dead(self._conn, older_than)
+
+    def close(self) -> None:
+        """Close the connection."""
+        self._conn.close()
+
+
+def open_queue(config: Config) -> QueueStore:
+    """The configured spool (``[spool] backend``) for ``frameiod queue``; raise
+    `QueueError` if it cannot be opened."""
+    if config.spool.backend == "redis":
+        # Imported only here: redis is an optional dependency (frameiod[redis]).
+        from frameiod.redis_admin import RedisQueue  # noqa: PLC0415
+
+        return RedisQueue(config.spool.redis_url.reveal(), config.spool.stream_prefix)
+    return _SqliteQueue(config.resolve_path(config.spool.path))
+
+
 # --- the command line -------------------------------------------------------------------
 
 
@@ -174,8 +281,10 @@ def _print_list(rows: list[dict[str, Any]]) -> None:
     if not rows:
         print("no deliveries")
         return
+    # Redis's delivery ids ("<event id> <handler>") are wider than SQLite's numbers.
+    width = max(8, *(len(str(row["id"])) for row in rows))
     print(
-        f"{'DELIVERY':>8}  {'EVENT':36}  {'TYPE':22}  {'HANDLER':28}  {'STATE':7}  TRIES  "
+        f"{'DELIVERY':>{width}}  {'EVENT':36}  {'TYPE':22}  {'HANDLER':28}  {'STATE':7}  TRIES  "
         "NEXT / LAST ERROR"
     )
     for row in rows:
@@ -184,47 +293,43 @@ def _print_list(rows: list[dict[str, Any]]) -> None:
         else:
             tail = _when(row["next_attempt_at"])
         print(
-            f"{row['id']:>8}  {row['event_id']:36}  {row['type'][:22]:22}  "
+            f"{row['id']:>{width}}  {row['event_id']:36}  {row['type'][:22]:22}  "
             f"{row['handler'][:28]:28}  {row['state']:7}  {row['attempts']:>5}  {tail[:60]}"
         )
 
 
 def run_queue(args: argparse.Namespace, config: Config) -> int:
     """Carry out ``frameiod queue ACTION`` against the configured spool; the exit status."""
-    path = config.resolve_path(config.spool.path)
     try:
-        conn = open_spool(path)
-    except FileNotFoundError as exc:
+        store = open_queue(config)
+    except QueueError as exc:
         print(exc, file=sys.stderr)
         return 1
-    except sqlite3.Error as exc:
-        print(f"{path}: cannot open the spool: {exc}", file=sys.stderr)
-        return 1
     try:
-        with closing(conn):
+        with closing(store):
             if args.queue_command == "stats":
-                data: Any = stats(conn)
+                data: Any = store.stats()
                 printer: Any = _print_stats
             elif args.queue_command == "list":
-                data = list_deliveries(conn, args.state, args.handler, args.limit)
+                data = store.list_deliveries(args.state, args.handler, args.limit)
                 printer = _print_list
             elif args.queue_command == "show":
-                data = show(conn, args.id)
+                data = store.show(args.id)
                 if data is None:
-                    print(f"no event {args.id} in {path}", file=sys.stderr)
+                    print(f"no event {args.id} in {store.where}", file=sys.stderr)
                     return 1
                 printer = lambda d: print(json.dumps(d, indent=2))  # noqa: E731
             elif args.queue_command == "replay":
                 if not args.ids and not args.all_dead:
                     print("name event or delivery ids to replay, or --all-dead", file=sys.stderr)
                     return 2
-                data = {"replayed": replay(conn, args.ids, args.all_dead)}
+                data = {"replayed": store.replay(args.ids, args.all_dead)}
                 printer = lambda d: print(f"replayed {d['replayed']} deliveries")  # noqa: E731
             else:
-                data = {"purged": purge_dead(conn, args.older_than)}
+                data = {"purged": store.purge_dead(args.older_than)}
                 printer = lambda d: print(f"purged {d['purged']} dead deliveries")  # noqa: E731
-    except sqlite3.Error as exc:  # not a spool, or locked beyond the busy timeout
-        print(f"{path}: cannot use the spool: {exc}", file=sys.stderr)
+    except QueueError as exc:
+        print(exc, file=sys.stderr)
         return 1
     if args.json:
         print(json.dumps(data, indent=2))
@@ -266,7 +371,12 @@ def add_queue_commands(commands: Any, common: argparse.ArgumentParser) -> argpar
     again = verbs.add_parser(
         "replay", parents=[common, output], help="make dead deliveries pending again"
     )
-    again.add_argument("ids", nargs="*", metavar="ID", help="event ids or delivery ids")
+    again.add_argument(
+        "ids",
+        nargs="*",
+        metavar="ID",
+        help='event ids or delivery ids (on Redis "<event id> <handler>", one quoted argument)',
+    )
     again.add_argument("--all-dead", action="store_true", help="every dead delivery")
     purge = verbs.add_parser("purge", parents=[common, output], help="delete dead deliveries")
     purge.add_argument(

@@ -58,6 +58,7 @@ _READ_COUNT = 256
 # Taking over entries of dead receivers is cheap but not free: at most this often.
 _AUTOCLAIM_SECONDS = 1.0
 _SOURCES_SECONDS = 2.0
+_CONSUMER_SECONDS = 300.0
 _STATES = ("pending", "running", "done", "dead")
 
 # ARGV: P, event_id, source, type, body, timestamp, signature, secret_id, received_at,
@@ -153,7 +154,9 @@ local now, limit = tonumber(ARGV[2]), tonumber(ARGV[3])
 local due = {}
 for i = 4, #ARGV, 3 do
   local h, room, lease = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
-  local rows = redis.call('ZRANGEBYSCORE', due_key(h), '-inf', fmt(now), 'WITHSCORES',
+  -- ARGV[2] as given, not fmt(now): rounded to microseconds it can fall just below a due
+  -- time stored at full precision, and a delivery due exactly now would be skipped.
+  local rows = redis.call('ZRANGEBYSCORE', due_key(h), '-inf', ARGV[2], 'WITHSCORES',
     'LIMIT', 0, math.min(room, limit))
   for j = 1, #rows, 2 do
     table.insert(due, {tonumber(rows[j + 1]), h, rows[j], lease})
@@ -208,7 +211,9 @@ if outcome == 'ok' then
   redis.call('ZREM', due_key(h), id)
   count(state, 'done', 1)
   for _, other in ipairs(handlers_of(ek)) do
-    if redis.call('HGET', ek, other .. '|state') ~= 'done' then return 1 end
+    local other_state = redis.call('HGET', ek, other .. '|state')
+    -- 'purged': a dead letter `frameiod queue purge` removed; nothing left to run there.
+    if other_state ~= 'done' and other_state ~= 'purged' then return 1 end
   end
   redis.call('ZADD', P .. ':settled', ARGV[10], id)
 elseif ARGV[9] == '1' then
@@ -302,6 +307,9 @@ class RedisSpool:
         self._sources: set[str] = set()
         self._sources_read = 0.0
         self._autoclaimed = 0.0
+        self._consumers_checked = float("-inf")
+        self.forget_consumers_after = 3600.0
+        """Seconds a consumer with nothing pending may be idle before it is dropped."""
         self._accept = client.register_script(_ACCEPT)
         self._schedule = client.register_script(_SCHEDULE)
         self._claim = client.register_script(_CLAIM)
@@ -336,7 +344,8 @@ class RedisSpool:
     async def _warn_about_persistence(self) -> None:
         where = safe_url(self._url)
         try:
-            settings = await self._client.config_get("appendonly", "appendfsync")
+            # One pattern, not two names: Redis 6.2's CONFIG GET takes a single argument.
+            settings = await self._client.config_get("append*")
         except RedisError as exc:  # CONFIG is often renamed away on managed Redis
             log.warning(
                 "cannot read Redis's persistence settings; make sure appendonly is on",
@@ -570,13 +579,35 @@ class RedisSpool:
         moment = time.time() if now is None else now
         with redis_errors(self._url):
             counts = await self._client.hgetall(f"{self._prefix}:counts")
-            due = await self.next_due(self._timeouts)
+            due = [await self.next_due(self._timeouts), *await self._oldest_unread()]
+        due = min((when for when in due if when is not None), default=None)
         states = dict.fromkeys(_STATES, 0)
         for state, value in counts.items():
             if (name := str(_text(state))) in states:
                 states[name] = max(0, int(value))
         age = moment - due if due is not None and due <= moment else 0.0
         return states, age
+
+    async def _oldest_unread(self) -> list[float]:
+        """When the oldest stream entry no receiver has read yet arrived, per source: those
+        wait too (all workers busy, or every receiver stuck), and are in no due set yet."""
+        oldest = []
+        sources = {str(_text(m)) for m in await self._client.smembers(f"{self._prefix}:sources")}
+        for source in sorted(sources):
+            stream = f"{self._prefix}:stream:{source}"
+            try:
+                groups = await self._client.xinfo_groups(stream)
+            except ResponseError:  # no such stream (yet)
+                continue
+            for group in groups:
+                if _text(group.get("name")) != GROUP:
+                    continue
+                after = _text(group.get("last-delivered-id")) or "0-0"
+                entries = await self._client.xrange(stream, f"({after}", "+", count=1)
+                if entries:
+                    entry_id = str(_text(entries[0][0]))
+                    oldest.append(int(entry_id.split("-", 1)[0]) / 1000)
+        return oldest
 
     async def purge_done(self, older_than: float) -> int:
         """Delete events (and their stream entries) all done more than ``older_than`` ago."""
@@ -587,7 +618,28 @@ class RedisSpool:
                 purged += int(batch)
                 if batch < 500:
                     break
+            await self._forget_gone_consumers()
         return purged
+
+    async def _forget_gone_consumers(self) -> None:
+        """Drop consumers with nothing pending that were idle for an hour: every restart
+        joins the group under a new name, and XINFO should not list them forever."""
+        now = time.monotonic()
+        if now - self._consumers_checked < _CONSUMER_SECONDS:
+            return
+        self._consumers_checked = now
+        for source in sorted(self._sources):
+            stream = f"{self._prefix}:stream:{source}"
+            try:
+                consumers = await self._client.xinfo_consumers(stream, GROUP)
+            except ResponseError:  # no such stream or group (yet)
+                continue
+            for consumer in consumers:
+                name = str(_text(consumer.get("name")))
+                idle_s = int(consumer.get("idle", 0)) / 1000
+                gone = idle_s > self.forget_consumers_after
+                if name != self.node and not consumer.get("pending") and gone:
+                    await self._client.xgroup_delconsumer(stream, GROUP, name)
 
     async def close(self) -> None:
         """Close the connections (everything is already in Redis)."""

@@ -63,6 +63,7 @@ local function handlers_of(ek)
 end
 -- Move n deliveries from one state's counter to another's (either may be nil).
 local function count(from, to, n)
+  if n == 0 then return end  -- HINCRBY refuses "-0"
   if from then redis.call('HINCRBY', P .. ':counts', from, -n) end
   if to then redis.call('HINCRBY', P .. ':counts', to, n) end
 end
