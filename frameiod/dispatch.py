@@ -95,7 +95,10 @@ class Dispatcher:
         self._metrics = metrics
         self._notify = notify
         self._handlers = {handler.key: handler for handler in routes.handlers}
+        # Calls in progress; a delivery leaves it when its call ends, before its outcome is
+        # written, so the worker is free for the next call meanwhile.
         self._running: dict[DeliveryId, tuple[Claimed, asyncio.Task[None]]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
         self._busy = dict.fromkeys(self._handlers, 0)
         self._wake = asyncio.Event()
         self._rates: dict[str, TokenBucket] = {}
@@ -200,8 +203,15 @@ class Dispatcher:
             self._deliver(item), name=f"frameiod-delivery-{item.delivery_id}"
         )
         self._running[item.delivery_id] = (item, task)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     # --- one delivery ------------------------------------------------------------
+
+    def _free_worker(self, item: Claimed) -> None:
+        if self._running.pop(item.delivery_id, None) is not None:
+            self._busy[item.handler] -= 1
+            self._wake.set()
 
     async def _deliver(self, item: Claimed) -> None:
         handler = self._handlers[item.handler]
@@ -217,6 +227,8 @@ class Dispatcher:
                 )
                 return
             outcome, error = await self._call(handler, event)
+            # Writing the outcome waits its turn in the spool's queue: the next call need not.
+            self._free_worker(item)
             await self._record(item, handler, event, outcome, error)
         except SpoolUnavailable as exc:
             # The call happened but its outcome is not on disk: the delivery stays running
@@ -228,9 +240,7 @@ class Dispatcher:
                 reason=exc.reason,
             )
         finally:
-            self._busy[item.handler] -= 1
-            self._running.pop(item.delivery_id, None)
-            self._wake.set()
+            self._free_worker(item)
             async with self._finished:
                 self._finished.notify_all()
 
@@ -338,13 +348,14 @@ class Dispatcher:
         rest short and leave their deliveries pending. Returns how many were cut short."""
         self._stopping = True
         self._wake.set()
-        tasks = [task for _, task in self._running.values()]
-        if tasks:
-            await asyncio.wait(tasks, timeout=drain_timeout)
-        cut = [(item, task) for item, task in self._running.values() if not task.done()]
-        for _, task in cut:
+        if self._tasks:  # calls, and outcomes still being written
+            await asyncio.wait(set(self._tasks), timeout=drain_timeout)
+        cut = [item for item, task in self._running.values() if not task.done()]
+        unfinished = [task for task in self._tasks if not task.done()]
+        for task in unfinished:
             task.cancel()
+        if unfinished:
+            await asyncio.gather(*unfinished, return_exceptions=True)
         if cut:
-            await asyncio.gather(*(task for _, task in cut), return_exceptions=True)
-            await self._spool.release(item.delivery_id for item, _ in cut)
+            await self._spool.release(item.delivery_id for item in cut)
         return len(cut)

@@ -11,6 +11,12 @@ of that batch is reported failed, none falsely reported committed.)
 
 Delivery states: ``pending`` (due at ``next_attempt_at``), ``running``, ``done``, ``dead``.
 
+Claims read due deliveries on a second, read-only connection (WAL lets it read while the
+writer commits) and queue the "running" mark behind them without waiting for it: under a
+full ingest load the writer's queue is long, and a dispatcher that waited in it for every
+claim started only a few hundred calls a second. Until its outcome is written, a claimed
+delivery is kept out of later claims in memory (this process is the only dispatcher).
+
 `SpoolBackend` is the interface the server and the dispatcher use; `Spool` (here) and
 `frameiod.redis_spool.RedisSpool` implement it, and `frameiod.backends` picks one.
 """
@@ -24,9 +30,12 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol, TypeVar
+
+import structlog
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -39,6 +48,8 @@ __all__ = [
     "SpoolError",
     "SpoolUnavailable",
 ]
+
+log = structlog.get_logger("frameiod.spool")
 
 SCHEMA_VERSION = 1
 _ERROR_LIMIT = 2000  # characters of the last error kept per delivery
@@ -398,6 +409,18 @@ def _connect(path: Path, synchronous: Synchronous) -> sqlite3.Connection:
     return conn
 
 
+def _connect_reader(path: Path) -> sqlite3.Connection:
+    """A second connection for the dispatcher's reads; it never writes."""
+    conn = sqlite3.connect(
+        f"{path.absolute().as_uri()}?mode=ro",
+        uri=True,
+        isolation_level=None,
+        check_same_thread=False,
+    )
+    conn.execute("PRAGMA busy_timeout = 5000")
+    return conn
+
+
 def body_hash(body: bytes) -> bytes:
     """The key identical bodies share (for coalescing)."""
     return hashlib.sha256(body).digest()
@@ -406,11 +429,17 @@ def body_hash(body: bytes) -> bytes:
 class Spool:
     """The durable spool. Open with `open`; every method runs on the writer thread."""
 
-    def __init__(self, path: Path, writer: _Writer, recovered: int = 0) -> None:
+    def __init__(
+        self, path: Path, writer: _Writer, reader: sqlite3.Connection, recovered: int = 0
+    ) -> None:
         self.path = path
         self.recovered = recovered
         """How many deliveries a crash had left ``running`` (now ``pending`` again)."""
         self._writer = writer
+        self._reader = reader
+        # One thread: the reader connection is used by one thread at a time.
+        self._reads = ThreadPoolExecutor(1, thread_name_prefix="frameiod-spool-read")
+        self._claimed: set[DeliveryId] = set()
         self._listeners = Listeners()
         self._closed = False
 
@@ -423,9 +452,10 @@ class Spool:
         conn = await asyncio.to_thread(_connect, path, synchronous)
         # Before the writer thread exists, the connection is still this thread's alone.
         recovered = await asyncio.to_thread(_recover_committed, conn)
+        reader = await asyncio.to_thread(_connect_reader, path)
         writer = _Writer(conn)
         writer.start()
-        return cls(path, writer, recovered)
+        return cls(path, writer, reader, recovered)
 
     @property
     def batches(self) -> int:
@@ -441,6 +471,19 @@ class Spool:
         else:
             self._writer.jobs.put((operation, (loop, future)))
         return future
+
+    async def flush(self) -> None:
+        """Wait until every write queued so far is committed (claims' marks included)."""
+        await self.run(lambda conn: None)
+
+    async def _read(self, query: Callable[[sqlite3.Connection], T]) -> T:
+        if self._closed:
+            raise SpoolUnavailable("spool_closed", "the spool is closed")
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._reads, query, self._reader)
+        except sqlite3.Error as exc:
+            raise _unavailable(exc) from None
 
     def describe(self) -> str:
         """The spool file."""
@@ -468,12 +511,20 @@ class Spool:
         """Mark up to ``limit`` due deliveries ``running``, oldest first, and return them.
 
         ``caps`` maps each handler that may run to how many more calls it may start now;
-        handlers not in it (not loaded, or at their concurrency limit) are skipped.
+        handlers not in it (not loaded, or at their concurrency limit) are skipped. The mark
+        is queued, not awaited (see the module docstring): a crash before it is written
+        leaves the delivery pending, and it runs again with the same attempt number.
         """
         if limit <= 0 or not caps:
             return []
         moment = time.time() if now is None else now
-        return await self.run(lambda conn: _claim(conn, limit, dict(caps), moment))
+        taken = frozenset(self._claimed)
+        claimed = await self._read(lambda conn: _due(conn, limit, dict(caps), moment, taken))
+        if claimed:
+            self._claimed.update(item.delivery_id for item in claimed)
+            ids = [(moment, item.delivery_id) for item in claimed]
+            self.run(lambda conn: _mark_running(conn, ids)).add_done_callback(_mark_failed)
+        return claimed
 
     async def finish(
         self,
@@ -488,7 +539,33 @@ class Spool:
         """Record how a call ended: ``done`` when it succeeded, ``dead`` when ``dead``, else
         ``pending`` again at ``next_attempt_at``."""
         state = "done" if outcome == "ok" else ("dead" if dead else "pending")
-        await self.run(
+        try:
+            await self._finish(
+                delivery_id,
+                state=state,
+                outcome=outcome,
+                seconds=seconds,
+                error=error,
+                next_attempt_at=next_attempt_at,
+            )
+        finally:
+            # Written, or failed (then it stays as the claim's mark left it): either way
+            # the database, not this set, now says whether it may be claimed.
+            self._claimed.discard(delivery_id)
+        if state == "pending":
+            self._listeners.notify()
+
+    def _finish(
+        self,
+        delivery_id: DeliveryId,
+        *,
+        state: str,
+        outcome: str,
+        seconds: float,
+        error: str | None,
+        next_attempt_at: float | None,
+    ) -> asyncio.Future[Any]:
+        return self.run(
             lambda conn: conn.execute(
                 "UPDATE deliveries SET state = ?, last_outcome = ?, last_error = ?,"
                 " last_seconds = ?, next_attempt_at = COALESCE(?, next_attempt_at),"
@@ -504,31 +581,33 @@ class Spool:
                 ),
             )
         )
-        if state == "pending":
-            self._listeners.notify()
 
     async def release(self, delivery_ids: Iterable[DeliveryId]) -> None:
         """Put deliveries that were running back to ``pending`` (a call cut short by stop)."""
         ids = [(time.time(), delivery_id) for delivery_id in delivery_ids]
-        await self.run(
-            lambda conn: conn.executemany(
-                "UPDATE deliveries SET state = 'pending', updated_at = ? WHERE id = ?"
-                " AND state = 'running'",
-                ids,
+        try:
+            await self.run(
+                lambda conn: conn.executemany(
+                    "UPDATE deliveries SET state = 'pending', updated_at = ? WHERE id = ?"
+                    " AND state = 'running'",
+                    ids,
+                )
             )
-        )
+        finally:
+            self._claimed.difference_update(delivery_id for _, delivery_id in ids)
 
     async def next_due(self, handlers: Iterable[str]) -> float | None:
         """When the earliest pending delivery of ``handlers`` is due, or None."""
         names = list(handlers)
         if not names:
             return None
-        marks = ",".join("?" * len(names))
+        taken = list(self._claimed)  # claimed, their mark perhaps not written yet
         sql = (
             "SELECT MIN(next_attempt_at) FROM deliveries WHERE state = 'pending'"
-            f" AND handler IN ({marks})"
+            f" AND handler IN ({','.join('?' * len(names))})"
+            f" AND id NOT IN ({','.join('?' * len(taken))})"
         )
-        row = await self.run(lambda conn: conn.execute(sql, names).fetchone())
+        row = await self._read(lambda conn: conn.execute(sql, [*names, *taken]).fetchone())
         return row[0]
 
     async def deliveries_of(self, event_id: str) -> list[dict[str, Any]]:
@@ -563,6 +642,8 @@ class Spool:
         self._closed = True
         self._writer.jobs.put(None)
         await asyncio.to_thread(self._writer.join)
+        self._reads.shutdown(wait=True)
+        self._reader.close()
 
 
 def _rows(cursor: sqlite3.Cursor) -> list[dict[str, Any]]:
@@ -630,28 +711,45 @@ def _accept(conn: sqlite3.Connection, incoming: Incoming, handlers: Sequence[str
     return Accepted(incoming.id, duplicate=False, deliveries=len(handlers))
 
 
-def _claim(conn: sqlite3.Connection, limit: int, caps: dict[str, int], now: float) -> list[Claimed]:
+def _due(
+    conn: sqlite3.Connection,
+    limit: int,
+    caps: dict[str, int],
+    now: float,
+    taken: frozenset[DeliveryId],
+) -> list[Claimed]:
     # One indexed query per handler, each taking at most what that handler may start: a
-    # backlog of one capped handler can never hide the due deliveries of the others.
+    # backlog of one capped handler can never hide the due deliveries of the others. Rows
+    # already claimed but not yet marked are skipped, so each query reads that many more.
     rows = []
     for handler, room in caps.items():
         if room <= 0:  # SQLite would read a negative LIMIT as "no limit"
             continue
-        rows += conn.execute(
+        found = conn.execute(
             "SELECT d.next_attempt_at, d.id, d.event_id, d.handler, d.attempts, e.source,"
             " e.body, e.timestamp, e.received_at FROM deliveries d"
             " JOIN events e ON e.id = d.event_id WHERE d.state = 'pending' AND d.handler = ?"
             " AND d.next_attempt_at <= ? ORDER BY d.next_attempt_at, d.id LIMIT ?",
-            (handler, now, min(room, limit)),
+            (handler, now, min(room, limit) + len(taken)),
         ).fetchall()
+        rows += [row for row in found if row[1] not in taken][: min(room, limit)]
     rows.sort()  # oldest first across handlers
-    claimed = [Claimed(row[1], row[2], row[3], row[4] + 1, *row[5:]) for row in rows[:limit]]
+    return [Claimed(row[1], row[2], row[3], row[4] + 1, *row[5:]) for row in rows[:limit]]
+
+
+def _mark_running(conn: sqlite3.Connection, ids: list[tuple[float, DeliveryId]]) -> None:
     conn.executemany(
         "UPDATE deliveries SET state = 'running', attempts = attempts + 1, updated_at = ?"
-        " WHERE id = ?",
-        [(now, c.delivery_id) for c in claimed],
+        " WHERE id = ? AND state = 'pending'",
+        ids,
     )
-    return claimed
+
+
+def _mark_failed(future: asyncio.Future[None]) -> None:
+    # The call runs anyway; its outcome is written (or not) like any other.
+    if not future.cancelled() and (error := future.exception()) is not None:
+        reason = getattr(error, "reason", type(error).__name__)
+        log.warning("cannot mark claimed deliveries running", reason=reason, detail=str(error))
 
 
 def _gauges(conn: sqlite3.Connection, now: float) -> tuple[dict[str, int], float]:

@@ -250,6 +250,7 @@ class TestDuplicates:
         original = incoming()
         await spool.accept(original, ["a", "b"])
         [claimed] = await spool.claim(1, {"a": 1})
+        await spool.flush()  # the claim's mark is queued, not awaited
         if progress == "done":
             await spool.finish(claimed.delivery_id, outcome="ok", seconds=0.1, error=None)
         assert states(path, original.id) == {"a": progress, "b": "pending"}
@@ -358,6 +359,7 @@ class TestClaim:
             oldest.timestamp,
             oldest.received_at,
         )
+        await spool.flush()  # the claim's mark is queued, not awaited
         assert query(path, "SELECT DISTINCT state, attempts FROM deliveries") == [("running", 1)]
         assert await spool.claim(10, {"h": 10, "g": 10}, now=now) == []
 
@@ -382,6 +384,7 @@ class TestClaim:
 
         claimed = await spool.claim(10, {"busy": 1, "free": 3}, now=now)
         assert sorted(c.handler for c in claimed) == ["busy", "free", "free", "free"]
+        await spool.flush()
         assert query(
             path,
             "SELECT handler, COUNT(*) FROM deliveries WHERE state = 'running' GROUP BY handler",
@@ -402,6 +405,7 @@ class TestClaim:
             await spool.accept(incoming(received_at=now - 100 + age), ["h"])
         assert len(await spool.claim(2, {"h": 10}, now=now)) == 2
         assert await spool.claim(0, {"h": 10}, now=now) == []
+        await spool.flush()
         assert query(path, "SELECT state, COUNT(*) FROM deliveries GROUP BY state") == [
             ("pending", 3),
             ("running", 2),
@@ -640,3 +644,33 @@ class TestClose:
             assert caught.value.reason == "spool_closed"
         assert event_ids(path) == set()
         await spool.close()  # closing twice is harmless
+
+
+class TestClaimsAheadOfTheirMarks:
+    async def test_a_claimed_delivery_is_not_claimed_again_before_its_mark_is_written(
+        self, spool: Spool, path: Path
+    ):
+        now = time.time()
+        first, second = incoming(received_at=now - 2), incoming(received_at=now - 1)
+        await spool.accept(first, ["h"])
+        await spool.accept(second, ["h"])
+        # Hold the writer: the first claim's mark cannot be written yet.
+        gate = threading.Event()
+        held = spool.run(lambda conn: gate.wait(10))
+        try:
+            [one] = await spool.claim(1, {"h": 1}, now=now)
+            [two] = await spool.claim(5, {"h": 5}, now=now)
+            assert await spool.claim(5, {"h": 5}, now=now) == []
+            assert await spool.next_due(["h"]) is None
+            assert query(path, "SELECT DISTINCT state FROM deliveries") == [("pending",)]
+        finally:
+            gate.set()
+        await held
+        assert (one.event_id, two.event_id) == (first.id, second.id)
+        await spool.finish(
+            one.delivery_id, outcome="error", seconds=0.1, error="x", next_attempt_at=now - 1
+        )
+        # Its outcome written, the first is the database's again: due, and claimable.
+        assert await spool.next_due(["h"]) == pytest.approx(now - 1)
+        [again] = await spool.claim(5, {"h": 5}, now=now)
+        assert (again.event_id, again.attempts) == (first.id, 2)
