@@ -92,6 +92,13 @@ def _cmd_check(args: argparse.Namespace) -> int:
             f"  source  {name}: POST /webhooks/{name}, {count} secret{'s' * (count != 1)} "
             f"({refs}), tolerance {format_duration(source.tolerance)}"
         )
+    spool = config.spool
+    if spool.backend == "redis":
+        # The reference, not the URL: it may carry a password.
+        print(f"  spool   redis ({spool.redis_url.reference}), keys {spool.stream_prefix}:*")
+    else:
+        where = config.resolve_path(spool.path)
+        print(f"  spool   sqlite {where} (synchronous {spool.synchronous})")
     print(f"  log     {config.log.level}, {config.log.format}")
     for info in plugins.plugins.values():
         print(

@@ -123,6 +123,30 @@ tolerance = "five"
             '(units ms, s, m, h), got "five"',
         ]
 
+    def test_the_spool_line_names_the_backend_and_never_a_redis_password(self, tmp_path: Path):
+        result = run_cli("check", "--config", str(write_config(tmp_path)))
+        assert f"  spool   sqlite {tmp_path / 'frameiod.db'} (synchronous FULL)\n" in result.stdout
+        path = write_config(
+            tmp_path,
+            f"""
+[spool]
+backend = "redis"
+redis_url = "env:FRAMEIOD_TEST_REDIS_URL"
+stream_prefix = "media"
+[sources.default]
+secrets = ["{SECRET}"]
+""",
+        )
+        result = run_cli(
+            "check",
+            "--config",
+            str(path),
+            env={"FRAMEIOD_TEST_REDIS_URL": "redis://:hunter2@10.1.2.3:6379/0"},
+        )
+        assert result.returncode == 0, result.stderr
+        assert "  spool   redis (env:FRAMEIOD_TEST_REDIS_URL), keys media:*\n" in result.stdout
+        assert "hunter2" not in result.stdout + result.stderr
+
     def test_missing_config_file_is_reported(self, tmp_path: Path):
         result = run_cli("check", "--config", str(tmp_path / "nope.toml"))
         assert result.returncode == 2
