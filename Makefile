@@ -46,6 +46,8 @@ test: lint system-deps
 # Load tests need wrk (and taskset, from util-linux, to pin server and load to separate cores).
 bench: $(VENV)/.run-installed
 	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
+	@command -v redis-server >/dev/null || { apt-get update -qq && apt-get install -y -qq redis-server; }
+	@$(BIN)/python -c 'import redis' 2>/dev/null || $(BIN)/python -m pip install --quiet -e '.[redis]'
 	$(BIN)/python bench/run.py
 
 fix: $(VENV)/.test-installed

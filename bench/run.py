@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import importlib.util
 import json
 import math
 import os
@@ -55,7 +56,10 @@ SECRET = "bench-secret"  # noqa: S105 - a throwaway secret for loopback only
 TWO_CORES = (os.cpu_count() or 1) >= 2
 sys.path.insert(0, str(BENCH.parent))
 
+sys.path.insert(0, str(BENCH.parent / "tests"))
+
 import noop_plugin  # noqa: E402 - after the path tweak above
+from redis_support import REDIS_SERVER, RedisServer  # noqa: E402 - shared with the tests
 
 from frameiod.signature import sign  # noqa: E402
 
@@ -295,7 +299,9 @@ def start_frameiod(
     )
 
 
-def _serve(target: str, port: int, folder: Path) -> subprocess.Popen[bytes]:
+def _serve(
+    target: str, port: int, folder: Path, stack: contextlib.ExitStack
+) -> subprocess.Popen[bytes]:
     if target == "baseline":
         return subprocess.Popen(  # noqa: S603 - our own interpreter and files
             [*pin(0), sys.executable, str(BENCH / "baseline.py"), str(port), SECRET],
@@ -304,6 +310,14 @@ def _serve(target: str, port: int, folder: Path) -> subprocess.Popen[bytes]:
         )
     state = folder / target
     shutil.rmtree(state, ignore_errors=True)
+    if target == "frameiod-redis":
+        # A fresh Redis per load, appendfsync always (the SQLite FULL promise), on the
+        # load generator's core: the other machine, as it would be in production.
+        redis = RedisServer(state / "redis", prefix=pin(1))
+        redis.start()
+        stack.callback(redis.stop)
+        extra = f'backend = "redis"\nredis_url = "{redis.url}"'
+        return start_frameiod(frameiod_config(state, port, "FULL", extra))
     return start_frameiod(frameiod_config(state, port, target.removeprefix("frameiod-").upper()))
 
 
@@ -312,15 +326,16 @@ def _load(
 ) -> tuple[dict[str, float], float]:
     """A fresh server (and spool) per load, so no request is ever seen twice."""
     port = free_port()
-    process = _serve(target, port, folder)
-    try:
-        wait_listening(port, process)
-        url = f"http://127.0.0.1:{port}"
-        _wrk(url, script, connections, 1, start=warm_up_at)
-        figures = _wrk(url, script, connections, seconds)
-        rss = proc_status(process.pid, "VmHWM") / 1024
-    finally:
-        _stop(process)
+    with contextlib.ExitStack() as stack:
+        process = _serve(target, port, folder, stack)
+        try:
+            wait_listening(port, process)
+            url = f"http://127.0.0.1:{port}"
+            _wrk(url, script, connections, 1, start=warm_up_at)
+            figures = _wrk(url, script, connections, seconds)
+            rss = proc_status(process.pid, "VmHWM") / 1024
+        finally:
+            _stop(process)
     return figures, rss
 
 
@@ -618,7 +633,7 @@ def profile(folder: Path, seconds: int) -> int:
     script = folder / "requests.lua"
     write_script(script, count=per_run * len(runs))
     port = free_port()
-    process = _serve("frameiod-full", port, folder)
+    process = _serve("frameiod-full", port, folder, contextlib.ExitStack())
     rates = []
     try:
         wait_listening(port, process)
@@ -657,7 +672,11 @@ def _ratio(value: float, base: float) -> float:
     return round(value / base, 3) if base else math.nan
 
 
-TARGETS = ["baseline", "frameiod-full", "frameiod-normal"]
+# Ingest with the Redis backend too, where redis-server and redis-py are installed (make
+# bench installs both); its end to end is not measured (that reads the SQLite spool).
+TARGETS = ["baseline", "frameiod-full", "frameiod-normal"] + (
+    ["frameiod-redis"] if REDIS_SERVER and importlib.util.find_spec("redis") else []
+)
 MODES = ["FULL", "NORMAL"]
 
 
@@ -692,7 +711,7 @@ def collect(
                 # Two loads' worth of requests (full speed, paced) and a warm-up tail, sized
                 # from frameiod's ingest just measured with room to spare; `wrapped` says if
                 # wrk ever came round to a request again all the same.
-                fastest = max(r.rps_64 for t in TARGETS[1:] for r in results[t])
+                fastest = max(r.rps_64 for t in TARGETS[1:3] for r in results[t])
                 region = int(fastest * 1.5 * args.e2e_seconds) + 10_000
             for mode in MODES:
                 paced = write_script(e2e_script, count=2 * region + 20_000)

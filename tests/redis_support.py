@@ -1,4 +1,5 @@
-"""A real ``redis-server`` for the tests (Debian's package; ``make test`` installs it)."""
+"""A real ``redis-server`` for the tests and the bench (Debian's package; ``make test`` and
+``make bench`` install it). No pytest here: ``bench/run.py`` imports it too."""
 
 from __future__ import annotations
 
@@ -7,9 +8,8 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
-
-import pytest
 
 REDIS_SERVER = shutil.which("redis-server")
 
@@ -34,10 +34,14 @@ class RedisServer:
     """``redis-server`` on a free loopback port, its data (AOF, ``appendfsync always``) in
     ``directory``; `stop` and `start` again keep the port and the data."""
 
-    def __init__(self, directory: Path, *, appendfsync: str = "always") -> None:
+    def __init__(
+        self, directory: Path, *, appendfsync: str = "always", prefix: Sequence[str] = ()
+    ) -> None:
+        """``prefix`` goes before the command (the bench pins Redis to a core with it)."""
         if REDIS_SERVER is None:
-            pytest.fail("redis-server is not installed (make test installs it)")
+            raise RuntimeError("redis-server is not installed (make test installs it)")
         self.directory = directory
+        self.prefix = list(prefix)
         self.port = free_port()
         self.appendfsync = appendfsync
         self.process: subprocess.Popen[bytes] | None = None
@@ -53,6 +57,7 @@ class RedisServer:
         assert REDIS_SERVER is not None
         self.process = subprocess.Popen(
             [
+                *self.prefix,
                 REDIS_SERVER,
                 "--port", str(self.port),
                 "--bind", "127.0.0.1",
