@@ -104,6 +104,8 @@ class Dispatcher:
         self._rates: dict[str, TokenBucket] = {}
         self._finished = asyncio.Condition()
         self._stopping = False
+        self._scheduling = False
+        self._scheduler_stopped = asyncio.Event()
         spool.on_new_work(self._wake.set)
         spool.expect_handlers(
             {key: h.timeout or self._policy.handler_timeout for key, h in self._handlers.items()}
@@ -114,32 +116,65 @@ class Dispatcher:
 
     async def run(self) -> None:
         """Claim and start due deliveries until `stop` is called."""
-        while not self._stopping:
-            # Cleared before claiming: a wake-up that arrives while we claim is kept.
-            self._wake.clear()
-            free = self._workers - len(self._running)
-            claimed: list[Claimed] = []
-            try:
-                # Handlers of sources with a dispatch rate are claimed per source, at most as
-                # many as the source has tokens; excess simply waits in the spool.
-                for source, caps in self._groups():
-                    limit = free - len(claimed)
-                    bucket = self._rates.get(source) if source else None
-                    if bucket is not None:
-                        limit = min(limit, bucket.available(time.monotonic()))
-                    if limit <= 0:
-                        continue
-                    got = await self._spool.claim(limit, caps)
-                    if bucket is not None:
-                        bucket.spend(len(got), time.monotonic())
-                    claimed += got
-            except SpoolUnavailable as exc:
-                log.error("cannot claim deliveries", reason=exc.reason, detail=exc.detail)
-            for item in claimed:
-                self._start(item)
-            if claimed and len(claimed) == free:
-                continue  # maybe more are due; claim again once a worker frees up
-            await self._sleep(free - len(claimed))
+        self._scheduling = True
+        try:
+            while not self._stopping:
+                # Cleared before claiming: a wake-up that arrives while we claim is kept.
+                self._wake.clear()
+                free = self._workers - len(self._running)
+                claimed: list[Claimed] = []
+                try:
+                    claimed = await self._claim(free)
+                    if self._stopping:  # stop began while we claimed: start nothing more
+                        await self._release(claimed)
+                        break
+                    for item in claimed:
+                        self._start(item)
+                    if claimed and len(claimed) == free:
+                        continue  # maybe more are due; claim again once a worker frees up
+                    await self._sleep(free - len(claimed))
+                except Exception:
+                    # A bug here must not end dispatching quietly while requests still get
+                    # their 202: say so loudly, and go on after a pause.
+                    log.exception("the dispatch loop failed; it goes on in a second")
+                    await asyncio.sleep(1.0)
+        finally:
+            self._scheduling = False
+            self._scheduler_stopped.set()
+
+    async def _claim(self, free: int) -> list[Claimed]:
+        claimed: list[Claimed] = []
+        try:
+            # Handlers of sources with a dispatch rate are claimed per source, at most as
+            # many as the source has tokens; excess simply waits in the spool.
+            for source, caps in self._groups():
+                limit = free - len(claimed)
+                bucket = self._rates.get(source) if source else None
+                if bucket is not None:
+                    limit = min(limit, bucket.available(time.monotonic()))
+                if limit <= 0:
+                    continue
+                got = await self._spool.claim(limit, caps)
+                if bucket is not None:
+                    bucket.spend(len(got), time.monotonic())
+                claimed += got
+        except SpoolUnavailable as exc:
+            log.error("cannot claim deliveries", reason=exc.reason, detail=exc.detail)
+        return claimed
+
+    async def _release(self, items: list[Claimed]) -> None:
+        """Give deliveries back unrun; if the spool cannot take that, a restart (SQLite) or
+        the lease running out (Redis) does it."""
+        if not items:
+            return
+        try:
+            await self._spool.release(item.delivery_id for item in items)
+        except SpoolUnavailable as exc:
+            log.error(
+                "cannot give back deliveries cut short; they run again later",
+                count=len(items),
+                reason=exc.reason,
+            )
 
     def set_dispatch_rates(self, rates: Mapping[str, float]) -> None:
         """Handler calls per second allowed for each source's events (0: unlimited)."""
@@ -297,13 +332,16 @@ class Dispatcher:
                 retry_in_s=round(retry_in or 0, 3),
                 exc_info=error,
             )
-        await self._spool.finish(
-            item.delivery_id,
-            outcome=outcome.status,
-            seconds=outcome.seconds,
-            error=outcome.error,
-            next_attempt_at=time.time() + retry_in if retry_in is not None else None,
-            dead=dead,
+        # Shielded: a stop that cancels this task must not cut the write off halfway.
+        await asyncio.shield(
+            self._spool.finish(
+                item.delivery_id,
+                outcome=outcome.status,
+                seconds=outcome.seconds,
+                error=outcome.error,
+                next_attempt_at=time.time() + retry_in if retry_in is not None else None,
+                dead=dead,
+            )
         )
         if self._metrics is not None:
             self._metrics.handler_finished(handler.plugin, handler.name, outcome, dead=dead)
@@ -348,6 +386,8 @@ class Dispatcher:
         rest short and leave their deliveries pending. Returns how many were cut short."""
         self._stopping = True
         self._wake.set()
+        if self._scheduling:  # a claim in flight must not start calls after this
+            await self._scheduler_stopped.wait()
         if self._tasks:  # calls, and outcomes still being written
             await asyncio.wait(set(self._tasks), timeout=drain_timeout)
         cut = [item for item, task in self._running.values() if not task.done()]
@@ -356,6 +396,5 @@ class Dispatcher:
             task.cancel()
         if unfinished:
             await asyncio.gather(*unfinished, return_exceptions=True)
-        if cut:
-            await self._spool.release(item.delivery_id for item in cut)
+        await self._release(cut)
         return len(cut)

@@ -145,18 +145,25 @@ return scheduled
 """
 )
 
-# ARGV: P, now, limit, then (handler, room, lease seconds) per handler that may start.
-# Returns {event id, handler, attempts, source, body, timestamp, received_at} per claim.
+# ARGV: P, now ('' for Redis's clock), limit, then (handler, room, lease seconds) per
+# handler that may start. Returns {event id, handler, attempts, source, body, timestamp,
+# received_at} per claim.
 _CLAIM = (
     LUA_PRELUDE
     + r"""
-local now, limit = tonumber(ARGV[2]), tonumber(ARGV[3])
+-- Leases are written and judged on one clock, Redis's: receivers' clocks may disagree.
+local upto = ARGV[2]
+if upto == '' then
+  local t = redis.call('TIME')
+  upto = t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
+end
+local now, limit = tonumber(upto), tonumber(ARGV[3])
 local due = {}
 for i = 4, #ARGV, 3 do
   local h, room, lease = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
-  -- ARGV[2] as given, not fmt(now): rounded to microseconds it can fall just below a due
-  -- time stored at full precision, and a delivery due exactly now would be skipped.
-  local rows = redis.call('ZRANGEBYSCORE', due_key(h), '-inf', ARGV[2], 'WITHSCORES',
+  -- The text, not fmt(now): rounded to microseconds it can fall just below a due time
+  -- stored at full precision, and a delivery due exactly now would be skipped.
+  local rows = redis.call('ZRANGEBYSCORE', due_key(h), '-inf', upto, 'WITHSCORES',
     'LIMIT', 0, math.min(room, limit))
   for j = 1, #rows, 2 do
     table.insert(due, {tonumber(rows[j + 1]), h, rows[j], lease})
@@ -279,6 +286,13 @@ def _text(value: bytes | str | None) -> str | None:
     return value.decode() if isinstance(value, bytes) else value
 
 
+def _parts(delivery_id: DeliveryId) -> list[str]:
+    """Event id, handler and attempt of a claimed delivery's id."""
+    event_id, rest = str(delivery_id).split(" ", 1)
+    handler, attempt = rest.rsplit(" ", 1)
+    return [event_id, handler, attempt]
+
+
 def _node_name() -> str:
     # Unique per process: a restarted receiver must not inherit its predecessor's entries
     # (they are taken over like any dead receiver's).
@@ -303,7 +317,6 @@ class RedisSpool:
         self.node = _node_name()
         self._listeners = Listeners()
         self._timeouts: dict[str, float] = {}
-        self._attempts: dict[DeliveryId, int] = {}
         self._sources: set[str] = set()
         self._sources_read = 0.0
         self._autoclaimed = 0.0
@@ -355,6 +368,19 @@ class RedisSpool:
             return
         appendonly = _text(settings.get(b"appendonly", settings.get("appendonly")))
         fsync = _text(settings.get(b"appendfsync", settings.get("appendfsync")))
+        try:
+            policy = await self._client.config_get("maxmemory-policy")
+        except RedisError:
+            policy = {}
+        eviction = _text(policy.get(b"maxmemory-policy", policy.get("maxmemory-policy")))
+        if eviction not in (None, "noeviction"):
+            log.warning(
+                "Redis may evict keys when full: acknowledged events could vanish; set "
+                "maxmemory-policy noeviction (a full Redis then refuses writes, and frameiod "
+                "answers 503)",
+                redis=where,
+                maxmemory_policy=eviction,
+            )
         if appendonly != "yes":
             log.warning(
                 "Redis keeps no append-only file: a Redis restart loses events acknowledged "
@@ -425,13 +451,16 @@ class RedisSpool:
         self, limit: int, caps: dict[str, int], now: float | None = None
     ) -> list[Claimed]:
         """Take in new stream entries (and those of dead receivers), then claim up to
-        ``limit`` due deliveries, oldest first, under a lease."""
+        ``limit`` due deliveries, oldest first, under a lease.
+
+        Due times and leases are compared with Redis's clock unless ``now`` is given.
+        """
         if limit <= 0 or not caps:
             return []
         moment = time.time() if now is None else now
         with redis_errors(self._url):
             await self._take_in(moment)
-            args: list[Any] = [self._prefix, repr(moment), limit]
+            args: list[Any] = [self._prefix, "" if now is None else repr(now), limit]
             for handler, room in caps.items():
                 if room > 0:
                     args += [handler, room, repr(self._lease(handler))]
@@ -439,7 +468,9 @@ class RedisSpool:
         claimed = []
         for event_id, handler, attempts, source, body, timestamp, received_at in rows:
             item = Claimed(
-                delivery_id=f"{_text(event_id)} {_text(handler)}",
+                # The attempt too: a delivery whose lease ran out may be claimed again, by
+                # this receiver as well, while the first call is still finishing.
+                delivery_id=f"{_text(event_id)} {_text(handler)} {int(attempts)}",
                 event_id=str(_text(event_id)),
                 handler=str(_text(handler)),
                 attempts=int(attempts),
@@ -448,7 +479,6 @@ class RedisSpool:
                 timestamp=int(timestamp),
                 received_at=float(received_at),
             )
-            self._attempts[item.delivery_id] = item.attempts
             claimed.append(item)
         return claimed
 
@@ -500,7 +530,8 @@ class RedisSpool:
         prefix = f"{self._prefix}:stream:"
         for stream, entry_id, fields in entries:
             source = str(_text(stream)).removeprefix(prefix)
-            event_id = fields.get(b"id") or b""
+            # Redis 6.2's XAUTOCLAIM gives None for an entry deleted meanwhile: acknowledge it.
+            event_id = (fields or {}).get(b"id") or b""
             args += [source, entry_id, event_id]
         await self._schedule(args=args)
 
@@ -524,8 +555,7 @@ class RedisSpool:
         dead: bool = False,
     ) -> None:
         """Record how a call ended (ignored if a newer attempt already owns the delivery)."""
-        event_id, handler = str(delivery_id).split(" ", 1)
-        attempt = self._attempts.pop(delivery_id, 0)
+        event_id, handler, attempt = _parts(delivery_id)
         now = time.time()
         with redis_errors(self._url):
             await self._finish(
@@ -549,8 +579,7 @@ class RedisSpool:
         """Make deliveries cut short by a stop due now, for any receiver."""
         args: list[Any] = [self._prefix, repr(time.time())]
         for delivery_id in delivery_ids:
-            event_id, handler = str(delivery_id).split(" ", 1)
-            args += [event_id, handler, self._attempts.pop(delivery_id, 0)]
+            args += _parts(delivery_id)
         if len(args) > 2:
             with redis_errors(self._url):
                 await self._release(args=args)

@@ -452,7 +452,11 @@ class Spool:
         conn = await asyncio.to_thread(_connect, path, synchronous)
         # Before the writer thread exists, the connection is still this thread's alone.
         recovered = await asyncio.to_thread(_recover_committed, conn)
-        reader = await asyncio.to_thread(_connect_reader, path)
+        try:
+            reader = await asyncio.to_thread(_connect_reader, path)
+        except sqlite3.Error as exc:
+            conn.close()
+            raise SpoolError(f"{path}: cannot open the spool for reading: {exc}") from None
         writer = _Writer(conn)
         writer.start()
         return cls(path, writer, reader, recovered)
@@ -521,6 +525,9 @@ class Spool:
         taken = frozenset(self._claimed)
         claimed = await self._read(lambda conn: _due(conn, limit, dict(caps), moment, taken))
         if claimed:
+            # Queued before the calls start: an identical body accepted after this point is
+            # queued behind the mark and no longer coalesces into a started delivery; one
+            # queued before it arrived before the call started, which then sees it.
             self._claimed.update(item.delivery_id for item in claimed)
             ids = [(moment, item.delivery_id) for item in claimed]
             self.run(lambda conn: _mark_running(conn, ids)).add_done_callback(_mark_failed)
@@ -642,7 +649,7 @@ class Spool:
         self._closed = True
         self._writer.jobs.put(None)
         await asyncio.to_thread(self._writer.join)
-        self._reads.shutdown(wait=True)
+        await asyncio.to_thread(self._reads.shutdown)
         self._reader.close()
 
 

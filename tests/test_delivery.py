@@ -12,7 +12,9 @@ from structlog.testing import capture_logs
 from support import run_cli
 
 from frameiod import App, WebhookEvent
-from frameiod.dispatch import RetryPolicy
+from frameiod.dispatch import Dispatcher, RetryPolicy
+from frameiod.handlers import Routes, WebhookHandler
+from frameiod.spool import Incoming, Spool
 from frameiod.testing import TEST_SECRET, RunningDaemon, run_daemon
 
 # Retries in milliseconds, so the tests run in a blink.
@@ -238,3 +240,45 @@ dispatch_rate = 5.0
         # At no point more than burst + rate x elapsed.
         for index, moment in enumerate(called):
             assert index + 1 <= 5 + 5 * (moment - called[0]) + 1
+
+
+class _GatedSpool(Spool):
+    """The real SQLite spool, whose claims wait at a gate: a stop can begin mid-claim."""
+
+    gate: asyncio.Event
+    entered: asyncio.Event
+
+    async def claim(self, limit, caps, now=None):  # type: ignore[no-untyped-def]
+        self.entered.set()
+        await self.gate.wait()
+        return await super().claim(limit, caps, now)
+
+
+class TestStopWhileClaiming:
+    async def test_deliveries_claimed_as_stop_begins_are_given_back_unrun(self, tmp_path: Path):
+        calls: list[str] = []
+
+        async def record(event: WebhookEvent) -> None:
+            calls.append(event.event_id or "")
+
+        handler = WebhookHandler(func=record, event_types=("file.ready",), plugin="p")
+        spool = await _GatedSpool.open(tmp_path / "spool.db")
+        spool.gate, spool.entered = asyncio.Event(), asyncio.Event()
+        try:
+            body = json.dumps({"type": "file.ready", "resource": {"id": "r1"}}).encode()
+            incoming = Incoming("e1", "default", "file.ready", body, 1, "v0=x", "0", time.time())
+            await spool.accept(incoming, [handler.key])
+            dispatcher = Dispatcher(spool, Routes([handler]))
+            scheduler = asyncio.create_task(dispatcher.run())
+            await spool.entered.wait()  # the scheduler is inside a claim ...
+            stopping = asyncio.create_task(dispatcher.stop(drain_timeout=1.0))
+            await asyncio.sleep(0)  # ... when the stop begins
+            spool.gate.set()
+            assert await stopping == 0
+            await scheduler
+            rows = await spool.deliveries_of("e1")
+        finally:
+            await spool.close()
+        assert calls == []
+        # Pending again for the next start; the claim counted, as for any call cut short.
+        assert [(r["state"], r["attempts"]) for r in rows] == [("pending", 1)]

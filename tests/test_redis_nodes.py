@@ -89,8 +89,16 @@ class Records:
 
 
 def _nodes(
-    tmp_path: Path, server: RedisServer, count: int, extra: str = "", delay: float = 0.0
+    tmp_path: Path,
+    server: RedisServer,
+    count: int,
+    *,
+    extra: str = "",
+    delay: float = 0.0,
+    dispatch: str = "",
 ) -> tuple[list[DaemonProcess], Records]:
+    """``count`` receivers with the recorder plugin; ``extra`` goes into the source's table,
+    ``dispatch`` into ``[dispatch]``."""
     log = tmp_path / "handled.log"
     log.touch()
     env = {
@@ -111,6 +119,7 @@ redis_url = "{server.url}"
 handler_timeout = "2s"
 backoff_initial = "0.2s"
 backoff_max = "0.5s"
+{dispatch}
 [sources.default]
 secrets = ["{SECRET}"]
 {extra}
@@ -325,3 +334,28 @@ secrets = ["{SECRET}"]
     assert line["error"].startswith(f"cannot use Redis at redis://:***@127.0.0.1:{port}/0: ")
     assert "hunter2" not in "".join(node.raw)
     assert not node.logs("listening")
+
+
+def test_a_receiver_stopped_while_redis_is_down_exits_cleanly_and_its_call_runs_later(
+    tmp_path: Path, redis_server: RedisServer
+):
+    [node], records = _nodes(
+        tmp_path, redis_server, 1, delay=1.5, dispatch='drain_timeout = "200ms"'
+    )
+    body = _body()
+    response = httpx.post(node.url(), content=body, headers=signed_headers(body), timeout=5)
+    event_id = response.json()["id"]
+    wait_until(lambda: any(k == "start" and e == event_id for k, e, _, _ in records.lines()))
+    redis_server.stop(kill=True)
+    assert node.stop(timeout=20) == 0, "".join(node.raw)
+    assert node.logs("cannot give back deliveries cut short; they run again later")
+    assert node.logs("stopped")
+    assert event_id not in records.ended()
+
+    # Its lease (2 s timeout + 5 s grace) runs out, and the next receiver runs the call.
+    redis_server.start()
+    [again], _ = _nodes(tmp_path, redis_server, 1)  # the same recorder log
+    try:
+        wait_until(lambda: event_id in records.ended(), timeout=30)
+    finally:
+        _stop([again])

@@ -141,7 +141,7 @@ class TestAcceptClaimFinish:
 
         assert sorted(claimed, key=lambda item: item.handler) == [
             Claimed(
-                delivery_id=f"{event.id} {handler}",
+                delivery_id=f"{event.id} {handler} 1",
                 event_id=event.id,
                 handler=handler,
                 attempts=1,
@@ -310,7 +310,7 @@ class TestNodes:
 
         ids = [item.delivery_id for item in claimed]
         assert len(ids) == len(set(ids)), "a delivery was handed out twice"
-        assert sorted(ids) == sorted(f"{e.id} {h}" for e in events for h in ("a", "b"))
+        assert sorted(ids) == sorted(f"{e.id} {h} 1" for e in events for h in ("a", "b"))
         assert {item.attempts for item in claimed} == {1}
         assert (await nodes[1].gauges())[0] == counts(running=120)
 
@@ -329,7 +329,8 @@ class TestNodes:
         assert await survivor.claim(1, {"h": 1}, now=t0 + 1.0 + LEASE_GRACE - 0.1) == []
 
         [second] = await survivor.claim(1, {"h": 1}, now=t0 + 1.0 + LEASE_GRACE + 0.1)
-        assert (second.delivery_id, second.attempts) == (first.delivery_id, 2)
+        assert (second.event_id, second.handler, second.attempts) == (event.id, "h", 2)
+        assert second.delivery_id != first.delivery_id  # each attempt its own handle
         assert (await survivor.gauges())[0] == counts(running=1)
 
         # Attempt 1 failing late must not undo attempt 2, which owns the delivery now.
@@ -352,6 +353,28 @@ class TestNodes:
         await survivor.release([second.delivery_id])
         assert states(await survivor.deliveries_of(event.id)) == [("h", "done", 2)]
         assert (await survivor.gauges())[0] == counts(done=1)
+
+    async def test_a_receiver_that_claims_its_own_lapsed_delivery_again_keeps_them_apart(
+        self, node: OpenNode
+    ):
+        spool = await node()
+        spool.expect_handlers({"h": 1.0})
+        event = incoming()
+        await spool.accept(event, ["h"])
+        t0 = time.time()
+        [first] = await spool.claim(1, {"h": 1}, now=t0)
+        [second] = await spool.claim(1, {"h": 1}, now=t0 + 1.0 + LEASE_GRACE + 0.1)
+        assert (first.attempts, second.attempts) == (1, 2)
+
+        # The first call's late failure is the first call's: the second still owns it ...
+        await spool.finish(first.delivery_id, outcome="error", seconds=1.0, error="late")
+        assert states(await spool.deliveries_of(event.id)) == [("h", "running", 2)]
+        # ... and the second call's own failure is recorded, as attempt 2.
+        await spool.finish(
+            second.delivery_id, outcome="error", seconds=1.0, error="own", next_attempt_at=t0
+        )
+        [row] = await spool.deliveries_of(event.id)
+        assert (row["state"], row["attempts"], row["last_error"]) == ("pending", 2, "own")
 
     async def test_a_late_success_leaves_a_dead_letter_dead(self, node: OpenNode):
         dying, survivor = await node(), await node()
