@@ -658,6 +658,21 @@ class TestPersistenceWarnings:
         finally:
             server.stop()
 
+    async def test_a_policy_that_evicts_keys_is_warned_about(self, tmp_path: Path, node: OpenNode):
+        server = RedisServer(tmp_path / "redis")
+        server.start()
+        try:
+            admin = aioredis.Redis.from_url(server.url)
+            await admin.config_set("maxmemory-policy", "allkeys-lru")
+            await admin.aclose()
+            with capture_logs() as logs:
+                await node(url=server.url)
+            [warning] = self.warnings(logs)
+            assert "maxmemory-policy noeviction" in warning["event"]
+            assert warning["maxmemory_policy"] == "allkeys-lru"
+        finally:
+            server.stop()
+
     async def test_appendfsync_always_is_not_warned_about(self, node: OpenNode):
         with capture_logs() as logs:
             await node()
