@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import sqlite3
 import threading
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import event_body
+from support import event_body, wait_until
 
 from frameiod.spool import (
     SCHEMA_VERSION,
@@ -674,3 +675,24 @@ class TestClaimsAheadOfTheirMarks:
         assert await spool.next_due(["h"]) == pytest.approx(now - 1)
         [again] = await spool.claim(5, {"h": 5}, now=now)
         assert (again.event_id, again.attempts) == (first.id, 2)
+
+
+class TestCheckpoints:
+    async def test_the_wal_is_copied_into_the_file_beside_the_writer_not_inside_a_commit(
+        self, path: Path
+    ):
+        spool = await Spool.open(path)
+        try:
+            await spool.flush()
+            before = await asyncio.to_thread(lambda: path.stat().st_size)
+            for number in range(40):  # far fewer pages than the writer's own checkpoint needs
+                body = json.dumps({"type": "file.ready", "pad": "x" * 2000, "n": number})
+                await spool.accept(incoming(body.encode()), ["h"])
+            await asyncio.to_thread(
+                wait_until, lambda: path.stat().st_size >= before + 40 * 2000, 5.0
+            )
+            threads = {t.name for t in threading.enumerate()}
+            assert "frameiod-spool-checkpoint" in threads
+        finally:
+            await spool.close()
+        assert "frameiod-spool-checkpoint" not in {t.name for t in threading.enumerate()}
