@@ -485,8 +485,7 @@ class RedisSpool:
     async def _take_in(self, now: float) -> None:
         """Move stream entries into the due sets: new ones, and ones a dead receiver read."""
         if now - self._sources_read > _SOURCES_SECONDS:
-            members = await self._client.smembers(f"{self._prefix}:sources")
-            self._sources |= {str(_text(m)) for m in members}
+            await self._read_sources()
             self._sources_read = now
         if not self._sources:
             return
@@ -617,12 +616,17 @@ class RedisSpool:
         age = moment - due if due is not None and due <= moment else 0.0
         return states, age
 
+    async def _read_sources(self) -> set[str]:
+        """Every source any receiver has accepted an event for (``P:sources``)."""
+        members = await self._client.smembers(f"{self._prefix}:sources")
+        self._sources |= {str(_text(member)) for member in members}
+        return self._sources
+
     async def _oldest_unread(self) -> list[float]:
         """When the oldest stream entry no receiver has read yet arrived, per source: those
         wait too (all workers busy, or every receiver stuck), and are in no due set yet."""
         oldest = []
-        sources = {str(_text(m)) for m in await self._client.smembers(f"{self._prefix}:sources")}
-        for source in sorted(sources):
+        for source in sorted(await self._read_sources()):
             stream = f"{self._prefix}:stream:{source}"
             try:
                 groups = await self._client.xinfo_groups(stream)

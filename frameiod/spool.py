@@ -579,14 +579,23 @@ class Spool:
         """Record how a call ended: ``done`` when it succeeded, ``dead`` when ``dead``, else
         ``pending`` again at ``next_attempt_at``."""
         state = "done" if outcome == "ok" else ("dead" if dead else "pending")
+        row = (
+            state,
+            outcome,
+            error[:_ERROR_LIMIT] if error else None,
+            seconds,
+            next_attempt_at,
+            time.time(),
+            delivery_id,
+        )
         try:
-            await self._finish(
-                delivery_id,
-                state=state,
-                outcome=outcome,
-                seconds=seconds,
-                error=error,
-                next_attempt_at=next_attempt_at,
+            await self.run(
+                lambda conn: conn.execute(
+                    "UPDATE deliveries SET state = ?, last_outcome = ?, last_error = ?,"
+                    " last_seconds = ?, next_attempt_at = COALESCE(?, next_attempt_at),"
+                    " updated_at = ? WHERE id = ?",
+                    row,
+                )
             )
         finally:
             # Written, or failed (then it stays as the claim's mark left it): either way
@@ -594,33 +603,6 @@ class Spool:
             self._claimed.discard(delivery_id)
         if state == "pending":
             self._listeners.notify()
-
-    def _finish(
-        self,
-        delivery_id: DeliveryId,
-        *,
-        state: str,
-        outcome: str,
-        seconds: float,
-        error: str | None,
-        next_attempt_at: float | None,
-    ) -> asyncio.Future[Any]:
-        return self.run(
-            lambda conn: conn.execute(
-                "UPDATE deliveries SET state = ?, last_outcome = ?, last_error = ?,"
-                " last_seconds = ?, next_attempt_at = COALESCE(?, next_attempt_at),"
-                " updated_at = ? WHERE id = ?",
-                (
-                    state,
-                    outcome,
-                    error[:_ERROR_LIMIT] if error else None,
-                    seconds,
-                    next_attempt_at,
-                    time.time(),
-                    delivery_id,
-                ),
-            )
-        )
 
     async def release(self, delivery_ids: Iterable[DeliveryId]) -> None:
         """Put deliveries that were running back to ``pending`` (a call cut short by stop)."""
