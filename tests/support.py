@@ -10,12 +10,14 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from frameiod.config import Config, load_config
 from frameiod.signature import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
+from frameiod.spool import Incoming
 
 SECRET = "test-secret-0123456789"
 
@@ -35,6 +37,27 @@ SAMPLE_EVENT: dict[str, Any] = {
 def event_body(event_type: str = "file.ready", **overrides: Any) -> bytes:
     """A Frame.io-shaped webhook body as raw bytes."""
     return json.dumps({**SAMPLE_EVENT, "type": event_type, **overrides}).encode()
+
+
+def incoming(
+    body: bytes | None = None, *, event_type: str = "file.ready", **changes: Any
+) -> Incoming:
+    """A verified delivery as the server hands it to a spool: by default a body, signature
+    and id of its own, signed the second it was received (``received_at``, default now)."""
+    received_at = changes.pop("received_at", time.time())
+    fields: dict[str, Any] = {
+        "id": str(uuid.uuid4()),
+        "source": "default",
+        "type": event_type,
+        "body": event_body(event_type, resource={"id": str(uuid.uuid4()), "type": "file"})
+        if body is None
+        else body,
+        "timestamp": int(received_at),
+        "signature": f"v0={uuid.uuid4().hex}",
+        "secret_id": "0",
+        "received_at": received_at,
+    }
+    return Incoming(**{**fields, **changes})
 
 
 def signed_headers(

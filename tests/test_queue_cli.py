@@ -9,7 +9,6 @@ import sqlite3
 import subprocess
 import threading
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass
@@ -17,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import event_body, run_cli, write_config
+from support import incoming, run_cli, write_config
 
 from frameiod.spool import Incoming, Spool
 
@@ -63,28 +62,15 @@ class Filled:
         return row
 
 
-def _incoming(event_type: str, received_at: float) -> Incoming:
-    return Incoming(
-        id=str(uuid.uuid4()),
-        source="default",
-        type=event_type,
-        body=event_body(event_type, resource={"id": str(uuid.uuid4()), "type": "file"}),
-        timestamp=int(received_at),
-        signature=f"v0={uuid.uuid4().hex}",
-        secret_id="0",
-        received_at=received_at,
-    )
-
-
 async def fill(directory: Path) -> Filled:
     """Write a config into ``directory`` and fill its spool through the Spool API."""
     config = write_config(directory)
     db = directory / "frameiod.db"
     now = time.time()
-    old = _incoming("file.ready", now - 8 * DAY)
-    waiting = _incoming("comment.created", now - 120)
-    dead = _incoming("file.upload.completed", now - 60)
-    later = _incoming("file.ready", now - 30)
+    old = incoming(event_type="file.ready", received_at=now - 8 * DAY)
+    waiting = incoming(event_type="comment.created", received_at=now - 120)
+    dead = incoming(event_type="file.upload.completed", received_at=now - 60)
+    later = incoming(event_type="file.ready", received_at=now - 30)
 
     spool = await Spool.open(db)
     try:

@@ -19,7 +19,7 @@ from unittest import mock
 import pytest
 import redis
 from redis_support import RedisServer, free_port
-from support import SECRET, event_body, make_config, run_cli, write_config
+from support import SECRET, incoming, make_config, run_cli, write_config
 
 from frameiod import redis_admin, redis_spool
 from frameiod.config import Config
@@ -160,19 +160,6 @@ class Filled:
             await spool.close()
 
 
-def _incoming(event_type: str, received_at: float) -> Incoming:
-    return Incoming(
-        id=str(uuid.uuid4()),
-        source="default",
-        type=event_type,
-        body=event_body(event_type, resource={"id": str(uuid.uuid4()), "type": "file"}),
-        timestamp=int(received_at),
-        signature=f"v0={uuid.uuid4().hex}",
-        secret_id="0",
-        received_at=received_at,
-    )
-
-
 async def fill(directory: Path, url: str) -> Filled:
     """Write a config into ``directory`` with a key prefix of its own and fill that spool
     through the `RedisSpool` API."""
@@ -180,11 +167,11 @@ async def fill(directory: Path, url: str) -> Filled:
     path = write_config(directory, config_text(url, prefix))
     config = make_config(directory, config_text(url, prefix))
     now = time.time()
-    old = _incoming("file.ready", now - 8 * DAY)
-    waiting = _incoming("comment.created", now - 120)
-    mixed = _incoming("comment.updated", now - 90)
-    dead = _incoming("file.upload.completed", now - 60)
-    later = _incoming("file.ready", now - 30)
+    old = incoming(event_type="file.ready", received_at=now - 8 * DAY)
+    waiting = incoming(event_type="comment.created", received_at=now - 120)
+    mixed = incoming(event_type="comment.updated", received_at=now - 90)
+    dead = incoming(event_type="file.upload.completed", received_at=now - 60)
+    later = incoming(event_type="file.ready", received_at=now - 30)
 
     spool = await RedisSpool.open(config)
     try:
@@ -560,8 +547,11 @@ class TestPaging:
         config = make_config(tmp_path, config_text(server.url, prefix))
         now = time.time()
         # Three arrivals at the very same time straddle the first page boundary.
-        events = [_incoming("file.ready", at) for at in (now - 50, now - 40, now - 40, now - 40)]
-        events.append(_incoming("file.ready", now - 30))
+        events = [
+            incoming(event_type="file.ready", received_at=at)
+            for at in (now - 50, now - 40, now - 40, now - 40)
+        ]
+        events.append(incoming(event_type="file.ready", received_at=now - 30))
         spool = await RedisSpool.open(config)
         try:
             for event in events:

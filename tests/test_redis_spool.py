@@ -14,30 +14,13 @@ import pytest
 import redis.asyncio as aioredis
 from redis_support import RedisServer, free_port
 from structlog.testing import capture_logs
-from support import SECRET, event_body, make_config
+from support import SECRET, incoming, make_config
 
 from frameiod.redis_spool import LEASE_GRACE, RedisSpool
 from frameiod.redis_store import GROUP
-from frameiod.spool import Accepted, Claimed, Incoming, SpoolError, SpoolUnavailable
+from frameiod.spool import Accepted, Claimed, SpoolError, SpoolUnavailable
 
 OpenNode = Callable[..., Awaitable[RedisSpool]]
-
-
-def incoming(body: bytes | None = None, **changes: Any) -> Incoming:
-    """A verified delivery; by default with a body, signature and id of its own."""
-    fields: dict[str, Any] = {
-        "id": str(uuid.uuid4()),
-        "source": "default",
-        "type": "file.ready",
-        "body": event_body(resource={"id": str(uuid.uuid4()), "type": "file"})
-        if body is None
-        else body,
-        "timestamp": int(time.time()),
-        "signature": f"v0={uuid.uuid4().hex}",
-        "secret_id": "0",
-        "received_at": time.time(),
-    }
-    return Incoming(**{**fields, **changes})
 
 
 def config_text(url: str, prefix: str, handler_timeout: str = "30s") -> str:

@@ -9,40 +9,21 @@ import os
 import sqlite3
 import threading
 import time
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import closing
 from pathlib import Path
 from typing import Any
 
 import pytest
-from support import event_body, wait_until
+from support import incoming, wait_until
 
 from frameiod.spool import (
     SCHEMA_VERSION,
     Accepted,
-    Incoming,
     Spool,
     SpoolError,
     SpoolUnavailable,
 )
-
-
-def incoming(body: bytes | None = None, **changes: Any) -> Incoming:
-    """A verified delivery; by default with a body, signature and id of its own."""
-    fields: dict[str, Any] = {
-        "id": str(uuid.uuid4()),
-        "source": "default",
-        "type": "file.ready",
-        "body": event_body(resource={"id": str(uuid.uuid4()), "type": "file"})
-        if body is None
-        else body,
-        "timestamp": int(time.time()),
-        "signature": f"v0={uuid.uuid4().hex}",
-        "secret_id": "0",
-        "received_at": time.time(),
-    }
-    return Incoming(**{**fields, **changes})
 
 
 def query(path: Path, sql: str, *args: Any) -> list[tuple[Any, ...]]:
