@@ -9,7 +9,6 @@ import re
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,17 +77,6 @@ backend = "redis"
 redis_url = "{url}"
 stream_prefix = "{prefix}"
 """
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    """One redis-server for the module; each test keeps to a key prefix of its own."""
-    instance = RedisServer(tmp_path_factory.mktemp("redis"))
-    instance.start()
-    try:
-        yield instance
-    finally:
-        instance.stop()
 
 
 @dataclass(frozen=True)
@@ -217,15 +205,15 @@ async def fill(directory: Path, url: str) -> Filled:
 
 
 @pytest.fixture
-async def filled(tmp_path: Path, server: RedisServer) -> Filled:
+async def filled(tmp_path: Path, redis_server: RedisServer) -> Filled:
     """A filled spool of this test's own, for commands that change it."""
-    return await fill(tmp_path, server.url)
+    return await fill(tmp_path, redis_server.url)
 
 
 @pytest.fixture(scope="module")
-def shared(tmp_path_factory: pytest.TempPathFactory, server: RedisServer) -> Filled:
+def shared(tmp_path_factory: pytest.TempPathFactory, redis_server: RedisServer) -> Filled:
     """One filled spool for every command that only reads."""
-    return asyncio.run(fill(tmp_path_factory.mktemp("shared"), server.url))
+    return asyncio.run(fill(tmp_path_factory.mktemp("shared"), redis_server.url))
 
 
 @pytest.fixture(scope="module")
@@ -393,10 +381,14 @@ class TestShow:
         assert notify["last_seconds"] == 1.0
         assert notify["updated_at"] == pytest.approx(time.time() - 8 * DAY, abs=60)
 
-    def test_an_unknown_event_is_an_error(self, ran: Ran, shared: Filled, server: RedisServer):
+    def test_an_unknown_event_is_an_error(
+        self, ran: Ran, shared: Filled, redis_server: RedisServer
+    ):
         result = ran["show unknown"]
         assert (result.returncode, result.stdout) == (1, "")
-        assert result.stderr == f"no event no-such-event in {server.url} ({shared.prefix}:*)\n"
+        assert (
+            result.stderr == f"no event no-such-event in {redis_server.url} ({shared.prefix}:*)\n"
+        )
 
 
 class TestReplay:
@@ -539,12 +531,12 @@ class TestPurge:
 
 class TestPaging:
     async def test_every_event_once_across_pages_and_ties(
-        self, tmp_path: Path, server: RedisServer, monkeypatch: pytest.MonkeyPatch
+        self, tmp_path: Path, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
     ):
         # In-process, with pages of 2: the CLI's 200 would need hundreds of events.
         monkeypatch.setattr(redis_admin, "_PAGE", 2)
         prefix = f"t{uuid.uuid4().hex[:12]}"
-        config = make_config(tmp_path, config_text(server.url, prefix))
+        config = make_config(tmp_path, config_text(redis_server.url, prefix))
         now = time.time()
         # Three arrivals at the very same time straddle the first page boundary.
         events = [
@@ -559,7 +551,7 @@ class TestPaging:
         finally:
             await spool.close()
         newest_first = sorted(events, key=lambda e: (e.received_at, e.id), reverse=True)
-        client = redis_admin.connect_sync(server.url)
+        client = redis_admin.connect_sync(redis_server.url)
         try:
             rows = redis_admin.list_deliveries(client, prefix, None, None, 50)
             counted = redis_admin.stats(client, prefix)["handlers"]

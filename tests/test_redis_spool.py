@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -48,14 +48,6 @@ def states(rows: list[dict[str, Any]]) -> list[tuple[str, str | None, int]]:
 
 def keys(claimed: list[Claimed]) -> list[tuple[str, str, int]]:
     return [(item.event_id, item.handler, item.attempts) for item in claimed]
-
-
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path_factory.mktemp("redis"))
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture
