@@ -7,6 +7,7 @@ source it arrived on, its type, and the secret that verified it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import inspect
 import threading
@@ -61,13 +62,19 @@ def call_handler(func: Callable[[Any], Any], event: Any) -> Awaitable[Any]:
             else:
                 future.set_exception(error)
 
+    def hand_back(result: Any, error: BaseException | None) -> None:
+        # RuntimeError: the loop closed while the handler ran. The daemon stopped and left
+        # this call behind; nobody awaits its outcome, and its delivery runs again later.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(settle, result, error)
+
     def run() -> None:
         try:
             result = func(event)
         except BaseException as exc:  # handed to the awaiting task, which decides
-            loop.call_soon_threadsafe(settle, None, exc)
+            hand_back(None, exc)
         else:
-            loop.call_soon_threadsafe(settle, result, None)
+            hand_back(result, None)
 
     name = getattr(event, "type", "event")
     threading.Thread(target=run, name=f"frameiod-handler-{name}", daemon=True).start()
