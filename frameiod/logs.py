@@ -6,11 +6,14 @@ frameiod's own loggers go straight to structlog; records from the standard libra
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
-from typing import Literal, TextIO
+import time
+from typing import Any, Literal, TextIO
 
 import structlog
+from structlog.typing import EventDict, WrappedLogger
 
 __all__ = ["configure_logging"]
 
@@ -20,6 +23,39 @@ _LEVELS = {
     "warning": logging.WARNING,
     "error": logging.ERROR,
 }
+
+
+class _Timestamp:
+    """Adds ``timestamp`` as ISO 8601 UTC with microseconds (``…T21:48:16.123456Z``).
+
+    structlog's TimeStamper builds a datetime per line; this formats the date and time
+    once a second and appends the fraction, since every accepted request logs a line.
+    """
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._prefix = ""
+
+    def __call__(self, logger: WrappedLogger, method: str, event_dict: EventDict) -> EventDict:
+        now = time.time()
+        second = int(now)
+        if second != self._second:
+            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._second = second
+        event_dict["timestamp"] = f"{self._prefix}.{int((now - second) * 1e6):06d}Z"
+        return event_dict
+
+
+def _fallback(value: Any) -> str:
+    return repr(value)
+
+
+# Built once: json.dumps with a ``default`` builds a new encoder on every call.
+_encode = json.JSONEncoder(default=_fallback).encode
+
+
+def _render_json(logger: WrappedLogger, method: str, event_dict: EventDict) -> str:
+    return _encode(event_dict)
 
 
 def configure_logging(
@@ -35,7 +71,7 @@ def configure_logging(
     stream = stream or sys.stdout
     as_json = fmt == "json" or (fmt == "auto" and not stream.isatty())
     renderer: structlog.typing.Processor = (
-        structlog.processors.JSONRenderer()
+        _render_json
         if as_json
         # plain_traceback: with `rich` installed, the default would print local variables,
         # and a local may hold a secret.
@@ -46,7 +82,7 @@ def configure_logging(
     shared: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        _Timestamp(),
     ]
     structlog.configure(
         # ConsoleRenderer pretty-prints exc_info itself; JSON needs it turned into text.

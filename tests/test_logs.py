@@ -1,0 +1,69 @@
+"""The log format: one JSON object per line, with a UTC ISO 8601 timestamp."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from datetime import UTC, datetime
+
+import structlog
+
+from frameiod.logs import configure_logging
+
+ISO_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
+
+
+def _lines(stream: io.StringIO) -> list[dict[str, object]]:
+    return [json.loads(line) for line in stream.getvalue().splitlines()]
+
+
+def test_json_lines_carry_level_event_fields_and_a_utc_timestamp() -> None:
+    stream = io.StringIO()
+    configure_logging("info", "json", stream)
+    before = datetime.now(UTC)
+    structlog.get_logger("t").info("webhook accepted", source="default", handlers=2)
+    after = datetime.now(UTC)
+
+    (line,) = _lines(stream)
+    assert {k: line[k] for k in ("event", "level", "source", "handlers")} == {
+        "event": "webhook accepted",
+        "level": "info",
+        "source": "default",
+        "handlers": 2,
+    }
+    assert ISO_UTC.fullmatch(line["timestamp"]), line["timestamp"]
+    stamped = datetime.fromisoformat(line["timestamp"].replace("Z", "+00:00"))
+    assert before.replace(microsecond=before.microsecond // 1000 * 1000) <= stamped <= after
+
+
+def test_timestamps_of_successive_lines_never_go_back() -> None:
+    stream = io.StringIO()
+    configure_logging("info", "json", stream)
+    for number in range(2000):
+        structlog.get_logger("t").info("tick", number=number)
+    stamps = [line["timestamp"] for line in _lines(stream)]
+    assert len(stamps) == 2000
+    assert stamps == sorted(stamps)
+
+
+def test_values_json_cannot_encode_are_written_as_their_repr() -> None:
+    stream = io.StringIO()
+    configure_logging("info", "json", stream)
+
+    class Opaque:
+        def __repr__(self) -> str:
+            return "<opaque 7>"
+
+    structlog.get_logger("t").warning("odd value", value=Opaque())
+    (line,) = _lines(stream)
+    assert line["value"] == "<opaque 7>"
+    assert line["level"] == "warning"
+
+
+def test_below_the_level_nothing_is_written() -> None:
+    stream = io.StringIO()
+    configure_logging("warning", "json", stream)
+    structlog.get_logger("t").info("quiet")
+    structlog.get_logger("t").warning("loud")
+    assert [line["event"] for line in _lines(stream)] == ["loud"]
