@@ -7,6 +7,7 @@ dispatcher never import each other.
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
 import ssl
 
@@ -337,6 +338,7 @@ async def serve(config: Config, plugins: PluginHost | None = None) -> int:
             error=exc.strerror or str(exc),
         )
         return 1
+    _tune_gc()
     # Only now: the port is bound and the spool is open.
     systemd.ready(daemon.summary())
     watchdog = asyncio.create_task(_watchdog(systemd.watchdog_period()), name="frameiod-watchdog")
@@ -345,6 +347,20 @@ async def serve(config: Config, plugins: PluginHost | None = None) -> int:
     watchdog.cancel()
     await daemon.stop()
     return 0
+
+
+def _tune_gc() -> None:
+    """Make the cyclic garbage collector cheaper for the rest of the process's life.
+
+    Start-up's objects (modules, plugins, configuration) live as long as the process:
+    frozen, they are never scanned again. A larger first generation means one collection
+    per ~10,000 new container objects rather than per 700, which a request's handful of
+    models and dicts reached every few requests. Together ~6 % of ingest (bench/).
+    """
+    gc.collect()
+    gc.freeze()
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(10_000, older, oldest)
 
 
 async def _watchdog(period: float | None) -> None:
