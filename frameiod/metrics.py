@@ -59,6 +59,11 @@ class Metrics:
         self.registry = registry if registry is not None else CollectorRegistry()
         self.sources: set[str] = set()
         self._actions: set[tuple[str, str]] = set()
+        # Children by label values: labels() costs a lock and a tuple build per call, and
+        # these two are counted on every request and every handler call. Keys are bounded
+        # (configured sources, loaded handlers, fixed outcome words).
+        self._received: dict[tuple[str, str], Counter] = {}
+        self._handler_series: dict[tuple[str, str, str], tuple[Counter, Histogram]] = {}
         self.deliveries_received = Counter(
             "frameiod_deliveries_received",
             "Requests to /webhooks/{source}, by how they were answered",
@@ -184,9 +189,16 @@ class Metrics:
         self, plugin: str, handler: str, outcome: Outcome, dead: bool = False
     ) -> None:
         """Count one handler call and its duration; a last failed attempt counts as ``dead``."""
-        label = "dead" if dead else outcome.status
-        self.handler_runs.labels(plugin=plugin, handler=handler, outcome=label).inc()
-        self.handler_seconds.labels(plugin=plugin, handler=handler).observe(outcome.seconds)
+        key = (plugin, handler, "dead" if dead else outcome.status)
+        series = self._handler_series.get(key)
+        if series is None:
+            series = self._handler_series[key] = (
+                self.handler_runs.labels(*key),
+                self.handler_seconds.labels(plugin, handler),
+            )
+        runs, seconds = series
+        runs.inc()
+        seconds.observe(outcome.seconds)
 
     def spool(self, counts: dict[str, int], oldest_pending: float) -> None:
         """Publish the spool's depth (from `frameiod.spool.Spool.gauges`)."""
@@ -196,6 +208,9 @@ class Metrics:
 
     def received(self, source: str, outcome: str, seconds: float) -> None:
         """Count one answered webhook request; unconfigured source names become ``unknown``."""
-        label = source if source in self.sources else UNKNOWN_SOURCE
-        self.deliveries_received.labels(source=label, outcome=outcome).inc()
+        key = (source if source in self.sources else UNKNOWN_SOURCE, outcome)
+        series = self._received.get(key)
+        if series is None:
+            series = self._received[key] = self.deliveries_received.labels(*key)
+        series.inc()
         self.ack_seconds.observe(seconds)
