@@ -21,7 +21,13 @@ from prometheus_client.aiohttp import make_aiohttp_handler
 from frameiod.actions import ActionRunner
 from frameiod.config import Config
 from frameiod.connections import body_deadline
-from frameiod.events import PayloadError, WebhookEvent, parse_action, parse_webhook
+from frameiod.events import (
+    PayloadError,
+    WebhookEvent,
+    check_webhook,
+    parse_action,
+    parse_webhook,
+)
 from frameiod.handlers import Routes, secret_id
 from frameiod.ids import new_event_id
 from frameiod.metrics import Metrics
@@ -113,7 +119,7 @@ class ServerState:
     spool: SpoolBackend
     metrics: Metrics
     clock: Callable[[], float] = time.time
-    observe: Callable[[WebhookEvent, str], None] = lambda event, source: None
+    observe: Callable[[WebhookEvent, str], None] | None = None
     """Told of each newly accepted event (the daemon passes it on to observer plugins)."""
     actions: ActionRunner = field(default_factory=ActionRunner)
     ready: bool = False
@@ -330,25 +336,27 @@ async def receive_webhook(request: web.Request) -> web.Response:
         checked = await _verify(request, state, live, source_name)
         event_id = new_event_id()
         try:
-            event = parse_webhook(checked.body, checked.verified.timestamp, event_id)
+            # The event itself is built only for observers; handlers get theirs at dispatch.
+            event_type = check_webhook(checked.body)
         except PayloadError as exc:
             raise Rejection(exc.status, "malformed", exc.reason, exc.detail) from None
         incoming = Incoming(
             id=event_id,
             source=source_name,
-            type=event.type,
+            type=event_type,
             body=checked.body,
             timestamp=checked.verified.timestamp,
             signature=checked.verified.signature,
             secret_id=checked.source.ids[checked.verified.secret_index],
             received_at=state.clock(),
         )
-        handlers = state.routes.for_delivery(source_name, event.type, incoming.secret_id)
+        handlers = state.routes.for_delivery(source_name, event_type, incoming.secret_id)
         try:
             accepted = await state.spool.accept(incoming, [h.key for h in handlers])
         except SpoolUnavailable as exc:
             raise Rejection(503, "unavailable", exc.reason, exc.detail) from None
-        if not accepted.duplicate:
+        if not accepted.duplicate and state.observe is not None:
+            event = parse_webhook(checked.body, checked.verified.timestamp, accepted.id)
             state.observe(event, source_name)
 
         seconds = time.perf_counter() - started
@@ -357,7 +365,7 @@ async def receive_webhook(request: web.Request) -> web.Response:
         log.info(
             f"webhook {outcome}",
             source=source_name,
-            event_type=event.type,
+            event_type=event_type,
             event_id=accepted.id,
             handlers=accepted.deliveries,
             status=status,
@@ -442,8 +450,7 @@ def create_app(
         metrics=metrics,
         clock=clock,
     )
-    if observe is not None:
-        app[STATE].observe = observe
+    app[STATE].observe = observe
     app.router.add_post("/webhooks/{source}", receive_webhook)
     app.router.add_post("/actions/{source}", receive_action)
     app.router.add_get("/healthz", healthz)

@@ -11,6 +11,7 @@ from frameiod.events import (
     ActionEvent,
     PayloadError,
     WebhookEvent,
+    check_webhook,
     closest_event_type,
     parse_action,
     parse_webhook,
@@ -40,9 +41,49 @@ SAMPLE_ACTION = b"""{
 
 
 def payload_error(body: bytes) -> PayloadError:
+    """The error `parse_webhook` raises for ``body``; the server's cheaper `check_webhook`
+    must raise the very same."""
     with pytest.raises(PayloadError) as info:
         parse_webhook(body)
-    return info.value
+    with pytest.raises(PayloadError) as checked:
+        check_webhook(body)
+    error = info.value
+    assert (checked.value.status, checked.value.reason, checked.value.detail) == (
+        error.status,
+        error.reason,
+        error.detail,
+    )
+    return error
+
+
+class TestCheckWebhookAgreesWithTheModel:
+    @pytest.mark.parametrize(
+        "body",
+        [
+            SAMPLE_WEBHOOK,
+            b'{"type":"comment.created","resource":{"id":"c1"}}',
+            b'{"type":"x","resource":{"id":"r","type":null},"user":null,"account":null}',
+            b'{"type":"x","resource":{"id":"r","extra":[1]},"new_field":{"a":1},"user":{"id":"u"}}',
+        ],
+        ids=["sample", "type-and-resource", "nulls", "unknown-fields"],
+    )
+    def test_what_the_model_accepts_passes_the_check_with_its_type(self, body: bytes) -> None:
+        assert check_webhook(body) == parse_webhook(body).type
+
+    @pytest.mark.parametrize(
+        ("body", "field"),
+        [
+            (b'{"type":"x","resource":{"id":"r"},"user":{}}', "user.id"),
+            (b'{"type":"x","resource":{"id":"r"},"account":"a1"}', "account"),
+            (b'{"type":"x","resource":{"id":"r"},"project":{"id":""}}', "project.id"),
+            (b'{"type":"x","resource":{"id":"r"},"workspace":{"id":3}}', "workspace.id"),
+            (b'{"type":"x","resource":{"id":"r","type":5}}', "resource.type"),
+        ],
+        ids=["ref-without-id", "ref-not-object", "ref-empty-id", "ref-id-number", "type-number"],
+    )
+    def test_what_the_model_refuses_the_check_refuses_alike(self, body: bytes, field: str) -> None:
+        error = payload_error(body)
+        assert (error.status, error.detail.partition(": ")[0]) == (422, field)
 
 
 class TestWebhookSample:
