@@ -140,6 +140,7 @@ class TestAccepted:
         assert ids == sorted(ids)
         assert len(set(ids)) == 20
         assert all(uuid.UUID(i).version == 7 for i in ids)
+        assert all(str(uuid.UUID(i)) == i for i in ids)  # the canonical 8-4-4-4-12 form
 
     async def test_event_type_no_handler_wants_is_still_accepted(self, daemon: Daemon):
         status, _ = await daemon.post(event_body("share.viewed.someday"))
