@@ -75,6 +75,8 @@ class Daemon:
             "signature",
             "secret_id",
             "received_at",
+            "request_key",
+            "body_key",
         ]
         return dict(zip(names, rows[0], strict=True))
 

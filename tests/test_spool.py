@@ -20,9 +20,11 @@ from support import incoming, wait_until
 from frameiod.spool import (
     SCHEMA_VERSION,
     Accepted,
+    Incoming,
     Spool,
     SpoolError,
     SpoolUnavailable,
+    body_hash,
 )
 
 
@@ -130,6 +132,87 @@ class TestOpen:
         with pytest.raises(SpoolError, match="cannot open the spool") as caught:
             await Spool.open(path)
         assert str(path) in str(caught.value)
+
+
+# The schema frameiod wrote before the duplicate checks used 64-bit keys (version 1).
+_SCHEMA_1 = """
+CREATE TABLE events (
+    id TEXT PRIMARY KEY, source TEXT NOT NULL, type TEXT NOT NULL, body BLOB NOT NULL,
+    body_hash BLOB NOT NULL, timestamp INTEGER NOT NULL, signature TEXT NOT NULL,
+    secret_id TEXT NOT NULL, received_at REAL NOT NULL
+);
+CREATE INDEX events_request ON events (signature, timestamp);
+CREATE INDEX events_body ON events (source, body_hash);
+CREATE INDEX events_received ON events (received_at);
+CREATE TABLE deliveries (
+    id INTEGER PRIMARY KEY,
+    event_id TEXT NOT NULL REFERENCES events (id) ON DELETE CASCADE,
+    handler TEXT NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('pending', 'running', 'done', 'dead')),
+    attempts INTEGER NOT NULL DEFAULT 0, next_attempt_at REAL NOT NULL, last_outcome TEXT,
+    last_error TEXT, last_seconds REAL, updated_at REAL NOT NULL
+);
+CREATE INDEX deliveries_due_by_handler ON deliveries (state, handler, next_attempt_at);
+CREATE INDEX deliveries_event ON deliveries (event_id);
+PRAGMA user_version = 1;
+"""
+
+
+class TestUpgradeFromSchema1:
+    @pytest.fixture
+    def old(self, path: Path) -> Incoming:
+        """A version-1 spool at ``path`` holding one event with a pending delivery."""
+        event = incoming()
+        with closing(sqlite3.connect(path)) as db:
+            db.executescript(_SCHEMA_1)
+            db.execute(
+                "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    event.id,
+                    event.source,
+                    event.type,
+                    event.body,
+                    body_hash(event.body),
+                    event.timestamp,
+                    event.signature,
+                    event.secret_id,
+                    event.received_at,
+                ),
+            )
+            db.execute(
+                "INSERT INTO deliveries (event_id, handler, state, next_attempt_at, updated_at)"
+                " VALUES (?, 'p.h', 'pending', 0, 0)",
+                (event.id,),
+            )
+            db.commit()
+        return event
+
+    async def test_the_file_is_upgraded_in_place_and_keeps_its_events(
+        self, path: Path, old: Incoming
+    ):
+        spool = await Spool.open(path)
+        await spool.close()
+        assert query(path, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
+        indexes = {
+            row[0] for row in query(path, "SELECT name FROM sqlite_master WHERE type = 'index'")
+        }
+        assert {"events_request_key", "events_body_key"} <= indexes
+        assert not {"events_request", "events_body"} & indexes
+        assert query(path, "SELECT id, body FROM events") == [(old.id, old.body)]
+        assert states(path, old.id) == {"p.h": "pending"}
+
+    async def test_old_events_are_still_found_by_both_duplicate_checks(
+        self, path: Path, old: Incoming
+    ):
+        spool = await Spool.open(path)
+        try:
+            again = incoming(old.body, id="new-1", signature=old.signature, timestamp=old.timestamp)
+            same_body = incoming(old.body, id="new-2")
+            assert await spool.accept(again, ["p.h"]) == Accepted(old.id, True, 0)
+            assert await spool.accept(same_body, ["p.h"]) == Accepted(old.id, True, 0)
+        finally:
+            await spool.close()
+        assert event_ids(path) == {old.id}
 
 
 class TestAccept:
