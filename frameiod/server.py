@@ -373,7 +373,10 @@ async def receive_webhook(request: web.Request) -> web.Response:
             remote=request.remote,
             duration_ms=round(seconds * 1000, 3),
         )
-        return web.json_response({"status": outcome, "id": accepted.id}, status=status)
+        # Written out rather than through json_response (~2 % of ingest): both values are
+        # frameiod's own, a fixed word and a UUID, with nothing to escape.
+        answer = f'{{"status": "{outcome}", "id": "{accepted.id}"}}'
+        return web.Response(text=answer, status=status, content_type="application/json")
 
     return await _guarded(request, "webhook", accept)
 
