@@ -64,7 +64,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     config = _load(args)
     if config is None:
         return EXIT_CONFIG
-    configure_logging(config.log.level, config.log.format)
+    configure_logging(config.log.level, config.log.format, cache=True)
     plugins = _plugins(config)
     if plugins is None:
         return EXIT_CONFIG

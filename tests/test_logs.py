@@ -67,3 +67,28 @@ def test_below_the_level_nothing_is_written() -> None:
     structlog.get_logger("t").info("quiet")
     structlog.get_logger("t").warning("loud")
     assert [line["event"] for line in _lines(stream)] == ["loud"]
+
+
+def test_loggers_bound_or_cached_before_a_reconfiguration_follow_it() -> None:
+    """What a reload relies on: the daemon caches its loggers, and a plugin binds its own
+    at start-up; a new level or format must still reach both."""
+    first, second = io.StringIO(), io.StringIO()
+    configure_logging("info", "json", first, cache=True)
+    cached = structlog.get_logger("t")
+    bound = structlog.get_logger("t").bind(plugin="p")
+    cached.info("one")
+    bound.info("two")
+
+    configure_logging("warning", "console", second)
+    cached.info("dropped")
+    bound.info("dropped too")
+    cached.warning("three")
+    bound.error("four")
+
+    assert [line["event"] for line in _lines(first)] == ["one", "two"]
+    rendered = second.getvalue()
+    assert "dropped" not in rendered
+    assert "three" in rendered
+    assert "four" in rendered
+    assert "plugin=p" in rendered
+    assert not rendered.lstrip().startswith("{")  # console, not JSON
