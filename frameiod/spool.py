@@ -74,10 +74,11 @@ CREATE TABLE IF NOT EXISTS events (
     secret_id TEXT NOT NULL,
     received_at REAL NOT NULL,
     request_key INTEGER NOT NULL,
-    body_key INTEGER NOT NULL
+    body_key INTEGER NOT NULL,
+    unstarted INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS events_request_key ON events (timestamp, request_key);
-CREATE INDEX IF NOT EXISTS events_body_key ON events (body_key);
+CREATE INDEX IF NOT EXISTS events_unstarted_body ON events (body_key) WHERE unstarted = 1;
 CREATE INDEX IF NOT EXISTS events_received ON events (received_at);
 CREATE TABLE IF NOT EXISTS deliveries (
     id INTEGER PRIMARY KEY,
@@ -99,13 +100,20 @@ CREATE INDEX IF NOT EXISTS deliveries_event ON deliveries (event_id);
 # not by the 67-character signature and 32-byte hash themselves: with every commit writing
 # whole index pages to the WAL, the wide random keys cost more than the rest of an accept.
 # The request index leads with the timestamp, so new entries land in its newest pages.
+# Only events none of whose deliveries has started yet (``unstarted``, cleared by the
+# claim's mark) can take in an identical body, so only those are in the body index: it
+# holds the backlog, not every event kept, and an event without handlers never enters it.
 
 # Schema 1 (frameiod before the 64-bit keys) becomes 2 in place, on first open.
 _UPGRADE_FROM_1 = """
 ALTER TABLE events ADD COLUMN request_key INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE events ADD COLUMN body_key INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE events ADD COLUMN unstarted INTEGER NOT NULL DEFAULT 0;
 UPDATE events SET request_key = frameiod_request_key(signature),
-    body_key = frameiod_body_key(body_hash);
+    body_key = frameiod_body_key(body_hash),
+    unstarted = EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = events.id)
+        AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = events.id
+            AND (d.state != 'pending' OR d.attempts > 0));
 DROP INDEX IF EXISTS events_request;
 DROP INDEX IF EXISTS events_body;
 """
@@ -607,7 +615,8 @@ class Spool:
             # queued before it arrived before the call started, which then sees it.
             self._claimed.update(item.delivery_id for item in claimed)
             ids = [(moment, item.delivery_id) for item in claimed]
-            self.run(lambda conn: _mark_running(conn, ids)).add_done_callback(_mark_failed)
+            events = [(event_id,) for event_id in {item.event_id for item in claimed}]
+            self.run(lambda conn: _mark_running(conn, ids, events)).add_done_callback(_mark_failed)
         return claimed
 
     async def finish(
@@ -734,14 +743,14 @@ def _accept(conn: sqlite3.Connection, incoming: Incoming, handlers: Sequence[str
     keys = (request_key(incoming.signature), body_key(digest))
     # One query for both kinds of duplicate (each statement costs a trip through the GIL):
     # the same signed request again (Frame.io's retry, or a replay), or an identical body
-    # still waiting for every handler (the pending run will see the latest state).
+    # none of whose deliveries has started (that run will see the latest state). The flag
+    # narrows the search; the deliveries themselves have the last word.
     row = conn.execute(
         "SELECT id FROM events WHERE timestamp = ? AND request_key = ? AND signature = ?"
         " AND source = ?"
         " UNION ALL"
-        " SELECT * FROM (SELECT e.id FROM events e WHERE e.body_key = ? AND e.body_hash = ?"
-        " AND e.source = ? AND e.secret_id = ?"
-        " AND EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = e.id)"
+        " SELECT * FROM (SELECT e.id FROM events e WHERE e.unstarted = 1 AND e.body_key = ?"
+        " AND e.body_hash = ? AND e.source = ? AND e.secret_id = ?"
         " AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = e.id"
         " AND d.state != 'pending') ORDER BY e.received_at DESC LIMIT 1)"
         " LIMIT 1",
@@ -760,7 +769,8 @@ def _accept(conn: sqlite3.Connection, incoming: Incoming, handlers: Sequence[str
         return Accepted(row[0], duplicate=True, deliveries=0)
     conn.execute(
         "INSERT INTO events (id, source, type, body, body_hash, timestamp, signature,"
-        " secret_id, received_at, request_key, body_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        " secret_id, received_at, request_key, body_key, unstarted)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             incoming.id,
             incoming.source,
@@ -772,6 +782,7 @@ def _accept(conn: sqlite3.Connection, incoming: Incoming, handlers: Sequence[str
             incoming.secret_id,
             incoming.received_at,
             *keys,
+            1 if handlers else 0,
         ),
     )
     if handlers:
@@ -812,12 +823,15 @@ def _due(
     return [Claimed(row[1], row[2], row[3], row[4] + 1, *row[5:]) for row in rows[:limit]]
 
 
-def _mark_running(conn: sqlite3.Connection, ids: list[tuple[float, DeliveryId]]) -> None:
+def _mark_running(
+    conn: sqlite3.Connection, ids: list[tuple[float, DeliveryId]], events: list[tuple[str]]
+) -> None:
     conn.executemany(
         "UPDATE deliveries SET state = 'running', attempts = attempts + 1, updated_at = ?"
         " WHERE id = ? AND state = 'pending'",
         ids,
     )
+    conn.executemany("UPDATE events SET unstarted = 0 WHERE id = ? AND unstarted = 1", events)
 
 
 def _mark_failed(future: asyncio.Future[None]) -> None:

@@ -77,6 +77,7 @@ class Daemon:
             "received_at",
             "request_key",
             "body_key",
+            "unstarted",
         ]
         return dict(zip(names, rows[0], strict=True))
 
