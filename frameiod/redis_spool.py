@@ -71,13 +71,13 @@ local seen_key = P .. ':seen:' .. source .. ':' .. ARGV[6] .. ':' .. ARGV[7]
 local body_key = P .. ':body:' .. source .. ':' .. ARGV[8] .. ':' .. ARGV[11]
 local seen = redis.call('GET', seen_key)
 if seen then return {seen, 1} end
--- An identical body whose deliveries are all still waiting: that run will see the latest.
+-- An identical body none of whose deliveries has started: that run will see the latest.
 local twin = redis.call('GET', body_key)
 if twin then
   local handlers = handlers_of(event_key(twin))
   local waiting = #handlers > 0
   for _, h in ipairs(handlers) do
-    if redis.call('HGET', event_key(twin), h .. '|state') ~= 'pending' then
+    if redis.call('HGET', event_key(twin), h .. '|attempts') ~= '0' then
       waiting = false
       break
     end

@@ -205,6 +205,21 @@ class TestDuplicates:
         assert await raw.zcard(f"{prefix}:events") == 3
         assert (await first_node.gauges())[0] == counts(pending=5, running=1)
 
+    async def test_an_identical_body_is_a_new_event_while_a_delivery_waits_for_its_retry(
+        self, node: OpenNode
+    ):
+        spool = await node()
+        first = incoming()
+        await spool.accept(first, ["h1"])
+        [started] = await spool.claim(1, {"h1": 1})
+        # Failed and pending again: its run has begun all the same.
+        await spool.finish(
+            started.delivery_id, outcome="error", seconds=0.1, error="boom", next_attempt_at=0
+        )
+        assert states(await spool.deliveries_of(first.id)) == [("h1", "pending", 1)]
+        again = incoming(body=first.body)
+        assert await spool.accept(again, ["h1"]) == Accepted(again.id, False, 1)
+
 
 class TestRetries:
     async def test_a_failed_delivery_is_retried_when_due_alone_and_then_dead_lettered(
