@@ -78,6 +78,27 @@ class TestRetries:
         assert first[0].status in ("timeout", "ok")  # the retry may already have run
         assert [o.status for o in final] == ["ok"]
 
+    async def test_the_deadline_and_a_timeout_error_of_the_handler_s_own_are_told_apart(self):
+        app = App()
+
+        @app.on_webhook("file.ready", timeout=0.2, max_attempts=1)
+        async def hangs(event: WebhookEvent) -> None:
+            await asyncio.Event().wait()
+
+        @app.on_webhook("file.ready", timeout=5, max_attempts=1)
+        async def gives_up_itself(event: WebhookEvent) -> None:
+            raise TimeoutError("upstream took too long")
+
+        async with run_daemon({"p": app}, settings=FAST) as daemon:
+            sent = await daemon.send("file.ready", wait=False)
+            outcomes = await daemon.wait_for(sent.id, settled=True)
+            states = await _states(daemon, sent.id)
+        assert sorted((o.status, o.error) for o in outcomes) == [
+            ("dead", "TimeoutError: upstream took too long"),
+            ("dead", "no answer within 0.2s"),
+        ]
+        assert states == {"p:hangs": ("dead", 1), "p:gives_up_itself": ("dead", 1)}
+
     async def test_a_handler_that_always_fails_ends_dead_after_max_attempts(self):
         app = App()
         calls: list[str] = []
