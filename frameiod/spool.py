@@ -73,12 +73,9 @@ CREATE TABLE IF NOT EXISTS events (
     signature TEXT NOT NULL,
     secret_id TEXT NOT NULL,
     received_at REAL NOT NULL,
-    request_key INTEGER NOT NULL,
-    body_key INTEGER NOT NULL,
-    unstarted INTEGER NOT NULL DEFAULT 0
+    request_key INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS events_request_key ON events (timestamp, request_key);
-CREATE INDEX IF NOT EXISTS events_unstarted_body ON events (body_key) WHERE unstarted = 1;
 CREATE INDEX IF NOT EXISTS events_received ON events (received_at);
 CREATE TABLE IF NOT EXISTS deliveries (
     id INTEGER PRIMARY KEY,
@@ -90,8 +87,11 @@ CREATE TABLE IF NOT EXISTS deliveries (
     last_outcome TEXT,
     last_error TEXT,
     last_seconds REAL,
-    updated_at REAL NOT NULL
+    updated_at REAL NOT NULL,
+    body_key INTEGER NOT NULL DEFAULT 0
 );
+CREATE INDEX IF NOT EXISTS deliveries_unstarted_body ON deliveries (body_key)
+    WHERE attempts = 0;
 CREATE INDEX IF NOT EXISTS deliveries_due_by_handler
     ON deliveries (state, handler, next_attempt_at);
 CREATE INDEX IF NOT EXISTS deliveries_event ON deliveries (event_id);
@@ -100,20 +100,19 @@ CREATE INDEX IF NOT EXISTS deliveries_event ON deliveries (event_id);
 # not by the 67-character signature and 32-byte hash themselves: with every commit writing
 # whole index pages to the WAL, the wide random keys cost more than the rest of an accept.
 # The request index leads with the timestamp, so new entries land in its newest pages.
-# Only events none of whose deliveries has started yet (``unstarted``, cleared by the
-# claim's mark) can take in an identical body, so only those are in the body index: it
-# holds the backlog, not every event kept, and an event without handlers never enters it.
+# Only an event none of whose deliveries has started can take in an identical body, so
+# the body key is indexed on deliveries not yet attempted: the claim's mark takes each out
+# as it counts the attempt, the index holds the backlog rather than every event kept, and
+# an event without handlers never enters it.
 
 # Schema 1 (frameiod before the 64-bit keys) becomes 2 in place, on first open.
 _UPGRADE_FROM_1 = """
 ALTER TABLE events ADD COLUMN request_key INTEGER NOT NULL DEFAULT 0;
-ALTER TABLE events ADD COLUMN body_key INTEGER NOT NULL DEFAULT 0;
-ALTER TABLE events ADD COLUMN unstarted INTEGER NOT NULL DEFAULT 0;
-UPDATE events SET request_key = frameiod_request_key(signature),
-    body_key = frameiod_body_key(body_hash),
-    unstarted = EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = events.id)
-        AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = events.id
-            AND (d.state != 'pending' OR d.attempts > 0));
+ALTER TABLE deliveries ADD COLUMN body_key INTEGER NOT NULL DEFAULT 0;
+UPDATE events SET request_key = frameiod_request_key(signature);
+UPDATE deliveries SET body_key = (
+    SELECT frameiod_body_key(body_hash) FROM events WHERE events.id = deliveries.event_id
+);
 DROP INDEX IF EXISTS events_request;
 DROP INDEX IF EXISTS events_body;
 """
@@ -615,8 +614,7 @@ class Spool:
             # queued before it arrived before the call started, which then sees it.
             self._claimed.update(item.delivery_id for item in claimed)
             ids = [(moment, item.delivery_id) for item in claimed]
-            events = [(event_id,) for event_id in {item.event_id for item in claimed}]
-            self.run(lambda conn: _mark_running(conn, ids, events)).add_done_callback(_mark_failed)
+            self.run(lambda conn: _mark_running(conn, ids)).add_done_callback(_mark_failed)
         return claimed
 
     async def finish(
@@ -743,16 +741,16 @@ def _accept(conn: sqlite3.Connection, incoming: Incoming, handlers: Sequence[str
     keys = (request_key(incoming.signature), body_key(digest))
     # One query for both kinds of duplicate (each statement costs a trip through the GIL):
     # the same signed request again (Frame.io's retry, or a replay), or an identical body
-    # none of whose deliveries has started (that run will see the latest state). The flag
-    # narrows the search; the deliveries themselves have the last word.
+    # none of whose deliveries has started (that run will see the latest state).
     row = conn.execute(
         "SELECT id FROM events WHERE timestamp = ? AND request_key = ? AND signature = ?"
         " AND source = ?"
         " UNION ALL"
-        " SELECT * FROM (SELECT e.id FROM events e WHERE e.unstarted = 1 AND e.body_key = ?"
-        " AND e.body_hash = ? AND e.source = ? AND e.secret_id = ?"
-        " AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = e.id"
-        " AND d.state != 'pending') ORDER BY e.received_at DESC LIMIT 1)"
+        " SELECT * FROM (SELECT e.id FROM deliveries u JOIN events e ON e.id = u.event_id"
+        " WHERE u.body_key = ? AND u.attempts = 0 AND e.body_hash = ? AND e.source = ?"
+        " AND e.secret_id = ? AND NOT EXISTS (SELECT 1 FROM deliveries d"
+        " WHERE d.event_id = e.id AND (d.state != 'pending' OR d.attempts > 0))"
+        " ORDER BY e.received_at DESC LIMIT 1)"
         " LIMIT 1",
         (
             incoming.timestamp,
@@ -769,8 +767,7 @@ def _accept(conn: sqlite3.Connection, incoming: Incoming, handlers: Sequence[str
         return Accepted(row[0], duplicate=True, deliveries=0)
     conn.execute(
         "INSERT INTO events (id, source, type, body, body_hash, timestamp, signature,"
-        " secret_id, received_at, request_key, body_key, unstarted)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        " secret_id, received_at, request_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             incoming.id,
             incoming.source,
@@ -781,16 +778,15 @@ def _accept(conn: sqlite3.Connection, incoming: Incoming, handlers: Sequence[str
             incoming.signature,
             incoming.secret_id,
             incoming.received_at,
-            *keys,
-            1 if handlers else 0,
+            keys[0],
         ),
     )
     if handlers:
         conn.executemany(
-            "INSERT INTO deliveries (event_id, handler, state, next_attempt_at, updated_at)"
-            " VALUES (?, ?, 'pending', ?, ?)",
+            "INSERT INTO deliveries (event_id, handler, state, next_attempt_at, updated_at,"
+            " body_key) VALUES (?, ?, 'pending', ?, ?, ?)",
             [
-                (incoming.id, handler, incoming.received_at, incoming.received_at)
+                (incoming.id, handler, incoming.received_at, incoming.received_at, keys[1])
                 for handler in handlers
             ],
         )
@@ -823,15 +819,12 @@ def _due(
     return [Claimed(row[1], row[2], row[3], row[4] + 1, *row[5:]) for row in rows[:limit]]
 
 
-def _mark_running(
-    conn: sqlite3.Connection, ids: list[tuple[float, DeliveryId]], events: list[tuple[str]]
-) -> None:
+def _mark_running(conn: sqlite3.Connection, ids: list[tuple[float, DeliveryId]]) -> None:
     conn.executemany(
         "UPDATE deliveries SET state = 'running', attempts = attempts + 1, updated_at = ?"
         " WHERE id = ? AND state = 'pending'",
         ids,
     )
-    conn.executemany("UPDATE events SET unstarted = 0 WHERE id = ? AND unstarted = 1", events)
 
 
 def _mark_failed(future: asyncio.Future[None]) -> None:

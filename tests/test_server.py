@@ -76,8 +76,6 @@ class Daemon:
             "secret_id",
             "received_at",
             "request_key",
-            "body_key",
-            "unstarted",
         ]
         return dict(zip(names, rows[0], strict=True))
 

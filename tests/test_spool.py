@@ -196,7 +196,7 @@ class TestUpgradeFromSchema1:
         indexes = {
             row[0] for row in query(path, "SELECT name FROM sqlite_master WHERE type = 'index'")
         }
-        assert {"events_request_key", "events_unstarted_body"} <= indexes
+        assert {"events_request_key", "deliveries_unstarted_body"} <= indexes
         assert not {"events_request", "events_body"} & indexes
         assert query(path, "SELECT id, body FROM events") == [(old.id, old.body)]
         assert states(path, old.id) == {"p.h": "pending"}
