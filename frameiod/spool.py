@@ -692,9 +692,18 @@ class Spool:
         )
 
     async def gauges(self, now: float | None = None) -> tuple[dict[str, int], float]:
-        """Deliveries per state, and the age in seconds of the oldest due pending one."""
+        """Deliveries per state, and the age in seconds of the oldest due pending one.
+
+        Counted on a connection of their own, never the writer's: counting reads every
+        delivery kept (~60 ms per million), and on the writer every 202 would wait for it.
+        """
         moment = time.time() if now is None else now
-        return await self.run(lambda conn: _gauges(conn, moment))
+        if self._closed:
+            raise SpoolUnavailable("spool_closed", "the spool is closed")
+        try:
+            return await asyncio.to_thread(_count_states, self.path, moment)
+        except sqlite3.Error as exc:
+            raise _unavailable(exc) from None
 
     async def purge_done(self, older_than: float) -> int:
         """Delete events whose deliveries are all done (or that had none) and that were
@@ -832,6 +841,14 @@ def _mark_failed(future: asyncio.Future[None]) -> None:
     if not future.cancelled() and (error := future.exception()) is not None:
         reason = getattr(error, "reason", type(error).__name__)
         log.warning("cannot mark claimed deliveries running", reason=reason, detail=str(error))
+
+
+def _count_states(path: Path, now: float) -> tuple[dict[str, int], float]:
+    conn = _connect_reader(path)
+    try:
+        return _gauges(conn, now)
+    finally:
+        conn.close()
 
 
 def _gauges(conn: sqlite3.Connection, now: float) -> tuple[dict[str, int], float]:

@@ -633,6 +633,13 @@ class TestGauges:
         assert counts == {"pending": 2, "running": 1, "done": 1, "dead": 1}
         assert oldest == pytest.approx(25.0)
 
+    async def test_counting_never_waits_for_the_writer(self, spool: Spool):
+        # Counting reads every delivery kept; on the writer, each 202 would wait for it.
+        await spool.accept(incoming(), ["a"])
+        async with writer_held(spool):
+            counts, _ = await asyncio.wait_for(spool.gauges(), 5)
+        assert counts["pending"] == 1
+
 
 class TestFullDisk:
     @staticmethod
