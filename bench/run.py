@@ -61,6 +61,7 @@ sys.path.insert(0, str(BENCH.parent / "tests"))
 import noop_plugin  # noqa: E402 - after the path tweak above
 from redis_support import REDIS_SERVER, RedisServer  # noqa: E402 - shared with the tests
 
+from frameiod.config import DispatchConfig  # noqa: E402
 from frameiod.signature import sign  # noqa: E402
 
 # Sources are rate-limited by default (1000/s, burst 2000), which would answer most of a
@@ -435,7 +436,14 @@ class _Phase:
 
 
 def measure_e2e(
-    synchronous: str, folder: Path, script: Path, paced: Path, *, seconds: int, region: int
+    synchronous: str,
+    folder: Path,
+    script: Path,
+    paced: Path,
+    *,
+    seconds: int,
+    region: int,
+    workers: int | None = None,
 ) -> EndToEnd:
     """frameiod with the no-op handler: wrk at 64 connections for ``seconds`` at full speed
     (requests ``[0, region)`` of ``script``), drained; then paced at 80 % of what that
@@ -443,7 +451,8 @@ def measure_e2e(
     state = folder / f"e2e-{synchronous.lower()}"
     shutil.rmtree(state, ignore_errors=True)
     port = free_port()
-    config = frameiod_config(state, port, synchronous)
+    extra = f"[dispatch]\nworkers = {workers}" if workers else ""
+    config = frameiod_config(state, port, synchronous, extra)
     record = state / "handler-starts.txt"
     site = noop_plugin.install(folder / "site")
     env = {"PYTHONPATH": site["PYTHONPATH"], "BENCH_RECORD": str(record), "BENCH_RECORD_EACH": ""}
@@ -716,7 +725,13 @@ def collect(
             for mode in MODES:
                 paced = write_script(e2e_script, count=2 * region + 20_000)
                 end = measure_e2e(
-                    mode, folder, e2e_script, paced, seconds=args.e2e_seconds, region=region
+                    mode,
+                    folder,
+                    e2e_script,
+                    paced,
+                    seconds=args.e2e_seconds,
+                    region=region,
+                    workers=args.workers,
                 )
                 ends[mode].append(end)
                 print(
@@ -773,6 +788,7 @@ def summarise(
         figures["errors"] = sum(e.errors for e in ends[mode])
         figures["wrapped"] = sum(e.wrapped for e in ends[mode])
         figures["seconds"] = args.e2e_seconds
+        figures["workers"] = args.workers or DispatchConfig.model_fields["workers"].default
         figures["calls_ratio"] = _ratio(figures["calls_per_s"], base["rps_64_connections"])
         end_to_end[f"frameiod-{mode.lower()}"] = figures
     full, full_e2e = targets["frameiod-full"], end_to_end["frameiod-full"]
@@ -851,6 +867,11 @@ def main() -> int:
     parser.add_argument("--seconds", type=int, default=5, help="per ingest load")
     parser.add_argument("--e2e-seconds", type=int, default=30, help="per end-to-end load")
     parser.add_argument("--starts", type=int, default=5, help="starts for idle RSS and READY")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        help="[dispatch] workers for the end-to-end loads (default: frameiod's)",
+    )
     parser.add_argument("--output", type=Path, default=BENCH / "results.json")
     parser.add_argument(
         "--profile", action="store_true", help="only record bench/profile-ingest.svg"

@@ -380,7 +380,9 @@ class SpoolConfig(_Table):
 class DispatchConfig(_Table):
     """``[dispatch]``: how handlers are called, retried and given up on."""
 
-    workers: int = Field(default=8, ge=1, le=1024)
+    # 8 let the dispatcher fall behind a full ingest load: each group commit of outcomes
+    # held at most 8, and calls started at a third of the acknowledged rate (bench/).
+    workers: int = Field(default=32, ge=1, le=1024)
     handler_timeout: Duration = 30.0
     max_attempts: int = Field(default=8, ge=1)
     backoff_initial: Duration = 5.0

@@ -85,7 +85,7 @@ class Dispatcher:
         routes: Routes,
         *,
         policy: RetryPolicy | None = None,
-        workers: int = 8,
+        workers: int = 32,
         metrics: Metrics | None = None,
         notify: Notify = _no_observers,
     ) -> None:
