@@ -335,9 +335,15 @@ async def receive_webhook(request: web.Request) -> web.Response:
     async def accept(state: ServerState, live: Live, source_name: str) -> web.Response:
         checked = await _verify(request, state, live, source_name)
         event_id = new_event_id()
+        observe = state.observe
+        event: WebhookEvent | None = None
         try:
             # The event itself is built only for observers; handlers get theirs at dispatch.
-            event_type = check_webhook(checked.body)
+            if observe is None:
+                event_type = check_webhook(checked.body)
+            else:
+                event = parse_webhook(checked.body, checked.verified.timestamp, event_id)
+                event_type = event.type
         except PayloadError as exc:
             raise Rejection(exc.status, "malformed", exc.reason, exc.detail) from None
         incoming = Incoming(
@@ -355,9 +361,8 @@ async def receive_webhook(request: web.Request) -> web.Response:
             accepted = await state.spool.accept(incoming, [h.key for h in handlers])
         except SpoolUnavailable as exc:
             raise Rejection(503, "unavailable", exc.reason, exc.detail) from None
-        if not accepted.duplicate and state.observe is not None:
-            event = parse_webhook(checked.body, checked.verified.timestamp, accepted.id)
-            state.observe(event, source_name)
+        if observe is not None and event is not None and not accepted.duplicate:
+            observe(event, source_name)
 
         seconds = time.perf_counter() - started
         outcome, status = ("duplicate", 200) if accepted.duplicate else ("accepted", 202)
