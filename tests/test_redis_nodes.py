@@ -88,6 +88,30 @@ class Records:
         return {e for kind, e, _, h in self.lines() if kind == "end" and h == handler}
 
 
+def _config(tmp_path: Path, redis_url: str, *, dispatch: str = "", extra: str = "") -> Path:
+    """A receiver's config on Redis at ``redis_url``; ``extra`` goes into the source's table,
+    ``dispatch`` into ``[dispatch]``."""
+    config = tmp_path / "config.toml"
+    config.write_text(f"""
+[server]
+port = 0
+[log]
+format = "json"
+[spool]
+backend = "redis"
+redis_url = "{redis_url}"
+[dispatch]
+handler_timeout = "2s"
+backoff_initial = "0.2s"
+backoff_max = "0.5s"
+{dispatch}
+[sources.default]
+secrets = ["{SECRET}"]
+{extra}
+""")
+    return config
+
+
 def _nodes(
     tmp_path: Path,
     server: RedisServer,
@@ -106,24 +130,7 @@ def _nodes(
         "RECORDER_LOG": str(log),
         "RECORDER_DELAY": str(delay),
     }
-    config = tmp_path / "config.toml"
-    config.write_text(f"""
-[server]
-port = 0
-[log]
-format = "json"
-[spool]
-backend = "redis"
-redis_url = "{server.url}"
-[dispatch]
-handler_timeout = "2s"
-backoff_initial = "0.2s"
-backoff_max = "0.5s"
-{dispatch}
-[sources.default]
-secrets = ["{SECRET}"]
-{extra}
-""")
+    config = _config(tmp_path, server.url, dispatch=dispatch, extra=extra)
     nodes = [DaemonProcess(config, env=env, plugins="recorder") for _ in range(count)]
     for node in nodes:
         node.wait_for("listening")
@@ -316,18 +323,7 @@ def test_a_handler_failing_twice_succeeds_later_and_its_sibling_ran_once(
 
 def test_a_receiver_that_cannot_reach_redis_at_start_exits_1_naming_it(tmp_path: Path):
     port = free_port()  # nothing listens there
-    config = tmp_path / "config.toml"
-    config.write_text(f"""
-[server]
-port = 0
-[log]
-format = "json"
-[spool]
-backend = "redis"
-redis_url = "redis://:hunter2-{port}@127.0.0.1:{port}/0"
-[sources.default]
-secrets = ["{SECRET}"]
-""")
+    config = _config(tmp_path, f"redis://:hunter2-{port}@127.0.0.1:{port}/0")
     node = DaemonProcess(config)
     assert node.wait() == 1
     line = node.wait_for("cannot open the spool")
