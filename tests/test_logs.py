@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import re
 from datetime import UTC, datetime
 
@@ -92,3 +93,46 @@ def test_loggers_bound_or_cached_before_a_reconfiguration_follow_it() -> None:
     assert "four" in rendered
     assert "plugin=p" in rendered
     assert not rendered.lstrip().startswith("{")  # console, not JSON
+
+
+def test_values_the_fast_encoder_refuses_are_still_written() -> None:
+    """orjson stops at 64-bit integers and lone surrogates; the line must not be lost."""
+    stream = io.StringIO()
+    configure_logging("info", "json", stream)
+    structlog.get_logger("t").info("big", number=2**70, text="\ud800")
+    (line,) = _lines(stream)
+    assert line["number"] == 2**70
+    assert line["text"] == "\ud800"
+
+
+def test_lines_carry_context_variables_and_tracebacks() -> None:
+    stream = io.StringIO()
+    configure_logging("info", "json", stream, cache=True)
+    log = structlog.get_logger("t")
+    structlog.contextvars.bind_contextvars(request_id="r-1")
+    try:
+        try:
+            raise ValueError("broken handler")
+        except ValueError:
+            log.exception("handler failed", handler="h")
+    finally:
+        structlog.contextvars.clear_contextvars()
+    log.warn("after")
+
+    failed, after = _lines(stream)
+    assert failed["request_id"] == "r-1"
+    assert failed["level"] == "error"
+    assert "ValueError: broken handler" in failed["exception"]
+    assert "request_id" not in after
+    assert after["level"] == "warning"
+
+
+def test_standard_library_records_share_the_format() -> None:
+    stream = io.StringIO()
+    configure_logging("info", "json", stream)
+    logging.getLogger("aiohttp.server").warning("bad request from %s", "127.0.0.1")
+    (line,) = _lines(stream)
+    assert line["event"] == "bad request from 127.0.0.1"
+    assert line["level"] == "warning"
+    assert line["logger"] == "aiohttp.server"
+    assert ISO_UTC.fullmatch(line["timestamp"])
