@@ -192,7 +192,9 @@ class Daemon:
             ),
             workers=dispatch.workers,
             metrics=self.metrics,
-            notify=self.plugins.notify,
+            notify=(
+                self.plugins.notify if self.plugins.observes("frameiod_delivery_finished") else None
+            ),
         )
         self.dispatcher.set_dispatch_rates(_dispatch_rates(self.config))
         self._tasks = [

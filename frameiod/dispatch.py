@@ -36,10 +36,6 @@ _POLL_SECONDS = 2.0
 Notify = Callable[..., Awaitable[None]]
 
 
-async def _no_observers(hook: str, **kwargs: Any) -> None:
-    return None
-
-
 @dataclass(frozen=True)
 class RetryPolicy:
     """``[dispatch]`` settings a handler may override (``timeout=``, ``max_attempts=``)."""
@@ -87,7 +83,7 @@ class Dispatcher:
         policy: RetryPolicy | None = None,
         workers: int = 32,
         metrics: Metrics | None = None,
-        notify: Notify = _no_observers,
+        notify: Notify | None = None,
     ) -> None:
         self._spool = spool
         self._policy = policy or RetryPolicy()
@@ -98,11 +94,15 @@ class Dispatcher:
         # Calls in progress; a delivery leaves it when its call ends, before its outcome is
         # written, so the worker is free for the next call meanwhile.
         self._running: dict[DeliveryId, tuple[Claimed, asyncio.Task[None]]] = {}
+        # Delivery tasks: calls in progress, and outcomes being written after them.
         self._tasks: set[asyncio.Task[None]] = set()
+        # ``notify`` calls about finished deliveries (observer plugins), beside the tasks.
+        self._observers: set[asyncio.Task[None]] = set()
         self._busy = dict.fromkeys(self._handlers, 0)
         self._wake = asyncio.Event()
         self._rates: dict[str, TokenBucket] = {}
         self._finished = asyncio.Condition()
+        self._watchers = 0  # `wait_for` calls waiting on ``_finished``
         self._stopping = False
         self._scheduling = False
         self._scheduler_stopped = asyncio.Event()
@@ -276,8 +276,9 @@ class Dispatcher:
             )
         finally:
             self._free_worker(item)
-            async with self._finished:
-                self._finished.notify_all()
+            if self._watchers:  # tests and tooling; a daemon's dispatcher has none
+                async with self._finished:
+                    self._finished.notify_all()
 
     async def _call(
         self, handler: WebhookHandler, event: WebhookEvent
@@ -332,23 +333,27 @@ class Dispatcher:
                 retry_in_s=round(retry_in or 0, 3),
                 exc_info=error,
             )
-        # Shielded: a stop that cancels this task must not cut the write off halfway.
-        await asyncio.shield(
-            self._spool.finish(
-                item.delivery_id,
-                outcome=outcome.status,
-                seconds=outcome.seconds,
-                error=outcome.error,
-                next_attempt_at=time.time() + retry_in if retry_in is not None else None,
-                dead=dead,
-            )
+        # Never cancelled (`stop` cancels only calls): the write is not cut off halfway.
+        await self._spool.finish(
+            item.delivery_id,
+            outcome=outcome.status,
+            seconds=outcome.seconds,
+            error=outcome.error,
+            next_attempt_at=time.time() + retry_in if retry_in is not None else None,
+            dead=dead,
         )
         if self._metrics is not None:
             self._metrics.handler_finished(handler.plugin, handler.name, outcome, dead=dead)
-        final = Outcome("dead", outcome.seconds, outcome.error) if dead else outcome
-        await self._notify(
-            "frameiod_delivery_finished", event=event, handler=handler, outcome=final
-        )
+        if self._notify is not None:
+            final = Outcome("dead", outcome.seconds, outcome.error) if dead else outcome
+            # A task of its own: a slow observer holds neither this delivery nor a stop.
+            task = asyncio.create_task(
+                self._notify(
+                    "frameiod_delivery_finished", event=event, handler=handler, outcome=final
+                )
+            )
+            self._observers.add(task)
+            task.add_done_callback(self._observers.discard)
 
     # --- waiting and stopping ------------------------------------------------------
 
@@ -363,18 +368,22 @@ class Dispatcher:
             return row["attempts"] > 0 and row["state"] != "running"
 
         async with self._finished:
-            while True:
-                rows = await self._spool.deliveries_of(event_id)
-                if all(ready(row) for row in rows):
-                    return [
-                        Outcome(
-                            "dead" if r["state"] == "dead" else r["last_outcome"],
-                            r["last_seconds"] or 0.0,
-                            r["last_error"],
-                        )
-                        for r in rows
-                    ]
-                await self._finished.wait()
+            self._watchers += 1
+            try:
+                while True:
+                    rows = await self._spool.deliveries_of(event_id)
+                    if all(ready(row) for row in rows):
+                        return [
+                            Outcome(
+                                "dead" if r["state"] == "dead" else r["last_outcome"],
+                                r["last_seconds"] or 0.0,
+                                r["last_error"],
+                            )
+                            for r in rows
+                        ]
+                    await self._finished.wait()
+            finally:
+                self._watchers -= 1
 
     @property
     def running(self) -> int:
@@ -382,19 +391,22 @@ class Dispatcher:
         return len(self._running)
 
     async def stop(self, drain_timeout: float) -> int:
-        """Claim nothing more; let running calls finish for up to ``drain_timeout``; cut the
-        rest short and leave their deliveries pending. Returns how many were cut short."""
+        """Claim nothing more; let running calls (and observers) finish for up to
+        ``drain_timeout``; cut the rest short and leave their deliveries pending. Outcomes
+        already being written are waited for, never cut off. Returns how many calls were cut
+        short."""
         self._stopping = True
         self._wake.set()
         if self._scheduling:  # a claim in flight must not start calls after this
             await self._scheduler_stopped.wait()
-        if self._tasks:  # calls, and outcomes still being written
-            await asyncio.wait(set(self._tasks), timeout=drain_timeout)
+        if self._tasks or self._observers:
+            await asyncio.wait(self._tasks | self._observers, timeout=drain_timeout)
         cut = [item for item, task in self._running.values() if not task.done()]
-        unfinished = [task for task in self._tasks if not task.done()]
-        for task in unfinished:
+        late = [task for _, task in self._running.values()] + list(self._observers)
+        for task in late:
             task.cancel()
-        if unfinished:
-            await asyncio.gather(*unfinished, return_exceptions=True)
+        # The rest are writing outcomes, each write bounded by the spool.
+        if self._tasks or self._observers:
+            await asyncio.gather(*self._tasks, *self._observers, return_exceptions=True)
         await self._release(cut)
         return len(cut)

@@ -303,3 +303,85 @@ class TestStopWhileClaiming:
         assert calls == []
         # Pending again for the next start; the claim counted, as for any call cut short.
         assert [(r["state"], r["attempts"]) for r in rows] == [("pending", 1)]
+
+
+class _GatedFinishSpool(Spool):
+    """The real SQLite spool, whose outcome writes wait at a gate."""
+
+    gate: asyncio.Event
+    entered: asyncio.Event
+
+    async def finish(self, delivery_id, **outcome):  # type: ignore[no-untyped-def]
+        self.entered.set()
+        await self.gate.wait()
+        await super().finish(delivery_id, **outcome)
+
+
+async def _accept_one(spool: Spool, handler: WebhookHandler, event_id: str) -> None:
+    # A body and signature of its own: the spool would take it for a duplicate otherwise.
+    body = json.dumps({"type": "file.ready", "resource": {"id": event_id}}).encode()
+    signature = f"v0={event_id}"
+    incoming = Incoming(event_id, "default", "file.ready", body, 1, signature, "0", time.time())
+    await spool.accept(incoming, [handler.key])
+
+
+class TestStopAfterTheCall:
+    async def test_an_outcome_being_written_when_the_drain_ends_is_written(self, tmp_path: Path):
+        async def quick(event: WebhookEvent) -> None:
+            return None
+
+        handler = WebhookHandler(func=quick, event_types=("file.ready",), plugin="p")
+        spool = await _GatedFinishSpool.open(tmp_path / "spool.db")
+        spool.gate, spool.entered = asyncio.Event(), asyncio.Event()
+        try:
+            await _accept_one(spool, handler, "e1")
+            dispatcher = Dispatcher(spool, Routes([handler]))
+            scheduler = asyncio.create_task(dispatcher.run())
+            await spool.entered.wait()  # the call ended; its outcome is on its way
+            stopping = asyncio.create_task(dispatcher.stop(drain_timeout=0.05))
+            # Well past the drain: the stop still waits for the write, and cuts no call.
+            done, _ = await asyncio.wait({stopping}, timeout=0.5)
+            assert not done
+            spool.gate.set()
+            assert await stopping == 0
+            await scheduler
+            rows = await spool.deliveries_of("e1")
+        finally:
+            await spool.close()
+        assert [(r["state"], r["attempts"], r["last_outcome"]) for r in rows] == [("done", 1, "ok")]
+
+    async def test_an_observer_that_hangs_holds_neither_the_delivery_nor_the_stop(
+        self, tmp_path: Path
+    ):
+        heard: list[str] = []
+        cancelled = asyncio.Event()
+
+        async def hanging_observer(hook: str, **kwargs: object) -> None:
+            heard.append(hook)
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                cancelled.set()
+                raise
+
+        async def quick(event: WebhookEvent) -> None:
+            return None
+
+        handler = WebhookHandler(func=quick, event_types=("file.ready",), plugin="p")
+        spool = await Spool.open(tmp_path / "spool.db")
+        try:
+            await _accept_one(spool, handler, "e1")
+            await _accept_one(spool, handler, "e2")
+            dispatcher = Dispatcher(spool, Routes([handler]), workers=1, notify=hanging_observer)
+            scheduler = asyncio.create_task(dispatcher.run())
+            # One worker: the second call runs only if the first observer does not hold it.
+            async with asyncio.timeout(10):  # a failure, not a hung suite
+                first = await dispatcher.wait_for("e1", settled=True)
+                second = await dispatcher.wait_for("e2", settled=True)
+                assert await dispatcher.stop(drain_timeout=0.05) == 0
+            await scheduler
+        finally:
+            await spool.close()
+        assert [o.status for o in first + second] == ["ok", "ok"]
+        assert heard == ["frameiod_delivery_finished"] * 2
+        assert cancelled.is_set()
