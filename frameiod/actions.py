@@ -13,15 +13,14 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import structlog
-
 from frameiod.events import ActionEvent
 from frameiod.handlers import ActionHandler, call_handler
+from frameiod.logs import get_logger
 from frameiod.responses import Form, Message
 
 __all__ = ["ActionAnswer", "ActionRunner"]
 
-log = structlog.get_logger("frameiod.actions")
+log = get_logger("frameiod.actions")
 
 
 @dataclass(frozen=True)

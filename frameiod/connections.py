@@ -17,15 +17,15 @@ import asyncio
 import ssl
 from typing import Any
 
-import structlog
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
 from frameiod.config import Config, ConfigError
+from frameiod.logs import get_logger
 
 __all__ = ["GuardedRunner", "body_deadline", "load_tls", "tls_context"]
 
-log = structlog.get_logger("frameiod.connections")
+log = get_logger("frameiod.connections")
 
 _TIMEOUT_ANSWER = (
     b"HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json\r\n"

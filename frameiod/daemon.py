@@ -11,7 +11,6 @@ import gc
 import signal
 import ssl
 
-import structlog
 from aiohttp import web
 
 from frameiod import __version__, systemd
@@ -22,7 +21,7 @@ from frameiod.connections import GuardedRunner, load_tls, tls_context
 from frameiod.dispatch import Dispatcher, RetryPolicy
 from frameiod.events import WebhookEvent
 from frameiod.handlers import Routes
-from frameiod.logs import configure_logging
+from frameiod.logs import configure_logging, get_logger
 from frameiod.metrics import Metrics
 from frameiod.plugins import PluginHost
 from frameiod.server import SHUTDOWN_TIMEOUT, STATE, Live, create_app
@@ -30,7 +29,7 @@ from frameiod.spool import SpoolBackend, SpoolError, SpoolUnavailable
 
 __all__ = ["Daemon", "serve"]
 
-log = structlog.get_logger("frameiod.daemon")
+log = get_logger("frameiod.daemon")
 
 # How often done deliveries are purged and the spool gauges refreshed.
 _MAINTENANCE_SECONDS = 5.0

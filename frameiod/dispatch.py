@@ -18,17 +18,16 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import structlog
-
 from frameiod.events import PayloadError, WebhookEvent, parse_webhook
 from frameiod.handlers import Outcome, Routes, WebhookHandler, call_handler
+from frameiod.logs import get_logger
 from frameiod.metrics import Metrics
 from frameiod.ratelimit import TokenBucket
 from frameiod.spool import Claimed, DeliveryId, SpoolBackend, SpoolUnavailable
 
 __all__ = ["Dispatcher", "Notify", "RetryPolicy"]
 
-log = structlog.get_logger("frameiod.dispatch")
+log = get_logger("frameiod.dispatch")
 
 # Changes made outside this process (``frameiod queue replay``) are noticed this often.
 _POLL_SECONDS = 2.0

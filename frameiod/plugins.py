@@ -30,6 +30,7 @@ from frameiod.handlers import (
     maybe_await,
     pattern_problem,
 )
+from frameiod.logs import get_logger
 
 __all__ = [
     "ALLOW_ENV",
@@ -42,7 +43,7 @@ __all__ = [
 ENTRY_POINT_GROUP = "frameiod.plugins"
 ALLOW_ENV = "FRAMEIOD_PLUGINS"
 
-log = structlog.get_logger("frameiod.plugins")
+log = get_logger("frameiod.plugins")
 
 Status = Literal["loaded", "disabled", "failed"]
 

@@ -30,10 +30,10 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
-import structlog
 from redis.exceptions import RedisError, ResponseError
 
 from frameiod.config import Config
+from frameiod.logs import get_logger
 from frameiod.ratelimit import Limits
 from frameiod.redis_ratelimit import RedisSourceLimiter
 from frameiod.redis_store import GROUP, LUA_PRELUDE, connect, redis_errors, safe_url
@@ -48,7 +48,7 @@ from frameiod.spool import (
 
 __all__ = ["LEASE_GRACE", "RedisSpool"]
 
-log = structlog.get_logger("frameiod.redis")
+log = get_logger("frameiod.redis")
 
 LEASE_GRACE = 5.0
 """Seconds a claimed delivery may outlive its handler's timeout before others take it."""

@@ -14,7 +14,6 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
-import structlog
 from aiohttp import web
 from prometheus_client.aiohttp import make_aiohttp_handler
 
@@ -30,6 +29,7 @@ from frameiod.events import (
 )
 from frameiod.handlers import Routes, secret_id
 from frameiod.ids import new_event_id
+from frameiod.logs import get_logger
 from frameiod.metrics import Metrics
 from frameiod.ratelimit import (
     AddressLimiter,
@@ -45,7 +45,7 @@ from frameiod.spool import Incoming, SpoolBackend, SpoolUnavailable
 
 __all__ = ["SHUTDOWN_TIMEOUT", "STATE", "ServerState", "SourceKeys", "create_app", "source_keys"]
 
-log = structlog.get_logger("frameiod.server")
+log = get_logger("frameiod.server")
 
 # In-flight requests get this long to finish after SIGTERM before their connections close.
 SHUTDOWN_TIMEOUT = 10.0

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol, TypeVar
 
-import structlog
+from frameiod.logs import get_logger
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -49,7 +49,7 @@ __all__ = [
     "SpoolUnavailable",
 ]
 
-log = structlog.get_logger("frameiod.spool")
+log = get_logger("frameiod.spool")
 
 SCHEMA_VERSION = 2
 _ERROR_LIMIT = 2000  # characters of the last error kept per delivery

@@ -6,13 +6,23 @@ import io
 import json
 import logging
 import re
+from collections.abc import Iterator
 from datetime import UTC, datetime
 
+import pytest
 import structlog
 
-from frameiod.logs import configure_logging
+from frameiod.logs import configure_logging, get_logger
 
 ISO_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
+
+
+@pytest.fixture(autouse=True)
+def _logging_as_tests_expect() -> Iterator[None]:
+    """Leave structlog as the other tests (capture_logs, in the same worker) expect it."""
+    yield
+    configure_logging(cache=False)
+    structlog.reset_defaults()
 
 
 def _lines(stream: io.StringIO) -> list[dict[str, object]]:
@@ -136,3 +146,42 @@ def test_standard_library_records_share_the_format() -> None:
     assert line["level"] == "warning"
     assert line["logger"] == "aiohttp.server"
     assert ISO_UTC.fullmatch(line["timestamp"])
+
+
+def _without_time(line: dict[str, object]) -> dict[str, object]:
+    return {key: value for key, value in line.items() if key != "timestamp"}
+
+
+def test_frameiods_own_loggers_write_the_same_lines_in_the_daemon_and_elsewhere() -> None:
+    """The daemon's loggers skip structlog's layers; the lines must not change."""
+    lines = {}
+    for direct in (True, False):
+        stream = io.StringIO()
+        configure_logging("info", "json", stream, cache=direct)
+        log = get_logger("frameiod.t")
+        log.debug("hidden")
+        log.info("webhook accepted", source="default", handlers=2, duration_ms=0.5)
+        log.warning("slow", seconds=3)
+        try:
+            raise KeyError("k")
+        except KeyError:
+            log.exception("failed", handler="h")
+        lines[direct] = _lines(stream)
+    assert len(lines[True]) == 3
+    assert [_without_time(line) for line in lines[True]] == [
+        _without_time(line) for line in lines[False]
+    ]
+    assert lines[True][2]["level"] == "error"
+    assert "KeyError: 'k'" in lines[True][2]["exception"]
+
+
+def test_capture_logs_sees_every_line_under_this_configuration() -> None:
+    """capture_logs swaps the chain inside the configured list; no shortcut may miss it."""
+    configure_logging("info", "json", io.StringIO(), cache=False)
+    with structlog.testing.capture_logs() as captured:
+        get_logger("frameiod.t").warning("webhook rejected", status=401)
+        structlog.get_logger("plugin").info("posted", plugin="p")
+    assert captured == [
+        {"event": "webhook rejected", "status": 401, "log_level": "warning"},
+        {"event": "posted", "plugin": "p", "log_level": "info"},
+    ]
