@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 from pathlib import Path
 
@@ -98,6 +99,44 @@ class TestRetries:
             ("dead", "no answer within 0.2s"),
         ]
         assert states == {"p:hangs": ("dead", 1), "p:gives_up_itself": ("dead", 1)}
+
+    async def test_calls_are_cut_off_within_a_tenth_of_their_timeout_async_or_not(self):
+        app = App()
+        release = threading.Event()
+
+        @app.on_webhook("file.ready", timeout=0.3, max_attempts=1)
+        async def hangs(event: WebhookEvent) -> None:
+            await asyncio.Event().wait()
+
+        @app.on_webhook("file.ready", timeout=0.3, max_attempts=1)
+        def blocks(event: WebhookEvent) -> None:  # a plain function, in a thread
+            release.wait(10)
+
+        @app.on_webhook("file.ready", timeout=0.3, max_attempts=1)
+        async def ignores_the_cancel(event: WebhookEvent) -> None:
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                return  # what it did counts; only the deadline's cancel is taken back
+
+        try:
+            async with run_daemon({"p": app}, settings=FAST) as daemon:
+                sent = await daemon.send("file.ready", wait=False)
+                await daemon.wait_for(sent.id, settled=True)
+                assert daemon.daemon.spool is not None
+                rows = await daemon.daemon.spool.deliveries_of(sent.id)
+        finally:
+            release.set()
+        got = {row["handler"]: (row["state"], row["last_outcome"]) for row in rows}
+        assert got == {
+            "p:hangs": ("dead", "timeout"),
+            "p:blocks": ("dead", "timeout"),
+            "p:ignores_the_cancel": ("done", "ok"),
+        }
+        for row in rows:
+            # The sweep runs every tenth of the shortest timeout: 30 ms late at most, plus
+            # the scheduling slack of a loaded test machine.
+            assert 0.3 <= row["last_seconds"] < 0.45, row
 
     async def test_a_handler_that_always_fails_ends_dead_after_max_attempts(self):
         app = App()
