@@ -1,7 +1,8 @@
 """structlog configuration: one event per line, JSON when not on a terminal.
 
-frameiod's own loggers go straight to structlog; records from the standard library
-(aiohttp, asyncio) are rendered by the same processors, so the whole stream is one format.
+Plugins' loggers are structlog's; frameiod's own (`get_logger`) go through structlog too,
+except in the daemon, where they take the same chain directly. Records from the standard
+library (aiohttp, asyncio) are rendered by the same steps, so the whole stream is one format.
 
 structlog is configured with one fixed chain whose steps read `_output` at every line:
 `configure_logging` changes the level, format and stream in place. So a reload reaches
@@ -117,17 +118,26 @@ def _render(logger: WrappedLogger, method: str, event_dict: EventDict) -> Any:
     return _output.render(logger, method, event_dict)
 
 
-def _process(logger: WrappedLogger, method: str, event_dict: EventDict) -> Any:
-    """The whole chain, as structlog's one processor."""
+def _line(logger: WrappedLogger, method: str, event_dict: EventDict) -> Any:
+    """The whole chain: the rendered line, or None below the level."""
     if _below_level(method):
-        raise structlog.DropEvent
+        return None
     return _render(logger, method, _stamped(logger, method, event_dict))
 
 
+def _process(logger: WrappedLogger, method: str, event_dict: EventDict) -> Any:
+    """The chain as structlog's one processor."""
+    line = _line(logger, method, event_dict)
+    if line is None:
+        raise structlog.DropEvent
+    return line
+
+
 def _emit(method: str, event_dict: EventDict) -> None:
-    """The whole chain and the write, without structlog: what `_process` and `_Sink` do."""
-    if not _below_level(method):
-        _SINK.msg(_render(_SINK, method, _stamped(_SINK, method, event_dict)))
+    """The chain and the write, without structlog: what `_process` and `_Sink` do."""
+    line = _line(_SINK, method, event_dict)
+    if line is not None:
+        _SINK.msg(line)
 
 
 class _Logger(structlog.make_filtering_bound_logger(logging.DEBUG)):  # type: ignore[misc]
