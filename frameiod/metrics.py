@@ -70,6 +70,10 @@ class _Counts:
         """Make the series with these label values exist, at 0."""
         self.values.setdefault(key, 0)
 
+    def inc(self, key: tuple[str, ...]) -> None:
+        """Count one in the series with these label values."""
+        self.values[key] = self.values.get(key, 0) + 1
+
     def family(self) -> CounterMetricFamily:
         """The series as prometheus_client exposes them."""
         family = CounterMetricFamily(self.name, self.documentation, labels=self.labels)
@@ -104,9 +108,9 @@ class _Durations:
     def family(self) -> HistogramMetricFamily:
         """The series as prometheus_client exposes them (cumulative buckets)."""
         family = HistogramMetricFamily(self.name, self.documentation, labels=self.labels)
+        les = [*map(floatToGoString, self.bounds), "+Inf"]
         for key, series in self.series.items():
             cumulative = list(itertools.accumulate(series[:-1]))
-            les = [*map(floatToGoString, self.bounds), "+Inf"]
             family.add_metric(key, list(zip(les, cumulative, strict=True)), series[-1])
         return family
 
@@ -265,9 +269,7 @@ class Metrics:
         self, plugin: str, handler: str, outcome: Outcome, dead: bool = False
     ) -> None:
         """Count one handler call and its duration; a last failed attempt counts as ``dead``."""
-        runs = self.handler_runs.values
-        key = (plugin, handler, "dead" if dead else outcome.status)
-        runs[key] = runs.get(key, 0) + 1
+        self.handler_runs.inc((plugin, handler, "dead" if dead else outcome.status))
         durations = self.handler_seconds
         durations.observe(durations.create(plugin, handler), outcome.seconds)
 
@@ -279,7 +281,6 @@ class Metrics:
 
     def received(self, source: str, outcome: str, seconds: float) -> None:
         """Count one answered webhook request; unconfigured source names become ``unknown``."""
-        counts = self.deliveries_received.values
-        key = (source if source in self.sources else UNKNOWN_SOURCE, outcome)
-        counts[key] = counts.get(key, 0) + 1
+        label = source if source in self.sources else UNKNOWN_SOURCE
+        self.deliveries_received.inc((label, outcome))
         self.ack_seconds.observe(self._ack_series, seconds)
