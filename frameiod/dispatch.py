@@ -297,9 +297,10 @@ class Dispatcher:
         timeout = handler.timeout or self._policy.handler_timeout
         started = time.perf_counter()
         self.calls += 1
-        self._deadlines[delivery_id] = asyncio.get_running_loop().time() + timeout
+        loop = asyncio.get_running_loop()
+        self._deadlines[delivery_id] = loop.time() + timeout
         if self._sweeper is None:
-            self._sweeper = asyncio.get_running_loop().call_later(self._sweep_period, self._sweep)
+            self._sweeper = loop.call_later(self._sweep_period, self._sweep)
         try:
             await call_handler(handler.func, event)
         except asyncio.CancelledError:
