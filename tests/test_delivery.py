@@ -302,6 +302,14 @@ dispatch_rate = 5.0
             assert index + 1 <= 5 + 5 * (moment - called[0]) + 1
 
 
+async def _accept_one(spool: Spool, handler: WebhookHandler, event_id: str) -> None:
+    # A body and signature of its own: the spool would take it for a duplicate otherwise.
+    body = json.dumps({"type": "file.ready", "resource": {"id": event_id}}).encode()
+    signature = f"v0={event_id}"
+    incoming = Incoming(event_id, "default", "file.ready", body, 1, signature, "0", time.time())
+    await spool.accept(incoming, [handler.key])
+
+
 class _GatedSpool(Spool):
     """The real SQLite spool, whose claims wait at a gate: a stop can begin mid-claim."""
 
@@ -325,9 +333,7 @@ class TestStopWhileClaiming:
         spool = await _GatedSpool.open(tmp_path / "spool.db")
         spool.gate, spool.entered = asyncio.Event(), asyncio.Event()
         try:
-            body = json.dumps({"type": "file.ready", "resource": {"id": "r1"}}).encode()
-            incoming = Incoming("e1", "default", "file.ready", body, 1, "v0=x", "0", time.time())
-            await spool.accept(incoming, [handler.key])
+            await _accept_one(spool, handler, "e1")
             dispatcher = Dispatcher(spool, Routes([handler]))
             scheduler = asyncio.create_task(dispatcher.run())
             await spool.entered.wait()  # the scheduler is inside a claim ...
@@ -354,14 +360,6 @@ class _GatedFinishSpool(Spool):
         self.entered.set()
         await self.gate.wait()
         await super().finish(delivery_id, **outcome)
-
-
-async def _accept_one(spool: Spool, handler: WebhookHandler, event_id: str) -> None:
-    # A body and signature of its own: the spool would take it for a duplicate otherwise.
-    body = json.dumps({"type": "file.ready", "resource": {"id": event_id}}).encode()
-    signature = f"v0={event_id}"
-    incoming = Incoming(event_id, "default", "file.ready", body, 1, signature, "0", time.time())
-    await spool.accept(incoming, [handler.key])
 
 
 class TestStopAfterTheCall:
