@@ -10,13 +10,15 @@ frameiod's as a ratio to the baseline measured in the same run, since machines a
 Each round measures, per target:
 
 - ingest: requests/s at 64 connections and p50/p99 latency at 8 (frameiod without plugins,
-  so every request is one committed event and no handler runs);
+  so every request is one committed event and no handler runs), and at both, the server's
+  CPU time per request from /proc: every thread's, and its event loop's (the main thread);
 - for frameiod, end to end: the no-op handler plugin of ``noop_plugin.py`` loaded, wrk at
   64 connections for ``--e2e-seconds``; handler calls started per second in that window,
   and receipt to handler start: the handler's ``time.time()`` at its start minus the
   spool's ``events.received_at`` (frameiod's ``time.time()`` when it accepted the request).
 
-Then, once, idle RSS and start to ``READY=1`` (over a ``NOTIFY_SOCKET`` datagram socket),
+Before the rounds, what an fsync costs on the disk (wall and CPU time), to read the
+``synchronous = FULL`` figures by. Then, once, idle RSS and start to ``READY=1`` (over a ``NOTIFY_SOCKET`` datagram socket),
 median of 5 starts, with the example plugins loaded (and without plugins, for reference).
 
 ``--profile`` instead records a py-spy flame graph of frameiod (FULL) under the
@@ -78,6 +80,12 @@ class Round:
     p99_ms_8: float
     errors: int
     peak_rss_mib: float
+    cpu_us_64: float
+    """The server's CPU time per request at 64 connections, every thread, µs."""
+    loop_us_64: float
+    """The part of ``cpu_us_64`` on the main thread (the event loop)."""
+    cpu_us_8: float
+    loop_us_8: float
 
 
 @dataclass
@@ -129,6 +137,18 @@ def proc_status(pid: int, field: str) -> int:
             if line.startswith(field + ":"):
                 return int(line.split()[1])
     return 0
+
+
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """CPU time (user + system) so far of process ``pid``, every thread's (exited threads'
+    included), and of its main thread alone, in seconds."""
+
+    def ticks(stat: str) -> int:
+        fields = Path(stat).read_text().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])  # utime, stime
+
+    hertz = os.sysconf("SC_CLK_TCK")
+    return ticks(f"/proc/{pid}/stat") / hertz, ticks(f"/proc/{pid}/task/{pid}/stat") / hertz
 
 
 def frameiod_config(state: Path, port: int, synchronous: str = "FULL", extra: str = "") -> Path:
@@ -325,7 +345,8 @@ def _serve(
 def _load(
     target: str, folder: Path, script: Path, *, connections: int, seconds: int, warm_up_at: int
 ) -> tuple[dict[str, float], float]:
-    """A fresh server (and spool) per load, so no request is ever seen twice."""
+    """A fresh server (and spool) per load, so no request is ever seen twice. The figures
+    gain ``cpu_us`` and ``loop_us``: the server's CPU per request (see `Round`)."""
     port = free_port()
     with contextlib.ExitStack() as stack:
         process = _serve(target, port, folder, stack)
@@ -333,10 +354,15 @@ def _load(
             wait_listening(port, process)
             url = f"http://127.0.0.1:{port}"
             _wrk(url, script, connections, 1, start=warm_up_at)
+            before = cpu_seconds(process.pid)
             figures = _wrk(url, script, connections, seconds)
+            after = cpu_seconds(process.pid)
             rss = proc_status(process.pid, "VmHWM") / 1024
         finally:
             _stop(process)
+    per_request = 1e6 / max(figures["requests"], 1)
+    figures["cpu_us"] = (after[0] - before[0]) * per_request
+    figures["loop_us"] = (after[1] - before[1]) * per_request
     return figures, rss
 
 
@@ -354,6 +380,10 @@ def measure(target: str, folder: Path, seconds: int, script: Path, warm_up_at: i
         narrow["p99"],
         int(wide["errors"] + narrow["errors"]),
         max(rss_wide, rss_narrow),
+        wide["cpu_us"],
+        wide["loop_us"],
+        narrow["cpu_us"],
+        narrow["loop_us"],
     )
 
 
@@ -677,6 +707,32 @@ def profile(folder: Path, seconds: int) -> int:
 # --- report ------------------------------------------------------------------------------
 
 
+def measure_fsync(folder: Path, count: int = 2000) -> dict[str, float]:
+    """What durability costs on this disk, for reading the FULL figures: ``count`` times,
+    append 16 KiB (a small group commit's WAL frames) to a file in ``folder`` and
+    ``fdatasync`` it. Wall time per call (p50, p99, ms) and CPU time per call (µs)."""
+    walls: list[float] = []
+    cpu = 0.0
+    path = folder / "fsync-probe"
+    block = b"\x5a" * 16384
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND)
+    try:
+        for _ in range(count):
+            os.write(descriptor, block)
+            started, cpu_started = time.perf_counter(), time.thread_time()
+            os.fdatasync(descriptor)
+            walls.append(time.perf_counter() - started)
+            cpu += time.thread_time() - cpu_started
+    finally:
+        os.close(descriptor)
+        path.unlink()
+    return {
+        "p50_ms": round(percentile(walls, 50) * 1000, 3),
+        "p99_ms": round(percentile(walls, 99) * 1000, 3),
+        "cpu_us": round(cpu / count * 1e6, 1),
+    }
+
+
 def _ratio(value: float, base: float) -> float:
     return round(value / base, 3) if base else math.nan
 
@@ -691,12 +747,23 @@ MODES = ["FULL", "NORMAL"]
 
 def collect(
     args: argparse.Namespace,
-) -> tuple[dict[str, list[Round]], dict[str, list[EndToEnd]], dict[str, dict[str, float]]]:
-    """Every load of every round, then the starts."""
+) -> tuple[
+    dict[str, list[Round]],
+    dict[str, list[EndToEnd]],
+    dict[str, dict[str, float]],
+    dict[str, float],
+]:
+    """Every load of every round, then the starts; first, the disk's fsync."""
     results: dict[str, list[Round]] = {target: [] for target in TARGETS}
     ends: dict[str, list[EndToEnd]] = {mode: [] for mode in MODES}
     with tempfile.TemporaryDirectory(prefix="frameiod-bench-") as scratch:
         folder = Path(scratch)
+        disk = measure_fsync(folder)
+        print(
+            f"disk: 16 KiB appended + fdatasync: p50 {disk['p50_ms']:.3f} ms, "
+            f"p99 {disk['p99_ms']:.3f} ms, {disk['cpu_us']:.0f} µs CPU per call",
+            flush=True,
+        )
         script = folder / "requests.lua"
         # More distinct requests than frameiod answers in one load, plus a tail for the
         # warm-up: it never sees a request twice (the baseline does not care).
@@ -713,7 +780,9 @@ def collect(
                 print(
                     f"round {number + 1} {target:16} {figures.rps_64:9.0f} req/s  "
                     f"p50 {figures.p50_ms_8:6.2f} ms  p99 {figures.p99_ms_8:6.2f} ms  "
-                    f"errors {figures.errors}  rss {figures.peak_rss_mib:.0f} MiB",
+                    f"errors {figures.errors}  rss {figures.peak_rss_mib:.0f} MiB  "
+                    f"cpu/req {figures.cpu_us_64:.0f} µs (loop {figures.loop_us_64:.0f}) at 64, "
+                    f"{figures.cpu_us_8:.0f} µs (loop {figures.loop_us_8:.0f}) at 8",
                     flush=True,
                 )
             if not region:
@@ -750,7 +819,7 @@ def collect(
                 f"idle rss {figures['idle_rss_mib']:.1f} MiB",
                 flush=True,
             )
-    return results, ends, starts
+    return results, ends, starts, disk
 
 
 def summarise(
@@ -758,6 +827,7 @@ def summarise(
     results: dict[str, list[Round]],
     ends: dict[str, list[EndToEnd]],
     starts: dict[str, dict[str, float]],
+    disk: dict[str, float],
 ) -> dict[str, object]:
     """Medians, ratios to the baseline and the issue's targets, as results.json holds them."""
 
@@ -770,6 +840,10 @@ def summarise(
             "p50_ms_8_connections": median(target, "p50_ms_8"),
             "p99_ms_8_connections": median(target, "p99_ms_8"),
             "peak_rss_mib": median(target, "peak_rss_mib"),
+            "cpu_us_per_request_64_connections": median(target, "cpu_us_64"),
+            "loop_us_per_request_64_connections": median(target, "loop_us_64"),
+            "cpu_us_per_request_8_connections": median(target, "cpu_us_8"),
+            "loop_us_per_request_8_connections": median(target, "loop_us_8"),
             "errors": sum(r.errors for r in results[target]),
         }
         for target in TARGETS
@@ -801,6 +875,7 @@ def summarise(
         "targets": targets,
         "end_to_end": end_to_end,
         "start": {**starts, "starts": args.starts},
+        "disk_fsync": disk,
         "issue_targets": {
             "ingest_full_rps_ratio >= 0.5": full["rps_ratio"] >= 0.5,
             "ingest_full_p99_ratio <= 2": full["p99_ratio"] <= 2,
@@ -825,6 +900,22 @@ def report(summary: dict[str, Any]) -> int:
             f"{f['p50_ms_8_connections']:.2f} | {f['p99_ms_8_connections']:.2f} | "
             f"{f.get('p99_ratio', 1):.2f} | {f['peak_rss_mib']:.0f} |"
         )
+    print(
+        "\nCPU time per request, every thread of the server (of which its event loop), µs:\n"
+        "| target | 64 conn. | 8 conn. |\n| --- | --- | --- |"
+    )
+    for target, f in summary["targets"].items():
+        print(
+            f"| {target} | {f['cpu_us_per_request_64_connections']:.0f} "
+            f"({f['loop_us_per_request_64_connections']:.0f}) | "
+            f"{f['cpu_us_per_request_8_connections']:.0f} "
+            f"({f['loop_us_per_request_8_connections']:.0f}) |"
+        )
+    disk = summary["disk_fsync"]
+    print(
+        f"\nThe disk: 16 KiB appended and fdatasync'ed takes {disk['p50_ms']:.2f} ms at the "
+        f"median, {disk['p99_ms']:.2f} ms at p99, and {disk['cpu_us']:.0f} µs of CPU."
+    )
     seconds = summary["end_to_end"]["frameiod-full"]["seconds"]
     print(
         f"\nEnd to end, no-op handler: wrk at 64 connections for {seconds} s at full speed, "
