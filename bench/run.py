@@ -18,8 +18,9 @@ Each round measures, per target:
   spool's ``events.received_at`` (frameiod's ``time.time()`` when it accepted the request).
 
 Before the rounds, what an fsync costs on the disk (wall and CPU time), to read the
-``synchronous = FULL`` figures by. Then, once, idle RSS and start to ``READY=1`` (over a ``NOTIFY_SOCKET`` datagram socket),
-median of 5 starts, with the example plugins loaded (and without plugins, for reference).
+``synchronous = FULL`` figures by. Then, once, idle RSS and start to ``READY=1`` (over a
+``NOTIFY_SOCKET`` datagram socket), median of 5 starts, with the example plugins loaded
+(and without plugins, for reference).
 
 ``--profile`` instead records a py-spy flame graph of frameiod (FULL) under the
 64-connection load to ``bench/profile-ingest.svg`` and its hottest frames to
