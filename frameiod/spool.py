@@ -54,6 +54,11 @@ log = get_logger("frameiod.spool")
 SCHEMA_VERSION = 2
 _ERROR_LIMIT = 2000  # characters of the last error kept per delivery
 _BATCH_LIMIT = 256
+# At FULL every commit pays an fsync: on the bench machine 70 µs of CPU, on the core the
+# event loop needs, and 0.2 ms of waiting. While requests arrive together (the last batch
+# held more than one operation), a batch begins no sooner than this long after the one
+# before it, so that more of them share each fsync; a lone request is committed at once.
+_FULL_COMMIT_GAP = 0.0015
 # Checkpoints run on a thread of their own this often; the writer's automatic one, after
 # this many WAL pages (~40 MiB), is only a backstop should that thread fall behind.
 _CHECKPOINT_SECONDS = 0.2
@@ -280,14 +285,21 @@ def _unavailable(exc: sqlite3.Error) -> SpoolUnavailable:
 class _Writer(threading.Thread):
     """Owns the connection; runs submitted operations in batches, one commit per batch."""
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: sqlite3.Connection, gap: float = 0.0) -> None:
         super().__init__(name="frameiod-spool", daemon=True)
         self.conn = conn
+        self.gap = gap
+        """Seconds from one batch's start to the next one's while batches are crowded."""
         self.jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self.batches = 0
 
     def run(self) -> None:
+        began = 0.0  # when the last batch began (time.monotonic())
+        crowded = False  # whether it held more than one operation
         while (job := self.jobs.get()) is not None:
+            if crowded and (wait := began + self.gap - time.monotonic()) > 0:
+                time.sleep(wait)  # operations arriving meanwhile join this batch
+            began = time.monotonic()
             batch = [job]
             while len(batch) < _BATCH_LIMIT:
                 try:
@@ -298,6 +310,7 @@ class _Writer(threading.Thread):
                     self.jobs.put(None)  # finish this batch, then stop
                     break
                 batch.append(more)
+            crowded = len(batch) > 1
             try:
                 self._run_batch(batch)
             except Exception as exc:  # the connection itself failed: fail the batch, go on
@@ -537,7 +550,7 @@ class Spool:
         except sqlite3.Error as exc:
             conn.close()
             raise SpoolError(f"{path}: cannot open the spool for reading: {exc}") from None
-        writer = _Writer(conn)
+        writer = _Writer(conn, _FULL_COMMIT_GAP if synchronous == "FULL" else 0.0)
         writer.start()
         checkpointer = _Checkpointer(path, synchronous)
         checkpointer.start()

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from support import incoming, wait_until
 
+import frameiod.spool as spool_module
 from frameiod.spool import (
     SCHEMA_VERSION,
     Accepted,
@@ -374,6 +375,62 @@ class TestGroupCommit:
         await pending
         assert spool.batches - before == 2  # the held operation's batch, then all 50
         assert len(event_ids(path)) == 50
+
+    # The commit gap is set long here (1 s, against 1.5 ms in the daemon) so that the
+    # test's own timing cannot blur which operations share a batch.
+    GAP = 1.0
+
+    @pytest.fixture
+    def long_gap(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setattr(spool_module, "_FULL_COMMIT_GAP", self.GAP)
+
+    async def crowded_batch(self, spool: Spool) -> float:
+        """Commit two accepts in one batch; return a time no later than its start."""
+        async with writer_held(spool):
+            pair = asyncio.gather(*(spool.accept(incoming(), ["a"]) for _ in range(2)))
+            released = time.monotonic()  # the pair's batch begins after the release
+        await pair
+        return released
+
+    @pytest.mark.usefixtures("long_gap")
+    async def test_at_full_after_a_crowded_batch_the_next_one_gathers_for_the_gap(self, path: Path):
+        spool = await Spool.open(path, synchronous="FULL")
+        try:
+            released = await self.crowded_batch(spool)
+            before = spool.batches
+            late = []
+            for _ in range(3):  # one at a time, a few milliseconds apart
+                late.append(asyncio.ensure_future(spool.accept(incoming(), ["a"])))
+                await asyncio.sleep(0.01)
+            await asyncio.gather(*late)
+            assert spool.batches - before == 1
+            assert time.monotonic() - released >= self.GAP
+        finally:
+            await spool.close()
+        assert len(event_ids(path)) == 5
+
+    @pytest.mark.usefixtures("long_gap")
+    async def test_at_full_a_lone_operation_is_committed_at_once(self, path: Path):
+        spool = await Spool.open(path, synchronous="FULL")
+        try:
+            started = time.monotonic()
+            for _ in range(3):
+                await spool.accept(incoming(), ["a"])
+            assert time.monotonic() - started < self.GAP / 2
+        finally:
+            await spool.close()
+
+    @pytest.mark.usefixtures("long_gap")
+    async def test_at_normal_there_is_no_gap(self, path: Path):
+        # Without an fsync to share, waiting would only add latency.
+        spool = await Spool.open(path, synchronous="NORMAL")
+        try:
+            await self.crowded_batch(spool)
+            started = time.monotonic()
+            await spool.accept(incoming(), ["a"])
+            assert time.monotonic() - started < self.GAP / 2
+        finally:
+            await spool.close()
 
     async def test_a_failing_operation_fails_alone(self, spool: Spool, path: Path):
         events = [incoming() for _ in range(10)]
