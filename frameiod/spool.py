@@ -3,9 +3,10 @@
 An event is committed, with one delivery row per matching handler, before the 202 goes
 out. All SQLite work runs on one writer thread that owns the connection; operations that
 arrive while it is busy form the next batch and share one transaction and one fsync
-(group commit), so throughput does not collapse to one fsync per request. If anything in
-a batch fails, the batch is run again with a savepoint per operation, so a failing
-operation fails alone; operations must therefore touch nothing but the database. (A full
+(group commit), so throughput does not collapse to one fsync per request; at FULL, while
+batches are crowded, the writer waits a little for more to join each (`_FULL_COMMIT_GAP`).
+If anything in a batch fails, the batch is run again with a savepoint per operation, so a
+failing operation fails alone; operations must therefore touch nothing but the database. (A full
 disk is the exception: SQLite then rolls back the whole transaction, and every operation
 of that batch is reported failed, none falsely reported committed.)
 
