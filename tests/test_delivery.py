@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import threading
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -311,15 +313,42 @@ async def _accept_one(spool: Spool, handler: WebhookHandler, event_id: str) -> N
 
 
 class _GatedSpool(Spool):
-    """The real SQLite spool, whose claims wait at a gate: a stop can begin mid-claim."""
+    """The real SQLite spool, whose claims or outcome writes (``gated``) wait at a gate."""
 
+    gated: str
     gate: asyncio.Event
     entered: asyncio.Event
 
+    async def _pass(self, method: str) -> None:
+        if method == self.gated:
+            self.entered.set()
+            await self.gate.wait()
+
     async def claim(self, limit, caps, now=None):  # type: ignore[no-untyped-def]
-        self.entered.set()
-        await self.gate.wait()
+        await self._pass("claim")
         return await super().claim(limit, caps, now)
+
+    async def finish(self, delivery_id, **outcome):  # type: ignore[no-untyped-def]
+        await self._pass("finish")
+        await super().finish(delivery_id, **outcome)
+
+
+@contextlib.asynccontextmanager
+async def _held_at(
+    gated: str, path: Path, handler: WebhookHandler
+) -> AsyncIterator[tuple[_GatedSpool, Dispatcher, asyncio.Task[None]]]:
+    """A dispatcher on a spool holding one event, ``e1``, for ``handler``; yields once the
+    dispatcher waits at the gate of the spool's ``gated`` method (the gate still shut)."""
+    spool = await _GatedSpool.open(path)
+    spool.gated, spool.gate, spool.entered = gated, asyncio.Event(), asyncio.Event()
+    try:
+        await _accept_one(spool, handler, "e1")
+        dispatcher = Dispatcher(spool, Routes([handler]))
+        scheduler = asyncio.create_task(dispatcher.run())
+        await spool.entered.wait()
+        yield spool, dispatcher, scheduler
+    finally:
+        await spool.close()
 
 
 class TestStopWhileClaiming:
@@ -330,36 +359,17 @@ class TestStopWhileClaiming:
             calls.append(event.event_id or "")
 
         handler = WebhookHandler(func=record, event_types=("file.ready",), plugin="p")
-        spool = await _GatedSpool.open(tmp_path / "spool.db")
-        spool.gate, spool.entered = asyncio.Event(), asyncio.Event()
-        try:
-            await _accept_one(spool, handler, "e1")
-            dispatcher = Dispatcher(spool, Routes([handler]))
-            scheduler = asyncio.create_task(dispatcher.run())
-            await spool.entered.wait()  # the scheduler is inside a claim ...
+        async with _held_at("claim", tmp_path / "spool.db", handler) as held:
+            spool, dispatcher, scheduler = held  # the scheduler is inside a claim ...
             stopping = asyncio.create_task(dispatcher.stop(drain_timeout=1.0))
             await asyncio.sleep(0)  # ... when the stop begins
             spool.gate.set()
             assert await stopping == 0
             await scheduler
             rows = await spool.deliveries_of("e1")
-        finally:
-            await spool.close()
         assert calls == []
         # Pending again for the next start; the claim counted, as for any call cut short.
         assert [(r["state"], r["attempts"]) for r in rows] == [("pending", 1)]
-
-
-class _GatedFinishSpool(Spool):
-    """The real SQLite spool, whose outcome writes wait at a gate."""
-
-    gate: asyncio.Event
-    entered: asyncio.Event
-
-    async def finish(self, delivery_id, **outcome):  # type: ignore[no-untyped-def]
-        self.entered.set()
-        await self.gate.wait()
-        await super().finish(delivery_id, **outcome)
 
 
 class TestStopAfterTheCall:
@@ -368,13 +378,8 @@ class TestStopAfterTheCall:
             return None
 
         handler = WebhookHandler(func=quick, event_types=("file.ready",), plugin="p")
-        spool = await _GatedFinishSpool.open(tmp_path / "spool.db")
-        spool.gate, spool.entered = asyncio.Event(), asyncio.Event()
-        try:
-            await _accept_one(spool, handler, "e1")
-            dispatcher = Dispatcher(spool, Routes([handler]))
-            scheduler = asyncio.create_task(dispatcher.run())
-            await spool.entered.wait()  # the call ended; its outcome is on its way
+        async with _held_at("finish", tmp_path / "spool.db", handler) as held:
+            spool, dispatcher, scheduler = held  # the call ended; its outcome is on its way
             stopping = asyncio.create_task(dispatcher.stop(drain_timeout=0.05))
             # Well past the drain: the stop still waits for the write, and cuts no call.
             done, _ = await asyncio.wait({stopping}, timeout=0.5)
@@ -383,8 +388,6 @@ class TestStopAfterTheCall:
             assert await stopping == 0
             await scheduler
             rows = await spool.deliveries_of("e1")
-        finally:
-            await spool.close()
         assert [(r["state"], r["attempts"], r["last_outcome"]) for r in rows] == [("done", 1, "ok")]
 
     async def test_an_observer_that_hangs_holds_neither_the_delivery_nor_the_stop(
