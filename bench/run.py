@@ -388,6 +388,32 @@ def measure(target: str, folder: Path, seconds: int, script: Path, warm_up_at: i
     )
 
 
+def measure_fsync(folder: Path, count: int = 2000) -> dict[str, float]:
+    """What durability costs on this disk, for reading the FULL figures: ``count`` times,
+    append 16 KiB (a small group commit's WAL frames) to a file in ``folder`` and
+    ``fdatasync`` it. Wall time per call (p50, p99, ms) and CPU time per call (µs)."""
+    walls: list[float] = []
+    cpu = 0.0
+    path = folder / "fsync-probe"
+    block = b"\x5a" * 16384
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND)
+    try:
+        for _ in range(count):
+            os.write(descriptor, block)
+            started, cpu_started = time.perf_counter(), time.thread_time()
+            os.fdatasync(descriptor)
+            walls.append(time.perf_counter() - started)
+            cpu += time.thread_time() - cpu_started
+    finally:
+        os.close(descriptor)
+        path.unlink()
+    return {
+        "p50_ms": round(percentile(walls, 50) * 1000, 3),
+        "p99_ms": round(percentile(walls, 99) * 1000, 3),
+        "cpu_us": round(cpu / count * 1e6, 1),
+    }
+
+
 # --- end to end --------------------------------------------------------------------------
 
 
@@ -706,32 +732,6 @@ def profile(folder: Path, seconds: int) -> int:
 
 
 # --- report ------------------------------------------------------------------------------
-
-
-def measure_fsync(folder: Path, count: int = 2000) -> dict[str, float]:
-    """What durability costs on this disk, for reading the FULL figures: ``count`` times,
-    append 16 KiB (a small group commit's WAL frames) to a file in ``folder`` and
-    ``fdatasync`` it. Wall time per call (p50, p99, ms) and CPU time per call (µs)."""
-    walls: list[float] = []
-    cpu = 0.0
-    path = folder / "fsync-probe"
-    block = b"\x5a" * 16384
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND)
-    try:
-        for _ in range(count):
-            os.write(descriptor, block)
-            started, cpu_started = time.perf_counter(), time.thread_time()
-            os.fdatasync(descriptor)
-            walls.append(time.perf_counter() - started)
-            cpu += time.thread_time() - cpu_started
-    finally:
-        os.close(descriptor)
-        path.unlink()
-    return {
-        "p50_ms": round(percentile(walls, 50) * 1000, 3),
-        "p99_ms": round(percentile(walls, 99) * 1000, 3),
-        "cpu_us": round(cpu / count * 1e6, 1),
-    }
 
 
 def _ratio(value: float, base: float) -> float:
