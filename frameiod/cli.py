@@ -58,6 +58,7 @@ def _plugins(config: Config) -> PluginHost | None:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from frameiod import idle
     from frameiod.daemon import serve
     from frameiod.logs import configure_logging
 
@@ -68,7 +69,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     plugins = _plugins(config)
     if plugins is None:
         return EXIT_CONFIG
-    return asyncio.run(serve(config, plugins))
+    # The spool hands its writes over when this loop runs out of work (`frameiod.idle`).
+    with asyncio.Runner(loop_factory=idle.new_event_loop) as runner:
+        return runner.run(serve(config, plugins))
 
 
 def _load_with_plugins(args: argparse.Namespace) -> tuple[Config, PluginHost] | None:

@@ -3,8 +3,10 @@
 An event is committed, with one delivery row per matching handler, before the 202 goes
 out. All SQLite work runs on one writer thread that owns the connection; operations that
 arrive while it is busy form the next batch and share one transaction and one fsync
-(group commit), so throughput does not collapse to one fsync per request; at FULL, while
-batches are crowded, the writer waits a little for more to join each (`_FULL_COMMIT_GAP`).
+(group commit), so throughput does not collapse to one fsync per request. On the daemon's
+event loop (`frameiod.idle`), operations are handed to the writer together, when the loop
+has taken in every request that has arrived, or after `_HOLD_AT_MOST` while it stays busy:
+a request that is already here does not miss the commit and wait for the next one.
 If anything in a batch fails, the batch is run again with a savepoint per operation, so a
 failing operation fails alone; operations must therefore touch nothing but the database. (A full
 disk is the exception: SQLite then rolls back the whole transaction, and every operation
@@ -36,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol, TypeVar
 
+from frameiod import idle
 from frameiod.logs import get_logger
 
 __all__ = [
@@ -55,11 +58,10 @@ log = get_logger("frameiod.spool")
 SCHEMA_VERSION = 2
 _ERROR_LIMIT = 2000  # characters of the last error kept per delivery
 _BATCH_LIMIT = 256
-# At FULL every commit pays an fsync: on the bench machine 70 µs of CPU, on the core the
-# event loop needs, and 0.2 ms of waiting. While requests arrive together (the last batch
-# held more than one operation), a batch begins no sooner than this long after the one
-# before it, so that more of them share each fsync; a lone request is committed at once.
-_FULL_COMMIT_GAP = 0.0015
+# How long an operation may wait on a busy event loop before it goes to the writer. Every
+# commit costs an fsync at FULL (on the bench machine 70 µs of CPU, on the core the event
+# loop needs): under a load that keeps the loop busy, this is about how often one begins.
+_HOLD_AT_MOST = 0.0015
 # Checkpoints run on a thread of their own this often; the writer's automatic one, after
 # this many WAL pages (~40 MiB), is only a backstop should that thread fall behind.
 _CHECKPOINT_SECONDS = 0.2
@@ -67,6 +69,8 @@ _AUTOCHECKPOINT_PAGES = 10_000
 
 T = TypeVar("T")
 Synchronous = Literal["FULL", "NORMAL"]
+# An operation for the writer thread, and the loop and future its result goes to.
+_Job = tuple[Callable[[sqlite3.Connection], Any], tuple[asyncio.AbstractEventLoop, Any]]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -286,22 +290,23 @@ def _unavailable(exc: sqlite3.Error) -> SpoolUnavailable:
 class _Writer(threading.Thread):
     """Owns the connection; runs submitted operations in batches, one commit per batch."""
 
-    def __init__(self, conn: sqlite3.Connection, gap: float = 0.0) -> None:
+    def __init__(self, conn: sqlite3.Connection) -> None:
         super().__init__(name="frameiod-spool", daemon=True)
         self.conn = conn
-        self.gap = gap
-        """Seconds from one batch's start to the next one's while batches are crowded."""
-        self.jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        # Lists of jobs, each handed over at once (one wake-up of this thread), then None.
+        self.jobs: queue.SimpleQueue[list[_Job] | None] = queue.SimpleQueue()
         self.batches = 0
 
+    def submit(self, jobs: list[_Job]) -> None:
+        """Queue ``jobs`` for the next batch."""
+        self.jobs.put(jobs)
+
+    def stop(self) -> None:
+        """Finish every job queued so far, then close the connection and end the thread."""
+        self.jobs.put(None)
+
     def run(self) -> None:
-        began = 0.0  # when the last batch began (time.monotonic())
-        crowded = False  # whether it held more than one operation
-        while (job := self.jobs.get()) is not None:
-            if crowded and (wait := began + self.gap - time.monotonic()) > 0:
-                time.sleep(wait)  # operations arriving meanwhile join this batch
-            began = time.monotonic()
-            batch = [job]
+        while (batch := self.jobs.get()) is not None:
             while len(batch) < _BATCH_LIMIT:
                 try:
                     more = self.jobs.get_nowait()
@@ -310,8 +315,7 @@ class _Writer(threading.Thread):
                 if more is None:
                     self.jobs.put(None)  # finish this batch, then stop
                     break
-                batch.append(more)
-            crowded = len(batch) > 1
+                batch.extend(more)
             try:
                 self._run_batch(batch)
             except Exception as exc:  # the connection itself failed: fail the batch, go on
@@ -322,7 +326,7 @@ class _Writer(threading.Thread):
                 )
         self.conn.close()
 
-    def _run_batch(self, batch: list[tuple[Callable[[sqlite3.Connection], Any], Any]]) -> None:
+    def _run_batch(self, batch: list[_Job]) -> None:
         # Fast path: the whole batch in one transaction. Only if something fails is it
         # rolled back and run again with a savepoint per operation, so that one failing
         # operation fails alone. (Operations only touch the database: a rerun is safe.)
@@ -338,9 +342,7 @@ class _Writer(threading.Thread):
         self.batches += 1
         self._settle(batch, results)
 
-    def _run_batch_carefully(
-        self, batch: list[tuple[Callable[[sqlite3.Connection], Any], Any]]
-    ) -> None:
+    def _run_batch_carefully(self, batch: list[_Job]) -> None:
         results: list[tuple[bool, Any]] = [(False, None)] * len(batch)
         # Operations that succeeded inside the open transaction: they stand or fall with it.
         uncommitted: list[int] = []
@@ -388,7 +390,7 @@ class _Writer(threading.Thread):
         self._settle(batch, results)
 
     @staticmethod
-    def _settle(batch: list[tuple[Any, Any]], results: list[tuple[bool, Any]]) -> None:
+    def _settle(batch: list[_Job], results: list[tuple[bool, Any]]) -> None:
         # One wake-up of each event loop per batch, not one per operation.
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Any, bool, Any]]] = {}
         for (_, (loop, future)), (ok, value) in zip(batch, results, strict=True):
@@ -536,6 +538,9 @@ class Spool:
         self._checkpointer: _Checkpointer | None = None
         self._listeners = Listeners()
         self._closed = False
+        # Operations waiting for the daemon's event loop to go idle (see `frameiod.idle`);
+        # only that loop's thread touches the list.
+        self._held: list[_Job] = []
 
     @classmethod
     async def open(cls, path: Path, synchronous: Synchronous = "FULL") -> Spool:
@@ -551,7 +556,7 @@ class Spool:
         except sqlite3.Error as exc:
             conn.close()
             raise SpoolError(f"{path}: cannot open the spool for reading: {exc}") from None
-        writer = _Writer(conn, _FULL_COMMIT_GAP if synchronous == "FULL" else 0.0)
+        writer = _Writer(conn)
         writer.start()
         checkpointer = _Checkpointer(path, synchronous)
         checkpointer.start()
@@ -571,8 +576,20 @@ class Spool:
         if self._closed:
             future.set_exception(SpoolUnavailable("spool_closed", "the spool is closed"))
         else:
-            self._writer.jobs.put((operation, (loop, future)))
+            self._hold((operation, (loop, future)), loop)
         return future
+
+    def _hold(self, job: _Job, loop: asyncio.AbstractEventLoop) -> None:
+        # Only the daemon's loop can say when it is idle; on any other, no holding.
+        if self._held or idle.call_when_idle(loop, self._hand_over, _HOLD_AT_MOST):
+            self._held.append(job)
+        else:
+            self._writer.submit([job])
+
+    def _hand_over(self) -> None:
+        if self._held:  # `close` may have handed them over already
+            jobs, self._held = self._held, []
+            self._writer.submit(jobs)
 
     async def flush(self) -> None:
         """Wait until every write queued so far is committed (claims' marks included)."""
@@ -736,7 +753,8 @@ class Spool:
     async def close(self) -> None:
         """Finish queued operations and close the file."""
         self._closed = True
-        self._writer.jobs.put(None)
+        self._hand_over()
+        self._writer.stop()
         await asyncio.to_thread(self._writer.join)
         if self._checkpointer is not None:
             self._checkpointer.stopping.set()

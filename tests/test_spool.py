@@ -9,15 +9,16 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import closing
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from support import incoming, wait_until
 
 import frameiod.spool as spool_module
+from frameiod import idle
 from frameiod.spool import (
     SCHEMA_VERSION,
     Accepted,
@@ -27,6 +28,8 @@ from frameiod.spool import (
     SpoolUnavailable,
     body_hash,
 )
+
+T = TypeVar("T")
 
 
 def query(path: Path, sql: str, *args: Any) -> list[tuple[Any, ...]]:
@@ -376,62 +379,6 @@ class TestGroupCommit:
         assert spool.batches - before == 2  # the held operation's batch, then all 50
         assert len(event_ids(path)) == 50
 
-    # The commit gap is set long here (1 s, against 1.5 ms in the daemon) so that the
-    # test's own timing cannot blur which operations share a batch.
-    GAP = 1.0
-
-    @pytest.fixture
-    def long_gap(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        monkeypatch.setattr(spool_module, "_FULL_COMMIT_GAP", self.GAP)
-
-    async def crowded_batch(self, spool: Spool) -> float:
-        """Commit two accepts in one batch; return a time no later than its start."""
-        async with writer_held(spool):
-            pair = asyncio.gather(*(spool.accept(incoming(), ["a"]) for _ in range(2)))
-            released = time.monotonic()  # the pair's batch begins after the release
-        await pair
-        return released
-
-    @pytest.mark.usefixtures("long_gap")
-    async def test_at_full_after_a_crowded_batch_the_next_one_gathers_for_the_gap(self, path: Path):
-        spool = await Spool.open(path, synchronous="FULL")
-        try:
-            released = await self.crowded_batch(spool)
-            before = spool.batches
-            late = []
-            for _ in range(3):  # one at a time, a few milliseconds apart
-                late.append(asyncio.ensure_future(spool.accept(incoming(), ["a"])))
-                await asyncio.sleep(0.01)
-            await asyncio.gather(*late)
-            assert spool.batches - before == 1
-            assert time.monotonic() - released >= self.GAP
-        finally:
-            await spool.close()
-        assert len(event_ids(path)) == 5
-
-    @pytest.mark.usefixtures("long_gap")
-    async def test_at_full_a_lone_operation_is_committed_at_once(self, path: Path):
-        spool = await Spool.open(path, synchronous="FULL")
-        try:
-            started = time.monotonic()
-            for _ in range(3):
-                await spool.accept(incoming(), ["a"])
-            assert time.monotonic() - started < self.GAP / 2
-        finally:
-            await spool.close()
-
-    @pytest.mark.usefixtures("long_gap")
-    async def test_at_normal_there_is_no_gap(self, path: Path):
-        # Without an fsync to share, waiting would only add latency.
-        spool = await Spool.open(path, synchronous="NORMAL")
-        try:
-            await self.crowded_batch(spool)
-            started = time.monotonic()
-            await spool.accept(incoming(), ["a"])
-            assert time.monotonic() - started < self.GAP / 2
-        finally:
-            await spool.close()
-
     async def test_a_failing_operation_fails_alone(self, spool: Spool, path: Path):
         events = [incoming() for _ in range(10)]
         async with writer_held(spool):
@@ -457,6 +404,99 @@ class TestGroupCommit:
         with pytest.raises(LookupError, match="the operation's own bug"):
             await spool.run(broken)
         assert event_ids(path) == {event.id}, "the failed operation's writes are undone"
+
+
+class TestHeldForAnIdleLoop:
+    """On the daemon's event loop, operations go to the writer together when it runs out of
+    work (`frameiod.idle`); on any other loop (the rest of this file), one by one."""
+
+    # Long, so that the tests' own timing cannot decide what shares a batch.
+    HOLD = 10.0
+
+    @pytest.fixture(autouse=True)
+    def long_hold(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setattr(spool_module, "_HOLD_AT_MOST", self.HOLD)
+
+    @staticmethod
+    def on_the_daemons_loop(scenario: Callable[[], Awaitable[T]]) -> T:
+        with asyncio.Runner(loop_factory=idle.new_event_loop) as runner:
+            return runner.run(scenario())
+
+    def test_operations_submitted_while_the_loop_is_busy_share_one_batch(self, path: Path):
+        async def scenario() -> int:
+            spool = await Spool.open(path)
+            try:
+                before = spool.batches
+                accepts = []
+                for _ in range(5):
+                    accepts.append(asyncio.ensure_future(spool.accept(incoming(), ["a"])))
+                    await asyncio.sleep(0)  # the accept is submitted
+                    # Busy, but with the GIL free: time for the writer to commit, were the
+                    # accept in its queue already.
+                    time.sleep(0.02)
+                await asyncio.gather(*accepts)
+                return spool.batches - before
+            finally:
+                await spool.close()
+
+        assert self.on_the_daemons_loop(scenario) == 1
+        assert len(event_ids(path)) == 5
+
+    def test_a_lone_operation_goes_as_soon_as_the_loop_is_idle(self, path: Path):
+        async def scenario() -> float:
+            spool = await Spool.open(path)
+            try:
+                started = time.monotonic()
+                for _ in range(3):
+                    await spool.accept(incoming(), ["a"])
+                return time.monotonic() - started
+            finally:
+                await spool.close()
+
+        assert self.on_the_daemons_loop(scenario) < self.HOLD / 2
+
+    def test_a_loop_that_stays_busy_hands_them_over_after_the_hold(
+        self, path: Path, monkeypatch: pytest.MonkeyPatch
+    ):
+        monkeypatch.setattr(spool_module, "_HOLD_AT_MOST", 0.05)
+
+        async def scenario() -> tuple[float, int]:
+            spool = await Spool.open(path)
+            loop = asyncio.get_running_loop()
+            spins = 0
+
+            def spin() -> None:  # keeps the loop from ever waiting for I/O
+                nonlocal spins
+                spins += 1
+                if not accepted.done() and time.monotonic() - started < 5:
+                    loop.call_soon(spin)
+
+            try:
+                started = time.monotonic()
+                accepted = asyncio.ensure_future(spool.accept(incoming(), ["a"]))
+                loop.call_soon(spin)
+                await accepted
+                return time.monotonic() - started, spins
+            finally:
+                await spool.close()
+
+        took, spins = self.on_the_daemons_loop(scenario)
+        assert 0.05 <= took < 5
+        assert spins > 1  # the loop was busy all along, never idle
+
+    def test_close_commits_what_is_still_held(self, path: Path):
+        event = incoming()
+
+        async def scenario() -> Accepted:
+            spool = await Spool.open(path)
+            accepted = spool.run(lambda conn: spool_module._accept(conn, event, ["a"]))
+            await spool.close()  # before the loop has had a chance to go idle
+            return await asyncio.wait_for(accepted, 5)
+
+        assert self.on_the_daemons_loop(scenario) == Accepted(
+            event.id, duplicate=False, deliveries=1
+        )
+        assert event_ids(path) == {event.id}
 
 
 class TestClaim:
