@@ -433,7 +433,7 @@ class TestHeldForAnIdleLoop:
                     await asyncio.sleep(0)  # the accept is submitted
                     # Busy, but with the GIL free: time for the writer to commit, were the
                     # accept in its queue already.
-                    time.sleep(0.02)
+                    time.sleep(0.02)  # noqa: ASYNC251 - blocks the loop on purpose
                 await asyncio.gather(*accepts)
                 return spool.batches - before
             finally:
