@@ -35,15 +35,24 @@ class _IdleSelector(selectors.DefaultSelector):
         self._waiting.append(callback)
         self._deadline = min(self._deadline, time.monotonic() + within)
 
+    def close(self) -> None:
+        """Run the waiting callbacks, which a closing loop will never reach, then close."""
+        self._run_waiting()
+        super().close()
+
+    def _run_waiting(self) -> None:
+        waiting, self._waiting = self._waiting, []
+        self._deadline = float("inf")
+        for callback in waiting:
+            callback()
+
     def select(self, timeout: float | None = None) -> list[tuple[Any, int]]:
         """Run the waiting callbacks if the loop is about to block or one is due; then
         select."""
-        # asyncio asks with a timeout of 0 while callbacks are ready to run: busy.
+        # asyncio asks with a timeout of 0 while callbacks are ready to run or a timer is
+        # due (busy), and while it is stopping (`close` runs what is still waiting then).
         if self._waiting and (timeout is None or timeout > 0 or time.monotonic() >= self._deadline):
-            waiting, self._waiting = self._waiting, []
-            self._deadline = float("inf")
-            for callback in waiting:
-                callback()
+            self._run_waiting()
             # A callback may have given the loop work, which the timeout it asked with
             # does not know of: look without waiting; the loop asks again if still idle.
             timeout = 0

@@ -27,6 +27,7 @@ delivery is kept out of later claims in memory (this process is the only dispatc
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import queue
 import sqlite3
@@ -316,15 +317,18 @@ class _Writer(threading.Thread):
                     self.jobs.put(None)  # finish this batch, then stop
                     break
                 batch.extend(more)
-            try:
-                self._run_batch(batch)
-            except Exception as exc:  # the connection itself failed: fail the batch, go on
-                if self.conn.in_transaction:
-                    self.conn.rollback()
-                self._settle(
-                    batch, [(False, SpoolUnavailable("spool_error", str(exc)))] * len(batch)
-                )
+            # A hand-over may hold more than the limit by itself: one transaction per slice.
+            for start in range(0, len(batch), _BATCH_LIMIT):
+                self._run_safely(batch[start : start + _BATCH_LIMIT])
         self.conn.close()
+
+    def _run_safely(self, batch: list[_Job]) -> None:
+        try:
+            self._run_batch(batch)
+        except Exception as exc:  # the connection itself failed: fail the batch, go on
+            if self.conn.in_transaction:
+                self.conn.rollback()
+            self._settle(batch, [(False, SpoolUnavailable("spool_error", str(exc)))] * len(batch))
 
     def _run_batch(self, batch: list[_Job]) -> None:
         # Fast path: the whole batch in one transaction. Only if something fails is it
@@ -396,7 +400,9 @@ class _Writer(threading.Thread):
         for (_, (loop, future)), (ok, value) in zip(batch, results, strict=True):
             by_loop.setdefault(loop, []).append((future, ok, value))
         for loop, settled in by_loop.items():
-            loop.call_soon_threadsafe(_resolve, settled)
+            # A loop closed meanwhile has no one left to tell; the writes stand all the same.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_resolve, settled)
 
 
 class _Checkpointer(threading.Thread):
@@ -538,9 +544,10 @@ class Spool:
         self._checkpointer: _Checkpointer | None = None
         self._listeners = Listeners()
         self._closed = False
-        # Operations waiting for the daemon's event loop to go idle (see `frameiod.idle`);
-        # only that loop's thread touches the list.
+        # Operations waiting for the daemon's event loop to go idle (see `frameiod.idle`),
+        # and that loop: only its thread touches the list.
         self._held: list[_Job] = []
+        self._held_on: asyncio.AbstractEventLoop | None = None
 
     @classmethod
     async def open(cls, path: Path, synchronous: Synchronous = "FULL") -> Spool:
@@ -581,8 +588,10 @@ class Spool:
 
     def _hold(self, job: _Job, loop: asyncio.AbstractEventLoop) -> None:
         # Only the daemon's loop can say when it is idle; on any other, no holding.
-        if self._held or idle.call_when_idle(loop, self._hand_over, _HOLD_AT_MOST):
+        if self._held and self._held_on is loop:
             self._held.append(job)
+        elif not self._held and idle.call_when_idle(loop, self._hand_over, _HOLD_AT_MOST):
+            self._held, self._held_on = [job], loop
         else:
             self._writer.submit([job])
 

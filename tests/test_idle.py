@@ -70,6 +70,7 @@ def test_on_a_loop_that_stays_busy_it_runs_by_its_deadline():
         ran = asyncio.Event()
         started = time.monotonic()
         assert call_when_idle(loop, on_deadline, within=0.05)
+        assert call_when_idle(loop, lambda: None, within=60)  # a later deadline waits
         loop.call_soon(spin)
         await ran.wait()
         return ran_at[0] - started, gave_up
@@ -94,3 +95,11 @@ def test_each_callback_runs_once():
         return calls
 
     assert on_an_idle_loop(scenario) == 1
+
+
+def test_a_closing_loop_runs_what_is_still_waiting():
+    loop = new_event_loop()
+    ran: list[int] = []
+    assert call_when_idle(loop, lambda: ran.append(1), within=60)
+    loop.close()  # never run: its selector never looked at its sockets
+    assert ran == [1]

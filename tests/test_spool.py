@@ -406,6 +406,26 @@ class TestGroupCommit:
         assert event_ids(path) == {event.id}, "the failed operation's writes are undone"
 
 
+class TestLoopsThatGoAway:
+    def test_a_loop_closed_before_its_writes_are_settled_does_not_stop_the_writer(self, path: Path):
+        spool = asyncio.run(Spool.open(path))
+        event = incoming()
+
+        async def leave_a_write_behind() -> None:
+            spool.run(lambda conn: time.sleep(0.1))  # still running when this loop closes
+
+        asyncio.run(leave_a_write_behind())
+
+        async def accept_then_close() -> Accepted:
+            try:
+                return await asyncio.wait_for(spool.accept(event, ["a"]), 5)
+            finally:
+                await spool.close()
+
+        assert asyncio.run(accept_then_close()) == Accepted(event.id, duplicate=False, deliveries=1)
+        assert event_ids(path) == {event.id}
+
+
 class TestHeldForAnIdleLoop:
     """On the daemon's event loop, operations go to the writer together when it runs out of
     work (`frameiod.idle`); on any other loop (the rest of this file), one by one."""
@@ -441,6 +461,23 @@ class TestHeldForAnIdleLoop:
 
         assert self.on_the_daemons_loop(scenario) == 1
         assert len(event_ids(path)) == 5
+
+    def test_a_hand_over_beyond_the_batch_limit_is_committed_in_slices(
+        self, path: Path, monkeypatch: pytest.MonkeyPatch
+    ):
+        monkeypatch.setattr(spool_module, "_BATCH_LIMIT", 4)
+
+        async def scenario() -> int:
+            spool = await Spool.open(path)
+            try:
+                before = spool.batches
+                await asyncio.gather(*(spool.accept(incoming(), ["a"]) for _ in range(10)))
+                return spool.batches - before
+            finally:
+                await spool.close()
+
+        assert self.on_the_daemons_loop(scenario) == 3  # 4 + 4 + 2
+        assert len(event_ids(path)) == 10
 
     def test_a_lone_operation_goes_as_soon_as_the_loop_is_idle(self, path: Path):
         async def scenario() -> float:
