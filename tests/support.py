@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -11,10 +12,11 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+from frameiod import idle
 from frameiod.config import Config, load_config
 from frameiod.signature import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 from frameiod.spool import Incoming
@@ -205,6 +207,15 @@ class DaemonProcess:
         if self.process.poll() is None:
             self.process.kill()
         self.wait()
+
+
+T = TypeVar("T")
+
+
+def on_the_daemons_loop(scenario: Callable[[], Awaitable[T]]) -> T:
+    """Run ``scenario()`` to its end on the kind of event loop `frameiod run` uses."""
+    with asyncio.Runner(loop_factory=idle.new_event_loop) as runner:
+        return runner.run(scenario())
 
 
 def wait_until(condition: Callable[[], object], timeout: float = 10.0) -> None:

@@ -4,17 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
+
+from support import on_the_daemons_loop
 
 from frameiod.idle import call_when_idle, new_event_loop
-
-T = TypeVar("T")
-
-
-def on_an_idle_loop(scenario: Callable[[], Awaitable[T]]) -> T:
-    with asyncio.Runner(loop_factory=new_event_loop) as runner:
-        return runner.run(scenario())
 
 
 def test_a_plain_loop_arranges_nothing():
@@ -45,7 +38,7 @@ def test_the_callback_runs_once_the_ready_callbacks_are_done():
         await idle.wait()
         return order
 
-    assert on_an_idle_loop(scenario) == [*range(1, 101), "idle"]
+    assert on_the_daemons_loop(scenario) == [*range(1, 101), "idle"]
 
 
 def test_on_a_loop_that_stays_busy_it_runs_by_its_deadline():
@@ -75,7 +68,7 @@ def test_on_a_loop_that_stays_busy_it_runs_by_its_deadline():
         await ran.wait()
         return ran_at[0] - started, gave_up
 
-    took, gave_up = on_an_idle_loop(scenario)
+    took, gave_up = on_the_daemons_loop(scenario)
     assert not gave_up  # it ran while the loop was still busy
     assert took >= 0.05
 
@@ -94,7 +87,7 @@ def test_each_callback_runs_once():
             await asyncio.sleep(0.01)
         return calls
 
-    assert on_an_idle_loop(scenario) == 1
+    assert on_the_daemons_loop(scenario) == 1
 
 
 def test_a_closing_loop_runs_what_is_still_waiting():

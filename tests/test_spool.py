@@ -9,16 +9,15 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import closing
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
-from support import incoming, wait_until
+from support import incoming, on_the_daemons_loop, wait_until
 
 import frameiod.spool as spool_module
-from frameiod import idle
 from frameiod.spool import (
     SCHEMA_VERSION,
     Accepted,
@@ -28,8 +27,6 @@ from frameiod.spool import (
     SpoolUnavailable,
     body_hash,
 )
-
-T = TypeVar("T")
 
 
 def query(path: Path, sql: str, *args: Any) -> list[tuple[Any, ...]]:
@@ -437,11 +434,6 @@ class TestHeldForAnIdleLoop:
     def long_hold(self, monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setattr(spool_module, "_HOLD_AT_MOST", self.HOLD)
 
-    @staticmethod
-    def on_the_daemons_loop(scenario: Callable[[], Awaitable[T]]) -> T:
-        with asyncio.Runner(loop_factory=idle.new_event_loop) as runner:
-            return runner.run(scenario())
-
     def test_operations_submitted_while_the_loop_is_busy_share_one_batch(self, path: Path):
         async def scenario() -> int:
             spool = await Spool.open(path)
@@ -459,7 +451,7 @@ class TestHeldForAnIdleLoop:
             finally:
                 await spool.close()
 
-        assert self.on_the_daemons_loop(scenario) == 1
+        assert on_the_daemons_loop(scenario) == 1
         assert len(event_ids(path)) == 5
 
     def test_a_hand_over_beyond_the_batch_limit_is_committed_in_slices(
@@ -476,7 +468,7 @@ class TestHeldForAnIdleLoop:
             finally:
                 await spool.close()
 
-        assert self.on_the_daemons_loop(scenario) == 3  # 4 + 4 + 2
+        assert on_the_daemons_loop(scenario) == 3  # 4 + 4 + 2
         assert len(event_ids(path)) == 10
 
     def test_a_lone_operation_goes_as_soon_as_the_loop_is_idle(self, path: Path):
@@ -490,7 +482,7 @@ class TestHeldForAnIdleLoop:
             finally:
                 await spool.close()
 
-        assert self.on_the_daemons_loop(scenario) < self.HOLD / 2
+        assert on_the_daemons_loop(scenario) < self.HOLD / 2
 
     def test_a_loop_that_stays_busy_hands_them_over_after_the_hold(
         self, path: Path, monkeypatch: pytest.MonkeyPatch
@@ -517,7 +509,7 @@ class TestHeldForAnIdleLoop:
             finally:
                 await spool.close()
 
-        took, spins = self.on_the_daemons_loop(scenario)
+        took, spins = on_the_daemons_loop(scenario)
         assert 0.05 <= took < 5
         assert spins > 1  # the loop was busy all along, never idle
 
@@ -530,9 +522,7 @@ class TestHeldForAnIdleLoop:
             await spool.close()  # before the loop has had a chance to go idle
             return await asyncio.wait_for(accepted, 5)
 
-        assert self.on_the_daemons_loop(scenario) == Accepted(
-            event.id, duplicate=False, deliveries=1
-        )
+        assert on_the_daemons_loop(scenario) == Accepted(event.id, duplicate=False, deliveries=1)
         assert event_ids(path) == {event.id}
 
 
