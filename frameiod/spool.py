@@ -544,10 +544,9 @@ class Spool:
         self._checkpointer: _Checkpointer | None = None
         self._listeners = Listeners()
         self._closed = False
-        # Operations waiting for the daemon's event loop to go idle (see `frameiod.idle`),
-        # and that loop: only its thread touches the list.
+        # Operations waiting for the daemon's event loop to go idle (see `frameiod.idle`):
+        # only that loop's thread touches the list.
         self._held: list[_Job] = []
-        self._held_on: asyncio.AbstractEventLoop | None = None
 
     @classmethod
     async def open(cls, path: Path, synchronous: Synchronous = "FULL") -> Spool:
@@ -587,11 +586,13 @@ class Spool:
         return future
 
     def _hold(self, job: _Job, loop: asyncio.AbstractEventLoop) -> None:
-        # Only the daemon's loop can say when it is idle; on any other, no holding.
-        if self._held and self._held_on is loop:
+        # Only the daemon's loop can say when it is idle; on any other, no holding. Held
+        # jobs are all one loop's: each carries its loop, and the first says whose.
+        held_for = self._held[0][1][0] if self._held else None
+        if held_for is loop:
             self._held.append(job)
-        elif not self._held and idle.call_when_idle(loop, self._hand_over, _HOLD_AT_MOST):
-            self._held, self._held_on = [job], loop
+        elif held_for is None and idle.call_when_idle(loop, self._hand_over, _HOLD_AT_MOST):
+            self._held = [job]
         else:
             self._writer.submit([job])
 

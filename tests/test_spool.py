@@ -513,6 +513,31 @@ class TestHeldForAnIdleLoop:
         assert 0.05 <= took < 5
         assert spins > 1  # the loop was busy all along, never idle
 
+    def test_another_loops_write_goes_straight_to_the_writer(self, path: Path):
+        elsewhere = incoming()
+        answers: list[Accepted] = []
+
+        def accept_on_a_loop_of_its_own(spool: Spool) -> None:
+            answers.append(asyncio.run(asyncio.wait_for(spool.accept(elsewhere, ["a"]), 5)))
+
+        async def scenario() -> bool:
+            spool = await Spool.open(path)
+            try:
+                held = asyncio.ensure_future(spool.accept(incoming(), ["a"]))
+                await asyncio.sleep(0)  # submitted, and held: this loop has not gone idle
+                other = threading.Thread(target=accept_on_a_loop_of_its_own, args=(spool,))
+                other.start()
+                other.join(10)  # blocks this loop, which therefore keeps holding its write
+                finished = not other.is_alive()
+                await held
+                return finished
+            finally:
+                await spool.close()
+
+        assert on_the_daemons_loop(scenario)
+        assert answers == [Accepted(elsewhere.id, duplicate=False, deliveries=1)]
+        assert elsewhere.id in event_ids(path)
+
     def test_close_commits_what_is_still_held(self, path: Path):
         event = incoming()
 
