@@ -17,6 +17,10 @@ Each round measures, per target:
   and receipt to handler start: the handler's ``time.time()`` at its start minus the
   spool's ``events.received_at`` (frameiod's ``time.time()`` when it accepted the request).
 
+A fourth target, ``durable-floor`` (``floor.py``), is frameiod with its spool's SQL
+replaced by one append and ``fdatasync`` per batch: how close the real spool comes to the
+least a durable acknowledgement can cost here.
+
 Before the rounds, what an fsync costs on the disk (wall and CPU time), to read the
 ``synchronous = FULL`` figures by. Then, once, idle RSS and start to ``READY=1`` (over a
 ``NOTIFY_SOCKET`` datagram socket), median of 5 starts, with the example plugins loaded
@@ -50,6 +54,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -313,10 +318,16 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 
 
 def start_frameiod(
-    config: Path, env: dict[str, str] | None = None, *, plugins: str | None = "", **popen: object
+    config: Path,
+    env: dict[str, str] | None = None,
+    *,
+    plugins: str | None = "",
+    entry: Sequence[str] = ("-m", "frameiod"),
+    **popen: object,
 ) -> subprocess.Popen[bytes]:
     """``frameiod run`` on CPU 0 with ``config``. ``plugins`` is $FRAMEIOD_PLUGINS (None:
-    every installed plugin loads); ``env`` is added to the environment."""
+    every installed plugin loads); ``env`` is added to the environment; ``entry`` is what
+    the interpreter runs (``floor.py`` for the durable floor)."""
     environ = {**os.environ, **(env or {})}
     environ.pop("FRAMEIOD_PLUGINS", None)
     if plugins is not None:
@@ -324,7 +335,7 @@ def start_frameiod(
     popen.setdefault("stdout", subprocess.DEVNULL)
     popen.setdefault("stderr", subprocess.DEVNULL)
     return subprocess.Popen(  # noqa: S603 - our own interpreter and files
-        [*pin(0), sys.executable, "-m", "frameiod", "run", "--config", str(config)],
+        [*pin(0), sys.executable, *entry, "run", "--config", str(config)],
         env=environ,
         **popen,
     )
@@ -349,6 +360,9 @@ def _serve(
         stack.callback(redis.stop)
         extra = f'backend = "redis"\nredis_url = "{redis.url}"'
         return start_frameiod(frameiod_config(state, port, "FULL", extra))
+    if target == "durable-floor":
+        floor = [str(BENCH / "floor.py"), str(state / "floor.log")]
+        return start_frameiod(frameiod_config(state, port), entry=floor)
     return start_frameiod(frameiod_config(state, port, target.removeprefix("frameiod-").upper()))
 
 
@@ -752,6 +766,9 @@ def _ratio(value: float, base: float) -> float:
 TARGETS = ["baseline", "frameiod-full", "frameiod-normal"] + (
     ["frameiod-redis"] if REDIS_SERVER and importlib.util.find_spec("redis") else []
 )
+# frameiod with its spool's SQL replaced by one append and fdatasync per batch (floor.py):
+# the least a durable acknowledgement costs here, for reading frameiod-full's figures by.
+TARGETS.append("durable-floor")
 MODES = ["FULL", "NORMAL"]
 
 
