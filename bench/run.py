@@ -927,6 +927,12 @@ def report(summary: dict[str, Any]) -> int:
             f"{f['p50_ms_8_connections']:.2f} | {f['p99_ms_8_connections']:.2f} | "
             f"{f.get('p99_ratio', 1):.2f} | {f['peak_rss_mib']:.0f} |"
         )
+    full, floor = summary["targets"]["frameiod-full"], summary["targets"]["durable-floor"]
+    over_floor = _ratio(full["p99_ms_8_connections"], floor["p99_ms_8_connections"])
+    print(
+        f"\np99 at 8 connections: the durable floor's is {floor['p99_ratio']:.2f} times the "
+        f"baseline's; frameiod-full's is {over_floor:.2f} times the floor's."
+    )
     print(
         "\nCPU time per request, every thread of the server (of which its event loop), µs:\n"
         "| target | 64 conn. | 8 conn. |\n| --- | --- | --- |"
