@@ -408,6 +408,11 @@ class RedisSpool:
         """Call ``listener`` whenever this receiver accepted or rescheduled work."""
         self._listeners.add(listener)
 
+    async def check(self) -> None:
+        """Raise `SpoolUnavailable` if Redis does not answer a ``PING``."""
+        with redis_errors(self._url):
+            await self._client.ping()
+
     def expect_handlers(self, timeouts: dict[str, float]) -> None:
         """The handlers this receiver runs and their timeouts (the leases of its claims)."""
         self._timeouts = dict(timeouts)

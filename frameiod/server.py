@@ -50,6 +50,9 @@ log = get_logger("frameiod.server")
 # In-flight requests get this long to finish after SIGTERM before their connections close.
 SHUTDOWN_TIMEOUT = 10.0
 RETRY_AFTER_SECONDS = "5"
+# How long /readyz waits for the spool. A probe must answer even when the store does not,
+# and before a Redis command's own 2-s timeout: a store this slow to answer is not ready.
+READY_CHECK_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -127,6 +130,8 @@ class ServerState:
     addresses: list[tuple[str, int]] = field(default_factory=list)
     in_flight: int = 0
     idle: asyncio.Event = field(default_factory=asyncio.Event)
+    spool_problem: str | None = None
+    """Why the spool was not ready at the last ``/readyz``, if it was not (for the log)."""
 
     @property
     def config(self) -> Config:
@@ -423,12 +428,31 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """``GET /readyz``: 200 once serving, 503 before that and while stopping."""
+    """``GET /readyz``: 200 once serving with a spool that can take deliveries; 503 before
+    that, while stopping, and while the spool cannot (naming why)."""
     state = request.app[STATE]
-    if state.ready and not state.stopping:
+    if not state.ready or state.stopping:
+        status = "stopping" if state.stopping else "starting"
+        return web.json_response({"status": status}, status=503)
+    try:
+        async with asyncio.timeout(READY_CHECK_SECONDS):
+            await state.spool.check()
+    except SpoolUnavailable as exc:
+        reason, detail = exc.reason, exc.detail
+    except TimeoutError:
+        reason = "spool_timeout"
+        detail = f"the spool did not answer within {READY_CHECK_SECONDS:g}s"
+    else:
+        if state.spool_problem is not None:
+            log.info("spool ready again", spool=state.spool.describe())
+            state.spool_problem = None
         return web.json_response({"status": "ready"})
-    status = "stopping" if state.stopping else "starting"
-    return web.json_response({"status": status}, status=503)
+    # Logged when the cause changes, not at every probe: load balancers ask every few seconds.
+    if reason != state.spool_problem:
+        log.warning("spool not ready", spool=state.spool.describe(), reason=reason, detail=detail)
+        state.spool_problem = reason
+    body = {"status": "spool_unavailable", "reason": reason, "detail": detail}
+    return web.json_response(body, status=503)
 
 
 def create_app(

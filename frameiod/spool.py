@@ -204,6 +204,11 @@ class SpoolBackend(Protocol):
         """Call ``listener`` (on the event loop) whenever this process added due work."""
         ...
 
+    async def check(self) -> None:
+        """Raise `SpoolUnavailable` if the store cannot take deliveries now (``/readyz``
+        asks, so it must be cheap)."""
+        ...
+
     def expect_handlers(self, timeouts: dict[str, float]) -> None:
         """The handlers this process runs, each with its timeout: a delivery claimed longer
         ago than that (plus a grace) was abandoned by a process that died."""
@@ -617,6 +622,17 @@ class Spool:
     def describe(self) -> str:
         """The spool file."""
         return str(self.path)
+
+    async def check(self) -> None:
+        """Raise `SpoolUnavailable` if the spool is closed or its writer thread has stopped.
+
+        The file itself is not touched: a full or read-only disk shows only when a write
+        fails, and every accept then answers 503 naming it.
+        """
+        if self._closed:
+            raise SpoolUnavailable("spool_closed", "the spool is closed")
+        if not self._writer.is_alive():
+            raise SpoolUnavailable("spool_error", "the spool's writer thread has stopped")
 
     def on_new_work(self, listener: Callable[[], None]) -> None:
         """Call ``listener`` (on the event loop) whenever new deliveries were committed."""

@@ -596,6 +596,7 @@ class TestRedisDown:
                     lambda: spool.accept(incoming(), ["h"]),
                     lambda: spool.claim(1, {"h": 1}),
                     spool.gauges,
+                    spool.check,
                 ):
                     with pytest.raises(SpoolUnavailable) as caught:
                         await call()
@@ -612,6 +613,7 @@ class TestRedisDown:
                 await admin.config_set("requirepass", "hunter2")
                 await admin.aclose()
 
+                assert await spool.check() is None
                 after = incoming()
                 assert await spool.accept(after, ["h"]) == Accepted(after.id, False, 1)
                 claimed = await spool.claim(10, {"h": 10})

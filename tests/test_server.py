@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import sqlite3
 import uuid
@@ -357,6 +358,32 @@ class TestProbes:
         response = await daemon.client.get("/readyz")
         assert response.status == 503
         assert (await response.json())["status"] == "starting"
+
+    async def test_readyz_is_503_naming_a_closed_spool_logged_once_for_many_probes(
+        self, daemon: Daemon
+    ):
+        assert (await daemon.client.get("/readyz")).status == 200
+        await daemon.spool.close()
+        with capture_logs() as logs:
+            answers = [await daemon.client.get("/readyz") for _ in range(3)]
+        assert [a.status for a in answers] == [503] * 3
+        assert await answers[0].json() == {
+            "status": "spool_unavailable",
+            "reason": "spool_closed",
+            "detail": "the spool is closed",
+        }
+        warnings = [line for line in logs if line["event"] == "spool not ready"]
+        assert len(warnings) == 1
+        assert warnings[0]["reason"] == "spool_closed"
+        assert warnings[0]["spool"] == str(daemon.spool.path)
+
+    async def test_readyz_is_503_when_the_spools_writer_has_stopped(self, daemon: Daemon):
+        writer = daemon.spool._writer
+        writer.stop()
+        await asyncio.to_thread(writer.join, 5)
+        response = await daemon.client.get("/readyz")
+        assert response.status == 503
+        assert (await response.json())["reason"] == "spool_error"
 
     async def test_healthz_is_200(self, daemon: Daemon):
         response = await daemon.client.get("/healthz")
