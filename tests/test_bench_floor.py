@@ -9,24 +9,14 @@ import sys
 from pathlib import Path
 
 import httpx
-from support import SECRET, DaemonProcess, event_body, signed_headers
+from support import DaemonProcess, event_body, signed_headers, write_config
 
 FLOOR = Path(__file__).resolve().parent.parent / "bench" / "floor.py"
 
 
 def test_accepts_are_written_to_the_log_and_not_to_the_spool(tmp_path: Path) -> None:
-    spool, log = tmp_path / "spool.db", tmp_path / "floor.log"
-    config = tmp_path / "config.toml"
-    config.write_text(f"""
-[server]
-port = 0
-[log]
-format = "json"
-[sources.default]
-secrets = ["{SECRET}"]
-[spool]
-path = "{spool}"
-""")
+    config = write_config(tmp_path)  # the spool is frameiod.db beside it
+    spool, log = tmp_path / "frameiod.db", tmp_path / "floor.log"
     daemon = DaemonProcess(config, frameiod=[sys.executable, str(FLOOR), str(log)])
     try:
         bodies = [event_body(resource={"id": f"floor-{n}", "type": "file"}) for n in range(3)]
