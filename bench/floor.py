@@ -68,13 +68,21 @@ def main(argv: Sequence[str]) -> int:
         return await spool.run(_Append(record, Accepted(incoming.id, False, len(handlers))))
 
     def run_batch(writer: _Writer, batch: list[_Job]) -> None:
-        appends = [operation for operation, _ in batch if isinstance(operation, _Append)]
-        if len(appends) < len(batch):  # the daemon's own writes (a flush, a claim): SQLite's
-            transaction(writer, batch)
-            return
-        log.append(b"".join(append.record for append in appends))
-        writer.batches += 1
-        writer._settle(batch, [(True, append.accepted) for append in appends])
+        logged: list[_Job] = []
+        appends: list[_Append] = []
+        others: list[_Job] = []  # the daemon's own writes (a flush at shutdown): SQLite's
+        for job in batch:
+            if isinstance(job[0], _Append):
+                logged.append(job)
+                appends.append(job[0])
+            else:
+                others.append(job)
+        if others:
+            transaction(writer, others)
+        if appends:
+            log.append(b"".join(append.record for append in appends))
+            writer.batches += 1
+            writer._settle(logged, [(True, append.accepted) for append in appends])
 
     Spool.accept = accept  # type: ignore[method-assign]
     _Writer._run_batch = run_batch  # type: ignore[method-assign]

@@ -17,7 +17,7 @@ Each round measures, per target:
   and receipt to handler start: the handler's ``time.time()`` at its start minus the
   spool's ``events.received_at`` (frameiod's ``time.time()`` when it accepted the request).
 
-A fourth target, ``durable-floor`` (``floor.py``), is frameiod with its spool's SQL
+Another target, ``durable-floor`` (``floor.py``), is frameiod with its spool's SQL
 replaced by one append and ``fdatasync`` per batch: how close the real spool comes to the
 least a durable acknowledgement can cost here.
 

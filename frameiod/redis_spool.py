@@ -409,9 +409,11 @@ class RedisSpool:
         self._listeners.add(listener)
 
     async def check(self) -> None:
-        """Raise `SpoolUnavailable` if Redis does not answer a ``PING``."""
+        """Raise `SpoolUnavailable` if Redis refuses a small write, or does not answer."""
+        # A write, not a PING: a read-only replica (after a failover) and a full Redis
+        # under noeviction both answer PING, and refuse every delivery.
         with redis_errors(self._url):
-            await self._client.ping()
+            await self._client.set(f"{self._prefix}:ready:{self.node}", 1, px=10_000)
 
     def expect_handlers(self, timeouts: dict[str, float]) -> None:
         """The handlers this receiver runs and their timeouts (the leases of its claims)."""

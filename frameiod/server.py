@@ -50,9 +50,10 @@ log = get_logger("frameiod.server")
 # In-flight requests get this long to finish after SIGTERM before their connections close.
 SHUTDOWN_TIMEOUT = 10.0
 RETRY_AFTER_SECONDS = "5"
-# How long /readyz waits for the spool. A probe must answer even when the store does not,
-# and before a Redis command's own 2-s timeout: a store this slow to answer is not ready.
-READY_CHECK_SECONDS = 1.0
+# How long /readyz waits for the spool. A probe must answer even when the store does not:
+# before a Redis command's own 2-s timeout, and before a prober's own (Kubernetes': 1 s).
+# A store this slow to answer one small write is not ready.
+READY_CHECK_SECONDS = 0.5
 
 
 @dataclass(frozen=True)

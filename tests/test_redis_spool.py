@@ -16,8 +16,10 @@ from redis_support import RedisServer, free_port
 from structlog.testing import capture_logs
 from support import SECRET, incoming, make_config
 
+from frameiod import redis_store
 from frameiod.redis_spool import LEASE_GRACE, RedisSpool
 from frameiod.redis_store import GROUP
+from frameiod.server import READY_CHECK_SECONDS
 from frameiod.spool import Accepted, Claimed, SpoolError, SpoolUnavailable
 
 OpenNode = Callable[..., Awaitable[RedisSpool]]
@@ -622,6 +624,35 @@ class TestRedisDown:
                 await spool.close()
         finally:
             server.stop()
+
+
+class TestReadiness:
+    async def test_a_redis_that_answers_but_refuses_writes_is_not_ready(self, tmp_path: Path):
+        server = RedisServer(tmp_path / "redis")
+        server.start()
+        admin = aioredis.Redis.from_url(server.url)
+        try:
+            spool = await RedisSpool.open(make_config(tmp_path, config_text(server.url, "ro")))
+            try:
+                assert await spool.check() is None
+                # A replica (of nothing reachable): read-only, as after a failover.
+                await admin.replicaof("127.0.0.1", free_port())
+                assert await admin.ping()
+                with pytest.raises(SpoolUnavailable) as caught:
+                    await spool.check()
+                assert caught.value.reason == "redis_refused"
+                assert "read only replica" in caught.value.detail
+                await admin.replicaof("NO", "ONE")
+                assert await spool.check() is None
+            finally:
+                await spool.close()
+        finally:
+            await admin.aclose()
+            server.stop()
+
+    def test_readyz_gives_up_before_a_redis_command_does(self):
+        # Else a Redis that hangs would read as unreachable, not as slow.
+        assert READY_CHECK_SECONDS < redis_store._SOCKET_TIMEOUT
 
 
 class TestPersistenceWarnings:

@@ -21,7 +21,7 @@ from frameiod.config import Config
 from frameiod.handlers import Routes, WebhookHandler, secret_id
 from frameiod.metrics import Metrics
 from frameiod.server import STATE, create_app
-from frameiod.spool import Spool
+from frameiod.spool import Spool, SpoolUnavailable
 
 NOW = 1_800_000_000
 UUID7 = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
@@ -376,6 +376,22 @@ class TestProbes:
         assert len(warnings) == 1
         assert warnings[0]["reason"] == "spool_closed"
         assert warnings[0]["spool"] == str(daemon.spool.path)
+
+    async def test_readyz_logs_an_outage_once_its_end_once_and_the_next_outage_again(
+        self, daemon: Daemon, monkeypatch: pytest.MonkeyPatch
+    ):
+        fails = [True, True, False, False, True]
+
+        async def check() -> None:
+            if fails.pop(0):
+                raise SpoolUnavailable("spool_busy", "the spool is locked")
+
+        monkeypatch.setattr(daemon.spool, "check", check)
+        with capture_logs() as logs:
+            statuses = [(await daemon.client.get("/readyz")).status for _ in range(5)]
+        assert statuses == [503, 503, 200, 200, 503]
+        events = [line["event"] for line in logs if line["event"].startswith("spool")]
+        assert events == ["spool not ready", "spool ready again", "spool not ready"]
 
     async def test_readyz_is_503_when_the_spools_writer_has_stopped(self, daemon: Daemon):
         writer = daemon.spool._writer
