@@ -770,6 +770,16 @@ TARGETS = ["baseline", "frameiod-full", "frameiod-normal"] + (
 # the least a durable acknowledgement costs here, for reading frameiod-full's figures by.
 TARGETS.append("durable-floor")
 MODES = ["FULL", "NORMAL"]
+# Each ingest figure of the other targets also as a ratio to the baseline's: the ratios
+# are what carries over between machines and runs.
+RATIOS = {
+    "rps_ratio": "rps_64_connections",
+    "p50_ratio": "p50_ms_8_connections",
+    "p99_ratio": "p99_ms_8_connections",
+    "rss_ratio": "peak_rss_mib",
+    "cpu_64_ratio": "cpu_us_per_request_64_connections",
+    "cpu_8_ratio": "cpu_us_per_request_8_connections",
+}
 
 
 def collect(
@@ -878,8 +888,8 @@ def summarise(
     base = targets["baseline"]
     for target in TARGETS[1:]:
         figures = targets[target]
-        figures["rps_ratio"] = _ratio(figures["rps_64_connections"], base["rps_64_connections"])
-        figures["p99_ratio"] = _ratio(figures["p99_ms_8_connections"], base["p99_ms_8_connections"])
+        for ratio, figure in RATIOS.items():
+            figures[ratio] = _ratio(figures[figure], base[figure])
     end_to_end = {}
     for mode in MODES:
         figures = {
@@ -917,15 +927,16 @@ def report(summary: dict[str, Any]) -> int:
     """Print the README's tables; 1 if any load was invalid."""
     print(f"\n{summary['date']}, {summary['machine']}, server on CPU 0, wrk on CPU 1")
     print(
-        "| target | req/s (64 conn.) | ÷ baseline | p50 ms (8 conn.) | p99 ms (8 conn.) "
-        "| p99 ÷ baseline | peak RSS MiB |"
+        "| target | req/s (64 conn.) | ÷ baseline | p50 ms (8 conn.) | ÷ baseline "
+        "| p99 ms (8 conn.) | ÷ baseline | peak RSS MiB | ÷ baseline |"
     )
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for target, f in summary["targets"].items():
         print(
             f"| {target} | {f['rps_64_connections']:.0f} | {f.get('rps_ratio', 1):.2f} | "
-            f"{f['p50_ms_8_connections']:.2f} | {f['p99_ms_8_connections']:.2f} | "
-            f"{f.get('p99_ratio', 1):.2f} | {f['peak_rss_mib']:.0f} |"
+            f"{f['p50_ms_8_connections']:.2f} | {f.get('p50_ratio', 1):.2f} | "
+            f"{f['p99_ms_8_connections']:.2f} | {f.get('p99_ratio', 1):.2f} | "
+            f"{f['peak_rss_mib']:.0f} | {f.get('rss_ratio', 1):.2f} |"
         )
     full, floor = summary["targets"]["frameiod-full"], summary["targets"]["durable-floor"]
     over_floor = _ratio(full["p99_ms_8_connections"], floor["p99_ms_8_connections"])
@@ -935,14 +946,17 @@ def report(summary: dict[str, Any]) -> int:
     )
     print(
         "\nCPU time per request, every thread of the server (of which its event loop), µs:\n"
-        "| target | 64 conn. | 8 conn. |\n| --- | --- | --- |"
+        "| target | 64 conn. | ÷ baseline | 8 conn. | ÷ baseline |\n"
+        "| --- | --- | --- | --- | --- |"
     )
     for target, f in summary["targets"].items():
         print(
             f"| {target} | {f['cpu_us_per_request_64_connections']:.0f} "
             f"({f['loop_us_per_request_64_connections']:.0f}) | "
+            f"{f.get('cpu_64_ratio', 1):.2f} | "
             f"{f['cpu_us_per_request_8_connections']:.0f} "
-            f"({f['loop_us_per_request_8_connections']:.0f}) |"
+            f"({f['loop_us_per_request_8_connections']:.0f}) | "
+            f"{f.get('cpu_8_ratio', 1):.2f} |"
         )
     disk = summary["disk_fsync"]
     print(
