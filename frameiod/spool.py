@@ -282,6 +282,11 @@ class Listeners:
             listener()
 
 
+def _spool_closed() -> SpoolUnavailable:
+    """What every call on a closed spool raises (a new one each time: it gets a traceback)."""
+    return SpoolUnavailable("spool_closed", "the spool is closed")
+
+
 def _unavailable(exc: sqlite3.Error) -> SpoolUnavailable:
     code = getattr(exc, "sqlite_errorname", "")
     if code == "SQLITE_FULL":
@@ -585,7 +590,7 @@ class Spool:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         if self._closed:
-            future.set_exception(SpoolUnavailable("spool_closed", "the spool is closed"))
+            future.set_exception(_spool_closed())
         else:
             self._hold((operation, (loop, future)), loop)
         return future
@@ -612,7 +617,7 @@ class Spool:
 
     async def _read(self, query: Callable[[sqlite3.Connection], T]) -> T:
         if self._closed:
-            raise SpoolUnavailable("spool_closed", "the spool is closed")
+            raise _spool_closed()
         loop = asyncio.get_running_loop()
         try:
             return await loop.run_in_executor(self._reads, query, self._reader)
@@ -630,7 +635,7 @@ class Spool:
         fails, and every accept then answers 503 naming it.
         """
         if self._closed:
-            raise SpoolUnavailable("spool_closed", "the spool is closed")
+            raise _spool_closed()
         if not self._writer.is_alive():
             raise SpoolUnavailable("spool_error", "the spool's writer thread has stopped")
 
@@ -756,7 +761,7 @@ class Spool:
         """
         moment = time.time() if now is None else now
         if self._closed:
-            raise SpoolUnavailable("spool_closed", "the spool is closed")
+            raise _spool_closed()
         try:
             return await asyncio.to_thread(_count_states, self.path, moment)
         except sqlite3.Error as exc:
