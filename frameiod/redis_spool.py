@@ -489,6 +489,10 @@ class RedisSpool:
             claimed.append(item)
         return claimed
 
+    async def confirm(self, item: Claimed) -> bool:
+        """True: the claim script counted the attempt and set the lease before it returned."""
+        return True
+
     async def _take_in(self, now: float) -> None:
         """Move stream entries into the due sets: new ones, and ones a dead receiver read."""
         if now - self._sources_read > _SOURCES_SECONDS:

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol, TypeVar
 
 from frameiod import idle
-from frameiod.logs import get_logger
+from frameiod.logs import LastingFault, get_logger
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -70,6 +70,8 @@ _AUTOCHECKPOINT_PAGES = 10_000
 
 T = TypeVar("T")
 Synchronous = Literal["FULL", "NORMAL"]
+# Failures of the storage itself, not of one operation: a write after them fails too.
+_STORAGE_FAULTS = frozenset({"spool_full", "spool_unwritable", "spool_busy"})
 # An operation for the writer thread, and the loop and future its result goes to.
 _Job = tuple[Callable[[sqlite3.Connection], Any], tuple[asyncio.AbstractEventLoop, Any]]
 
@@ -206,7 +208,7 @@ class SpoolBackend(Protocol):
 
     async def check(self) -> None:
         """Raise `SpoolUnavailable` if the store cannot take deliveries now (``/readyz``
-        asks, so it must be cheap)."""
+        asks, so it must be cheap; the dispatcher asks while it waits out a fault)."""
         ...
 
     def expect_handlers(self, timeouts: dict[str, float]) -> None:
@@ -223,6 +225,17 @@ class SpoolBackend(Protocol):
     ) -> list[Claimed]:
         """Mark up to ``limit`` due deliveries running, oldest first, at most ``caps[h]``
         of handler ``h`` (handlers not in ``caps`` are skipped), and return them."""
+        ...
+
+    async def confirm(self, item: Claimed) -> bool:
+        """Wait until the claim of ``item`` is on record (its attempt counted, its state
+        running); False if it may no longer run (replayed or purged meanwhile).
+
+        The dispatcher calls a handler only after this: a call whose attempt is not on
+        record would be claimed and called again, without limit, while the store refuses
+        writes. Raises `SpoolUnavailable` if the claim could not be recorded; the delivery
+        then stays due, to be claimed again.
+        """
         ...
 
     async def finish(
@@ -307,6 +320,9 @@ class _Writer(threading.Thread):
         # Lists of jobs, each handed over at once (one wake-up of this thread), then None.
         self.jobs: queue.SimpleQueue[list[_Job] | None] = queue.SimpleQueue()
         self.batches = 0
+        self.fault: SpoolUnavailable | None = None
+        """Why the last batch could not be written, if the storage refused it (a full
+        disk, a read-only file, a lock held elsewhere); None once a batch commits."""
 
     def submit(self, jobs: list[_Job]) -> None:
         """Queue ``jobs`` for the next batch."""
@@ -354,6 +370,7 @@ class _Writer(threading.Thread):
             self._run_batch_carefully(batch)
             return
         self.batches += 1
+        self.fault = None
         self._settle(batch, results)
 
     def _run_batch_carefully(self, batch: list[_Job]) -> None:
@@ -369,7 +386,8 @@ class _Writer(threading.Thread):
         try:
             self.conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
-            self._settle(batch, [(False, _unavailable(exc))] * len(batch))
+            self.fault = _unavailable(exc)
+            self._settle(batch, [(False, self.fault)] * len(batch))
             return
         for index, (operation, _) in enumerate(batch):
             if not self.conn.in_transaction:
@@ -401,6 +419,7 @@ class _Writer(threading.Thread):
                     self.conn.rollback()
                 fail_uncommitted(_unavailable(exc))
         self.batches += 1
+        self.fault = _storage_fault(results)
         self._settle(batch, results)
 
     @staticmethod
@@ -413,6 +432,13 @@ class _Writer(threading.Thread):
             # A loop closed meanwhile has no one left to tell; the writes stand all the same.
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(_resolve, settled)
+
+
+def _storage_fault(results: list[tuple[bool, Any]]) -> SpoolUnavailable | None:
+    for ok, value in results:
+        if not ok and isinstance(value, SpoolUnavailable) and value.reason in _STORAGE_FAULTS:
+            return value
+    return None
 
 
 class _Checkpointer(threading.Thread):
@@ -430,11 +456,15 @@ class _Checkpointer(threading.Thread):
         self.stopping = threading.Event()
 
     def run(self) -> None:
+        # A full disk fails every round until space returns: logged once, then once a minute.
+        failing = LastingFault(log, "spool checkpoint failed")
         while not self.stopping.wait(_CHECKPOINT_SECONDS):
             try:
                 self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
             except sqlite3.Error as exc:  # busy, or a disk error: the next round tries again
-                log.warning("spool checkpoint failed", detail=str(exc))
+                failing.failed(detail=str(exc))
+            else:
+                failing.cleared("spool checkpoints work again")
         self.conn.close()
 
 
@@ -551,6 +581,9 @@ class Spool:
         # One thread: the reader connection is used by one thread at a time.
         self._reads = ThreadPoolExecutor(1, thread_name_prefix="frameiod-spool-read")
         self._claimed: set[DeliveryId] = set()
+        # Each claimed delivery's pending "running" mark (one write per claim), until
+        # `confirm` has seen it.
+        self._marks: dict[DeliveryId, asyncio.Future[frozenset[DeliveryId]]] = {}
         self._checkpointer: _Checkpointer | None = None
         self._listeners = Listeners()
         self._closed = False
@@ -629,15 +662,19 @@ class Spool:
         return str(self.path)
 
     async def check(self) -> None:
-        """Raise `SpoolUnavailable` if the spool is closed or its writer thread has stopped.
+        """Raise `SpoolUnavailable` if the spool is closed, its writer thread has stopped,
+        or its last write was refused (a full disk, a read-only file, a lock held) and a
+        small write still is.
 
-        The file itself is not touched: a full or read-only disk shows only when a write
-        fails, and every accept then answers 503 naming it.
+        While writes succeed the file is not touched; after a refused one, each check tries
+        a write of its own, so the fault is seen to clear even when nothing else writes.
         """
         if self._closed:
             raise _spool_closed()
         if not self._writer.is_alive():
             raise SpoolUnavailable("spool_error", "the spool's writer thread has stopped")
+        if self._writer.fault is not None:
+            await self.run(_probe)
 
     def on_new_work(self, listener: Callable[[], None]) -> None:
         """Call ``listener`` (on the event loop) whenever new deliveries were committed."""
@@ -662,8 +699,8 @@ class Spool:
 
         ``caps`` maps each handler that may run to how many more calls it may start now;
         handlers not in it (not loaded, or at their concurrency limit) are skipped. The mark
-        is queued, not awaited (see the module docstring): a crash before it is written
-        leaves the delivery pending, and it runs again with the same attempt number.
+        is queued, not awaited (see the module docstring): `confirm` waits for it, in each
+        delivery's own task, before its handler is called.
         """
         if limit <= 0 or not caps:
             return []
@@ -674,10 +711,30 @@ class Spool:
             # Queued before the calls start: an identical body accepted after this point is
             # queued behind the mark and no longer coalesces into a started delivery; one
             # queued before it arrived before the call started, which then sees it.
-            self._claimed.update(item.delivery_id for item in claimed)
-            ids = [(moment, item.delivery_id) for item in claimed]
-            self.run(lambda conn: _mark_running(conn, ids)).add_done_callback(_mark_failed)
+            ids = [item.delivery_id for item in claimed]
+            self._claimed.update(ids)
+            mark = self.run(lambda conn: _mark_running(conn, moment, ids))
+            mark.add_done_callback(_retrieve)  # a stop may release them all unconfirmed
+            self._marks.update(dict.fromkeys(ids, mark))
         return claimed
+
+    async def confirm(self, item: Claimed) -> bool:
+        """Wait until the claim's mark is committed; False if the delivery was no longer
+        pending when it was (replayed or purged meanwhile)."""
+        mark = self._marks.pop(item.delivery_id, None)
+        if mark is None:
+            return False  # not claimed by this process, or already confirmed
+        try:
+            # Shared by the whole claim: one delivery's cancelled task must not cancel it.
+            marked = await asyncio.shield(mark)
+        except BaseException:
+            # Not on record, so not running: it may be claimed again once writes succeed.
+            self._claimed.discard(item.delivery_id)
+            raise
+        if item.delivery_id in marked:
+            return True
+        self._claimed.discard(item.delivery_id)
+        return False
 
     async def finish(
         self,
@@ -720,6 +777,8 @@ class Spool:
     async def release(self, delivery_ids: Iterable[DeliveryId]) -> None:
         """Put deliveries that were running back to ``pending`` (a call cut short by stop)."""
         ids = [(time.time(), delivery_id) for delivery_id in delivery_ids]
+        for _, delivery_id in ids:
+            self._marks.pop(delivery_id, None)
         try:
             await self.run(
                 lambda conn: conn.executemany(
@@ -891,19 +950,28 @@ def _due(
     return [Claimed(row[1], row[2], row[3], row[4] + 1, *row[5:]) for row in rows[:limit]]
 
 
-def _mark_running(conn: sqlite3.Connection, ids: list[tuple[float, DeliveryId]]) -> None:
-    conn.executemany(
+def _mark_running(
+    conn: sqlite3.Connection, now: float, ids: list[DeliveryId]
+) -> frozenset[DeliveryId]:
+    """Mark the claimed deliveries that are still pending ``running``; return which."""
+    cursor = conn.execute(
         "UPDATE deliveries SET state = 'running', attempts = attempts + 1, updated_at = ?"
-        " WHERE id = ? AND state = 'pending'",
-        ids,
+        f" WHERE state = 'pending' AND id IN ({','.join('?' * len(ids))}) RETURNING id",
+        (now, *ids),
     )
+    return frozenset(row[0] for row in cursor)
 
 
-def _mark_failed(future: asyncio.Future[None]) -> None:
-    # The call runs anyway; its outcome is written (or not) like any other.
-    if not future.cancelled() and (error := future.exception()) is not None:
-        reason = getattr(error, "reason", type(error).__name__)
-        log.warning("cannot mark claimed deliveries running", reason=reason, detail=str(error))
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    # Marks the failure as seen; whoever confirms still gets it.
+    if not future.cancelled():
+        future.exception()
+
+
+def _probe(conn: sqlite3.Connection) -> None:
+    # Rewrites the header's schema version with its own value: a page written and committed
+    # like any delivery's, and nothing changed.
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
 
 def _count_states(path: Path, now: float) -> tuple[dict[str, int], float]:
