@@ -456,7 +456,14 @@ class Dispatcher:
         except SpoolUnavailable as exc:
             # The call happened; its outcome waits here, never the call again. On record the
             # delivery stays running (its attempt counted), so no claim takes it meanwhile.
+            # One line per call in flight when the fault began: nothing new starts after it.
             self._unrecorded.append(finished)
+            log.warning(
+                "handler outcome kept until the spool takes writes",
+                event_id=item.event_id,
+                handler=item.handler,
+                reason=exc.reason,
+            )
             self._pause(exc)
 
     async def _write(self, finished: _Finished) -> None:
