@@ -150,6 +150,7 @@ class Dispatcher:
         self._paused = LastingFault(log, "dispatch paused: the spool refuses writes")
         self._unrecorded: list[_Finished] = []
         self._probe_in = _PROBE_FIRST_SECONDS
+        self._resumed_at = float("-inf")
         self._stop_requested = asyncio.Event()
 
     # --- the scheduler -----------------------------------------------------------
@@ -215,7 +216,9 @@ class Dispatcher:
     def _pause(self, exc: SpoolUnavailable) -> None:
         """Claim nothing more until a probe of the spool succeeds (logged when it begins,
         then at most once a minute while it lasts)."""
-        if not self._paused.active:
+        # A full disk can take a small write now and then (SQLite reuses WAL space a failed
+        # write left): a pause soon after a resume is the same fault, and keeps its pace.
+        if not self._paused.active and time.monotonic() - self._resumed_at > _PROBE_MAX_SECONDS:
             self._probe_in = _PROBE_FIRST_SECONDS
         self._paused.failed("error", reason=exc.reason, detail=exc.detail)
 
@@ -234,6 +237,7 @@ class Dispatcher:
             self._probe_in = min(self._probe_in * 2, _PROBE_MAX_SECONDS)
             self._paused.failed("error", reason=exc.reason, detail=exc.detail)
             return
+        self._resumed_at = time.monotonic()
         self._paused.cleared("dispatch resumed", outcomes_written=written)
 
     async def _write_unrecorded(self) -> int:
