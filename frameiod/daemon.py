@@ -16,7 +16,7 @@ from aiohttp import web
 from frameiod import __version__, systemd
 from frameiod.backends import Backend, open_backend
 from frameiod.client import FrameioClient
-from frameiod.config import Config, ConfigError, load_config
+from frameiod.config import Config, ConfigError, dev_secret_problem, load_config
 from frameiod.connections import GuardedRunner, load_tls, tls_context
 from frameiod.dispatch import Dispatcher, RetryPolicy
 from frameiod.events import WebhookEvent
@@ -174,9 +174,20 @@ class Daemon:
         site = web.TCPSite(self._runner, server.host, server.port, ssl_context=self._tls)
         try:
             await site.start()
-        except OSError:
+            # Judged on the sockets themselves: a name like "localhost" binds whatever it
+            # resolves to.
+            self._check_dev_secret(self.config)
+        except (ConfigError, OSError):
             await self._runner.cleanup()
             raise
+
+    def _check_dev_secret(self, config: Config) -> None:
+        """Raise `ConfigError` if ``config`` would accept the development secret on a
+        socket this daemon has bound beyond loopback."""
+        assert self._runner is not None, "not listening"
+        problem = dev_secret_problem(config, [str(a[0]) for a in self._runner.addresses])
+        if problem:
+            raise ConfigError([f"{config.path}: {problem}"])
 
     def _start_dispatching(self, spool: SpoolBackend, routes: Routes) -> None:
         dispatch = self.config.dispatch
@@ -222,6 +233,8 @@ class Daemon:
         state = self.app[STATE]
         try:
             new = load_config(self.config.path)
+            # load_config judged the file's server.host; the sockets keep the old one.
+            self._check_dev_secret(new)
             self.plugins.configure(new, apply=False)
             if self._tls is not None and new.tls_files() is not None:
                 load_tls(self._tls, new)  # certificates renewed on disk take effect now
