@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import signal
-import ssl
 
 from aiohttp import web
 
@@ -17,7 +16,7 @@ from frameiod import __version__, systemd
 from frameiod.backends import Backend, open_backend
 from frameiod.client import FrameioClient
 from frameiod.config import Config, ConfigError, dev_secret_problem, load_config
-from frameiod.connections import GuardedRunner, load_tls, tls_context
+from frameiod.connections import GuardedRunner, ServedTls, tls_context
 from frameiod.dispatch import Dispatcher, RetryPolicy
 from frameiod.events import WebhookEvent
 from frameiod.handlers import Routes
@@ -49,7 +48,7 @@ class Daemon:
         self.dispatcher: Dispatcher | None = None
         self._runner: web.AppRunner | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self._tls: ssl.SSLContext | None = None
+        self._tls: ServedTls | None = None
         self._observers: set[asyncio.Task[None]] = set()
 
     @property
@@ -74,7 +73,8 @@ class Daemon:
                 spool=spool.describe(),
             )
         try:
-            self._tls = tls_context(self.config)
+            context = tls_context(self.config)
+            self._tls = ServedTls(context) if context is not None else None
             routes = await self._start_plugins()
             self.app = create_app(
                 self.config,
@@ -171,7 +171,12 @@ class Daemon:
             lingering_time=1.0,
         )
         await self._runner.setup()
-        site = web.TCPSite(self._runner, server.host, server.port, ssl_context=self._tls)
+        site = web.TCPSite(
+            self._runner,
+            server.host,
+            server.port,
+            ssl_context=self._tls.listening if self._tls is not None else None,
+        )
         try:
             await site.start()
             # Judged on the sockets themselves: a name like "localhost" binds whatever it
@@ -236,8 +241,9 @@ class Daemon:
             # load_config judged the file's server.host; the sockets keep the old one.
             self._check_dev_secret(new)
             self.plugins.configure(new, apply=False)
-            if self._tls is not None and new.tls_files() is not None:
-                load_tls(self._tls, new)  # certificates renewed on disk take effect now
+            # Certificates renewed on disk: loaded apart, served only if all of this passes.
+            # (HTTPS switched off waits for a restart: the old certificate stays.)
+            renewed = tls_context(new) if self._tls is not None else None
         except ConfigError as exc:
             self.metrics.config_reloads.labels(outcome="error").inc()
             for problem in exc.problems:
@@ -249,6 +255,8 @@ class Daemon:
         changed = _needs_restart(self.config, new)
         old_log = self.config.log
         state.live = live  # one assignment: every request sees the old config or the new
+        if self._tls is not None and renewed is not None:
+            self._tls.use(renewed)
         self.config = new
         if self.dispatcher is not None:
             self.dispatcher.set_dispatch_rates(_dispatch_rates(new))
