@@ -14,7 +14,7 @@ import json
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar, get_args, get_origin
@@ -50,6 +50,7 @@ __all__ = [
     "ServerConfig",
     "SourceConfig",
     "SpoolConfig",
+    "dev_secret_problem",
     "find_config",
     "format_duration",
     "load_config",
@@ -566,22 +567,46 @@ def validation_problems(
     return problems
 
 
-def _dev_secret_problem(config: Config) -> str | None:
-    host = config.server.host
+def _is_loopback(host: str) -> bool:
     try:
-        loopback = ipaddress.ip_address(host).is_loopback
+        return ipaddress.ip_address(host).is_loopback
     except ValueError:
-        loopback = host == "localhost"
-    if loopback:
+        return host == "localhost"
+
+
+def dev_secret_problem(config: Config, listening: Iterable[str] = ()) -> str | None:
+    """Why ``config`` is refused, if a source accepts the shipped development secret while
+    the daemon is, or would be, reachable beyond this machine; None if it is acceptable.
+
+    ``listening`` are the hosts of the sockets the running daemon has bound. A reload
+    cannot move them (``server.host`` changes at restart), so a loopback ``server.host``
+    in the file does not make a public socket private.
+    """
+    name = next(
+        (
+            name
+            for name, source in config.sources.items()
+            if any(secret.reveal() == DEV_SECRET for secret in source.secrets)
+        ),
+        None,
+    )
+    if name is None:
         return None
-    for name, source in config.sources.items():
-        if any(secret.reveal() == DEV_SECRET for secret in source.secrets):
-            return (
-                f"sources.{name}.secrets: the development secret from the shipped config.toml "
-                f'is refused while server.host ("{host}") is not a loopback address; '
-                "set the secret Frame.io gave you for this webhook"
-            )
-    return None
+    host = config.server.host
+    if not _is_loopback(host):
+        where = f'server.host ("{host}") is not a loopback address'
+    else:
+        exposed = next((bound for bound in listening if not _is_loopback(bound)), None)
+        if exposed is None:
+            return None
+        where = (
+            f'the daemon listens on "{exposed}", not a loopback address '
+            "(a new server.host takes effect only after a restart)"
+        )
+    return (
+        f"sources.{name}.secrets: the development secret from the shipped config.toml "
+        f"is refused while {where}; set the secret Frame.io gave you for this webhook"
+    )
 
 
 def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> Config:
@@ -603,7 +628,7 @@ def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None 
         config = Config.model_validate(raw, context=context)
     except ValidationError as exc:
         raise ConfigError(validation_problems(path, Config, exc)) from None
-    problem = _dev_secret_problem(config)
+    problem = dev_secret_problem(config)
     if problem:
         raise ConfigError([f"{path}: {problem}"])
     config._path = path

@@ -23,7 +23,7 @@ from aiohttp.web_protocol import RequestHandler
 from frameiod.config import Config, ConfigError
 from frameiod.logs import get_logger
 
-__all__ = ["GuardedRunner", "body_deadline", "load_tls", "tls_context"]
+__all__ = ["GuardedRunner", "ServedTls", "body_deadline", "tls_context"]
 
 log = get_logger("frameiod.connections")
 
@@ -156,8 +156,8 @@ def body_deadline(request: web.Request, read_timeout: float) -> float | None:
     return max(0.0, first + read_timeout - asyncio.get_running_loop().time())
 
 
-def load_tls(context: ssl.SSLContext, config: Config) -> None:
-    """(Re)load the certificate chain and key into ``context``; new handshakes use them.
+def _load_chain(context: ssl.SSLContext, config: Config) -> None:
+    """Load the certificate chain and key into a context not yet serving anyone.
 
     Raises `ConfigError` naming the key and the file when they cannot be loaded.
     """
@@ -176,10 +176,34 @@ def load_tls(context: ssl.SSLContext, config: Config) -> None:
 
 
 def tls_context(config: Config) -> ssl.SSLContext | None:
-    """A server-side TLS context (TLS 1.2 and newer) when ``[server]`` names a certificate."""
+    """A new server-side TLS context (TLS 1.2 and newer) holding the certificate ``[server]``
+    names, or None when it names none. Raises `ConfigError` if the files cannot be loaded."""
     if config.tls_files() is None:
         return None
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
-    load_tls(context, config)
+    _load_chain(context, config)
     return context
+
+
+class ServedTls:
+    """The TLS context a site listens with, whose certificate is replaced only whole.
+
+    Loading a new chain into a context that is serving changes it even when the load then
+    fails (a new certificate with the old key leaves it with no usable key), so a renewal
+    is loaded into a context of its own, and each handshake is handed the current one from
+    ``sni_callback`` (OpenSSL calls it on every ClientHello, with or without SNI).
+    """
+
+    def __init__(self, context: ssl.SSLContext) -> None:
+        self.listening = context
+        self._current = context
+        context.sni_callback = self._pick
+
+    def _pick(self, connection: Any, server_name: str | None, context: ssl.SSLContext) -> None:
+        connection.context = self._current
+
+    def use(self, context: ssl.SSLContext) -> None:
+        """Serve ``context``'s certificate (a context from `tls_context`) from the next
+        handshake on; connections already open keep theirs."""
+        self._current = context

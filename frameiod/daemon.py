@@ -9,15 +9,14 @@ from __future__ import annotations
 import asyncio
 import gc
 import signal
-import ssl
 
 from aiohttp import web
 
 from frameiod import __version__, systemd
 from frameiod.backends import Backend, open_backend
 from frameiod.client import FrameioClient
-from frameiod.config import Config, ConfigError, load_config
-from frameiod.connections import GuardedRunner, load_tls, tls_context
+from frameiod.config import Config, ConfigError, dev_secret_problem, load_config
+from frameiod.connections import GuardedRunner, ServedTls, tls_context
 from frameiod.dispatch import Dispatcher, RetryPolicy
 from frameiod.events import WebhookEvent
 from frameiod.handlers import Routes
@@ -49,7 +48,7 @@ class Daemon:
         self.dispatcher: Dispatcher | None = None
         self._runner: web.AppRunner | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self._tls: ssl.SSLContext | None = None
+        self._tls: ServedTls | None = None
         self._observers: set[asyncio.Task[None]] = set()
 
     @property
@@ -74,7 +73,8 @@ class Daemon:
                 spool=spool.describe(),
             )
         try:
-            self._tls = tls_context(self.config)
+            context = tls_context(self.config)
+            self._tls = ServedTls(context) if context is not None else None
             routes = await self._start_plugins()
             self.app = create_app(
                 self.config,
@@ -171,12 +171,28 @@ class Daemon:
             lingering_time=1.0,
         )
         await self._runner.setup()
-        site = web.TCPSite(self._runner, server.host, server.port, ssl_context=self._tls)
+        site = web.TCPSite(
+            self._runner,
+            server.host,
+            server.port,
+            ssl_context=self._tls.listening if self._tls is not None else None,
+        )
         try:
             await site.start()
-        except OSError:
+            # Judged on the sockets themselves: a name like "localhost" binds whatever it
+            # resolves to.
+            self._check_dev_secret(self.config)
+        except (ConfigError, OSError):
             await self._runner.cleanup()
             raise
+
+    def _check_dev_secret(self, config: Config) -> None:
+        """Raise `ConfigError` if ``config`` would accept the development secret on a
+        socket this daemon has bound beyond loopback."""
+        assert self._runner is not None, "not listening"
+        problem = dev_secret_problem(config, [str(a[0]) for a in self._runner.addresses])
+        if problem:
+            raise ConfigError([f"{config.path}: {problem}"])
 
     def _start_dispatching(self, spool: SpoolBackend, routes: Routes) -> None:
         dispatch = self.config.dispatch
@@ -222,9 +238,12 @@ class Daemon:
         state = self.app[STATE]
         try:
             new = load_config(self.config.path)
+            # load_config judged the file's server.host; the sockets keep the old one.
+            self._check_dev_secret(new)
             self.plugins.configure(new, apply=False)
-            if self._tls is not None and new.tls_files() is not None:
-                load_tls(self._tls, new)  # certificates renewed on disk take effect now
+            # Certificates renewed on disk: loaded apart, served only if all of this passes.
+            # (HTTPS switched off waits for a restart: the old certificate stays.)
+            renewed = tls_context(new) if self._tls is not None else None
         except ConfigError as exc:
             self.metrics.config_reloads.labels(outcome="error").inc()
             for problem in exc.problems:
@@ -236,6 +255,8 @@ class Daemon:
         changed = _needs_restart(self.config, new)
         old_log = self.config.log
         state.live = live  # one assignment: every request sees the old config or the new
+        if self._tls is not None and renewed is not None:
+            self._tls.use(renewed)
         self.config = new
         if self.dispatcher is not None:
             self.dispatcher.set_dispatch_rates(_dispatch_rates(new))
