@@ -250,6 +250,8 @@ class ServerConfig(_Table):
     port: int = Field(default=8080, ge=0, le=65535)
     max_body_bytes: int = Field(default=65536, gt=0)
     read_timeout: Duration = 10.0
+    # Below Frame.io's 5-s window: a webhook not committed by then is answered 503.
+    ack_deadline: Duration = 4.0
     keepalive_timeout: Duration = 75.0
     max_connections: int = Field(default=1024, ge=1)
     unauthenticated_failures: int = Field(default=20, ge=1)

@@ -10,8 +10,9 @@ goes out; a custom action is answered by its handler (`frameiod.actions`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -225,6 +226,8 @@ class _Verified:
     source: SourceKeys
     verified: Verified
     body: bytes
+    ack_by: float
+    """When the answer is due (event-loop time): ``[server] ack_deadline`` after the body."""
 
 
 async def _verify(
@@ -235,6 +238,7 @@ async def _verify(
         raise Rejection(503, "unavailable", "shutting_down")
     server = live.config.server
     body = await _read_body(request, server.max_body_bytes, server.read_timeout)
+    ack_by = asyncio.get_running_loop().time() + server.ack_deadline
 
     source = live.sources.get(source_name)
     if source is None:
@@ -247,10 +251,8 @@ async def _verify(
         raise Rejection(401, outcome, exc.reason, exc.detail, public="unauthorized") from None
 
     # Only verified deliveries spend a source's budget: forgeries cannot exhaust it.
-    try:
+    async with _store_call(ack_by, server.ack_deadline):
         wait = await live.limiter.take(source_name)
-    except SpoolUnavailable as exc:
-        raise Rejection(503, "unavailable", exc.reason, exc.detail) from None
     if wait:
         state.metrics.rate_limited.labels(source=source_name).inc()
         raise Rejection(
@@ -268,7 +270,25 @@ async def _verify(
             "unsupported_media_type",
             f"Content-Type {request.content_type!r} is not JSON",
         )
-    return _Verified(source, verified, body)
+    return _Verified(source, verified, body, ack_by)
+
+
+@contextlib.asynccontextmanager
+async def _store_call(ack_by: float, ack_deadline: float) -> AsyncIterator[None]:
+    """Bound a call to the store (the spool, the shared rate limit) by the acknowledgement
+    deadline, ``ack_by`` in event-loop time; turn its failures into 503s naming the cause.
+
+    Frame.io gives up after 5 s and sends again: a store held up (a lock held by another
+    process, a stalled disk or Redis) is answered 503 in time rather than late.
+    """
+    try:
+        async with asyncio.timeout_at(ack_by):
+            yield
+    except SpoolUnavailable as exc:
+        raise Rejection(503, "unavailable", exc.reason, exc.detail) from None
+    except TimeoutError:
+        detail = f"the spool did not answer within the {ack_deadline:g}s acknowledgement deadline"
+        raise Rejection(503, "unavailable", "spool_busy", detail) from None
 
 
 # Refusals that count against the sender's address (the issue: 401, 400, 413).
@@ -363,10 +383,10 @@ async def receive_webhook(request: web.Request) -> web.Response:
             received_at=state.clock(),
         )
         handlers = state.routes.for_delivery(source_name, event_type, incoming.secret_id)
-        try:
+        # An accept is one transaction (one script on Redis): cut off at the deadline, it
+        # is kept whole or not at all, and a resend of a kept one is answered duplicate.
+        async with _store_call(checked.ack_by, live.config.server.ack_deadline):
             accepted = await state.spool.accept(incoming, [h.key for h in handlers])
-        except SpoolUnavailable as exc:
-            raise Rejection(503, "unavailable", exc.reason, exc.detail) from None
         if observe is not None and event is not None and not accepted.duplicate:
             observe(event, source_name)
 

@@ -362,7 +362,7 @@ class _Writer(threading.Thread):
         # operation fails alone. (Operations only touch the database: a rerun is safe.)
         try:
             self.conn.execute("BEGIN IMMEDIATE")
-            results = [(True, operation(self.conn)) for operation, _ in batch]
+            results = [_run_unless_abandoned(job, self.conn) for job in batch]
             self.conn.commit()
         except Exception:
             if self.conn.in_transaction:
@@ -389,7 +389,7 @@ class _Writer(threading.Thread):
             self.fault = _unavailable(exc)
             self._settle(batch, [(False, self.fault)] * len(batch))
             return
-        for index, (operation, _) in enumerate(batch):
+        for index, job in enumerate(batch):
             if not self.conn.in_transaction:
                 try:
                     self.conn.execute("BEGIN IMMEDIATE")
@@ -398,7 +398,7 @@ class _Writer(threading.Thread):
                     continue
             self.conn.execute("SAVEPOINT op")
             try:
-                results[index] = (True, operation(self.conn))
+                results[index] = _run_unless_abandoned(job, self.conn)
                 self.conn.execute("RELEASE op")
                 uncommitted.append(index)
             except Exception as exc:
@@ -432,6 +432,15 @@ class _Writer(threading.Thread):
             # A loop closed meanwhile has no one left to tell; the writes stand all the same.
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(_resolve, settled)
+
+
+def _run_unless_abandoned(job: _Job, conn: sqlite3.Connection) -> tuple[bool, Any]:
+    # A request answered 503 at its deadline while this batch waited (for a lock held
+    # elsewhere) cancelled its future: what it asked for is not written at all.
+    operation, (_, future) = job
+    if future.cancelled():
+        return False, None
+    return True, operation(conn)
 
 
 def _storage_fault(results: list[tuple[bool, Any]]) -> SpoolUnavailable | None:
