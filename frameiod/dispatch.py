@@ -221,6 +221,8 @@ class Dispatcher:
         if not self._paused.active and time.monotonic() - self._resumed_at > _PROBE_MAX_SECONDS:
             self._probe_in = _PROBE_FIRST_SECONDS
         self._paused.failed("error", reason=exc.reason, detail=exc.detail)
+        if self._metrics is not None:
+            self._metrics.dispatch_paused.set(1)
 
     async def _probe(self) -> None:
         """Wait, then try the spool: on success write the outcomes kept meanwhile and
@@ -239,6 +241,8 @@ class Dispatcher:
             return
         self._resumed_at = time.monotonic()
         self._paused.cleared("dispatch resumed", outcomes_written=written)
+        if self._metrics is not None:
+            self._metrics.dispatch_paused.set(0)
 
     async def _write_unrecorded(self) -> int:
         """Write the outcomes the spool refused, oldest first; how many were written."""

@@ -222,6 +222,12 @@ class Metrics:
             "How long the oldest due pending delivery has been waiting",
             registry=self.registry,
         )
+        self.dispatch_paused = Gauge(
+            "frameiod_dispatch_paused",
+            "1 while dispatching waits for the spool to take writes again (disk full, Redis "
+            "refusing writes), else 0",
+            registry=self.registry,
+        )
         ProcessCollector(registry=self.registry)
         self.deliveries_received.create(UNKNOWN_SOURCE, "unknown_source")
         self.add_sources(sources)

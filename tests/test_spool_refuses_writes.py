@@ -218,6 +218,7 @@ secrets = ["{SECRET}"]
         assert paused["reason"] == fault.reason
         ready = httpx.get(daemon.url("/readyz"), timeout=5)
         assert (ready.status_code, ready.json()["reason"]) == (503, fault.reason)
+        assert "frameiod_dispatch_paused 1.0" in httpx.get(daemon.url("/metrics")).text
         # Before, every poll claimed the retry again and called it: watch a few probes.
         time.sleep(max(0.0, failed_at + 8 - time.monotonic()))
         assert _calls(calls, retry) == 1
@@ -233,6 +234,7 @@ secrets = ["{SECRET}"]
         wait_until(lambda: _calls(calls, retry) == 2, timeout=20)
         daemon.wait_for("handler finished", attempt=2)
         wait_until(lambda: httpx.get(daemon.url("/readyz"), timeout=5).status_code == 200)
+        assert "frameiod_dispatch_paused 0.0" in httpx.get(daemon.url("/metrics")).text
     finally:
         gate.touch()
         fault.end()
