@@ -408,18 +408,22 @@ def answer_malformed(
     try:
         if charge:
             _check_address(state, live, address)
-        raise _malformed_http(error)
-    except Rejection as exc:
-        return _refuse(
-            state,
-            live,
-            exc,
-            kind="request",
-            source_name=UNKNOWN_SOURCE,
-            address=address,
-            seconds=time.perf_counter() - started,
-            charge=charge,
-        )
+    except Rejection as limited:
+        rejection = limited
+    else:
+        rejection = _malformed_http(error)
+    response = _refuse(
+        state,
+        live,
+        rejection,
+        kind="request",
+        source_name=UNKNOWN_SOURCE,
+        address=address,
+        seconds=time.perf_counter() - started,
+        charge=charge,
+    )
+    response.force_close()  # the 429 too: the parser has lost its place in the stream
+    return response
 
 
 async def receive_webhook(request: web.Request) -> web.Response:
