@@ -14,7 +14,6 @@ from pathlib import Path
 
 import httpx
 import trustme
-from prometheus_client.parser import text_string_to_metric_families
 from support import SECRET, DaemonProcess, event_body, signed_headers, write_config
 
 from frameiod.testing import run_daemon
@@ -75,15 +74,6 @@ def _split(answer: bytes) -> tuple[str, dict[str, str], bytes]:
     return status, headers, body
 
 
-def _scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    text = httpx.get(f"http://127.0.0.1:{port}/metrics").text
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
-
-
 def _client(source: str) -> httpx.Client:
     return httpx.Client(transport=httpx.HTTPTransport(local_address=source), timeout=5)
 
@@ -122,7 +112,7 @@ class TestConnectionsPerAddress:
             assert refused["remote"] == ATTACKER
             assert refused["limit"] == 4
             assert refused["level"] == "warning"
-            metrics = _scrape(port)
+            metrics = daemon.metrics()
             refusals = "frameiod_connections_refused_total"
             assert metrics[(refusals, (("reason", "per_address"),))] == 1
             assert metrics[(refusals, (("reason", "max_connections"),))] == 0
@@ -283,7 +273,7 @@ class TestMalformedHttp:
             assert limited.status_code == 429
             assert accepted.status_code == 202
 
-            metrics = _scrape(port)
+            metrics = daemon.metrics()
             received = "frameiod_deliveries_received_total"
             assert metrics[(received, (("outcome", "malformed"), ("source", "unknown")))] == 3
             assert metrics[(received, (("outcome", "rate_limited"), ("source", "unknown")))] == 1
@@ -306,6 +296,22 @@ class TestMalformedHttp:
         finally:
             assert daemon.stop() == 0
         assert not [line for line in daemon.raw if "Traceback" in line or "Error handling" in line]
+
+    async def test_malformed_http_from_a_trusted_proxy_is_charged_to_nobody(self):
+        """Its headers were never read, so whom the proxy forwarded for is unknown: the
+        proxy's address is not charged, or every client behind it would get 429."""
+        config = _config('unauthenticated_failures = 1\ntrusted_proxies = ["127.0.0.1"]')
+        async with run_daemon(config_text=config) as daemon:
+            statuses = []
+            for _ in range(3):
+                reader, writer = await asyncio.open_connection("127.0.0.1", daemon.port)
+                writer.write(_webhook(extra_headers=self.TWO_LENGTHS))
+                async with asyncio.timeout(5):
+                    statuses.append(_split(await reader.read())[0])
+                writer.close()
+            accepted = await daemon.send(wait=False)
+        assert all(" 400 " in status for status in statuses), statuses
+        assert accepted.status == 202
 
     @staticmethod
     def _chunked_head() -> bytes:
@@ -347,7 +353,7 @@ class TestMalformedHttp:
             assert " 400 " in status, "".join(daemon.raw)
             assert json.loads(content)["error"] == "malformed_http"
             received = "frameiod_deliveries_received_total"
-            metrics = _scrape(daemon.port)
+            metrics = daemon.metrics()
             assert metrics[(received, (("outcome", "malformed"), ("source", "default")))] == 1
         finally:
             assert daemon.stop() == 0
