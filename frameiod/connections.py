@@ -54,7 +54,7 @@ _TIMEOUT_ANSWER = (
 
 
 class _GuardedHandler(RequestHandler):
-    __slots__ = ("address", "first_byte_at", "waiting_since")
+    __slots__ = ("address", "counted", "first_byte_at", "waiting_since")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -63,6 +63,7 @@ class _GuardedHandler(RequestHandler):
         # deadline counts from here, so a slow handshake leaves less time for the head.
         self.waiting_since = self._loop.time()
         self.address: str | None = None
+        self.counted = False  # in its address's count of open connections
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -149,12 +150,13 @@ class _GuardedServer(web.Server):
         assert handler.transport is not None
         peer = handler.transport.get_extra_info("peername")
         address = str(peer[0]) if isinstance(peer, tuple) and peer else None
+        handler.address = address
         if address is not None and not is_within(address, self.trusted):
-            handler.address = address
+            handler.counted = True
             self.open_by_address[address] += 1
         if len(self.connections) > self.max_connections:
             reason, limit = "max_connections", self.max_connections
-        elif handler.address is not None and self.open_by_address[address] > self.max_per_address:
+        elif handler.counted and self.open_by_address[address] > self.max_per_address:
             reason, limit = "per_address", self.max_per_address
         else:
             return
@@ -165,11 +167,11 @@ class _GuardedServer(web.Server):
     def connection_lost(self, handler: RequestHandler, exc: BaseException | None = None) -> None:
         """Forget the connection, and its place in its address's count."""
         super().connection_lost(handler, exc)
-        address = getattr(handler, "address", None)
-        if address is not None:
-            self.open_by_address[address] -= 1
-            if self.open_by_address[address] <= 0:
-                del self.open_by_address[address]
+        if isinstance(handler, _GuardedHandler) and handler.counted and handler.address:
+            handler.counted = False
+            self.open_by_address[handler.address] -= 1
+            if self.open_by_address[handler.address] <= 0:
+                del self.open_by_address[handler.address]
 
     def _count(self, reason: str) -> None:
         if self.metrics is not None:

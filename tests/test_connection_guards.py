@@ -121,6 +121,24 @@ class TestConnectionsPerAddress:
         finally:
             assert daemon.stop() == 0
 
+    async def test_an_address_gets_its_slots_back_as_its_connections_close(self):
+        async with run_daemon(config_text=_config("max_connections_per_address = 2")) as daemon:
+            answers = []
+            for _ in range(3):  # each round uses both slots, then gives them back
+                opened = [
+                    await asyncio.open_connection(
+                        "127.0.0.1", daemon.port, local_addr=(ATTACKER, 0)
+                    )
+                    for _ in range(2)
+                ]
+                for reader, writer in opened:
+                    writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                    async with asyncio.timeout(5):
+                        answers.append(await reader.read())
+                    writer.close()
+        assert len(answers) == 6
+        assert all(answer.startswith(b"HTTP/1.1 200") for answer in answers)
+
     async def test_a_trusted_proxy_is_not_held_to_the_per_address_cap(self):
         """Every request behind a reverse proxy arrives from the proxy's address."""
         config = _config('max_connections_per_address = 2\ntrusted_proxies = ["127.0.0.1"]')
