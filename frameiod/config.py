@@ -254,6 +254,7 @@ class ServerConfig(_Table):
     ack_deadline: Duration = 4.0
     keepalive_timeout: Duration = 75.0
     max_connections: int = Field(default=1024, ge=1)
+    max_connections_per_address: int = Field(default=64, ge=1)
     unauthenticated_failures: int = Field(default=20, ge=1)
     trusted_proxies: list[str] = Field(default_factory=list)
     max_tracked_addresses: int = Field(default=10000, ge=1)

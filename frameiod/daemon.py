@@ -7,6 +7,7 @@ dispatcher never import each other.
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import signal
 
@@ -16,14 +17,14 @@ from frameiod import __version__, systemd
 from frameiod.backends import Backend, open_backend
 from frameiod.client import FrameioClient
 from frameiod.config import Config, ConfigError, dev_secret_problem, load_config
-from frameiod.connections import GuardedRunner, ServedTls, tls_context
+from frameiod.connections import GuardedRunner, GuardedSite, ServedTls, tls_context
 from frameiod.dispatch import Dispatcher, RetryPolicy
 from frameiod.events import WebhookEvent
 from frameiod.handlers import Routes
 from frameiod.logs import configure_logging, get_logger
 from frameiod.metrics import Metrics
 from frameiod.plugins import PluginHost
-from frameiod.server import SHUTDOWN_TIMEOUT, STATE, Live, create_app
+from frameiod.server import SHUTDOWN_TIMEOUT, STATE, Live, answer_malformed, create_app
 from frameiod.spool import SpoolBackend, SpoolError, SpoolUnavailable
 
 __all__ = ["Daemon", "serve"]
@@ -46,7 +47,7 @@ class Daemon:
         self.client: FrameioClient | None = None
         self.app: web.Application | None = None
         self.dispatcher: Dispatcher | None = None
-        self._runner: web.AppRunner | None = None
+        self._runner: GuardedRunner | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._tls: ServedTls | None = None
         self._observers: set[asyncio.Task[None]] = set()
@@ -161,6 +162,10 @@ class Daemon:
             app,
             read_timeout=server.read_timeout,
             max_connections=server.max_connections,
+            max_connections_per_address=server.max_connections_per_address,
+            trusted_proxies=server.trusted_proxies,
+            metrics=self.metrics,
+            malformed=functools.partial(answer_malformed, app),
             handle_signals=False,
             access_log=None,
             shutdown_timeout=SHUTDOWN_TIMEOUT,
@@ -171,7 +176,7 @@ class Daemon:
             lingering_time=1.0,
         )
         await self._runner.setup()
-        site = web.TCPSite(
+        site = GuardedSite(
             self._runner,
             server.host,
             server.port,
@@ -257,6 +262,8 @@ class Daemon:
         state.live = live  # one assignment: every request sees the old config or the new
         if self._tls is not None and renewed is not None:
             self._tls.use(renewed)
+        if self._runner is not None:
+            self._runner.trust(new.server.trusted_proxies)
         self.config = new
         if self.dispatcher is not None:
             self.dispatcher.set_dispatch_rates(_dispatch_rates(new))
@@ -313,7 +320,14 @@ def _needs_restart(old: Config, new: Config) -> list[str]:
     """Keys whose new values a running daemon cannot apply."""
     keys = [
         f"server.{key}"
-        for key in ("host", "port", "read_timeout", "keepalive_timeout", "max_connections")
+        for key in (
+            "host",
+            "port",
+            "read_timeout",
+            "keepalive_timeout",
+            "max_connections",
+            "max_connections_per_address",
+        )
         if getattr(old.server, key) != getattr(new.server, key)
     ]
     if (old.tls_files() is None) != (new.tls_files() is None):  # HTTPS switched on or off
