@@ -7,16 +7,21 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import signal
 import sqlite3
 import stat
 import tempfile
+import time
+import uuid
 from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
 
 import httpx
 import pytest
+import redis
 from prometheus_client.parser import text_string_to_metric_families
+from redis_support import RedisServer
 from support import (
     FRAMEIOD,
     SECRET,
@@ -28,6 +33,7 @@ from support import (
 )
 from support import signed_headers as sign_headers
 
+from frameiod.signature import SIGNATURE_HEADER
 from frameiod.spool import Spool
 
 APPLICATION_ID = int.from_bytes(b"fiod", "big")  # written out: the test runs against older code too
@@ -309,3 +315,46 @@ class TestReplayAfterRetention:
 def wait_for_gauge(daemon: DaemonProcess, state: str, value: float, timeout: float = 15) -> None:
     """Wait until ``frameiod_spool_deliveries{state}`` reads ``value`` (refreshed every 5 s)."""
     wait_until(lambda: _gauge(daemon, state) == value, timeout)
+
+
+class TestReplayOnRedisAfterAReload:
+    def test_a_reload_widening_the_tolerance_widens_the_record_of_seen_requests(
+        self, tmp_path: Path, redis_server: RedisServer
+    ):
+        prefix = f"t{uuid.uuid4().hex[:8]}"
+        env = install_plugin(tmp_path / "site", "ok", OK_HANDLER)
+        spool = f'backend = "redis"\nredis_url = "{redis_server.url}"\nstream_prefix = "{prefix}"'
+        config = _config(
+            tmp_path, tmp_path / "unused.db", extra=f'keep_done = "1ms"\n{spool}', tolerance="10s"
+        )
+        daemon = DaemonProcess(config, env=env, plugins="ok")
+        try:
+            daemon.wait_for("listening")
+            _config(
+                tmp_path,
+                tmp_path / "unused.db",
+                extra=f'keep_done = "1ms"\n{spool}',
+                tolerance="30m",
+            )
+            daemon.process.send_signal(signal.SIGHUP)
+            daemon.wait_for("config reloaded")
+            # Signed a minute ago: refused under the old 10 seconds, accepted under 30 minutes.
+            timestamp = int(time.time()) - 60
+            body = event_body()
+            headers = sign_headers(body, timestamp=timestamp)
+            first = _post(daemon, body, headers)
+            assert first.status_code == 202, first.text
+            daemon.wait_for("handler finished")
+            client = redis.Redis.from_url(redis_server.url)
+            # keep_done has passed: a maintenance round deletes the event (not its record).
+            wait_until(lambda: not client.exists(f"{prefix}:event:{first.json()['id']}"), 15)
+
+            seen = f"{prefix}:seen:default:{timestamp}:{headers[SIGNATURE_HEADER]}"
+            ttl = client.ttl(seen)
+            # Valid until its timestamp is 30 minutes old: the record must last that long.
+            assert ttl == -1 or ttl >= timestamp + 1800 - time.time(), ttl
+            again = _post(daemon, body, headers)
+            assert again.status_code == 200, again.text
+            assert again.json()["id"] == first.json()["id"]
+        finally:
+            assert daemon.stop() == 0
