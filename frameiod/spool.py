@@ -67,11 +67,11 @@ SCHEMA_VERSION = 2
 APPLICATION_ID = int.from_bytes(b"fiod", "big")
 """frameiod's mark in a spool file's header (``PRAGMA application_id``)."""
 PRIVATE_MODE = 0o600
+"""The spool holds raw bodies and signatures: its files are readable by the owner only."""
 REPLAY_MARGIN = 60.0
 """Seconds a seen request is remembered past the largest tolerance: receivers' clocks (or
 one clock, stepped) may disagree, and the signature check is judged on the clock of the
 receiver a replay reaches."""
-"""The spool holds raw bodies and signatures: its files are readable by the owner only."""
 _ERROR_LIMIT = 2000  # characters of the last error kept per delivery
 _BATCH_LIMIT = 256
 # How long an operation may wait on a busy event loop before it goes to the writer. Every

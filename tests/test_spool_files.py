@@ -74,7 +74,10 @@ tolerance = "{tolerance}"
 
 def _start_error(daemon: DaemonProcess) -> str:
     """The daemon's reason for refusing to start; it must have exited with status 1."""
-    assert daemon.wait() == 1, "".join(daemon.raw)
+    try:
+        assert daemon.wait() == 1, "".join(daemon.raw)
+    finally:
+        daemon.kill()  # one that started after all must not outlive the test
     return str(daemon.wait_for("cannot open the spool")["error"])
 
 
