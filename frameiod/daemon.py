@@ -25,7 +25,7 @@ from frameiod.logs import configure_logging, get_logger
 from frameiod.metrics import Metrics
 from frameiod.plugins import PluginHost
 from frameiod.server import SHUTDOWN_TIMEOUT, STATE, Live, answer_malformed, create_app
-from frameiod.spool import SpoolBackend, SpoolError, SpoolUnavailable
+from frameiod.spool import SpoolBackend, SpoolError, SpoolUnavailable, replay_window
 
 __all__ = ["Daemon", "serve"]
 
@@ -129,13 +129,21 @@ class Daemon:
         assert self.spool is not None
         while True:
             try:
-                purged = await self.spool.purge_done(self.config.spool.keep_done)
+                purged = await self.spool.purge_done(
+                    self.config.spool.keep_done, self._replay_window()
+                )
                 if purged:
                     log.info("purged done events", count=purged)
                 self.metrics.spool(*await self.spool.gauges())
             except SpoolUnavailable as exc:
                 log.warning("spool maintenance failed", reason=exc.reason, detail=exc.detail)
             await asyncio.sleep(_MAINTENANCE_SECONDS)
+
+    def _replay_window(self) -> float:
+        """How long seen requests are remembered: from the tolerances in force now (a
+        reload changes them), whatever ``keep_done`` says."""
+        assert self.app is not None, "not started"
+        return replay_window(key.tolerance for key in self.app[STATE].live.sources.values())
 
     async def _start_plugins(self) -> Routes:
         if self.config.frameio.configured:

@@ -29,8 +29,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import os
+import pwd
 import queue
 import sqlite3
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -43,6 +46,9 @@ from frameiod import idle
 from frameiod.logs import LastingFault, get_logger
 
 __all__ = [
+    "APPLICATION_ID",
+    "PRIVATE_MODE",
+    "REPLAY_MARGIN",
     "SCHEMA_VERSION",
     "Accepted",
     "Claimed",
@@ -52,11 +58,20 @@ __all__ = [
     "SpoolBackend",
     "SpoolError",
     "SpoolUnavailable",
+    "replay_window",
 ]
 
 log = get_logger("frameiod.spool")
 
 SCHEMA_VERSION = 2
+APPLICATION_ID = int.from_bytes(b"fiod", "big")
+"""frameiod's mark in a spool file's header (``PRAGMA application_id``)."""
+PRIVATE_MODE = 0o600
+"""The spool holds raw bodies and signatures: its files are readable by the owner only."""
+REPLAY_MARGIN = 60.0
+"""Seconds a seen request is remembered past the largest tolerance: receivers' clocks (or
+one clock, stepped) may disagree, and the signature check is judged on the clock of the
+receiver a replay reaches."""
 _ERROR_LIMIT = 2000  # characters of the last error kept per delivery
 _BATCH_LIMIT = 256
 # How long an operation may wait on a busy event loop before it goes to the writer. Every
@@ -129,6 +144,20 @@ UPDATE deliveries SET body_key = (
 DROP INDEX IF EXISTS events_request;
 DROP INDEX IF EXISTS events_body;
 """
+# Every table and index a spool of schema 1 or 2 holds: how an unmarked spool is known.
+_SPOOL_OBJECTS = frozenset(
+    (
+        "events",
+        "deliveries",
+        "events_request",
+        "events_body",
+        "events_request_key",
+        "events_received",
+        "deliveries_unstarted_body",
+        "deliveries_due_by_handler",
+        "deliveries_event",
+    )
+)
 
 
 class SpoolError(Exception):
@@ -269,14 +298,25 @@ class SpoolBackend(Protocol):
         """Deliveries per state, and the age in seconds of the oldest due pending one."""
         ...
 
-    async def purge_done(self, older_than: float) -> int:
+    async def purge_done(self, older_than: float, replay_window: float = 0.0) -> int:
         """Forget events all of whose deliveries are done, received more than
-        ``older_than`` seconds ago; returns how many."""
+        ``older_than`` seconds ago; returns how many.
+
+        A request signed less than ``replay_window`` seconds ago (see `replay_window`) could
+        still pass the signature check, so the record that it was seen stays whatever
+        ``older_than`` says: a replay of it is answered as a duplicate.
+        """
         ...
 
     async def close(self) -> None:
         """Finish what is queued and let go of the store."""
         ...
+
+
+def replay_window(tolerances: Iterable[float]) -> float:
+    """How long after its timestamp a seen request must still be recognised: the largest
+    ``tolerance`` in force, plus `REPLAY_MARGIN`."""
+    return max(tolerances, default=0.0) + REPLAY_MARGIN
 
 
 class Listeners:
@@ -491,18 +531,26 @@ def _connect(path: Path, synchronous: Synchronous) -> sqlite3.Connection:
     """Open the spool file, create the schema, and prove the settings took."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+    except PermissionError as exc:
+        raise SpoolError(
+            f"{path.parent}: cannot create the spool's directory as user {_user()}: "
+            f"{exc.strerror}; create it and give {_user()} write access to it"
+        ) from None
+    except OSError as exc:
+        raise SpoolError(f"{path}: cannot open the spool: {exc}") from None
+    if problem := _access_problem(path):
+        raise SpoolError(problem)
+    try:
+        created = _create_private(path)
         conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     except (OSError, sqlite3.Error) as exc:
         raise SpoolError(f"{path}: cannot open the spool: {exc}") from None
     try:
         conn.execute("PRAGMA busy_timeout = 5000")
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-        if version > SCHEMA_VERSION:
-            raise SpoolError(
-                f"{path}: the spool was written by a newer frameiod (schema {version}, this "
-                f"frameiod knows {SCHEMA_VERSION}); upgrade frameiod or point [spool] path "
-                "elsewhere"
-            )
+        # Identified before anything is written: another application's file is left as is.
+        version = _identify(conn, path)
+        if not created:
+            _tighten(path)
         mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         conn.execute(f"PRAGMA synchronous = {synchronous}")
         level = conn.execute("PRAGMA synchronous").fetchone()[0]
@@ -519,10 +567,15 @@ def _connect(path: Path, synchronous: Synchronous) -> sqlite3.Connection:
             raise SpoolError(f"{path}: the spool is corrupt ({check}); move it aside to start")
         if version == 1:
             _upgrade_from_1(conn)
-        conn.executescript(_SCHEMA)
-        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        # One transaction: a crash half-way must not leave a file that looks like no spool.
+        conn.executescript(
+            f"BEGIN IMMEDIATE; {_SCHEMA} PRAGMA user_version = {SCHEMA_VERSION};"
+            f" PRAGMA application_id = {APPLICATION_ID}; COMMIT;"
+        )
     except sqlite3.DatabaseError as exc:
         conn.close()
+        if _is_permission_error(exc):
+            raise SpoolError(_not_permitted(path, str(exc))) from None
         raise SpoolError(
             f"{path}: the spool cannot be read ({exc}); it is not a frameiod spool or it is "
             "damaged. Move it aside to start with an empty spool."
@@ -531,6 +584,144 @@ def _connect(path: Path, synchronous: Synchronous) -> sqlite3.Connection:
         conn.close()
         raise
     return conn
+
+
+def _identify(conn: sqlite3.Connection, path: Path) -> int:
+    """The schema version of a frameiod spool (0 for a new, empty file); raise `SpoolError`
+    for a file that belongs to something else, or to a newer frameiod."""
+    application = conn.execute("PRAGMA application_id").fetchone()[0]
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    tables = {
+        row[0]
+        for row in conn.execute("SELECT name FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'")
+    }
+    if application not in (0, APPLICATION_ID):
+        raise _not_a_spool(path, f"application_id {application:#x}")
+    if version > SCHEMA_VERSION:
+        raise SpoolError(
+            f"{path}: the spool was written by a newer frameiod (schema {version}, this "
+            f"frameiod knows {SCHEMA_VERSION}); upgrade frameiod or point [spool] path "
+            "elsewhere"
+        )
+    if application == APPLICATION_ID or (version == 0 and not tables):
+        return version
+    # Unmarked: frameiod before the mark, or someone else's database. Only the former has
+    # exactly frameiod's tables and a schema version it wrote; it is marked once opened.
+    if version >= 1 and {"events", "deliveries"} <= tables <= _SPOOL_OBJECTS:
+        log.info("spool marked as frameiod's", spool=str(path), schema=version)
+        return version
+    found = ", ".join(sorted(tables)) or "none"
+    raise _not_a_spool(path, f"schema version {version}, tables and indexes: {found}")
+
+
+def _not_a_spool(path: Path, evidence: str) -> SpoolError:
+    return SpoolError(
+        f"{path}: this is not a frameiod spool ({evidence}); frameiod did not touch it. "
+        "Point [spool] path at a file of frameiod's own (a new path starts an empty spool)."
+    )
+
+
+def _user() -> str:
+    """The user this process runs as, by name when it has one."""
+    uid = os.geteuid()
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
+
+
+def _owner(path: Path) -> str:
+    info = path.stat()
+    try:
+        owner = pwd.getpwuid(info.st_uid).pw_name
+    except KeyError:
+        owner = f"uid {info.st_uid}"
+    return f"owner {owner}, mode {stat.S_IMODE(info.st_mode):04o}"
+
+
+def _companions(path: Path) -> list[Path]:
+    """The spool file and the files SQLite keeps beside it in WAL mode."""
+    return [path, path.with_name(f"{path.name}-wal"), path.with_name(f"{path.name}-shm")]
+
+
+def _access_problem(path: Path) -> str | None:
+    """Why this user cannot read and write the spool, its WAL files and its directory, or
+    None. The answer names what to fix: the spool itself is fine and must not be moved."""
+    user = _user()
+    keep = "Nothing is damaged; do not move the spool aside, it holds the pending events."
+    if os.statvfs(path.parent).f_flag & os.ST_RDONLY:
+        return (
+            f"{path}: the spool is on a read-only filesystem; frameiod must write it and "
+            f"create {path.name}-wal and {path.name}-shm beside it. Remount it read-write "
+            f"or point [spool] path at a writable place. {keep}"
+        )
+    for file in _companions(path):
+        if file.exists() and not os.access(file, os.R_OK | os.W_OK, effective_ids=True):
+            return (
+                f"{file}: the spool is read-only for user {user}, who runs frameiod "
+                f"({_owner(file)}). Give {user} read and write access (e.g. chown {user} "
+                f"{file}, or chmod u+rw as its owner) and start again. {keep}"
+            )
+    must_create = not all(file.exists() for file in _companions(path))
+    if must_create and not os.access(path.parent, os.W_OK | os.X_OK, effective_ids=True):
+        return (
+            f"{path.parent}: the spool's directory is not writable by user {user}, who runs "
+            f"frameiod ({_owner(path.parent)}); SQLite creates {path.name}-wal and "
+            f"{path.name}-shm there. Give {user} write access to it (e.g. chown {user} "
+            f"{path.parent}) and start again. {keep}"
+        )
+    return None
+
+
+def _is_permission_error(exc: sqlite3.Error) -> bool:
+    code = getattr(exc, "sqlite_errorname", "")
+    return code.startswith(("SQLITE_READONLY", "SQLITE_CANTOPEN", "SQLITE_PERM", "SQLITE_AUTH"))
+
+
+def _not_permitted(path: Path, detail: str) -> str:
+    # What the checks above could not see (an ACL, a security module, a file swapped since).
+    user = _user()
+    return (
+        f"{path}: the spool cannot be written by user {user}, who runs frameiod ({detail}). "
+        f"Check that {user} may read and write it, {path.name}-wal and {path.name}-shm, and "
+        "write to its directory. Nothing is damaged; do not move the spool aside, it holds "
+        "the pending events."
+    )
+
+
+def _create_private(path: Path) -> bool:
+    """Create the spool file readable by its owner only, whatever the umask (SQLite gives
+    its -wal and -shm the same mode); True if it was created now."""
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_MODE)
+    except FileExistsError:
+        return False
+    os.close(descriptor)
+    return True
+
+
+def _tighten(path: Path) -> None:
+    """Make an existing spool's files owner-only: they hold raw bodies and signatures."""
+    for file in _companions(path):
+        with contextlib.suppress(FileNotFoundError):
+            mode = stat.S_IMODE(file.stat().st_mode)
+            if mode & 0o077:
+                try:
+                    file.chmod(mode & 0o700)
+                except OSError as exc:
+                    log.warning(
+                        "spool file is readable by others and cannot be made owner-only",
+                        file=str(file),
+                        mode=f"{mode:04o}",
+                        error=exc.strerror,
+                    )
+                    continue
+                log.info(
+                    "spool file made readable by its owner only",
+                    file=str(file),
+                    mode_was=f"{mode:04o}",
+                    mode=f"{mode & 0o700:04o}",
+                )
 
 
 def _connect_reader(path: Path) -> sqlite3.Connection:
@@ -835,16 +1026,22 @@ class Spool:
         except sqlite3.Error as exc:
             raise _unavailable(exc) from None
 
-    async def purge_done(self, older_than: float) -> int:
+    async def purge_done(self, older_than: float, replay_window: float = 0.0) -> int:
         """Delete events whose deliveries are all done (or that had none) and that were
-        received more than ``older_than`` seconds ago; dead letters stay."""
-        cutoff = time.time() - older_than
+        received more than ``older_than`` seconds ago; dead letters stay.
+
+        The events are the record of the requests seen: one signed less than
+        ``replay_window`` seconds ago stays until it is older, or a replay would be new.
+        """
+        now = time.time()
+        cutoffs = (now - older_than, now - replay_window)
         return await self.run(
             lambda conn: (
                 conn.execute(
-                    "DELETE FROM events WHERE received_at < ? AND NOT EXISTS (SELECT 1 FROM"
-                    " deliveries d WHERE d.event_id = events.id AND d.state != 'done')",
-                    (cutoff,),
+                    "DELETE FROM events WHERE received_at < ? AND timestamp < ? AND NOT EXISTS"
+                    " (SELECT 1 FROM deliveries d WHERE d.event_id = events.id"
+                    " AND d.state != 'done')",
+                    cutoffs,
                 ).rowcount
             )
         )
