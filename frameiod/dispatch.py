@@ -208,11 +208,6 @@ class Dispatcher:
 
     # --- while the spool refuses writes ------------------------------------------------
 
-    @property
-    def paused(self) -> bool:
-        """Whether dispatching waits for the spool to take writes again."""
-        return self._paused.active
-
     def _pause(self, exc: SpoolUnavailable) -> None:
         """Claim nothing more until a probe of the spool succeeds (logged when it begins,
         then at most once a minute while it lasts)."""
