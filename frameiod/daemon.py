@@ -51,6 +51,7 @@ class Daemon:
         self._tasks: list[asyncio.Task[None]] = []
         self._tls: ssl.SSLContext | None = None
         self._observers: set[asyncio.Task[None]] = set()
+        self._reloading = asyncio.Lock()
 
     @property
     def port(self) -> int:
@@ -211,18 +212,30 @@ class Daemon:
             f"{len(self.plugins.loaded)} plugin(s)"
         )
 
-    def reload(self) -> bool:
+    async def reload(self) -> bool:
         """Re-read the config file and apply it (SIGHUP); False if it was refused.
 
         New secrets, tolerances, rate limits, log settings and the set of sources take
         effect together; anything wrong keeps the old configuration fully in force.
-        Settings that need a restart are named in a warning.
+        Settings that need a restart are named in a warning. Reloads run one at a time, in
+        the order they were asked for.
         """
+        async with self._reloading:
+            return await self._reload()
+
+    def _read_config(self) -> Config:
+        """Load the config file and validate the plugins' tables against it: every file
+        this reads (secrets too) is read here, off the event loop."""
+        new = load_config(self.config.path)
+        self.plugins.configure(new, apply=False)
+        return new
+
+    async def _reload(self) -> bool:
         assert self.app is not None, "not started"
         state = self.app[STATE]
         try:
-            new = load_config(self.config.path)
-            self.plugins.configure(new, apply=False)
+            # In a thread: a slow disk or an odd file must not stop the loop serving requests.
+            new = await asyncio.to_thread(self._read_config)
             if self._tls is not None and new.tls_files() is not None:
                 load_tls(self._tls, new)  # certificates renewed on disk take effect now
         except ConfigError as exc:
@@ -314,14 +327,21 @@ async def serve(config: Config, plugins: PluginHost | None = None) -> int:
         loop.add_signal_handler(signum, stop.set)
     daemon = Daemon(config, plugins)
 
-    def reload() -> None:
+    reloads: set[asyncio.Task[None]] = set()
+
+    async def reload() -> None:
+        systemd.reloading()
+        await daemon.reload()
+        systemd.ready(daemon.summary())
+
+    def on_sighup() -> None:
         # Ignored until started: the operator's `systemctl reload` must never kill it.
         if daemon.app is not None:
-            systemd.reloading()
-            daemon.reload()
-            systemd.ready(daemon.summary())
+            task = asyncio.create_task(reload(), name="frameiod-reload")
+            reloads.add(task)  # the loop keeps only a weak reference to a task
+            task.add_done_callback(reloads.discard)
 
-    loop.add_signal_handler(signal.SIGHUP, reload)
+    loop.add_signal_handler(signal.SIGHUP, on_sighup)
     try:
         await daemon.start()
     except SpoolError as exc:
@@ -346,6 +366,9 @@ async def serve(config: Config, plugins: PluginHost | None = None) -> int:
     await stop.wait()
     systemd.stopping()
     watchdog.cancel()
+    for task in reloads:  # a reload that has not applied yet is of no use to a stopping daemon
+        task.cancel()
+    await asyncio.gather(*reloads, return_exceptions=True)
     await daemon.stop()
     return 0
 
