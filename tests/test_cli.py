@@ -175,6 +175,18 @@ secrets = ["{SECRET}"]
             + why.format(folder=tmp_path)
         )
 
+    def test_what_it_prints_from_the_config_is_escaped(self, tmp_path: Path):
+        """A secret's file name is printed (never its value): a terminal escape or a line
+        break in it shows as an escape, not as colour or a forged line."""
+        (tmp_path / "web\x1b[31mhook\n.secret").write_text(SECRET)
+        path = write_config(
+            tmp_path, '[sources.default]\nsecrets = ["file:web\\u001b[31mhook\\n.secret"]\n'
+        )
+        result = run_cli("check", "--config", str(path))
+        assert result.returncode == 0, result.stderr
+        assert "\x1b" not in result.stdout
+        assert "(file:web\\x1b[31mhook\\n.secret), tolerance 5m\n" in result.stdout
+
 
 class TestRun:
     def test_send_gets_202_and_the_daemon_logs_the_event(self, daemon: DaemonProcess):
