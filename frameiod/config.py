@@ -16,7 +16,7 @@ import os
 import re
 import stat
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar, get_args, get_origin
@@ -52,6 +52,7 @@ __all__ = [
     "ServerConfig",
     "SourceConfig",
     "SpoolConfig",
+    "dev_secret_problem",
     "find_config",
     "format_duration",
     "load_config",
@@ -293,8 +294,11 @@ class ServerConfig(_Table):
     port: int = Field(default=8080, ge=0, le=65535)
     max_body_bytes: int = Field(default=65536, gt=0)
     read_timeout: Duration = 10.0
+    # Below Frame.io's 5-s window: a webhook not committed by then is answered 503.
+    ack_deadline: Duration = 4.0
     keepalive_timeout: Duration = 75.0
     max_connections: int = Field(default=1024, ge=1)
+    max_connections_per_address: int = Field(default=64, ge=1)
     unauthenticated_failures: int = Field(default=20, ge=1)
     trusted_proxies: list[str] = Field(default_factory=list)
     max_tracked_addresses: int = Field(default=10000, ge=1)
@@ -610,22 +614,46 @@ def validation_problems(
     return problems
 
 
-def _dev_secret_problem(config: Config) -> str | None:
-    host = config.server.host
+def _is_loopback(host: str) -> bool:
     try:
-        loopback = ipaddress.ip_address(host).is_loopback
+        return ipaddress.ip_address(host).is_loopback
     except ValueError:
-        loopback = host == "localhost"
-    if loopback:
+        return host == "localhost"
+
+
+def dev_secret_problem(config: Config, listening: Iterable[str] = ()) -> str | None:
+    """Why ``config`` is refused, if a source accepts the shipped development secret while
+    the daemon is, or would be, reachable beyond this machine; None if it is acceptable.
+
+    ``listening`` are the hosts of the sockets the running daemon has bound. A reload
+    cannot move them (``server.host`` changes at restart), so a loopback ``server.host``
+    in the file does not make a public socket private.
+    """
+    name = next(
+        (
+            name
+            for name, source in config.sources.items()
+            if any(secret.reveal() == DEV_SECRET for secret in source.secrets)
+        ),
+        None,
+    )
+    if name is None:
         return None
-    for name, source in config.sources.items():
-        if any(secret.reveal() == DEV_SECRET for secret in source.secrets):
-            return (
-                f"sources.{name}.secrets: the development secret from the shipped config.toml "
-                f'is refused while server.host ("{host}") is not a loopback address; '
-                "set the secret Frame.io gave you for this webhook"
-            )
-    return None
+    host = config.server.host
+    if not _is_loopback(host):
+        where = f'server.host ("{host}") is not a loopback address'
+    else:
+        exposed = next((bound for bound in listening if not _is_loopback(bound)), None)
+        if exposed is None:
+            return None
+        where = (
+            f'the daemon listens on "{exposed}", not a loopback address '
+            "(a new server.host takes effect only after a restart)"
+        )
+    return (
+        f"sources.{name}.secrets: the development secret from the shipped config.toml "
+        f"is refused while {where}; set the secret Frame.io gave you for this webhook"
+    )
 
 
 def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> Config:
@@ -647,7 +675,7 @@ def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None 
         config = Config.model_validate(raw, context=context)
     except ValidationError as exc:
         raise ConfigError(validation_problems(path, Config, exc)) from None
-    problem = _dev_secret_problem(config)
+    problem = dev_secret_problem(config)
     if problem:
         raise ConfigError([f"{path}: {problem}"])
     config._path = path

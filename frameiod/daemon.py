@@ -7,6 +7,7 @@ dispatcher never import each other.
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import signal
 import ssl
@@ -16,16 +17,16 @@ from aiohttp import web
 from frameiod import __version__, systemd
 from frameiod.backends import Backend, open_backend
 from frameiod.client import FrameioClient
-from frameiod.config import Config, ConfigError, load_config
-from frameiod.connections import GuardedRunner, load_tls, tls_context
+from frameiod.config import Config, ConfigError, dev_secret_problem, load_config
+from frameiod.connections import GuardedRunner, GuardedSite, ServedTls, tls_context
 from frameiod.dispatch import Dispatcher, RetryPolicy
 from frameiod.events import WebhookEvent
 from frameiod.handlers import Routes
 from frameiod.logs import configure_logging, get_logger
 from frameiod.metrics import Metrics
 from frameiod.plugins import PluginHost
-from frameiod.server import SHUTDOWN_TIMEOUT, STATE, Live, create_app
-from frameiod.spool import SpoolBackend, SpoolError, SpoolUnavailable
+from frameiod.server import SHUTDOWN_TIMEOUT, STATE, Live, answer_malformed, create_app
+from frameiod.spool import SpoolBackend, SpoolError, SpoolUnavailable, replay_window
 
 __all__ = ["Daemon", "serve"]
 
@@ -47,9 +48,9 @@ class Daemon:
         self.client: FrameioClient | None = None
         self.app: web.Application | None = None
         self.dispatcher: Dispatcher | None = None
-        self._runner: web.AppRunner | None = None
+        self._runner: GuardedRunner | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self._tls: ssl.SSLContext | None = None
+        self._tls: ServedTls | None = None
         self._observers: set[asyncio.Task[None]] = set()
         self._reloading = asyncio.Lock()
 
@@ -75,7 +76,8 @@ class Daemon:
                 spool=spool.describe(),
             )
         try:
-            self._tls = tls_context(self.config)
+            context = tls_context(self.config)
+            self._tls = ServedTls(context) if context is not None else None
             routes = await self._start_plugins()
             self.app = create_app(
                 self.config,
@@ -129,13 +131,21 @@ class Daemon:
         assert self.spool is not None
         while True:
             try:
-                purged = await self.spool.purge_done(self.config.spool.keep_done)
+                purged = await self.spool.purge_done(
+                    self.config.spool.keep_done, self._replay_window()
+                )
                 if purged:
                     log.info("purged done events", count=purged)
                 self.metrics.spool(*await self.spool.gauges())
             except SpoolUnavailable as exc:
                 log.warning("spool maintenance failed", reason=exc.reason, detail=exc.detail)
             await asyncio.sleep(_MAINTENANCE_SECONDS)
+
+    def _replay_window(self) -> float:
+        """How long seen requests are remembered: from the tolerances in force now (a
+        reload changes them), whatever ``keep_done`` says."""
+        assert self.app is not None, "not started"
+        return replay_window(key.tolerance for key in self.app[STATE].live.sources.values())
 
     async def _start_plugins(self) -> Routes:
         if self.config.frameio.configured:
@@ -162,6 +172,10 @@ class Daemon:
             app,
             read_timeout=server.read_timeout,
             max_connections=server.max_connections,
+            max_connections_per_address=server.max_connections_per_address,
+            trusted_proxies=server.trusted_proxies,
+            metrics=self.metrics,
+            malformed=functools.partial(answer_malformed, app),
             handle_signals=False,
             access_log=None,
             shutdown_timeout=SHUTDOWN_TIMEOUT,
@@ -172,12 +186,28 @@ class Daemon:
             lingering_time=1.0,
         )
         await self._runner.setup()
-        site = web.TCPSite(self._runner, server.host, server.port, ssl_context=self._tls)
+        site = GuardedSite(
+            self._runner,
+            server.host,
+            server.port,
+            ssl_context=self._tls.listening if self._tls is not None else None,
+        )
         try:
             await site.start()
-        except OSError:
+            # Judged on the sockets themselves: a name like "localhost" binds whatever it
+            # resolves to.
+            self._check_dev_secret(self.config)
+        except (ConfigError, OSError):
             await self._runner.cleanup()
             raise
+
+    def _check_dev_secret(self, config: Config) -> None:
+        """Raise `ConfigError` if ``config`` would accept the development secret on a
+        socket this daemon has bound beyond loopback."""
+        assert self._runner is not None, "not listening"
+        problem = dev_secret_problem(config, [str(a[0]) for a in self._runner.addresses])
+        if problem:
+            raise ConfigError([f"{config.path}: {problem}"])
 
     def _start_dispatching(self, spool: SpoolBackend, routes: Routes) -> None:
         dispatch = self.config.dispatch
@@ -223,21 +253,25 @@ class Daemon:
         async with self._reloading:
             return await self._reload()
 
-    def _read_config(self) -> Config:
-        """Load the config file and validate the plugins' tables against it: every file
-        this reads (secrets too) is read here, off the event loop."""
+    def _read_config(self) -> tuple[Config, ssl.SSLContext | None]:
+        """Load the config file, check it against the sockets bound, validate the plugins'
+        tables, and load renewed certificates: every file a reload reads (secrets too) is
+        read here, off the event loop. Raises `ConfigError`."""
         new = load_config(self.config.path)
+        # load_config judged the file's server.host; the sockets keep the old one.
+        self._check_dev_secret(new)
         self.plugins.configure(new, apply=False)
-        return new
+        # Certificates renewed on disk: loaded apart, served only if all of this passes.
+        # (HTTPS switched off waits for a restart: the old certificate stays.)
+        renewed = tls_context(new) if self._tls is not None else None
+        return new, renewed
 
     async def _reload(self) -> bool:
         assert self.app is not None, "not started"
         state = self.app[STATE]
         try:
             # In a thread: a slow disk or an odd file must not stop the loop serving requests.
-            new = await asyncio.to_thread(self._read_config)
-            if self._tls is not None and new.tls_files() is not None:
-                load_tls(self._tls, new)  # certificates renewed on disk take effect now
+            new, renewed = await asyncio.to_thread(self._read_config)
         except ConfigError as exc:
             self.metrics.config_reloads.labels(outcome="error").inc()
             for problem in exc.problems:
@@ -249,6 +283,10 @@ class Daemon:
         changed = _needs_restart(self.config, new)
         old_log = self.config.log
         state.live = live  # one assignment: every request sees the old config or the new
+        if self._tls is not None and renewed is not None:
+            self._tls.use(renewed)
+        if self._runner is not None:
+            self._runner.trust(new.server.trusted_proxies)
         self.config = new
         if self.dispatcher is not None:
             self.dispatcher.set_dispatch_rates(_dispatch_rates(new))
@@ -305,7 +343,14 @@ def _needs_restart(old: Config, new: Config) -> list[str]:
     """Keys whose new values a running daemon cannot apply."""
     keys = [
         f"server.{key}"
-        for key in ("host", "port", "read_timeout", "keepalive_timeout", "max_connections")
+        for key in (
+            "host",
+            "port",
+            "read_timeout",
+            "keepalive_timeout",
+            "max_connections",
+            "max_connections_per_address",
+        )
         if getattr(old.server, key) != getattr(new.server, key)
     ]
     if (old.tls_files() is None) != (new.tls_files() is None):  # HTTPS switched on or off

@@ -10,12 +10,19 @@ a tenth of its timeout, and never more than a second, after its deadline.
 A failure is retried after an exponential backoff with full jitter; after ``max_attempts``
 the delivery is dead (kept for ``frameiod queue replay``).
 
+A handler is called only once its claim is on record (`SpoolBackend.confirm`). While the
+spool refuses writes (a full disk, a read-only file, Redis out of memory), the dispatcher
+pauses: it claims nothing, keeps the outcomes it could not write, and probes the spool with
+a growing interval; once a probe succeeds it writes those outcomes and claims again. So a
+fault never turns into the same side effect repeated: each call is one attempt on record.
+
 Plain (non-async) handlers run in a daemon thread (`frameiod.handlers.call_handler`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -24,7 +31,7 @@ from typing import Any
 
 from frameiod.events import PayloadError, WebhookEvent, parse_webhook
 from frameiod.handlers import Outcome, Routes, WebhookHandler, call_handler
-from frameiod.logs import get_logger
+from frameiod.logs import LastingFault, get_logger
 from frameiod.metrics import Metrics
 from frameiod.ratelimit import TokenBucket
 from frameiod.spool import Claimed, DeliveryId, SpoolBackend, SpoolUnavailable
@@ -37,8 +44,24 @@ log = get_logger("frameiod.dispatch")
 _POLL_SECONDS = 2.0
 # The longest wait between deadline sweeps (shorter when a handler's timeout is short).
 _SWEEP_SECONDS = 1.0
+# While the spool refuses writes, it is probed after this long, then twice as long each
+# time, up to the cap: work resumes soon after a short fault and costs little in a long one.
+_PROBE_FIRST_SECONDS = 0.5
+_PROBE_MAX_SECONDS = 30.0
 
 Notify = Callable[..., Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class _Finished:
+    """A call's outcome, as it is to be written to the spool."""
+
+    item: Claimed
+    handler: WebhookHandler
+    event: WebhookEvent
+    outcome: Outcome
+    dead: bool
+    next_attempt_at: float | None
 
 
 @dataclass(frozen=True)
@@ -122,6 +145,13 @@ class Dispatcher:
         self._sweep_period = min([_SWEEP_SECONDS, *(t / 10 for t in timeouts.values())])
         self._sweeper: asyncio.TimerHandle | None = None
         self.calls = 0
+        # While the spool refuses writes: the pause (its log lines), the outcomes kept until
+        # they can be written, and the wait before the next probe.
+        self._paused = LastingFault(log, "dispatch paused: the spool refuses writes")
+        self._unrecorded: list[_Finished] = []
+        self._probe_in = _PROBE_FIRST_SECONDS
+        self._resumed_at = float("-inf")
+        self._stop_requested = asyncio.Event()
 
     # --- the scheduler -----------------------------------------------------------
 
@@ -132,6 +162,9 @@ class Dispatcher:
             while not self._stopping:
                 # Cleared before claiming: a wake-up that arrives while we claim is kept.
                 self._wake.clear()
+                if self._paused.active:
+                    await self._probe()
+                    continue
                 free = self._workers - len(self._running)
                 claimed: list[Claimed] = []
                 try:
@@ -170,8 +203,50 @@ class Dispatcher:
                     bucket.spend(len(got), time.monotonic())
                 claimed += got
         except SpoolUnavailable as exc:
-            log.error("cannot claim deliveries", reason=exc.reason, detail=exc.detail)
+            self._pause(exc)
         return claimed
+
+    # --- while the spool refuses writes ------------------------------------------------
+
+    def _pause(self, exc: SpoolUnavailable) -> None:
+        """Claim nothing more until a probe of the spool succeeds (logged when it begins,
+        then at most once a minute while it lasts)."""
+        # A full disk can take a small write now and then (SQLite reuses WAL space a failed
+        # write left): a pause soon after a resume is the same fault, and keeps its pace.
+        if not self._paused.active and time.monotonic() - self._resumed_at > _PROBE_MAX_SECONDS:
+            self._probe_in = _PROBE_FIRST_SECONDS
+        self._paused.failed("error", reason=exc.reason, detail=exc.detail)
+        if self._metrics is not None:
+            self._metrics.dispatch_paused.set(1)
+
+    async def _probe(self) -> None:
+        """Wait, then try the spool: on success write the outcomes kept meanwhile and
+        resume; on failure wait longer next time."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self._probe_in):
+                await self._stop_requested.wait()
+        if self._stopping:
+            return
+        try:
+            await self._spool.check()
+            written = await self._write_unrecorded()
+        except SpoolUnavailable as exc:
+            self._probe_in = min(self._probe_in * 2, _PROBE_MAX_SECONDS)
+            self._paused.failed("error", reason=exc.reason, detail=exc.detail)
+            return
+        self._resumed_at = time.monotonic()
+        self._paused.cleared("dispatch resumed", outcomes_written=written)
+        if self._metrics is not None:
+            self._metrics.dispatch_paused.set(0)
+
+    async def _write_unrecorded(self) -> int:
+        """Write the outcomes the spool refused, oldest first; how many were written."""
+        written = 0
+        while self._unrecorded:
+            await self._write(self._unrecorded[0])
+            del self._unrecorded[0]
+            written += 1
+        return written
 
     async def _release(self, items: list[Claimed]) -> None:
         """Give deliveries back unrun; if the spool cannot take that, a restart (SQLite) or
@@ -262,6 +337,8 @@ class Dispatcher:
     async def _deliver(self, item: Claimed) -> None:
         handler = self._handlers[item.handler]
         try:
+            if not await self._spool.confirm(item):
+                return  # replayed or purged between the claim and its mark
             try:
                 event = parse_webhook(item.body, item.timestamp, item.event_id)
             except PayloadError as exc:  # stored under other rules, e.g. by an older frameiod
@@ -277,14 +354,9 @@ class Dispatcher:
             self._free_worker(item)
             await self._record(item, handler, event, outcome, error)
         except SpoolUnavailable as exc:
-            # The call happened but its outcome is not on disk: the delivery stays running
-            # and runs again after a restart (at least once, never lost).
-            log.error(
-                "cannot record a handler outcome",
-                event_id=item.event_id,
-                handler=item.handler,
-                reason=exc.reason,
-            )
+            # Its claim could not be recorded (so it was not called), or the stored event's
+            # burial could not: either way it is still due, and runs once writes succeed.
+            self._pause(exc)
         finally:
             self._free_worker(item)
             if self._watchers:  # tests and tooling; a daemon's dispatcher has none
@@ -374,23 +446,54 @@ class Dispatcher:
                 retry_in_s=round(retry_in or 0, 3),
                 exc_info=error,
             )
+        finished = _Finished(
+            item,
+            handler,
+            event,
+            outcome,
+            dead,
+            time.time() + retry_in if retry_in is not None else None,
+        )
+        try:
+            await self._write(finished)
+        except SpoolUnavailable as exc:
+            # The call happened; its outcome waits here, never the call again. On record the
+            # delivery stays running (its attempt counted), so no claim takes it meanwhile.
+            # One line per call in flight when the fault began: nothing new starts after it.
+            self._unrecorded.append(finished)
+            log.warning(
+                "handler outcome kept until the spool takes writes",
+                event_id=item.event_id,
+                handler=item.handler,
+                reason=exc.reason,
+            )
+            self._pause(exc)
+
+    async def _write(self, finished: _Finished) -> None:
+        """Write one outcome to the spool, then count it and tell observers."""
+        handler, outcome = finished.handler, finished.outcome
         # Never cancelled (`stop` cancels only calls): the write is not cut off halfway.
         await self._spool.finish(
-            item.delivery_id,
+            finished.item.delivery_id,
             outcome=outcome.status,
             seconds=outcome.seconds,
             error=outcome.error,
-            next_attempt_at=time.time() + retry_in if retry_in is not None else None,
-            dead=dead,
+            next_attempt_at=finished.next_attempt_at,
+            dead=finished.dead,
         )
         if self._metrics is not None:
-            self._metrics.handler_finished(handler.plugin, handler.name, outcome, dead=dead)
+            self._metrics.handler_finished(
+                handler.plugin, handler.name, outcome, dead=finished.dead
+            )
         if self._notify is not None:
-            final = Outcome("dead", outcome.seconds, outcome.error) if dead else outcome
+            final = Outcome("dead", outcome.seconds, outcome.error) if finished.dead else outcome
             # A task of its own: a slow observer holds neither this delivery nor a stop.
             task = asyncio.create_task(
                 self._notify(
-                    "frameiod_delivery_finished", event=event, handler=handler, outcome=final
+                    "frameiod_delivery_finished",
+                    event=finished.event,
+                    handler=handler,
+                    outcome=final,
                 )
             )
             self._observers.add(task)
@@ -437,6 +540,7 @@ class Dispatcher:
         already being written are waited for, never cut off. Returns how many calls were cut
         short."""
         self._stopping = True
+        self._stop_requested.set()
         self._wake.set()
         if self._scheduling:  # a claim in flight must not start calls after this
             await self._scheduler_stopped.wait()
@@ -450,4 +554,20 @@ class Dispatcher:
         if self._tasks or self._observers:
             await asyncio.gather(*self._tasks, *self._observers, return_exceptions=True)
         await self._release(cut)
+        await self._last_try_to_record()
         return len(cut)
+
+    async def _last_try_to_record(self) -> None:
+        """At a stop, write the outcomes the spool refused so far, if it takes them now; the
+        deliveries of those it still refuses stay running on record and run again at the
+        next start (at least once)."""
+        if not self._unrecorded:
+            return
+        try:
+            await self._write_unrecorded()
+        except SpoolUnavailable as exc:
+            log.error(
+                "outcomes not recorded at stop; those deliveries run again at the next start",
+                count=len(self._unrecorded),
+                reason=exc.reason,
+            )

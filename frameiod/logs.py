@@ -22,6 +22,7 @@ import logging
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, TextIO
 
@@ -29,7 +30,7 @@ import orjson
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
-__all__ = ["Logger", "configure_logging", "get_logger"]
+__all__ = ["LastingFault", "Logger", "configure_logging", "get_logger"]
 
 _LEVELS = {
     "debug": logging.DEBUG,
@@ -208,6 +209,69 @@ class Logger:
 def get_logger(name: str) -> Logger:
     """A logger for a frameiod module (plugins get structlog's, bound to their name)."""
     return Logger(name)
+
+
+class LastingFault:
+    """Logs a failure that repeats (a full disk, an unreachable Redis) without flooding.
+
+    The first failure is logged at once; while it lasts, at most one line per ``every``
+    seconds, counting the failures since the last line; and one line when it clears. An
+    operator reading at 3 a.m. sees when it began, that it goes on, and when it ended,
+    instead of a line per retry.
+    """
+
+    def __init__(
+        self,
+        log: Logger,
+        event: str,
+        *,
+        every: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._log = log
+        self._event = event
+        self._every = every
+        self._clock = clock
+        self._since: float | None = None  # when the failure began, while it lasts
+        self._logged_at = 0.0
+        self._unlogged = 0  # failures since the last line
+        self.failures = 0
+        """Failures since it began (0 while nothing is failing)."""
+
+    @property
+    def active(self) -> bool:
+        """Whether the failure is going on."""
+        return self._since is not None
+
+    def failed(self, level: str = "warning", **fields: Any) -> None:
+        """Record one failure; log it if it is the first or the last line is ``every`` old."""
+        now = self._clock()
+        self.failures += 1
+        self._unlogged += 1
+        if self._since is None:
+            self._since = now
+        elif now - self._logged_at < self._every:
+            return
+        if self.failures > 1:
+            fields["failures"] = self._unlogged
+            fields["failing_for_s"] = round(now - self._since, 1)
+        getattr(self._log, level)(self._event, **fields)
+        self._logged_at = now
+        self._unlogged = 0
+
+    def cleared(self, event: str, **fields: Any) -> None:
+        """Log ``event`` if a failure was going on, with how long and how often; then reset."""
+        if self._since is None:
+            return
+        self._log.info(
+            event,
+            **fields,
+            failures=self.failures,
+            failing_for_s=round(self._clock() - self._since, 1),
+        )
+        self._since = None
+        self._unlogged = 0
+        self.failures = 0
 
 
 class _Sink:

@@ -32,7 +32,14 @@ if TYPE_CHECKING:
     from frameiod.handlers import ActionHandler, Outcome, WebhookHandler
     from frameiod.plugins import PluginInfo
 
-__all__ = ["ACTION_OUTCOMES", "HANDLER_OUTCOMES", "RECEIVE_OUTCOMES", "UNKNOWN_SOURCE", "Metrics"]
+__all__ = [
+    "ACTION_OUTCOMES",
+    "CONNECTION_REFUSALS",
+    "HANDLER_OUTCOMES",
+    "RECEIVE_OUTCOMES",
+    "UNKNOWN_SOURCE",
+    "Metrics",
+]
 
 RECEIVE_OUTCOMES = (
     "accepted",
@@ -50,6 +57,7 @@ HANDLER_OUTCOMES = ("ok", "error", "timeout", "dead")
 UNAUTHENTICATED_REASONS = ("bad_signature", "stale", "malformed", "too_large", "address_limited")
 ACTION_OUTCOMES = ("ok", "error", "late", "unsupported_resource", "unknown_action")
 UNKNOWN_SOURCE = "unknown"
+CONNECTION_REFUSALS = ("max_connections", "per_address", "header_timeout", "idle_timeout")
 
 # The *_created series double the scrape size and no dashboard of ours reads them.
 disable_created_metrics()
@@ -195,6 +203,15 @@ class Metrics:
         )
         for reason in UNAUTHENTICATED_REASONS:
             self.unauthenticated_rejected.labels(reason=reason)
+        self.connections_refused = Counter(
+            "frameiod_connections_refused",
+            "Connections closed before a request was served: over max_connections or "
+            "max_connections_per_address, or no complete request head within read_timeout",
+            ["reason"],
+            registry=self.registry,
+        )
+        for reason in CONNECTION_REFUSALS:
+            self.connections_refused.labels(reason=reason)
         self.config_reloads = Counter(
             "frameiod_config_reloads",
             "Configuration reloads (SIGHUP), by outcome",
@@ -222,8 +239,16 @@ class Metrics:
             "How long the oldest due pending delivery has been waiting",
             registry=self.registry,
         )
+        self.dispatch_paused = Gauge(
+            "frameiod_dispatch_paused",
+            "1 while dispatching waits for the spool to take writes again (disk full, Redis "
+            "refusing writes), else 0",
+            registry=self.registry,
+        )
         ProcessCollector(registry=self.registry)
         self.deliveries_received.create(UNKNOWN_SOURCE, "unknown_source")
+        # HTTP the parser refuses has no route, so no source to name.
+        self.deliveries_received.create(UNKNOWN_SOURCE, "malformed")
         self.add_sources(sources)
 
     def add_sources(self, sources: Iterable[str]) -> None:

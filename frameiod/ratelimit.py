@@ -28,6 +28,8 @@ __all__ = [
     "SourceLimits",
     "TokenBucket",
     "client_address",
+    "is_within",
+    "networks",
     "retry_after",
 ]
 
@@ -143,22 +145,33 @@ class AddressLimiter:
         bucket.take(now)
 
 
+Networks = list[ipaddress.IPv4Network | ipaddress.IPv6Network]
+
+
+def networks(addresses: Iterable[str]) -> Networks:
+    """``trusted_proxies`` (addresses or networks) parsed once, for `is_within`."""
+    return [ipaddress.ip_network(item, strict=False) for item in addresses]
+
+
+def is_within(address: str, within: Networks) -> bool:
+    """Whether ``address`` is an IP address inside one of ``within``."""
+    if not within:
+        return False
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in network for network in within)
+
+
 def client_address(peer: str | None, forwarded_for: str | None, trusted: Iterable[str]) -> str:
     """The address to hold responsible: the peer, unless the peer is a trusted proxy, then
     the nearest ``X-Forwarded-For`` hop that is not itself a trusted proxy."""
-    networks = [ipaddress.ip_network(item, strict=False) for item in trusted]
-
-    def is_trusted(address: str) -> bool:
-        try:
-            ip = ipaddress.ip_address(address)
-        except ValueError:
-            return False
-        return any(ip in network for network in networks)
-
+    proxies = networks(trusted)
     address = peer or "unknown"
-    if not networks or not is_trusted(address) or not forwarded_for:
+    if not proxies or not is_within(address, proxies) or not forwarded_for:
         return address
     for hop in reversed([part.strip() for part in forwarded_for.split(",")]):
-        if hop and not is_trusted(hop):
+        if hop and not is_within(hop, proxies):
             return hop
     return address

@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError, ResponseError
 
 from frameiod.config import Config
@@ -60,14 +61,22 @@ _AUTOCLAIM_SECONDS = 1.0
 _SOURCES_SECONDS = 2.0
 _CONSUMER_SECONDS = 300.0
 _STATES = ("pending", "running", "done", "dead")
+_PURGE_BATCH = 500
 
 # ARGV: P, event_id, source, type, body, timestamp, signature, secret_id, received_at,
-# ttl, body digest, group, handlers... Returns {event id, 1 if duplicate else 0}.
+# body key ttl, body digest, group, handlers... Returns {event id, 1 if duplicate else 0}.
+# A seen request's key has no TTL: `_PURGE_SEEN` forgets it once its timestamp is older than
+# the replay window in force then, which a reload may have widened since it was written.
 _ACCEPT = (
     LUA_PRELUDE
     + r"""
 local id, source = ARGV[2], ARGV[3]
-local seen_key = P .. ':seen:' .. source .. ':' .. ARGV[6] .. ':' .. ARGV[7]
+local request = source .. ':' .. ARGV[6] .. ':' .. ARGV[7]
+local seen_key = P .. ':seen:' .. request
+local function remember(event)
+  redis.call('SET', seen_key, event)
+  redis.call('ZADD', P .. ':seen_at', ARGV[6], request)
+end
 local body_key = P .. ':body:' .. source .. ':' .. ARGV[8] .. ':' .. ARGV[11]
 local seen = redis.call('GET', seen_key)
 if seen then return {seen, 1} end
@@ -83,7 +92,7 @@ if twin then
     end
   end
   if waiting then
-    redis.call('SET', seen_key, twin, 'EX', ARGV[10])
+    remember(twin)
     return {twin, 1}
   end
 end
@@ -112,7 +121,7 @@ if #handlers > 0 then
 else
   redis.call('ZADD', P .. ':settled', ARGV[9], id)
 end
-redis.call('SET', seen_key, id, 'EX', ARGV[10])
+remember(id)
 redis.call('SET', body_key, id, 'EX', ARGV[10])
 return {id, 0}
 """
@@ -281,6 +290,20 @@ return #ids
 """
 )
 
+# ARGV: P, cutoff, limit. Forgets requests signed before cutoff; returns how many.
+_PURGE_SEEN = (
+    LUA_PRELUDE
+    + r"""
+local seen = redis.call('ZRANGEBYSCORE', P .. ':seen_at', '-inf', '(' .. ARGV[2],
+  'LIMIT', 0, ARGV[3])
+for _, request in ipairs(seen) do
+  redis.call('DEL', P .. ':seen:' .. request)
+end
+if #seen > 0 then redis.call('ZREM', P .. ':seen_at', unpack(seen)) end
+return #seen
+"""
+)
+
 
 def _text(value: bytes | str | None) -> str | None:
     return value.decode() if isinstance(value, bytes) else value
@@ -310,10 +333,10 @@ class RedisSpool:
         self._url = spool.redis_url.reveal()
         self._prefix = spool.stream_prefix
         self._default_timeout = config.dispatch.handler_timeout
-        # Duplicates are refused for as long as Frame.io could send them and the signature
-        # check would pass: the widest tolerance either way, with a margin.
+        # An identical body coalesces only into a twin none of whose deliveries started:
+        # its key need not outlive the window Frame.io re-sends in.
         tolerance = max((s.tolerance for s in config.sources.values()), default=300.0)
-        self._dedup_ttl = int(2 * tolerance) + 60
+        self._body_ttl = int(2 * tolerance) + 60
         self.node = _node_name()
         self._listeners = Listeners()
         self._timeouts: dict[str, float] = {}
@@ -329,6 +352,7 @@ class RedisSpool:
         self._finish = client.register_script(_FINISH)
         self._release = client.register_script(_RELEASE)
         self._purge_done = client.register_script(_PURGE_DONE)
+        self._purge_seen = client.register_script(_PURGE_SEEN)
 
     @classmethod
     async def open(cls, config: Config) -> RedisSpool:
@@ -437,7 +461,7 @@ class RedisSpool:
                     incoming.signature,
                     incoming.secret_id,
                     repr(incoming.received_at),
-                    self._dedup_ttl,
+                    self._body_ttl,
                     digest,
                     GROUP,
                     *handlers,
@@ -488,6 +512,10 @@ class RedisSpool:
             )
             claimed.append(item)
         return claimed
+
+    async def confirm(self, item: Claimed) -> bool:
+        """True: the claim script counted the attempt and set the lease before it returned."""
+        return True
 
     async def _take_in(self, now: float) -> None:
         """Move stream entries into the due sets: new ones, and ones a dead receiver read."""
@@ -649,17 +677,24 @@ class RedisSpool:
                     oldest.append(int(entry_id.split("-", 1)[0]) / 1000)
         return oldest
 
-    async def purge_done(self, older_than: float) -> int:
-        """Delete events (and their stream entries) all done more than ``older_than`` ago."""
-        cutoff = time.time() - older_than
-        purged = 0
+    async def purge_done(self, older_than: float, replay_window: float = 0.0) -> int:
+        """Delete events (and their stream entries) all done more than ``older_than`` ago,
+        and forget requests signed more than ``replay_window`` ago."""
+        now = time.time()
         with redis_errors(self._url):
-            while batch := await self._purge_done(args=[self._prefix, repr(cutoff), 500]):
-                purged += int(batch)
-                if batch < 500:
-                    break
+            purged = await self._in_batches(self._purge_done, now - older_than)
+            await self._in_batches(self._purge_seen, now - replay_window)
             await self._forget_gone_consumers()
         return purged
+
+    async def _in_batches(self, script: AsyncScript, cutoff: float) -> int:
+        """Run a purge script until it has nothing left before ``cutoff``; how many it did."""
+        done = 0
+        while batch := int(await script(args=[self._prefix, repr(cutoff), _PURGE_BATCH])):
+            done += batch
+            if batch < _PURGE_BATCH:
+                break
+        return done
 
     async def _forget_gone_consumers(self) -> None:
         """Drop consumers with nothing pending that were idle for an hour: every restart

@@ -15,8 +15,10 @@ Every key starts with ``[spool] stream_prefix`` (``P`` below):
 - ``P:dead``: a stream of dead letters (event, handler, error, attempts).
 - ``P:events`` (event ids by arrival), ``P:settled`` (events all of whose deliveries are
   done, by when), ``P:sources`` (every source seen), ``P:counts`` (deliveries per state).
-- ``P:seen:<source>:<timestamp>:<signature>`` and ``P:body:<source>:<secret id>:<sha256>``:
-  the duplicate checks, with a TTL.
+- ``P:seen:<source>:<timestamp>:<signature>``: a request seen (the event id it became), and
+  ``P:seen_at``, those requests by timestamp: each is kept until its timestamp is older than
+  the largest tolerance in force (`frameiod.spool.replay_window`), then purged.
+- ``P:body:<source>:<secret id>:<sha256>``: an identical body's twin, with a TTL.
 - ``P:rate:<source>``: the shared token bucket of a source.
 
 Several keys are named inside the Lua scripts, so frameiod needs a single Redis primary (or

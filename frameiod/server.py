@@ -10,11 +10,13 @@ goes out; a custom action is answered by its handler (`frameiod.actions`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client.aiohttp import make_aiohttp_handler
 
 from frameiod.actions import ActionRunner
@@ -30,7 +32,7 @@ from frameiod.events import (
 from frameiod.handlers import Routes, secret_id
 from frameiod.ids import new_event_id
 from frameiod.logs import get_logger
-from frameiod.metrics import Metrics
+from frameiod.metrics import UNKNOWN_SOURCE, Metrics
 from frameiod.ratelimit import (
     AddressLimiter,
     Clock,
@@ -38,18 +40,30 @@ from frameiod.ratelimit import (
     SourceLimiter,
     SourceLimits,
     client_address,
+    is_within,
+    networks,
     retry_after,
 )
 from frameiod.signature import SignatureError, Verified, verify
 from frameiod.spool import Incoming, SpoolBackend, SpoolUnavailable
 
-__all__ = ["SHUTDOWN_TIMEOUT", "STATE", "ServerState", "SourceKeys", "create_app", "source_keys"]
+__all__ = [
+    "SHUTDOWN_TIMEOUT",
+    "STATE",
+    "ServerState",
+    "SourceKeys",
+    "answer_malformed",
+    "create_app",
+    "source_keys",
+]
 
 log = get_logger("frameiod.server")
 
 # In-flight requests get this long to finish after SIGTERM before their connections close.
 SHUTDOWN_TIMEOUT = 10.0
 RETRY_AFTER_SECONDS = "5"
+# What the parser says about a malformed request can quote the request itself: bound it.
+_DETAIL_CHARS = 200
 # How long /readyz waits for the spool. A probe must answer even when the store does not:
 # before a Redis command's own 2-s timeout, and before a prober's own (Kubernetes': 1 s).
 # A store this slow to answer one small write is not ready.
@@ -206,6 +220,11 @@ async def _read_body(request: web.Request, limit: int, read_timeout: float) -> b
                 if size > limit:
                     raise Rejection(413, "too_large", "too_large", f"body exceeds {limit} bytes")
                 chunks.append(chunk)
+    except (HttpProcessingError, web.RequestPayloadError) as exc:
+        # Over for us: else aiohttp lingers on it after our answer, and logs its error
+        # again with a traceback.
+        request.content.feed_eof()
+        raise _malformed_http(exc) from None
     except TimeoutError:
         raise Rejection(
             408,
@@ -214,6 +233,15 @@ async def _read_body(request: web.Request, limit: int, read_timeout: float) -> b
             f"the request was not complete within {read_timeout:g}s",
         ) from None
     return b"".join(chunks)
+
+
+def _malformed_http(exc: BaseException) -> Rejection:
+    """HTTP the parser refused (two ``Content-Length``, a broken chunk, an overlong line);
+    ``exc`` is its error, or a `web.RequestPayloadError` caused by it."""
+    cause = exc if isinstance(exc, HttpProcessingError) else exc.__cause__
+    message = cause.message if isinstance(cause, HttpProcessingError) else str(exc)
+    detail = " ".join(str(message).split())[:_DETAIL_CHARS]
+    return Rejection(400, "malformed", "malformed_http", detail)
 
 
 def _is_json(content_type: str) -> bool:
@@ -225,6 +253,8 @@ class _Verified:
     source: SourceKeys
     verified: Verified
     body: bytes
+    ack_by: float
+    """When the answer is due (event-loop time): ``[server] ack_deadline`` after the body."""
 
 
 async def _verify(
@@ -235,6 +265,7 @@ async def _verify(
         raise Rejection(503, "unavailable", "shutting_down")
     server = live.config.server
     body = await _read_body(request, server.max_body_bytes, server.read_timeout)
+    ack_by = asyncio.get_running_loop().time() + server.ack_deadline
 
     source = live.sources.get(source_name)
     if source is None:
@@ -247,10 +278,8 @@ async def _verify(
         raise Rejection(401, outcome, exc.reason, exc.detail, public="unauthorized") from None
 
     # Only verified deliveries spend a source's budget: forgeries cannot exhaust it.
-    try:
+    async with _store_call(ack_by, server.ack_deadline):
         wait = await live.limiter.take(source_name)
-    except SpoolUnavailable as exc:
-        raise Rejection(503, "unavailable", exc.reason, exc.detail) from None
     if wait:
         state.metrics.rate_limited.labels(source=source_name).inc()
         raise Rejection(
@@ -268,11 +297,82 @@ async def _verify(
             "unsupported_media_type",
             f"Content-Type {request.content_type!r} is not JSON",
         )
-    return _Verified(source, verified, body)
+    return _Verified(source, verified, body, ack_by)
+
+
+@contextlib.asynccontextmanager
+async def _store_call(ack_by: float, ack_deadline: float) -> AsyncIterator[None]:
+    """Bound a call to the store (the spool, the shared rate limit) by the acknowledgement
+    deadline, ``ack_by`` in event-loop time; turn its failures into 503s naming the cause.
+
+    Frame.io gives up after 5 s and sends again: a store held up (a lock held by another
+    process, a stalled disk or Redis) is answered 503 in time rather than late.
+    """
+    try:
+        async with asyncio.timeout_at(ack_by):
+            yield
+    except SpoolUnavailable as exc:
+        raise Rejection(503, "unavailable", exc.reason, exc.detail) from None
+    except TimeoutError:
+        detail = f"the spool did not answer within the {ack_deadline:g}s acknowledgement deadline"
+        raise Rejection(503, "unavailable", "spool_busy", detail) from None
 
 
 # Refusals that count against the sender's address (the issue: 401, 400, 413).
 _COUNTED_AGAINST_ADDRESS = frozenset({400, 401, 413})
+
+
+def _check_address(state: ServerState, live: Live, address: str) -> None:
+    """Raise the 429 for an address that spent its budget of refused requests."""
+    wait = live.addresses.blocked(address)
+    if wait:
+        state.metrics.unauthenticated_rejected.labels(reason="address_limited").inc()
+        raise Rejection(
+            429,
+            "rate_limited",
+            "address_rate_limited",
+            "too many refused requests from this address",
+            retry_after=retry_after(wait),
+        )
+
+
+def _refuse(
+    state: ServerState,
+    live: Live,
+    exc: Rejection,
+    *,
+    kind: str,
+    source_name: str,
+    address: str,
+    seconds: float,
+    charge: bool = True,
+) -> web.Response:
+    """Answer, log and count a `Rejection`; charge ``address`` for it if ``charge``."""
+    if exc.status in _COUNTED_AGAINST_ADDRESS:
+        if charge:
+            live.addresses.refused(address)
+        state.metrics.unauthenticated_rejected.labels(reason=exc.outcome).inc()
+    if exc.outcome:  # an unknown action is counted by the action metric instead
+        state.metrics.received(source_name, exc.outcome, seconds)
+    log.warning(
+        f"{kind} rejected",
+        source=source_name,
+        status=exc.status,
+        outcome=exc.outcome,
+        reason=exc.reason,
+        detail=exc.detail,
+        remote=address,
+        duration_ms=round(seconds * 1000, 3),
+    )
+    body = {"error": exc.public}
+    if exc.status != 401 and exc.detail:
+        body["detail"] = exc.detail
+    headers = {"Retry-After": exc.retry_after} if exc.status in (429, 503) else None
+    response = web.json_response(body, status=exc.status, headers=headers)
+    if exc.status in (408, 413, 415) or exc.reason == "malformed_http":
+        # The rest of the body may still be on its way, or the parser lost its place.
+        response.force_close()
+    return response
 
 
 async def _guarded(
@@ -291,46 +391,59 @@ async def _guarded(
     state.in_flight += 1
     try:
         # Checked before anything is read or verified: a flood of bad requests is cheap.
-        wait = live.addresses.blocked(address)
-        if wait:
-            state.metrics.unauthenticated_rejected.labels(reason="address_limited").inc()
-            raise Rejection(
-                429,
-                "rate_limited",
-                "address_rate_limited",
-                "too many refused requests from this address",
-                retry_after=retry_after(wait),
-            )
+        _check_address(state, live, address)
         return await work(state, live, source_name)
     except Rejection as exc:
-        seconds = time.perf_counter() - started
-        if exc.status in _COUNTED_AGAINST_ADDRESS:
-            live.addresses.refused(address)
-            state.metrics.unauthenticated_rejected.labels(reason=exc.outcome).inc()
-        if exc.outcome:  # an unknown action is counted by the action metric instead
-            state.metrics.received(source_name, exc.outcome, seconds)
-        log.warning(
-            f"{kind} rejected",
-            source=source_name,
-            status=exc.status,
-            outcome=exc.outcome,
-            reason=exc.reason,
-            detail=exc.detail,
-            remote=address,
-            duration_ms=round(seconds * 1000, 3),
+        return _refuse(
+            state,
+            live,
+            exc,
+            kind=kind,
+            source_name=source_name,
+            address=address,
+            seconds=time.perf_counter() - started,
         )
-        body = {"error": exc.public}
-        if exc.status != 401 and exc.detail:
-            body["detail"] = exc.detail
-        headers = {"Retry-After": exc.retry_after} if exc.status in (429, 503) else None
-        response = web.json_response(body, status=exc.status, headers=headers)
-        if exc.status in (408, 413, 415):
-            response.force_close()  # the rest of the body may still be on its way
-        return response
     finally:
         state.in_flight -= 1
         if state.in_flight == 0:
             state.idle.set()
+
+
+def answer_malformed(
+    app: web.Application, request: web.BaseRequest, error: HttpProcessingError
+) -> web.Response:
+    """The answer to HTTP that aiohttp's parser refused before any route saw it.
+
+    Answered, logged and counted like every other refusal (JSON 400, outcome
+    ``malformed`` under source ``unknown``), and charged to the sender's address, which
+    gets 429 once its budget is spent. The headers were never parsed, so a trusted
+    proxy's ``X-Forwarded-For`` cannot be read: such a request is answered and counted,
+    but charged to nobody, or a proxy's clients would all pay for one of them.
+    """
+    started = time.perf_counter()
+    state = app[STATE]
+    live = state.live
+    address = request.remote or "unknown"
+    charge = not is_within(address, networks(live.config.server.trusted_proxies))
+    try:
+        if charge:
+            _check_address(state, live, address)
+    except Rejection as limited:
+        rejection = limited
+    else:
+        rejection = _malformed_http(error)
+    response = _refuse(
+        state,
+        live,
+        rejection,
+        kind="request",
+        source_name=UNKNOWN_SOURCE,
+        address=address,
+        seconds=time.perf_counter() - started,
+        charge=charge,
+    )
+    response.force_close()  # the 429 too: the parser has lost its place in the stream
+    return response
 
 
 async def receive_webhook(request: web.Request) -> web.Response:
@@ -363,10 +476,10 @@ async def receive_webhook(request: web.Request) -> web.Response:
             received_at=state.clock(),
         )
         handlers = state.routes.for_delivery(source_name, event_type, incoming.secret_id)
-        try:
+        # An accept is one transaction (one script on Redis): cut off at the deadline, it
+        # is kept whole or not at all, and a resend of a kept one is answered duplicate.
+        async with _store_call(checked.ack_by, live.config.server.ack_deadline):
             accepted = await state.spool.accept(incoming, [h.key for h in handlers])
-        except SpoolUnavailable as exc:
-            raise Rejection(503, "unavailable", exc.reason, exc.detail) from None
         if observe is not None and event is not None and not accepted.duplicate:
             observe(event, source_name)
 

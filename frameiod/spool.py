@@ -29,8 +29,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import os
+import pwd
 import queue
 import sqlite3
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -40,9 +43,12 @@ from pathlib import Path
 from typing import Any, Literal, Protocol, TypeVar
 
 from frameiod import idle
-from frameiod.logs import get_logger
+from frameiod.logs import LastingFault, get_logger
 
 __all__ = [
+    "APPLICATION_ID",
+    "PRIVATE_MODE",
+    "REPLAY_MARGIN",
     "SCHEMA_VERSION",
     "Accepted",
     "Claimed",
@@ -52,11 +58,20 @@ __all__ = [
     "SpoolBackend",
     "SpoolError",
     "SpoolUnavailable",
+    "replay_window",
 ]
 
 log = get_logger("frameiod.spool")
 
 SCHEMA_VERSION = 2
+APPLICATION_ID = int.from_bytes(b"fiod", "big")
+"""frameiod's mark in a spool file's header (``PRAGMA application_id``)."""
+PRIVATE_MODE = 0o600
+"""The spool holds raw bodies and signatures: its files are readable by the owner only."""
+REPLAY_MARGIN = 60.0
+"""Seconds a seen request is remembered past the largest tolerance: receivers' clocks (or
+one clock, stepped) may disagree, and the signature check is judged on the clock of the
+receiver a replay reaches."""
 _ERROR_LIMIT = 2000  # characters of the last error kept per delivery
 _BATCH_LIMIT = 256
 # How long an operation may wait on a busy event loop before it goes to the writer. Every
@@ -70,6 +85,8 @@ _AUTOCHECKPOINT_PAGES = 10_000
 
 T = TypeVar("T")
 Synchronous = Literal["FULL", "NORMAL"]
+# Failures of the storage itself, not of one operation: a write after them fails too.
+_STORAGE_FAULTS = frozenset({"spool_full", "spool_unwritable", "spool_busy"})
 # An operation for the writer thread, and the loop and future its result goes to.
 _Job = tuple[Callable[[sqlite3.Connection], Any], tuple[asyncio.AbstractEventLoop, Any]]
 
@@ -127,6 +144,20 @@ UPDATE deliveries SET body_key = (
 DROP INDEX IF EXISTS events_request;
 DROP INDEX IF EXISTS events_body;
 """
+# Every table and index a spool of schema 1 or 2 holds: how an unmarked spool is known.
+_SPOOL_OBJECTS = frozenset(
+    (
+        "events",
+        "deliveries",
+        "events_request",
+        "events_body",
+        "events_request_key",
+        "events_received",
+        "deliveries_unstarted_body",
+        "deliveries_due_by_handler",
+        "deliveries_event",
+    )
+)
 
 
 class SpoolError(Exception):
@@ -206,7 +237,7 @@ class SpoolBackend(Protocol):
 
     async def check(self) -> None:
         """Raise `SpoolUnavailable` if the store cannot take deliveries now (``/readyz``
-        asks, so it must be cheap)."""
+        asks, so it must be cheap; the dispatcher asks while it waits out a fault)."""
         ...
 
     def expect_handlers(self, timeouts: dict[str, float]) -> None:
@@ -223,6 +254,17 @@ class SpoolBackend(Protocol):
     ) -> list[Claimed]:
         """Mark up to ``limit`` due deliveries running, oldest first, at most ``caps[h]``
         of handler ``h`` (handlers not in ``caps`` are skipped), and return them."""
+        ...
+
+    async def confirm(self, item: Claimed) -> bool:
+        """Wait until the claim of ``item`` is on record (its attempt counted, its state
+        running); False if it may no longer run (replayed or purged meanwhile).
+
+        The dispatcher calls a handler only after this: a call whose attempt is not on
+        record would be claimed and called again, without limit, while the store refuses
+        writes. Raises `SpoolUnavailable` if the claim could not be recorded; the delivery
+        then stays due, to be claimed again.
+        """
         ...
 
     async def finish(
@@ -256,14 +298,25 @@ class SpoolBackend(Protocol):
         """Deliveries per state, and the age in seconds of the oldest due pending one."""
         ...
 
-    async def purge_done(self, older_than: float) -> int:
+    async def purge_done(self, older_than: float, replay_window: float = 0.0) -> int:
         """Forget events all of whose deliveries are done, received more than
-        ``older_than`` seconds ago; returns how many."""
+        ``older_than`` seconds ago; returns how many.
+
+        A request signed less than ``replay_window`` seconds ago (see `replay_window`) could
+        still pass the signature check, so the record that it was seen stays whatever
+        ``older_than`` says: a replay of it is answered as a duplicate.
+        """
         ...
 
     async def close(self) -> None:
         """Finish what is queued and let go of the store."""
         ...
+
+
+def replay_window(tolerances: Iterable[float]) -> float:
+    """How long after its timestamp a seen request must still be recognised: the largest
+    ``tolerance`` in force, plus `REPLAY_MARGIN`."""
+    return max(tolerances, default=0.0) + REPLAY_MARGIN
 
 
 class Listeners:
@@ -307,6 +360,9 @@ class _Writer(threading.Thread):
         # Lists of jobs, each handed over at once (one wake-up of this thread), then None.
         self.jobs: queue.SimpleQueue[list[_Job] | None] = queue.SimpleQueue()
         self.batches = 0
+        self.fault: SpoolUnavailable | None = None
+        """Why the last batch could not be written, if the storage refused it (a full
+        disk, a read-only file, a lock held elsewhere); None once a batch commits."""
 
     def submit(self, jobs: list[_Job]) -> None:
         """Queue ``jobs`` for the next batch."""
@@ -346,7 +402,7 @@ class _Writer(threading.Thread):
         # operation fails alone. (Operations only touch the database: a rerun is safe.)
         try:
             self.conn.execute("BEGIN IMMEDIATE")
-            results = [(True, operation(self.conn)) for operation, _ in batch]
+            results = [_run_unless_abandoned(job, self.conn) for job in batch]
             self.conn.commit()
         except Exception:
             if self.conn.in_transaction:
@@ -354,6 +410,7 @@ class _Writer(threading.Thread):
             self._run_batch_carefully(batch)
             return
         self.batches += 1
+        self.fault = None
         self._settle(batch, results)
 
     def _run_batch_carefully(self, batch: list[_Job]) -> None:
@@ -369,9 +426,10 @@ class _Writer(threading.Thread):
         try:
             self.conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
-            self._settle(batch, [(False, _unavailable(exc))] * len(batch))
+            self.fault = _unavailable(exc)
+            self._settle(batch, [(False, self.fault)] * len(batch))
             return
-        for index, (operation, _) in enumerate(batch):
+        for index, job in enumerate(batch):
             if not self.conn.in_transaction:
                 try:
                     self.conn.execute("BEGIN IMMEDIATE")
@@ -380,7 +438,7 @@ class _Writer(threading.Thread):
                     continue
             self.conn.execute("SAVEPOINT op")
             try:
-                results[index] = (True, operation(self.conn))
+                results[index] = _run_unless_abandoned(job, self.conn)
                 self.conn.execute("RELEASE op")
                 uncommitted.append(index)
             except Exception as exc:
@@ -401,6 +459,7 @@ class _Writer(threading.Thread):
                     self.conn.rollback()
                 fail_uncommitted(_unavailable(exc))
         self.batches += 1
+        self.fault = _storage_fault(results)
         self._settle(batch, results)
 
     @staticmethod
@@ -413,6 +472,22 @@ class _Writer(threading.Thread):
             # A loop closed meanwhile has no one left to tell; the writes stand all the same.
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(_resolve, settled)
+
+
+def _run_unless_abandoned(job: _Job, conn: sqlite3.Connection) -> tuple[bool, Any]:
+    # A request answered 503 at its deadline while this batch waited (for a lock held
+    # elsewhere) cancelled its future: what it asked for is not written at all.
+    operation, (_, future) = job
+    if future.cancelled():
+        return False, None
+    return True, operation(conn)
+
+
+def _storage_fault(results: list[tuple[bool, Any]]) -> SpoolUnavailable | None:
+    for ok, value in results:
+        if not ok and isinstance(value, SpoolUnavailable) and value.reason in _STORAGE_FAULTS:
+            return value
+    return None
 
 
 class _Checkpointer(threading.Thread):
@@ -430,11 +505,15 @@ class _Checkpointer(threading.Thread):
         self.stopping = threading.Event()
 
     def run(self) -> None:
+        # A full disk fails every round until space returns: logged once, then once a minute.
+        failing = LastingFault(log, "spool checkpoint failed")
         while not self.stopping.wait(_CHECKPOINT_SECONDS):
             try:
                 self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
             except sqlite3.Error as exc:  # busy, or a disk error: the next round tries again
-                log.warning("spool checkpoint failed", detail=str(exc))
+                failing.failed(detail=str(exc))
+            else:
+                failing.cleared("spool checkpoints work again")
         self.conn.close()
 
 
@@ -452,18 +531,26 @@ def _connect(path: Path, synchronous: Synchronous) -> sqlite3.Connection:
     """Open the spool file, create the schema, and prove the settings took."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+    except PermissionError as exc:
+        raise SpoolError(
+            f"{path.parent}: cannot create the spool's directory as user {_user()}: "
+            f"{exc.strerror}; create it and give {_user()} write access to it"
+        ) from None
+    except OSError as exc:
+        raise SpoolError(f"{path}: cannot open the spool: {exc}") from None
+    if problem := _access_problem(path):
+        raise SpoolError(problem)
+    try:
+        created = _create_private(path)
         conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     except (OSError, sqlite3.Error) as exc:
         raise SpoolError(f"{path}: cannot open the spool: {exc}") from None
     try:
         conn.execute("PRAGMA busy_timeout = 5000")
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-        if version > SCHEMA_VERSION:
-            raise SpoolError(
-                f"{path}: the spool was written by a newer frameiod (schema {version}, this "
-                f"frameiod knows {SCHEMA_VERSION}); upgrade frameiod or point [spool] path "
-                "elsewhere"
-            )
+        # Identified before anything is written: another application's file is left as is.
+        version = _identify(conn, path)
+        if not created:
+            _tighten(path)
         mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         conn.execute(f"PRAGMA synchronous = {synchronous}")
         level = conn.execute("PRAGMA synchronous").fetchone()[0]
@@ -480,10 +567,15 @@ def _connect(path: Path, synchronous: Synchronous) -> sqlite3.Connection:
             raise SpoolError(f"{path}: the spool is corrupt ({check}); move it aside to start")
         if version == 1:
             _upgrade_from_1(conn)
-        conn.executescript(_SCHEMA)
-        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        # One transaction: a crash half-way must not leave a file that looks like no spool.
+        conn.executescript(
+            f"BEGIN IMMEDIATE; {_SCHEMA} PRAGMA user_version = {SCHEMA_VERSION};"
+            f" PRAGMA application_id = {APPLICATION_ID}; COMMIT;"
+        )
     except sqlite3.DatabaseError as exc:
         conn.close()
+        if _is_permission_error(exc):
+            raise SpoolError(_not_permitted(path, str(exc))) from None
         raise SpoolError(
             f"{path}: the spool cannot be read ({exc}); it is not a frameiod spool or it is "
             "damaged. Move it aside to start with an empty spool."
@@ -492,6 +584,144 @@ def _connect(path: Path, synchronous: Synchronous) -> sqlite3.Connection:
         conn.close()
         raise
     return conn
+
+
+def _identify(conn: sqlite3.Connection, path: Path) -> int:
+    """The schema version of a frameiod spool (0 for a new, empty file); raise `SpoolError`
+    for a file that belongs to something else, or to a newer frameiod."""
+    application = conn.execute("PRAGMA application_id").fetchone()[0]
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    tables = {
+        row[0]
+        for row in conn.execute("SELECT name FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'")
+    }
+    if application not in (0, APPLICATION_ID):
+        raise _not_a_spool(path, f"application_id {application:#x}")
+    if version > SCHEMA_VERSION:
+        raise SpoolError(
+            f"{path}: the spool was written by a newer frameiod (schema {version}, this "
+            f"frameiod knows {SCHEMA_VERSION}); upgrade frameiod or point [spool] path "
+            "elsewhere"
+        )
+    if application == APPLICATION_ID or (version == 0 and not tables):
+        return version
+    # Unmarked: frameiod before the mark, or someone else's database. Only the former has
+    # exactly frameiod's tables and a schema version it wrote; it is marked once opened.
+    if version >= 1 and {"events", "deliveries"} <= tables <= _SPOOL_OBJECTS:
+        log.info("spool marked as frameiod's", spool=str(path), schema=version)
+        return version
+    found = ", ".join(sorted(tables)) or "none"
+    raise _not_a_spool(path, f"schema version {version}, tables and indexes: {found}")
+
+
+def _not_a_spool(path: Path, evidence: str) -> SpoolError:
+    return SpoolError(
+        f"{path}: this is not a frameiod spool ({evidence}); frameiod did not touch it. "
+        "Point [spool] path at a file of frameiod's own (a new path starts an empty spool)."
+    )
+
+
+def _user() -> str:
+    """The user this process runs as, by name when it has one."""
+    uid = os.geteuid()
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
+
+
+def _owner(path: Path) -> str:
+    info = path.stat()
+    try:
+        owner = pwd.getpwuid(info.st_uid).pw_name
+    except KeyError:
+        owner = f"uid {info.st_uid}"
+    return f"owner {owner}, mode {stat.S_IMODE(info.st_mode):04o}"
+
+
+def _companions(path: Path) -> list[Path]:
+    """The spool file and the files SQLite keeps beside it in WAL mode."""
+    return [path, path.with_name(f"{path.name}-wal"), path.with_name(f"{path.name}-shm")]
+
+
+def _access_problem(path: Path) -> str | None:
+    """Why this user cannot read and write the spool, its WAL files and its directory, or
+    None. The answer names what to fix: the spool itself is fine and must not be moved."""
+    user = _user()
+    keep = "Nothing is damaged; do not move the spool aside, it holds the pending events."
+    if os.statvfs(path.parent).f_flag & os.ST_RDONLY:
+        return (
+            f"{path}: the spool is on a read-only filesystem; frameiod must write it and "
+            f"create {path.name}-wal and {path.name}-shm beside it. Remount it read-write "
+            f"or point [spool] path at a writable place. {keep}"
+        )
+    for file in _companions(path):
+        if file.exists() and not os.access(file, os.R_OK | os.W_OK, effective_ids=True):
+            return (
+                f"{file}: the spool is read-only for user {user}, who runs frameiod "
+                f"({_owner(file)}). Give {user} read and write access (e.g. chown {user} "
+                f"{file}, or chmod u+rw as its owner) and start again. {keep}"
+            )
+    must_create = not all(file.exists() for file in _companions(path))
+    if must_create and not os.access(path.parent, os.W_OK | os.X_OK, effective_ids=True):
+        return (
+            f"{path.parent}: the spool's directory is not writable by user {user}, who runs "
+            f"frameiod ({_owner(path.parent)}); SQLite creates {path.name}-wal and "
+            f"{path.name}-shm there. Give {user} write access to it (e.g. chown {user} "
+            f"{path.parent}) and start again. {keep}"
+        )
+    return None
+
+
+def _is_permission_error(exc: sqlite3.Error) -> bool:
+    code = getattr(exc, "sqlite_errorname", "")
+    return code.startswith(("SQLITE_READONLY", "SQLITE_CANTOPEN", "SQLITE_PERM", "SQLITE_AUTH"))
+
+
+def _not_permitted(path: Path, detail: str) -> str:
+    # What the checks above could not see (an ACL, a security module, a file swapped since).
+    user = _user()
+    return (
+        f"{path}: the spool cannot be written by user {user}, who runs frameiod ({detail}). "
+        f"Check that {user} may read and write it, {path.name}-wal and {path.name}-shm, and "
+        "write to its directory. Nothing is damaged; do not move the spool aside, it holds "
+        "the pending events."
+    )
+
+
+def _create_private(path: Path) -> bool:
+    """Create the spool file readable by its owner only, whatever the umask (SQLite gives
+    its -wal and -shm the same mode); True if it was created now."""
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_MODE)
+    except FileExistsError:
+        return False
+    os.close(descriptor)
+    return True
+
+
+def _tighten(path: Path) -> None:
+    """Make an existing spool's files owner-only: they hold raw bodies and signatures."""
+    for file in _companions(path):
+        with contextlib.suppress(FileNotFoundError):
+            mode = stat.S_IMODE(file.stat().st_mode)
+            if mode & 0o077:
+                try:
+                    file.chmod(mode & 0o700)
+                except OSError as exc:
+                    log.warning(
+                        "spool file is readable by others and cannot be made owner-only",
+                        file=str(file),
+                        mode=f"{mode:04o}",
+                        error=exc.strerror,
+                    )
+                    continue
+                log.info(
+                    "spool file made readable by its owner only",
+                    file=str(file),
+                    mode_was=f"{mode:04o}",
+                    mode=f"{mode & 0o700:04o}",
+                )
 
 
 def _connect_reader(path: Path) -> sqlite3.Connection:
@@ -551,6 +781,9 @@ class Spool:
         # One thread: the reader connection is used by one thread at a time.
         self._reads = ThreadPoolExecutor(1, thread_name_prefix="frameiod-spool-read")
         self._claimed: set[DeliveryId] = set()
+        # Each claimed delivery's pending "running" mark (one write per claim), until
+        # `confirm` has seen it.
+        self._marks: dict[DeliveryId, asyncio.Future[frozenset[DeliveryId]]] = {}
         self._checkpointer: _Checkpointer | None = None
         self._listeners = Listeners()
         self._closed = False
@@ -629,15 +862,19 @@ class Spool:
         return str(self.path)
 
     async def check(self) -> None:
-        """Raise `SpoolUnavailable` if the spool is closed or its writer thread has stopped.
+        """Raise `SpoolUnavailable` if the spool is closed, its writer thread has stopped,
+        or its last write was refused (a full disk, a read-only file, a lock held) and a
+        small write still is.
 
-        The file itself is not touched: a full or read-only disk shows only when a write
-        fails, and every accept then answers 503 naming it.
+        While writes succeed the file is not touched; after a refused one, each check tries
+        a write of its own, so the fault is seen to clear even when nothing else writes.
         """
         if self._closed:
             raise _spool_closed()
         if not self._writer.is_alive():
             raise SpoolUnavailable("spool_error", "the spool's writer thread has stopped")
+        if self._writer.fault is not None:
+            await self.run(_probe)
 
     def on_new_work(self, listener: Callable[[], None]) -> None:
         """Call ``listener`` (on the event loop) whenever new deliveries were committed."""
@@ -662,8 +899,8 @@ class Spool:
 
         ``caps`` maps each handler that may run to how many more calls it may start now;
         handlers not in it (not loaded, or at their concurrency limit) are skipped. The mark
-        is queued, not awaited (see the module docstring): a crash before it is written
-        leaves the delivery pending, and it runs again with the same attempt number.
+        is queued, not awaited (see the module docstring): `confirm` waits for it, in each
+        delivery's own task, before its handler is called.
         """
         if limit <= 0 or not caps:
             return []
@@ -674,10 +911,30 @@ class Spool:
             # Queued before the calls start: an identical body accepted after this point is
             # queued behind the mark and no longer coalesces into a started delivery; one
             # queued before it arrived before the call started, which then sees it.
-            self._claimed.update(item.delivery_id for item in claimed)
-            ids = [(moment, item.delivery_id) for item in claimed]
-            self.run(lambda conn: _mark_running(conn, ids)).add_done_callback(_mark_failed)
+            ids = [item.delivery_id for item in claimed]
+            self._claimed.update(ids)
+            mark = self.run(lambda conn: _mark_running(conn, moment, ids))
+            mark.add_done_callback(_retrieve)  # a stop may release them all unconfirmed
+            self._marks.update(dict.fromkeys(ids, mark))
         return claimed
+
+    async def confirm(self, item: Claimed) -> bool:
+        """Wait until the claim's mark is committed; False if the delivery was no longer
+        pending when it was (replayed or purged meanwhile)."""
+        mark = self._marks.pop(item.delivery_id, None)
+        if mark is None:
+            return False  # not claimed by this process, or already confirmed
+        try:
+            # Shared by the whole claim: one delivery's cancelled task must not cancel it.
+            marked = await asyncio.shield(mark)
+        except BaseException:
+            # Not on record, so not running: it may be claimed again once writes succeed.
+            self._claimed.discard(item.delivery_id)
+            raise
+        if item.delivery_id in marked:
+            return True
+        self._claimed.discard(item.delivery_id)
+        return False
 
     async def finish(
         self,
@@ -720,6 +977,8 @@ class Spool:
     async def release(self, delivery_ids: Iterable[DeliveryId]) -> None:
         """Put deliveries that were running back to ``pending`` (a call cut short by stop)."""
         ids = [(time.time(), delivery_id) for delivery_id in delivery_ids]
+        for _, delivery_id in ids:
+            self._marks.pop(delivery_id, None)
         try:
             await self.run(
                 lambda conn: conn.executemany(
@@ -767,16 +1026,22 @@ class Spool:
         except sqlite3.Error as exc:
             raise _unavailable(exc) from None
 
-    async def purge_done(self, older_than: float) -> int:
+    async def purge_done(self, older_than: float, replay_window: float = 0.0) -> int:
         """Delete events whose deliveries are all done (or that had none) and that were
-        received more than ``older_than`` seconds ago; dead letters stay."""
-        cutoff = time.time() - older_than
+        received more than ``older_than`` seconds ago; dead letters stay.
+
+        The events are the record of the requests seen: one signed less than
+        ``replay_window`` seconds ago stays until it is older, or a replay would be new.
+        """
+        now = time.time()
+        cutoffs = (now - older_than, now - replay_window)
         return await self.run(
             lambda conn: (
                 conn.execute(
-                    "DELETE FROM events WHERE received_at < ? AND NOT EXISTS (SELECT 1 FROM"
-                    " deliveries d WHERE d.event_id = events.id AND d.state != 'done')",
-                    (cutoff,),
+                    "DELETE FROM events WHERE received_at < ? AND timestamp < ? AND NOT EXISTS"
+                    " (SELECT 1 FROM deliveries d WHERE d.event_id = events.id"
+                    " AND d.state != 'done')",
+                    cutoffs,
                 ).rowcount
             )
         )
@@ -891,19 +1156,28 @@ def _due(
     return [Claimed(row[1], row[2], row[3], row[4] + 1, *row[5:]) for row in rows[:limit]]
 
 
-def _mark_running(conn: sqlite3.Connection, ids: list[tuple[float, DeliveryId]]) -> None:
-    conn.executemany(
+def _mark_running(
+    conn: sqlite3.Connection, now: float, ids: list[DeliveryId]
+) -> frozenset[DeliveryId]:
+    """Mark the claimed deliveries that are still pending ``running``; return which."""
+    cursor = conn.execute(
         "UPDATE deliveries SET state = 'running', attempts = attempts + 1, updated_at = ?"
-        " WHERE id = ? AND state = 'pending'",
-        ids,
+        f" WHERE state = 'pending' AND id IN ({','.join('?' * len(ids))}) RETURNING id",
+        (now, *ids),
     )
+    return frozenset(row[0] for row in cursor)
 
 
-def _mark_failed(future: asyncio.Future[None]) -> None:
-    # The call runs anyway; its outcome is written (or not) like any other.
-    if not future.cancelled() and (error := future.exception()) is not None:
-        reason = getattr(error, "reason", type(error).__name__)
-        log.warning("cannot mark claimed deliveries running", reason=reason, detail=str(error))
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    # Marks the failure as seen; whoever confirms still gets it.
+    if not future.cancelled():
+        future.exception()
+
+
+def _probe(conn: sqlite3.Connection) -> None:
+    # Rewrites the header's schema version with its own value: a page written and committed
+    # like any delivery's, and nothing changed.
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
 
 def _count_states(path: Path, now: float) -> tuple[dict[str, int], float]:

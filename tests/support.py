@@ -16,6 +16,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
 from frameiod import idle
 from frameiod.config import Config, load_config
 from frameiod.signature import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
@@ -211,6 +214,16 @@ class DaemonProcess:
     def url(self, path: str = "/webhooks/default") -> str:
         """An absolute URL on this daemon."""
         return f"http://127.0.0.1:{self.port}{path}"
+
+    def metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        """Scrape ``/metrics``: ``{(sample name, sorted label pairs): value}``, as
+        `frameiod.testing.RunningDaemon.metrics` does in-process."""
+        text = httpx.get(self.url("/metrics"), timeout=5).text
+        return {
+            (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+        }
 
     def stop(self, timeout: float = 15.0) -> int:
         """SIGTERM the daemon and return its exit status."""

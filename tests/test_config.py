@@ -27,6 +27,7 @@ from frameiod.config import (
     Secret,
     ServerConfig,
     SpoolConfig,
+    dev_secret_problem,
     find_config,
     format_duration,
     load_config,
@@ -855,6 +856,33 @@ class TestDevelopmentSecret:
         path.write_text(shipped.replace('host = "127.0.0.1"', 'host = "0.0.0.0"'))
 
         assert problems_of(path) == [dev_secret_refusal(path, "0.0.0.0")]
+
+    @pytest.mark.parametrize("bound", ["0.0.0.0", "::", "192.0.2.1"])
+    def test_dev_secret_is_refused_while_a_bound_socket_is_not_loopback(
+        self, tmp_path: Path, bound: str
+    ) -> None:
+        path = write_config(tmp_path, f'[sources.default]\nsecrets = ["{DEV_SECRET}"]\n')
+        config = load_config(path, environ={})  # server.host is loopback: the file passes
+
+        assert dev_secret_problem(config, ["127.0.0.1", bound]) == (
+            "sources.default.secrets: the development secret from the shipped config.toml "
+            f'is refused while the daemon listens on "{bound}", not a loopback address '
+            "(a new server.host takes effect only after a restart); "
+            "set the secret Frame.io gave you for this webhook"
+        )
+
+    def test_dev_secret_is_accepted_while_every_bound_socket_is_loopback(
+        self, tmp_path: Path
+    ) -> None:
+        path = write_config(tmp_path, f'[sources.default]\nsecrets = ["{DEV_SECRET}"]\n')
+        config = load_config(path, environ={})
+
+        assert dev_secret_problem(config, ["127.0.0.1", "::1"]) is None
+
+    def test_a_public_socket_is_fine_without_the_dev_secret(self, tmp_path: Path) -> None:
+        config = load_config(write_config(tmp_path, MINIMAL_SOURCE), environ={})
+
+        assert dev_secret_problem(config, ["0.0.0.0"]) is None
 
     def test_real_secret_on_a_public_host_is_accepted(self, tmp_path: Path) -> None:
         path = write_config(tmp_path, '[server]\nhost = "0.0.0.0"\n' + MINIMAL_SOURCE)

@@ -33,6 +33,7 @@ ALERT_NAMES = {
     "FrameiodRejectedSignaturesSurge",
     "FrameiodDown",
     "FrameiodConfigReloadFailed",
+    "FrameiodDispatchPaused",
 }
 # Labels Prometheus attaches to every scraped series, which /metrics itself never shows.
 TARGET_LABELS = {"job", "instance"}
@@ -319,7 +320,7 @@ class TestDashboard:
 
 
 class TestAlerts:
-    def test_defines_the_five_alerts_completely(self, rules):
+    def test_defines_every_alert_completely(self, rules):
         assert {rule["alert"] for rule in rules} == ALERT_NAMES
         for rule in rules:
             assert rule["expr"].strip(), rule["alert"]
@@ -345,6 +346,11 @@ class TestAlerts:
         assert surge["for"] == "10m"
         assert by_name["FrameiodDown"]["expr"] == 'up{job="frameiod"} == 0'
         assert by_name["FrameiodDown"]["for"] == "2m"
+        paused = by_name["FrameiodDispatchPaused"]
+        assert (paused["expr"], paused["for"]) == (
+            "max by (job, instance) (frameiod_dispatch_paused) == 1",
+            "2m",
+        )
         reload_failed = by_name["FrameiodConfigReloadFailed"]["expr"]
         assert reload_failed == 'increase(frameiod_config_reloads_total{outcome="error"}[10m]) > 0'
 

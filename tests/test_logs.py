@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 import pytest
 import structlog
 
-from frameiod.logs import configure_logging, get_logger
+from frameiod.logs import LastingFault, configure_logging, get_logger
 
 ISO_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
 
@@ -185,3 +185,52 @@ def test_capture_logs_sees_every_line_under_this_configuration() -> None:
         {"event": "webhook rejected", "status": 401, "log_level": "warning"},
         {"event": "posted", "plugin": "p", "log_level": "info"},
     ]
+
+
+class TestLastingFault:
+    """A failure that repeats is logged when it starts, then once a minute, and when it
+    clears: a full disk retried every 200 ms logged five lines a second before."""
+
+    def _lines(self, stream: io.StringIO) -> list[dict]:
+        return [json.loads(line) for line in stream.getvalue().splitlines()]
+
+    def test_a_lasting_failure_is_logged_at_its_start_once_a_minute_and_when_it_clears(
+        self,
+    ) -> None:
+        stream = io.StringIO()
+        configure_logging("info", "json", stream=stream)
+        now = [1000.0]
+        fault = LastingFault(get_logger("t"), "checkpoint failed", clock=lambda: now[0])
+        for _ in range(300):  # one minute of failures every 200 ms
+            fault.failed(detail="disk full")
+            now[0] += 0.2
+        fault.failed(detail="disk full")  # a minute after the first line
+        now[0] += 5
+        fault.cleared("checkpoints work again")
+        fault.cleared("checkpoints work again")  # nothing was failing: no line
+        lines = self._lines(stream)
+        assert [line["event"] for line in lines] == [
+            "checkpoint failed",
+            "checkpoint failed",
+            "checkpoints work again",
+        ]
+        assert "failures" not in lines[0]
+        assert (lines[1]["failures"], lines[1]["failing_for_s"]) == (300, 60.0)
+        assert (lines[2]["failures"], lines[2]["failing_for_s"]) == (301, 65.0)
+        assert not fault.active
+
+    def test_a_new_failure_after_it_cleared_is_logged_at_once(self) -> None:
+        stream = io.StringIO()
+        configure_logging("info", "json", stream=stream)
+        now = [0.0]
+        fault = LastingFault(get_logger("t"), "probe failed", clock=lambda: now[0])
+        fault.failed("error")
+        fault.cleared("probe works")
+        now[0] += 1
+        fault.failed("error")
+        lines = self._lines(stream)
+        assert [(line["event"], line["level"]) for line in lines] == [
+            ("probe failed", "error"),
+            ("probe works", "info"),
+            ("probe failed", "error"),
+        ]

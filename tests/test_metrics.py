@@ -56,6 +56,7 @@ def test_hot_series_match_prometheus_clients_own_counters_and_histograms() -> No
         received.labels("default", outcome)
     for outcome in ("too_large", "too_slow", "rate_limited", "unavailable"):
         received.labels("default", outcome)
+    received.labels("unknown", "malformed")  # HTTP the parser refuses names no source
     for source, outcome, seconds in ACKS:
         received.labels("unknown" if source != "default" else source, outcome).inc()
         acks.observe(seconds)

@@ -158,7 +158,10 @@ class TestAsASenderMeetsThem:
 
     async def test_a_thousand_simultaneous_requests_respect_burst_and_rate(self):
         rate, burst = 50.0, 100
-        config = _config(extra_source=f"rate = {rate}\nburst = {burst}")
+        # All from one address: lift its connection cap (test_connection_guards.py tests it).
+        config = _config(
+            "max_connections_per_address = 1000", extra_source=f"rate = {rate}\nburst = {burst}"
+        )
         async with run_daemon(config_text=config) as daemon:
             started = time.monotonic()
             answers = await asyncio.gather(

@@ -282,7 +282,10 @@ def test_redis_restarting_mid_stream_answers_503_then_recovers_losing_nothing(
         # SIGKILL, not a clean shutdown: with appendfsync always, what Redis answered is on disk.
         redis_server.stop(kill=True)
         wait_until(lambda: len(unavailable) >= 5, timeout=20)
-        wait_until(lambda: any(n.logs("cannot claim deliveries") for n in nodes), timeout=20)
+        wait_until(
+            lambda: any(n.logs("dispatch paused: the spool refuses writes") for n in nodes),
+            timeout=20,
+        )
         probes = [httpx.get(nodes[0].url("/readyz"), timeout=5) for _ in range(2)]
         before_restart = len(acked)
         redis_server.start()

@@ -547,6 +547,28 @@ class TestPurge:
         assert await raw.xlen(f"{prefix}:stream:default") == 0
         assert (await spool.gauges())[0] == counts()
 
+    async def test_seen_requests_outlive_their_events_until_the_replay_window_passes(
+        self, node: OpenNode, raw: aioredis.Redis, prefix: str
+    ):
+        spool = await node()
+        now = time.time()
+        late = incoming(timestamp=int(now) - 200)
+        early = incoming(timestamp=int(now) - 400)
+        for event in (late, early):
+            await spool.accept(event, [])
+        seen = {e.id: f"{prefix}:seen:default:{e.timestamp}:{e.signature}" for e in (late, early)}
+        assert {await raw.ttl(key) for key in seen.values()} == {-1}
+
+        assert await spool.purge_done(0, replay_window=300) == 2  # both events go
+
+        assert await raw.exists(seen[late.id]) == 1
+        assert await raw.exists(seen[early.id]) == 0
+        assert await raw.zrange(f"{prefix}:seen_at", 0, -1) == [seen[late.id].split(":", 2)[2]]
+        replay = incoming(late.body, timestamp=late.timestamp, signature=late.signature)
+        assert await spool.accept(replay, []) == Accepted(late.id, True, 0)
+        replay = incoming(early.body, timestamp=early.timestamp, signature=early.signature)
+        assert await spool.accept(replay, []) == Accepted(replay.id, False, 0)
+
     async def test_consumers_gone_with_nothing_pending_are_dropped_from_the_group(
         self, node: OpenNode, raw: aioredis.Redis, prefix: str
     ):

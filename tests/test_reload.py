@@ -12,14 +12,17 @@ from pathlib import Path
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from support import DaemonProcess, signed_headers
+from support import DaemonProcess, on_the_daemons_loop, signed_headers
 
+from frameiod.config import DEV_SECRET, ConfigError, load_config
+from frameiod.daemon import Daemon
 from frameiod.events import example_payload
 
 
-def _config(secret: str, extra: str = "", port: int = 0) -> str:
+def _config(secret: str, extra: str = "", port: int = 0, host: str = "127.0.0.1") -> str:
     return f"""
 [server]
+host = "{host}"
 port = {port}
 [log]
 format = "json"
@@ -132,6 +135,62 @@ class TestReload:
         assert _send(daemon, "forged") == 401
         daemon.wait_for_log(lambda line: line.get("event") == "webhook rejected")
         assert "webhook accepted" not in [line["event"] for line in daemon.lines[before:]]
+
+
+class TestDevelopmentSecret:
+    """The shipped development secret is judged by the addresses the daemon listens on,
+    which a reload cannot change."""
+
+    def test_a_reload_to_loopback_with_the_dev_secret_is_refused_on_a_public_bind(
+        self, tmp_path: Path
+    ):
+        config = tmp_path / "config.toml"
+        config.write_text(_config("old-secret", host="0.0.0.0"))
+        daemon = DaemonProcess(config)
+        try:
+            assert daemon.wait_for("listening")["host"] == "0.0.0.0"
+            # host changes only at restart: the socket stays on every interface.
+            config.write_text(_config(DEV_SECRET, host="127.0.0.1"))
+            refused = _reload(daemon, 1, "config reload refused; the old config stays in force")
+            assert refused["problem"] == (
+                f"{config}: sources.default.secrets: the development secret from the shipped "
+                'config.toml is refused while the daemon listens on "0.0.0.0", not a loopback '
+                "address (a new server.host takes effect only after a restart); "
+                "set the secret Frame.io gave you for this webhook"
+            )
+            assert _send(daemon, "old-secret") == 202
+            assert _send(daemon, DEV_SECRET) == 401
+            assert _reloads(daemon) == {"ok": 0, "error": 1}
+            assert not daemon.logs("config reloaded")
+        finally:
+            daemon.kill()
+
+    def test_the_dev_secret_is_still_accepted_by_reload_on_a_loopback_bind(
+        self, daemon: DaemonProcess, config: Path
+    ):
+        config.write_text(_config(DEV_SECRET))
+        _reload(daemon, 1, "config reloaded")
+        assert _send(daemon, DEV_SECRET) == 202
+        assert _send(daemon, "old-secret") == 401
+
+    def test_start_refuses_the_dev_secret_once_bound_beyond_loopback(self, tmp_path: Path):
+        """`Daemon.start` checks the config against the sockets it bound, so a config that
+        reaches it without load_config's check is refused all the same."""
+        config = tmp_path / "config.toml"
+        config.write_text(_config(DEV_SECRET))
+        loaded = load_config(config)
+        public = loaded.model_copy(
+            update={"server": loaded.server.model_copy(update={"host": "0.0.0.0"})}
+        )
+        daemon = Daemon(public)
+
+        with pytest.raises(ConfigError) as error:
+            on_the_daemons_loop(daemon.start)
+        (problem,) = error.value.problems
+        assert (
+            "the development secret from the shipped config.toml is refused while "
+            'server.host ("0.0.0.0")' in problem
+        )
 
 
 class TestSecretFilesOnReload:

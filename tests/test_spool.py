@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import sqlite3
+import stat
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -19,6 +20,7 @@ from support import incoming, on_the_daemons_loop, wait_until
 
 import frameiod.spool as spool_module
 from frameiod.spool import (
+    APPLICATION_ID,
     SCHEMA_VERSION,
     Accepted,
     Incoming,
@@ -126,6 +128,44 @@ class TestOpen:
         assert str(path) in str(caught.value)
         assert query(path, "PRAGMA user_version") == [(SCHEMA_VERSION + 1,)]
 
+    async def test_a_new_spool_is_marked_as_frameiods(self, path: Path):
+        await (await Spool.open(path)).close()
+        assert query(path, "PRAGMA application_id") == [(APPLICATION_ID,)]
+
+    async def test_a_database_marked_by_another_application_is_refused_untouched(self, path: Path):
+        with closing(sqlite3.connect(path)) as db:
+            db.executescript(_SCHEMA_1.replace("PRAGMA user_version = 1;", ""))
+            db.execute("PRAGMA application_id = 1234")
+            db.commit()
+        before = await asyncio.to_thread(path.read_bytes)
+        with pytest.raises(SpoolError, match="not a frameiod spool") as caught:
+            await Spool.open(path)
+        assert str(caught.value).startswith(f"{path}: ")
+        assert "application_id 0x4d2" in str(caught.value)
+        assert await asyncio.to_thread(path.read_bytes) == before
+
+    async def test_frameiods_tables_beside_others_are_not_taken_for_a_spool(self, path: Path):
+        with closing(sqlite3.connect(path)) as db:
+            db.executescript(_SCHEMA_1)
+            db.execute("CREATE TABLE foo (x)")
+        with pytest.raises(SpoolError, match="not a frameiod spool") as caught:
+            await Spool.open(path)
+        assert "foo" in str(caught.value)
+        assert query(path, "PRAGMA user_version") == [(1,)]
+
+    async def test_a_new_spools_files_are_owner_only_whatever_the_umask(self, path: Path):
+        previous = os.umask(0)
+        try:
+            spool = await Spool.open(path)
+        finally:
+            os.umask(previous)
+        try:
+            await spool.accept(incoming(), [])
+            companions = [path, *(path.with_name(path.name + end) for end in ("-wal", "-shm"))]
+            assert [stat.S_IMODE(file.stat().st_mode) for file in companions] == [0o600] * 3
+        finally:
+            await spool.close()
+
     async def test_a_folder_that_cannot_be_created_is_refused(self, tmp_path: Path):
         blocker = tmp_path / "a-file"
         blocker.write_text("not a folder")
@@ -201,6 +241,13 @@ class TestUpgradeFromSchema1:
         assert not {"events_request", "events_body"} & indexes
         assert query(path, "SELECT id, body FROM events") == [(old.id, old.body)]
         assert states(path, old.id) == {"p.h": "pending"}
+
+    async def test_an_old_spool_has_no_mark_and_is_marked_when_opened(
+        self, path: Path, old: Incoming
+    ):
+        assert query(path, "PRAGMA application_id") == [(0,)]
+        await (await Spool.open(path)).close()
+        assert query(path, "PRAGMA application_id") == [(APPLICATION_ID,)]
 
     async def test_old_events_are_still_found_by_both_duplicate_checks(
         self, path: Path, old: Incoming
@@ -734,6 +781,22 @@ class TestReleaseAndRecovery:
 
 
 class TestPurgeDone:
+    async def test_events_whose_request_could_still_be_replayed_are_kept(
+        self, spool: Spool, path: Path
+    ):
+        now = time.time()
+        # Both received long ago (keep_done passed); one was signed inside the window.
+        late = incoming(received_at=now - 3600, timestamp=int(now) - 200)
+        early = incoming(received_at=now - 3600, timestamp=int(now) - 400)
+        for event in (late, early):
+            await spool.accept(event, [])
+
+        assert await spool.purge_done(older_than=600, replay_window=300) == 1
+
+        assert event_ids(path) == {late.id}
+        replay = incoming(late.body, signature=late.signature, timestamp=late.timestamp)
+        assert await spool.accept(replay, []) == Accepted(late.id, duplicate=True, deliveries=0)
+
     async def test_only_old_events_that_are_finished_are_deleted(self, spool: Spool, path: Path):
         old = time.time() - 3600
         done, empty, waiting, dead, mixed = (incoming(received_at=old) for _ in range(5))

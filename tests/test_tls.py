@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import ssl
 import time
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 import trustme
+from support import DaemonProcess
 
 from frameiod.config import ConfigError
 from frameiod.events import example_payload
@@ -17,10 +19,20 @@ from frameiod.signature import sign
 from frameiod.testing import TEST_SECRET, run_daemon
 
 
-def _issue(ca: trustme.CA, folder: Path) -> None:
+def _issue(ca: trustme.CA, folder: Path, *, key: bool = True) -> bytes:
+    """Write a certificate for 127.0.0.1 (and its key, unless ``key`` is False: a renewal
+    caught half-written) and return the certificate's DER bytes."""
     certificate = ca.issue_cert("127.0.0.1", "localhost")
-    certificate.private_key_pem.write_to_path(str(folder / "key.pem"))
+    if key:
+        certificate.private_key_pem.write_to_path(str(folder / "key.pem"))
     certificate.cert_chain_pems[0].write_to_path(str(folder / "cert.pem"))
+    return ssl.PEM_cert_to_DER_cert(certificate.cert_chain_pems[0].bytes().decode())
+
+
+def _served_certificate(port: int) -> bytes:
+    """The DER bytes of the certificate a fresh handshake on ``port`` is given."""
+    pem = ssl.get_server_certificate(("127.0.0.1", port), timeout=5)
+    return ssl.PEM_cert_to_DER_cert(pem)
 
 
 def _config(extra: str = "") -> str:
@@ -109,3 +121,31 @@ async def test_a_certificate_without_its_key_is_a_config_error(tmp_path: Path):
     assert error.value.problems[0].endswith(
         "server: tls_certificate and tls_key go together: set both or neither"
     )
+
+
+async def test_a_refused_certificate_reload_keeps_the_old_certificate_served(tmp_path: Path):
+    """A renewal caught half-written (new certificate, old key) is refused and changes
+    nothing: new handshakes still get the old certificate; the next good pair is served."""
+    old_ca, new_ca = trustme.CA(), trustme.CA()
+    old = _issue(old_ca, tmp_path)
+    config = tmp_path / "config.toml"
+    config.write_text(_config('[log]\nformat = "json"\n'))
+    daemon = DaemonProcess(config)
+    try:
+        url = f"https://127.0.0.1:{daemon.port}/webhooks/default"
+        assert _served_certificate(daemon.port) == old
+
+        _issue(new_ca, tmp_path, key=False)
+        daemon.process.send_signal(signal.SIGHUP)
+        refused = daemon.wait_for("config reload refused; the old config stays in force")
+        assert "server.tls_certificate / server.tls_key: cannot load" in str(refused["problem"])
+        assert _served_certificate(daemon.port) == old
+        assert (await _post(url, old_ca)).status_code == 202
+
+        new = _issue(new_ca, tmp_path)
+        daemon.process.send_signal(signal.SIGHUP)
+        daemon.wait_for("config reloaded")
+        assert _served_certificate(daemon.port) == new
+        assert (await _post(url, new_ca)).status_code == 202
+    finally:
+        daemon.kill()

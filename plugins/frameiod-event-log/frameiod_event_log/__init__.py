@@ -9,8 +9,10 @@ Settings go in ``[plugins.event_log]`` (see `EventLogConfig`); the entry point n
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import stat
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,9 +22,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from frameiod import App, PluginContext, WebhookEvent
 from frameiod.handlers import DEFAULT_SOURCE
 
-__all__ = ["EventLogConfig", "RotatingLog", "app", "event_line", "make_app"]
+__all__ = ["PRIVATE_MODE", "EventLogConfig", "RotatingLog", "app", "event_line", "make_app"]
 
 MIB = 1024 * 1024
+PRIVATE_MODE = 0o600
+"""Lines hold whole payloads: the files are readable by their owner only, whatever the umask."""
 
 
 class EventLogConfig(BaseModel):
@@ -71,11 +75,23 @@ class RotatingLog:
         """The path of rotated file ``number`` (1 is the most recent)."""
         return self.path.with_name(f"{self.path.name}.{number}")
 
-    def open(self) -> None:
-        """Create the folder and the file if missing, so an unusable path fails at start-up."""
+    def open(self) -> list[tuple[Path, int]]:
+        """Create the folder and the file if missing, so an unusable path fails at start-up;
+        make the file and its backups owner-only. Returns each file tightened, with the
+        mode it had."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("ab"):
+        with _append(self.path):
             pass
+        tightened = []
+        for file in [self.path, *map(self.backup, range(1, self.backups + 1))]:
+            try:
+                mode = stat.S_IMODE(file.stat().st_mode)
+            except FileNotFoundError:
+                continue
+            if mode & 0o077:
+                file.chmod(mode & 0o700)
+                tightened.append((file, mode))
+        return tightened
 
     def write(self, line: bytes) -> None:
         """Append ``line`` in one write, rotating first if it would take the file past
@@ -89,7 +105,7 @@ class RotatingLog:
                 self._rotate()
             # Opened per line rather than held open: a file deleted or moved away by hand
             # is recreated, and shutdown has no handle to close under a thread still writing.
-            with self.path.open("ab") as file:
+            with _append(self.path) as file:
                 file.write(line)
 
     def _rotate(self) -> None:
@@ -101,6 +117,13 @@ class RotatingLog:
                 os.replace(self.backup(number), self.backup(number + 1))
         # os.replace overwrites: the oldest backup, path.<backups>, is dropped here.
         os.replace(self.path, self.backup(1))
+
+
+def _append(path: Path) -> io.BufferedWriter:
+    """Open ``path`` for appending, created owner-only if missing (the umask can only take
+    permissions away, never add them)."""
+    descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, PRIVATE_MODE)
+    return os.fdopen(descriptor, "ab")
 
 
 def make_app(*, source: str = DEFAULT_SOURCE) -> App:
@@ -124,7 +147,13 @@ def make_app(*, source: str = DEFAULT_SOURCE) -> App:
             max_bytes=config.max_bytes,
             backups=config.backups,
         )
-        log.open()
+        for file, mode in log.open():
+            context.log.info(
+                "event log file made readable by its owner only",
+                file=str(file),
+                mode_was=f"{mode:04o}",
+                mode=f"{mode & 0o700:04o}",
+            )
         context.log.info(
             "event log open", path=str(log.path), max_bytes=log.max_bytes, backups=log.backups
         )
