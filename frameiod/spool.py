@@ -63,7 +63,7 @@ __all__ = [
 
 log = get_logger("frameiod.spool")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 APPLICATION_ID = int.from_bytes(b"fiod", "big")
 """frameiod's mark in a spool file's header (``PRAGMA application_id``)."""
 PRIVATE_MODE = 0o600
@@ -123,6 +123,14 @@ CREATE INDEX IF NOT EXISTS deliveries_unstarted_body ON deliveries (body_key)
 CREATE INDEX IF NOT EXISTS deliveries_due_by_handler
     ON deliveries (state, handler, next_attempt_at);
 CREATE INDEX IF NOT EXISTS deliveries_event ON deliveries (event_id);
+CREATE TABLE IF NOT EXISTS seen_requests (
+    source TEXT NOT NULL,
+    timestamp INTEGER NOT NULL,
+    request_key INTEGER NOT NULL,
+    signature TEXT NOT NULL,
+    event_id TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS seen_requests_key ON seen_requests (timestamp, request_key);
 """
 # The duplicate checks look events up by 64-bit keys (see `request_key` and `body_key`),
 # not by the 67-character signature and 32-byte hash themselves: with every commit writing
@@ -132,8 +140,12 @@ CREATE INDEX IF NOT EXISTS deliveries_event ON deliveries (event_id);
 # the body key is indexed on deliveries not yet attempted: the claim's mark takes each out
 # as it counts the attempt, the index holds the backlog rather than every event kept, and
 # an event without handlers never enters it.
+# A request coalesced into a pending event leaves no event of its own: `seen_requests`
+# remembers it (and the event it joined) for replay protection, pruned like the events.
+# No foreign key: the event may be purged while the request could still be replayed.
 
-# Schema 1 (frameiod before the 64-bit keys) becomes 2 in place, on first open.
+# Schema 1 (frameiod before the 64-bit keys) becomes 2 in place, on first open; schema 2
+# becomes 3 as `_SCHEMA` creates the seen_requests table it lacks.
 _UPGRADE_FROM_1 = """
 ALTER TABLE events ADD COLUMN request_key INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE deliveries ADD COLUMN body_key INTEGER NOT NULL DEFAULT 0;
@@ -144,7 +156,8 @@ UPDATE deliveries SET body_key = (
 DROP INDEX IF EXISTS events_request;
 DROP INDEX IF EXISTS events_body;
 """
-# Every table and index a spool of schema 1 or 2 holds: how an unmarked spool is known.
+# Every table and index a frameiod spool has held, whatever its schema: how an unmarked
+# spool is known.
 _SPOOL_OBJECTS = frozenset(
     (
         "events",
@@ -156,6 +169,8 @@ _SPOOL_OBJECTS = frozenset(
         "deliveries_unstarted_body",
         "deliveries_due_by_handler",
         "deliveries_event",
+        "seen_requests",
+        "seen_requests_key",
     )
 )
 
@@ -568,10 +583,15 @@ def _connect(path: Path, synchronous: Synchronous) -> sqlite3.Connection:
         if version == 1:
             _upgrade_from_1(conn)
         # One transaction: a crash half-way must not leave a file that looks like no spool.
+        # It also creates what an older schema lacks (IF NOT EXISTS leaves the rest alone).
         conn.executescript(
             f"BEGIN IMMEDIATE; {_SCHEMA} PRAGMA user_version = {SCHEMA_VERSION};"
             f" PRAGMA application_id = {APPLICATION_ID}; COMMIT;"
         )
+        if 0 < version < SCHEMA_VERSION:
+            log.info(
+                "spool upgraded", spool=str(path), schema_from=version, schema_to=SCHEMA_VERSION
+            )
     except sqlite3.DatabaseError as exc:
         conn.close()
         if _is_permission_error(exc):
@@ -759,12 +779,12 @@ def _upgrade_from_1(conn: sqlite3.Connection) -> None:
     try:
         for statement in filter(str.strip, _UPGRADE_FROM_1.split(";")):
             conn.execute(statement)
-        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        # Schema 2: `_connect` takes it on from there, like any other spool of schema 2.
+        conn.execute("PRAGMA user_version = 2")
         conn.commit()
     except sqlite3.Error:
         conn.rollback()
         raise
-    log.info("spool upgraded", schema_from=1, schema_to=SCHEMA_VERSION)
 
 
 class Spool:
@@ -1030,21 +1050,12 @@ class Spool:
         """Delete events whose deliveries are all done (or that had none) and that were
         received more than ``older_than`` seconds ago; dead letters stay.
 
-        The events are the record of the requests seen: one signed less than
-        ``replay_window`` seconds ago stays until it is older, or a replay would be new.
+        The events, and ``seen_requests`` for requests coalesced into one, are the record
+        of the requests seen: one signed less than ``replay_window`` seconds ago stays until
+        it is older, or a replay would be new.
         """
         now = time.time()
-        cutoffs = (now - older_than, now - replay_window)
-        return await self.run(
-            lambda conn: (
-                conn.execute(
-                    "DELETE FROM events WHERE received_at < ? AND timestamp < ? AND NOT EXISTS"
-                    " (SELECT 1 FROM deliveries d WHERE d.event_id = events.id"
-                    " AND d.state != 'done')",
-                    cutoffs,
-                ).rowcount
-            )
-        )
+        return await self.run(lambda conn: _purge(conn, now - older_than, now - replay_window))
 
     async def close(self) -> None:
         """Finish queued operations and close the file."""
@@ -1076,16 +1087,20 @@ def _recover_committed(conn: sqlite3.Connection) -> int:
 def _accept(conn: sqlite3.Connection, incoming: Incoming, handlers: Sequence[str]) -> Accepted:
     digest = body_hash(incoming.body)
     keys = (request_key(incoming.signature), body_key(digest))
-    # One query for both kinds of duplicate (each statement costs a trip through the GIL):
-    # the same signed request again (Frame.io's retry, or a replay), or an identical body
-    # none of whose deliveries has started (that run will see the latest state).
+    # One query for every kind of duplicate (each statement costs a trip through the GIL):
+    # the same signed request again (Frame.io's retry, or a replay), as an event or as a
+    # request coalesced earlier, or an identical body none of whose deliveries has started
+    # (that run will see the latest state). The second column says it was the last kind.
     row = conn.execute(
-        "SELECT id FROM events WHERE timestamp = ? AND request_key = ? AND signature = ?"
-        " AND source = ?"
+        "SELECT id, 0 FROM events WHERE timestamp = ?1 AND request_key = ?2"
+        " AND signature = ?3 AND source = ?4"
         " UNION ALL"
-        " SELECT * FROM (SELECT e.id FROM deliveries u JOIN events e ON e.id = u.event_id"
-        " WHERE u.body_key = ? AND u.attempts = 0 AND e.body_hash = ? AND e.source = ?"
-        " AND e.secret_id = ? AND NOT EXISTS (SELECT 1 FROM deliveries d"
+        " SELECT event_id, 0 FROM seen_requests WHERE timestamp = ?1 AND request_key = ?2"
+        " AND signature = ?3 AND source = ?4"
+        " UNION ALL"
+        " SELECT * FROM (SELECT e.id, 1 FROM deliveries u JOIN events e ON e.id = u.event_id"
+        " WHERE u.body_key = ?5 AND u.attempts = 0 AND e.body_hash = ?6 AND e.source = ?4"
+        " AND e.secret_id = ?7 AND NOT EXISTS (SELECT 1 FROM deliveries d"
         " WHERE d.event_id = e.id AND (d.state != 'pending' OR d.attempts > 0))"
         " ORDER BY e.received_at DESC LIMIT 1)"
         " LIMIT 1",
@@ -1096,11 +1111,18 @@ def _accept(conn: sqlite3.Connection, incoming: Incoming, handlers: Sequence[str
             incoming.source,
             keys[1],
             digest,
-            incoming.source,
             incoming.secret_id,
         ),
     ).fetchone()
     if row:
+        if row[1]:
+            # Joined a pending event: nothing else records this request, and once that
+            # event's run has begun a replay of it would no longer be coalesced.
+            conn.execute(
+                "INSERT INTO seen_requests (source, timestamp, request_key, signature, event_id)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (incoming.source, incoming.timestamp, keys[0], incoming.signature, row[0]),
+            )
         return Accepted(row[0], duplicate=True, deliveries=0)
     conn.execute(
         "INSERT INTO events (id, source, type, body, body_hash, timestamp, signature,"
@@ -1128,6 +1150,17 @@ def _accept(conn: sqlite3.Connection, incoming: Incoming, handlers: Sequence[str
             ],
         )
     return Accepted(incoming.id, duplicate=False, deliveries=len(handlers))
+
+
+def _purge(conn: sqlite3.Connection, received_before: float, signed_before: float) -> int:
+    """Delete finished events received before ``received_before`` and the record of
+    requests signed before ``signed_before``; return how many events went."""
+    conn.execute("DELETE FROM seen_requests WHERE timestamp < ?", (signed_before,))
+    return conn.execute(
+        "DELETE FROM events WHERE received_at < ? AND timestamp < ? AND NOT EXISTS"
+        " (SELECT 1 FROM deliveries d WHERE d.event_id = events.id AND d.state != 'done')",
+        (received_before, signed_before),
+    ).rowcount
 
 
 def _due(

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 from support import incoming, on_the_daemons_loop, wait_until
 
 import frameiod.spool as spool_module
@@ -237,7 +238,7 @@ class TestUpgradeFromSchema1:
         indexes = {
             row[0] for row in query(path, "SELECT name FROM sqlite_master WHERE type = 'index'")
         }
-        assert {"events_request_key", "deliveries_unstarted_body"} <= indexes
+        assert {"events_request_key", "deliveries_unstarted_body", "seen_requests_key"} <= indexes
         assert not {"events_request", "events_body"} & indexes
         assert query(path, "SELECT id, body FROM events") == [(old.id, old.body)]
         assert states(path, old.id) == {"p.h": "pending"}
@@ -258,6 +259,55 @@ class TestUpgradeFromSchema1:
             same_body = incoming(old.body, id="new-2")
             assert await spool.accept(again, ["p.h"]) == Accepted(old.id, True, 0)
             assert await spool.accept(same_body, ["p.h"]) == Accepted(old.id, True, 0)
+        finally:
+            await spool.close()
+        assert event_ids(path) == {old.id}
+
+
+class TestUpgradeFromSchema2:
+    @pytest.fixture
+    async def old(self, path: Path) -> Incoming:
+        """A version-2 spool at ``path`` (today's, less the seen_requests table it lacked)
+        holding one event whose delivery waits."""
+        spool = await Spool.open(path)
+        event = incoming()
+        await spool.accept(event, ["p.h"])
+        await spool.close()
+        with closing(sqlite3.connect(path)) as db:
+            db.executescript(
+                "DROP INDEX IF EXISTS seen_requests_key; DROP TABLE IF EXISTS seen_requests;"
+                " PRAGMA user_version = 2;"
+            )
+        return event
+
+    async def test_the_file_is_upgraded_in_place_and_says_so(self, path: Path, old: Incoming):
+        with capture_logs() as logs:
+            await (await Spool.open(path)).close()
+        assert query(path, "PRAGMA user_version") == [(SCHEMA_VERSION,)] == [(3,)]
+        assert query(path, "SELECT name FROM sqlite_master WHERE tbl_name = 'seen_requests'")
+        assert states(path, old.id) == {"p.h": "pending"}
+        [upgraded] = [line for line in logs if line["event"] == "spool upgraded"]
+        assert (upgraded["schema_from"], upgraded["schema_to"]) == (2, 3)
+
+    async def test_an_unmarked_schema_2_spool_opens_and_is_marked(self, path: Path, old: Incoming):
+        with closing(sqlite3.connect(path)) as db:
+            db.execute("PRAGMA application_id = 0")
+            db.commit()
+        await (await Spool.open(path)).close()
+        assert query(path, "PRAGMA application_id") == [(APPLICATION_ID,)]
+        assert query(path, "PRAGMA user_version") == [(3,)]
+        assert query(path, "SELECT name FROM sqlite_master WHERE tbl_name = 'seen_requests'")
+
+    async def test_a_request_coalesced_after_the_upgrade_is_remembered(
+        self, path: Path, old: Incoming
+    ):
+        spool = await Spool.open(path)
+        try:
+            twin = incoming(old.body, timestamp=old.timestamp + 1)
+            assert await spool.accept(twin, ["p.h"]) == Accepted(old.id, True, 0)
+            await spool.claim(1, {"p.h": 1})
+            replay = incoming(old.body, timestamp=twin.timestamp, signature=twin.signature)
+            assert await spool.accept(replay, ["p.h"]) == Accepted(old.id, True, 0)
         finally:
             await spool.close()
         assert event_ids(path) == {old.id}
@@ -355,6 +405,24 @@ class TestDuplicates:
             original.id, duplicate=True, deliveries=0
         )
         assert event_ids(path) == {original.id}
+
+    async def test_a_coalesced_request_again_is_a_duplicate_once_its_event_has_started(
+        self, spool: Spool, path: Path
+    ):
+        original = incoming()
+        await spool.accept(original, ["a"])
+        twin = incoming(original.body, timestamp=original.timestamp + 5)
+        assert await spool.accept(twin, ["a"]) == Accepted(original.id, True, 0)
+        [claimed] = await spool.claim(1, {"a": 1})
+        await spool.finish(claimed.delivery_id, outcome="ok", seconds=0.1, error=None)
+
+        replay = incoming(original.body, timestamp=twin.timestamp, signature=twin.signature)
+        assert await spool.accept(replay, ["a"]) == Accepted(original.id, True, 0)
+        # Only the request coalesced is recorded beside the events; a replay adds nothing.
+        assert event_ids(path) == {original.id}
+        assert query(path, "SELECT event_id, timestamp, signature FROM seen_requests") == [
+            (original.id, twin.timestamp, twin.signature)
+        ]
 
     @pytest.mark.parametrize("progress", ["running", "done", "retry"])
     async def test_an_identical_body_is_a_new_event_once_a_delivery_has_started(
@@ -796,6 +864,33 @@ class TestPurgeDone:
         assert event_ids(path) == {late.id}
         replay = incoming(late.body, signature=late.signature, timestamp=late.timestamp)
         assert await spool.accept(replay, []) == Accepted(late.id, duplicate=True, deliveries=0)
+
+    async def test_coalesced_requests_are_forgotten_only_once_out_of_the_window(
+        self, spool: Spool, path: Path
+    ):
+        now = time.time()
+        original = incoming(received_at=now - 3600, timestamp=int(now) - 500)
+        await spool.accept(original, ["a"])
+        late, early = (
+            incoming(original.body, timestamp=int(now) - age, received_at=now - 3600)
+            for age in (200, 400)
+        )
+        for twin in (late, early):
+            assert await spool.accept(twin, ["a"]) == Accepted(original.id, True, 0)
+        [claimed] = await spool.claim(1, {"a": 1})
+        await spool.finish(claimed.delivery_id, outcome="ok", seconds=0.1, error=None)
+
+        # The event itself goes (signed 500 s ago); the request signed 200 s ago stays.
+        assert await spool.purge_done(older_than=600, replay_window=300) == 1
+
+        assert event_ids(path) == set()
+        replay = incoming(original.body, timestamp=late.timestamp, signature=late.signature)
+        assert await spool.accept(replay, ["a"]) == Accepted(original.id, True, 0)
+        replay = incoming(original.body, timestamp=early.timestamp, signature=early.signature)
+        assert await spool.accept(replay, ["a"]) == Accepted(replay.id, False, 1)
+        assert query(path, "SELECT timestamp, signature FROM seen_requests") == [
+            (late.timestamp, late.signature)
+        ]
 
     async def test_only_old_events_that_are_finished_are_deleted(self, spool: Spool, path: Path):
         old = time.time() - 3600

@@ -333,6 +333,73 @@ class TestReplayAfterRetention:
             assert daemon.stop() == 0
 
 
+GATED_HANDLER = """
+import asyncio
+import os
+from pathlib import Path
+
+from frameiod import App
+
+app = App()
+
+
+@app.on_webhook("*")
+async def gated(event):
+    # The gate event holds the only worker until the test opens the gate: what arrives
+    # meanwhile waits with no delivery started.
+    if event.type == "file.created":
+        gate = Path(os.environ["FRAMEIOD_TEST_GATE"])
+        while not gate.exists():
+            await asyncio.sleep(0.01)
+"""
+
+
+def _states(spool: Path) -> list[tuple[str, str]]:
+    """Every delivery in the spool file as (event id, state), as another reader sees it."""
+    with closing(sqlite3.connect(spool)) as db:
+        return sorted(db.execute("SELECT event_id, state FROM deliveries"))
+
+
+class TestReplayOfACoalescedRequest:
+    def test_a_coalesced_request_replayed_after_its_event_ran_is_a_duplicate(self, tmp_path: Path):
+        gate = tmp_path / "gate"
+        env = {
+            **install_plugin(tmp_path / "site", "gated", GATED_HANDLER),
+            "FRAMEIOD_TEST_GATE": str(gate),
+        }
+        spool = tmp_path / "spool.db"
+        config = _config(tmp_path, spool, extra="[dispatch]\nworkers = 1")
+        daemon = DaemonProcess(config, env=env, plugins="gated")
+        try:
+            gated = event_body("file.created")
+            blocker = _post(daemon, gated, sign_headers(gated))
+            assert blocker.status_code == 202, blocker.text
+            wait_until(lambda: _states(spool) == [(blocker.json()["id"], "running")])
+            body = event_body()
+            now = int(time.time())
+            first = _post(daemon, body, sign_headers(body, timestamp=now - 1))
+            assert first.status_code == 202, first.text
+            # The same body signed again: its event has not started, so it is coalesced.
+            coalesced = sign_headers(body, timestamp=now)
+            joined = _post(daemon, body, coalesced)
+            assert joined.status_code == 200, joined.text
+            assert joined.json() == {"status": "duplicate", "id": first.json()["id"]}
+            gate.touch()
+            daemon.wait_for("handler finished", event_id=first.json()["id"])
+
+            replay = _post(daemon, body, coalesced)
+
+            assert replay.status_code == 200, replay.text
+            assert replay.json() == {"status": "duplicate", "id": first.json()["id"]}
+            # No event was added for the replay, so no handler runs again.
+            assert _states(spool) == sorted(
+                [(blocker.json()["id"], "done"), (first.json()["id"], "done")]
+            )
+        finally:
+            assert daemon.stop() == 0
+        assert len(daemon.logs("handler finished")) == 2
+
+
 def wait_for_gauge(daemon: DaemonProcess, state: str, value: float, timeout: float = 15) -> None:
     """Wait until ``frameiod_spool_deliveries{state}`` reads ``value`` (refreshed every 5 s)."""
     wait_until(lambda: _gauge(daemon, state) == value, timeout)
