@@ -6,7 +6,7 @@ CONFIG ?= config.toml
 PLUGIN_DIRS := $(patsubst %/pyproject.toml,%,$(wildcard plugins/*/pyproject.toml))
 PLUGIN_ARGS := $(foreach dir,$(PLUGIN_DIRS),-e ./$(dir))
 
-.PHONY: run test lint fix bench clean system-deps
+.PHONY: run test test-lowest test-pythons lint fix bench clean system-deps
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
@@ -43,6 +43,45 @@ system-deps:
 test: lint system-deps
 	$(BIN)/pytest -n auto --dist loadfile
 
+# The other environments CI proves, each a venv of its own installed by uv (pip cannot
+# resolve to the lowest versions allowed). pyenv's interpreters are looked for first.
+PYENV_ROOT ?= $(HOME)/.pyenv
+# A shell snippet setting $$python to the interpreter of Python $$version, or to nothing.
+FIND_PYTHON = python="$$(ls $(PYENV_ROOT)/versions/$$version.*/bin/python$$version 2>/dev/null \
+	| head -n 1)"; python="$${python:-$$(command -v python$$version)}"
+UV := $(VENV)/bin/uv
+LOWEST_PYTHON := 3.11
+# Every Python that requires-python claims, beside the one `make test` runs on.
+EXTRA_PYTHONS := 3.12 3.13
+
+$(UV): $(VENV)/.test-installed
+	$(BIN)/python -m pip install --quiet uv
+	@touch $@
+
+# Every lower bound in pyproject.toml (frameiod's and the example plugins') holds: the suite
+# on the lowest versions they allow, on the lowest Python they allow.
+test-lowest: $(UV) system-deps
+	@version=$(LOWEST_PYTHON); $(FIND_PYTHON); \
+	[ -n "$$python" ] || { echo "test-lowest: no python$(LOWEST_PYTHON) on this machine"; exit 1; }; \
+	rm -rf $(VENV)-lowest && $(UV) venv --quiet --python "$$python" $(VENV)-lowest \
+	&& $(UV) pip install --quiet --python $(VENV)-lowest/bin/python --resolution lowest-direct \
+		-e '.[test,redis]' $(PLUGIN_ARGS) \
+	&& $(UV) pip list --python $(VENV)-lowest/bin/python \
+	&& $(VENV)-lowest/bin/pytest -n auto --dist loadfile
+
+# The suite on each of EXTRA_PYTHONS with the newest dependencies; one missing from this
+# machine is skipped with a line saying so.
+test-pythons: $(UV) system-deps
+	@status=0; for version in $(EXTRA_PYTHONS); do \
+		$(FIND_PYTHON); \
+		if [ -z "$$python" ]; then echo "test-pythons: skipped Python $$version (not installed)"; continue; fi; \
+		echo "test-pythons: Python $$version ($$python)"; \
+		rm -rf $(VENV)-$$version && $(UV) venv --quiet --python "$$python" $(VENV)-$$version \
+		&& $(UV) pip install --quiet --python $(VENV)-$$version/bin/python \
+			-e '.[test,redis]' $(PLUGIN_ARGS) \
+		&& $(VENV)-$$version/bin/pytest -n auto --dist loadfile || status=1; \
+	done; exit $$status
+
 # Load tests need wrk (and taskset, from util-linux, to pin server and load to separate cores).
 bench: $(VENV)/.run-installed
 	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
@@ -55,4 +94,4 @@ fix: $(VENV)/.test-installed
 	$(BIN)/ruff format .
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(VENV)-lowest $(foreach v,$(EXTRA_PYTHONS),$(VENV)-$(v)) .pytest_cache .ruff_cache .hypothesis

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from frameiod.config import Config, parse_duration
+from frameiod.terminal import printable, say
 
 __all__ = [
     "QueueError",
@@ -274,27 +275,31 @@ def _print_stats(data: dict[str, Any]) -> None:
     age = data["oldest_pending_seconds"]
     print(f"oldest due pending  {'-' if age is None else f'{age:.1f}s'}")
     for handler, counts in data["handlers"].items():
-        print(f"  {handler}: " + ", ".join(f"{s} {counts[s]}" for s in STATES if counts[s]))
+        say(f"  {handler}: " + ", ".join(f"{s} {counts[s]}" for s in STATES if counts[s]))
 
 
 def _print_list(rows: list[dict[str, Any]]) -> None:
     if not rows:
         print("no deliveries")
         return
+    # Escaped before they are cut and padded: an event's type and a handler's error are
+    # written by whoever sent the event or raised the error.
+    ids = [printable(row["id"]) for row in rows]
     # Redis's delivery ids ("<event id> <handler>") are wider than SQLite's numbers.
-    width = max(8, *(len(str(row["id"])) for row in rows))
+    width = max(8, *(len(delivery) for delivery in ids))
     print(
         f"{'DELIVERY':>{width}}  {'EVENT':36}  {'TYPE':22}  {'HANDLER':28}  {'STATE':7}  TRIES  "
         "NEXT / LAST ERROR"
     )
-    for row in rows:
+    for delivery, row in zip(ids, rows, strict=True):
         if row["state"] in ("dead", "done"):
-            tail = row["last_error"] or ""
+            tail = printable(row["last_error"] or "")
         else:
             tail = _when(row["next_attempt_at"])
+        event, kind, handler = (printable(row[key]) for key in ("event_id", "type", "handler"))
         print(
-            f"{row['id']:>{width}}  {row['event_id']:36}  {row['type'][:22]:22}  "
-            f"{row['handler'][:28]:28}  {row['state']:7}  {row['attempts']:>5}  {tail[:60]}"
+            f"{delivery:>{width}}  {event:36}  {kind[:22]:22}  "
+            f"{handler[:28]:28}  {row['state']:7}  {row['attempts']:>5}  {tail[:60]}"
         )
 
 
@@ -303,7 +308,7 @@ def run_queue(args: argparse.Namespace, config: Config) -> int:
     try:
         store = open_queue(config)
     except QueueError as exc:
-        print(exc, file=sys.stderr)
+        say(str(exc), file=sys.stderr)
         return 1
     try:
         with closing(store):
@@ -316,7 +321,7 @@ def run_queue(args: argparse.Namespace, config: Config) -> int:
             elif args.queue_command == "show":
                 data = store.show(args.id)
                 if data is None:
-                    print(f"no event {args.id} in {store.where}", file=sys.stderr)
+                    say(f"no event {args.id} in {store.where}", file=sys.stderr)
                     return 1
                 printer = lambda d: print(json.dumps(d, indent=2))  # noqa: E731
             elif args.queue_command == "replay":
@@ -329,7 +334,7 @@ def run_queue(args: argparse.Namespace, config: Config) -> int:
                 data = {"purged": store.purge_dead(args.older_than)}
                 printer = lambda d: print(f"purged {d['purged']} dead deliveries")  # noqa: E731
     except QueueError as exc:
-        print(exc, file=sys.stderr)
+        say(str(exc), file=sys.stderr)
         return 1
     if args.json:
         print(json.dumps(data, indent=2))

@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
+import importlib.metadata
 import ipaddress
 import json
+import re
 import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from frameiod import __version__
 from frameiod.admin import add_queue_commands, run_queue
@@ -19,6 +23,7 @@ from frameiod.events import EVENT_TYPES, closest_event_type, example_action, exa
 from frameiod.plugins import PluginHost
 from frameiod.registration import add_registration_commands, run_registration
 from frameiod.signature import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
+from frameiod.terminal import printable, say
 
 __all__ = ["main"]
 
@@ -27,7 +32,7 @@ EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 
 def _report(error: ConfigError) -> None:
     for problem in error.problems:
-        print(problem, file=sys.stderr)
+        say(problem, file=sys.stderr)
 
 
 def _load(args: argparse.Namespace) -> Config | None:
@@ -48,7 +53,7 @@ def _plugins(config: Config) -> PluginHost | None:
         _report(exc)
         return None
     for warning in warnings:
-        print(f"warning: {warning}", file=sys.stderr)
+        say(f"warning: {warning}", file=sys.stderr)
     try:
         host.routes()  # two plugins answering one custom action
     except ConfigError as exc:
@@ -86,27 +91,25 @@ def _cmd_check(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     config, plugins = loaded
     server = config.server
-    print(f"{config.path}: ok")
-    print(f"  listen  {server.host}:{server.port} (bodies up to {server.max_body_bytes} bytes)")
+    say(f"{config.path}: ok")
+    say(f"  listen  {server.host}:{server.port} (bodies up to {server.max_body_bytes} bytes)")
     for name, source in sorted(config.sources.items()):
         refs = ", ".join(secret.reference for secret in source.secrets)
         count = len(source.secrets)
-        print(
+        say(
             f"  source  {name}: POST /webhooks/{name}, {count} secret{'s' * (count != 1)} "
             f"({refs}), tolerance {format_duration(source.tolerance)}"
         )
     spool = config.spool
     if spool.backend == "redis":
         # The reference, not the URL: it may carry a password.
-        print(f"  spool   redis ({spool.redis_url.reference}), keys {spool.stream_prefix}:*")
+        say(f"  spool   redis ({spool.redis_url.reference}), keys {spool.stream_prefix}:*")
     else:
         where = config.resolve_path(spool.path)
-        print(f"  spool   sqlite {where} (synchronous {spool.synchronous})")
-    print(f"  log     {config.log.level}, {config.log.format}")
+        say(f"  spool   sqlite {where} (synchronous {spool.synchronous})")
+    say(f"  log     {config.log.level}, {config.log.format}")
     for info in plugins.plugins.values():
-        print(
-            f"  plugin  {info.name}: {info.status}" + (f" ({info.reason})" if info.reason else "")
-        )
+        say(f"  plugin  {info.name}: {info.status}" + (f" ({info.reason})" if info.reason else ""))
     failed = [info.name for info in plugins.plugins.values() if info.status == "failed"]
     return EXIT_FAILED if failed else EXIT_OK
 
@@ -118,9 +121,8 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
     infos = list(loaded[1].plugins.values())
     if args.requirements:
         # Only distributions: in-process plugins have nothing to pin.
-        print(
-            "\n".join(sorted({f"{i.distribution}=={i.version}" for i in infos if i.distribution}))
-        )
+        for pin in sorted({f"{i.distribution}=={i.version}" for i in infos if i.distribution}):
+            say(pin)
     elif args.json:
         print(json.dumps([info.describe() for info in infos], indent=2))
     elif not infos:
@@ -128,14 +130,14 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
     else:
         for info in infos:
             origin = f"{info.distribution} {info.version}" if info.distribution else "in-process"
-            print(f"{info.name}  [{info.status}]  {origin}")
+            say(f"{info.name}  [{info.status}]  {origin}")
             if info.reason:
-                print(f"  {info.reason}")
+                say(f"  {info.reason}")
             for handler in info.handlers:
                 types = ", ".join(handler.event_types)
-                print(f"  handler {handler.name}: {types} (source {handler.source})")
+                say(f"  handler {handler.name}: {types} (source {handler.source})")
             for action in info.actions:
-                print(f"  action  {action.action}: {action.name} (source {action.source})")
+                say(f"  action  {action.action}: {action.name} (source {action.source})")
     return EXIT_OK
 
 
@@ -153,16 +155,99 @@ def _cmd_registration(args: argparse.Namespace) -> int:
     return run_registration(args, config, _plugins)
 
 
+# What `frameiod install` hands to pip: a requirement (a name, extras, version bounds), a
+# path or a URL. Anything else, pip's own options above all, is refused: it runs as root.
+_REQUIREMENT = re.compile(
+    r"(?P<name>[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?)"
+    r"(?:\[[A-Za-z0-9._-]+(?: *, *[A-Za-z0-9._-]+)*\])?"
+    r"(?: *(?:===|==|!=|~=|<=|>=|<|>) *[A-Za-z0-9.*+!_-]+"
+    r"(?: *, *(?:===|==|!=|~=|<=|>=|<|>) *[A-Za-z0-9.*+!_-]+)*)?"
+)
+_URL = re.compile(r"(?:https?|file|(?:git|hg|svn|bzr)\+[a-z]+)://[^\s]+")
+_PIP_OPTIONS = "-e, -U and -r"
+
+
+def _distribution(name: str) -> str:
+    """A distribution name as pip compares them (PEP 503)."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _is_path_or_url(text: str) -> bool:
+    if _URL.fullmatch(text):
+        return True
+    return text.isprintable() and not text.startswith("-") and ("/" in text or text[:1] == ".")
+
+
+def _install_refusal(args: argparse.Namespace) -> str | None:
+    """Why ``frameiod install`` must not run pip with these arguments, or None."""
+    for name in args.names:
+        if not (_REQUIREMENT.fullmatch(name) or _is_path_or_url(name)):
+            return f"refused {name!r}: give package names, paths or URLs"
+    for path in args.editable:
+        if not _is_path_or_url(path):
+            return f"refused -e {path!r}: -e takes a path or a URL"
+    for path in args.requirement:
+        if not _is_path_or_url(path) and not Path(path).is_file():
+            return f"refused -r {path!r}: -r takes a requirements file"
+    if not (args.names or args.editable or args.requirement):
+        return "name what to install: package names, paths, URLs, -e PATH or -r FILE"
+    return None
+
+
+def _needed_by_frameiod() -> dict[str, list[str]]:
+    """Every distribution frameiod needs, transitively, as the installed metadata declares
+    it (extras included: uninstalling one breaks whoever chose it): name → the chain of
+    requirements that leads from frameiod to it."""
+    chains = {"frameiod": ["frameiod"]}
+    todo = collections.deque(["frameiod"])  # breadth first: each chain is a shortest one
+    while todo:
+        name = todo.popleft()
+        try:
+            requires = importlib.metadata.requires(name) or []
+        except importlib.metadata.PackageNotFoundError:
+            continue  # an optional extra that is not installed
+        for requirement in requires:
+            match = _REQUIREMENT.match(requirement)
+            needed = _distribution(match["name"]) if match else None
+            if needed is not None and needed not in chains:
+                chains[needed] = [*chains[name], needed]
+                todo.append(needed)
+    return chains
+
+
+def _uninstall_refusal(args: argparse.Namespace) -> str | None:
+    """Why ``frameiod uninstall`` must not run pip with these names, or None."""
+    needed = _needed_by_frameiod()
+    for name in args.names:
+        match = _REQUIREMENT.fullmatch(name)
+        if match is None:
+            return f"refused {name!r}: give the names of installed plugin packages"
+        chain = needed.get(_distribution(match["name"]))
+        if chain == ["frameiod"]:
+            return "refused frameiod: frameiod uninstall removes plugins, not frameiod itself"
+        if chain is not None:
+            return (
+                f"refused {name}: frameiod needs it ({' -> '.join(chain)}); "
+                "frameiod uninstall removes plugins"
+            )
+    return None
+
+
 def _cmd_pip(args: argparse.Namespace) -> int:
-    command = [
-        sys.executable,
-        "-m",
-        "pip",
-        args.command,
-        *(["-y"] if args.command == "uninstall" else []),
-        *args.names,
-    ]
-    print("$ " + " ".join(command), flush=True)
+    refusal = _install_refusal(args) if args.command == "install" else _uninstall_refusal(args)
+    if refusal is not None:
+        print(f"frameiod {args.command}: {printable(refusal)}", file=sys.stderr)
+        return EXIT_CONFIG
+    if args.command == "install":
+        options = [
+            *(["--upgrade"] if args.upgrade else []),
+            *(f"--requirement={path}" for path in args.requirement),
+            *(f"--editable={path}" for path in args.editable),
+        ]
+    else:
+        options = ["-y"]
+    command = [sys.executable, "-m", "pip", args.command, *options, *args.names]
+    print("$ " + printable(" ".join(command)), flush=True)
     if subprocess.run(command, check=False).returncode != 0:  # noqa: S603 - our own interpreter
         print(f"pip {args.command} failed; nothing else was changed", file=sys.stderr)
         return EXIT_FAILED
@@ -309,19 +394,43 @@ def _parser() -> argparse.ArgumentParser:
     for group in add_registration_commands(commands, common):
         group.set_defaults(func=_cmd_registration)
 
-    for verb, what in (
-        ("install", "install plugins into frameiod's own environment"),
-        ("uninstall", "remove plugins from frameiod's own environment"),
-    ):
-        pip = commands.add_parser(verb, parents=[common], help=what)
-        pip.add_argument("names", nargs="+", metavar="NAME", help="a pip requirement or path")
-        pip.set_defaults(func=_cmd_pip)
+    install = commands.add_parser(
+        "install", parents=[common], help="install plugins into frameiod's own environment"
+    )
+    install.add_argument(
+        "names", nargs="*", metavar="NAME", help="a package name (with version bounds), path or URL"
+    )
+    install.add_argument(
+        "-e", dest="editable", action="append", default=[], metavar="PATH", help="editable"
+    )
+    install.add_argument("-U", dest="upgrade", action="store_true", help="upgrade")
+    install.add_argument(
+        "-r", dest="requirement", action="append", default=[], metavar="FILE", help="from a file"
+    )
+    install.set_defaults(func=_cmd_pip)
+    uninstall = commands.add_parser(
+        "uninstall", parents=[common], help="remove plugins from frameiod's own environment"
+    )
+    uninstall.add_argument("names", nargs="+", metavar="NAME", help="a plugin's package name")
+    uninstall.set_defaults(func=_cmd_pip)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``frameiod`` command; returns the exit status."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        if getattr(args, "func", None) is _cmd_pip:
+            # pip's other options (--index-url, --target, ...) are not passed through.
+            refused = printable(" ".join(unknown))
+            options = _PIP_OPTIONS if args.command == "install" else "no options"
+            print(
+                f"frameiod {args.command}: refused {refused}: it takes {options}",
+                file=sys.stderr,
+            )
+            return EXIT_CONFIG
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     if args.func is not _cmd_run:
         from frameiod.logs import configure_logging
 

@@ -8,11 +8,13 @@ while loading (``frameiod check`` proves they resolve) and never printed.
 from __future__ import annotations
 
 import difflib
+import errno
 import importlib.util
 import ipaddress
 import json
 import os
 import re
+import stat
 import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -143,9 +145,45 @@ class _ResolveContext:
     environ: Mapping[str, str]
 
 
+# A secret is a few hundred bytes at most; anything larger is a wrong path (a log, a disk
+# image, /dev/zero), refused before it is read into memory.
+SECRET_FILE_LIMIT = 64 * 1024
+
+_FILE_KINDS = {
+    stat.S_IFIFO: "a named pipe",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFSOCK: "a socket",
+}
+
+
+def _read_small_file(path: Path, limit: int) -> bytes:
+    """The bytes of a regular file of at most ``limit`` bytes.
+
+    Raises OSError when it cannot be opened, ValueError naming what is wrong when it is not
+    a regular file or is larger. O_NONBLOCK makes opening a named pipe return at once
+    instead of waiting for a writer; fstat on the open file then refuses it (and a device)
+    before anything is read.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb", buffering=0) as file:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):  # said as reading one would say it
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR))
+        if not stat.S_ISREG(mode):
+            kind = _FILE_KINDS.get(stat.S_IFMT(mode), "not a regular file")
+            raise ValueError(f"is {kind}, not a regular file")
+        # One byte over the limit tells a file that grew after fstat from one that fits.
+        data = file.read(limit + 1)
+    if len(data) > limit:
+        raise ValueError(f"is larger than {limit // 1024} KiB; a secret file holds one secret")
+    return data
+
+
 def _read_secret_file(path: Path, ref: str) -> str:
     try:
-        text = path.read_text(encoding="utf-8")
+        data = _read_small_file(path, SECRET_FILE_LIMIT)
+        text = data.decode("utf-8")
     except OSError as exc:
         raise PydanticCustomError(
             "secret",
@@ -155,6 +193,12 @@ def _read_secret_file(path: Path, ref: str) -> str:
     except UnicodeDecodeError:
         raise PydanticCustomError(
             "secret", "{ref} ({path}) is not UTF-8 text", {"ref": ref, "path": str(path)}
+        ) from None
+    except ValueError as exc:
+        raise PydanticCustomError(
+            "secret",
+            "cannot read {ref} ({path}): it {why}",
+            {"ref": ref, "path": str(path.absolute()), "why": str(exc)},
         ) from None
     # Files written by editors and `echo` end in a newline that is not part of the secret.
     return text.rstrip("\r\n")

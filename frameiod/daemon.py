@@ -10,6 +10,7 @@ import asyncio
 import functools
 import gc
 import signal
+import ssl
 
 from aiohttp import web
 
@@ -51,6 +52,7 @@ class Daemon:
         self._tasks: list[asyncio.Task[None]] = []
         self._tls: ServedTls | None = None
         self._observers: set[asyncio.Task[None]] = set()
+        self._reloading = asyncio.Lock()
 
     @property
     def port(self) -> int:
@@ -240,23 +242,36 @@ class Daemon:
             f"{len(self.plugins.loaded)} plugin(s)"
         )
 
-    def reload(self) -> bool:
+    async def reload(self) -> bool:
         """Re-read the config file and apply it (SIGHUP); False if it was refused.
 
         New secrets, tolerances, rate limits, log settings and the set of sources take
         effect together; anything wrong keeps the old configuration fully in force.
-        Settings that need a restart are named in a warning.
+        Settings that need a restart are named in a warning. Reloads run one at a time, in
+        the order they were asked for.
         """
+        async with self._reloading:
+            return await self._reload()
+
+    def _read_config(self) -> tuple[Config, ssl.SSLContext | None]:
+        """Load the config file, check it against the sockets bound, validate the plugins'
+        tables, and load renewed certificates: every file a reload reads (secrets too) is
+        read here, off the event loop. Raises `ConfigError`."""
+        new = load_config(self.config.path)
+        # load_config judged the file's server.host; the sockets keep the old one.
+        self._check_dev_secret(new)
+        self.plugins.configure(new, apply=False)
+        # Certificates renewed on disk: loaded apart, served only if all of this passes.
+        # (HTTPS switched off waits for a restart: the old certificate stays.)
+        renewed = tls_context(new) if self._tls is not None else None
+        return new, renewed
+
+    async def _reload(self) -> bool:
         assert self.app is not None, "not started"
         state = self.app[STATE]
         try:
-            new = load_config(self.config.path)
-            # load_config judged the file's server.host; the sockets keep the old one.
-            self._check_dev_secret(new)
-            self.plugins.configure(new, apply=False)
-            # Certificates renewed on disk: loaded apart, served only if all of this passes.
-            # (HTTPS switched off waits for a restart: the old certificate stays.)
-            renewed = tls_context(new) if self._tls is not None else None
+            # In a thread: a slow disk or an odd file must not stop the loop serving requests.
+            new, renewed = await asyncio.to_thread(self._read_config)
         except ConfigError as exc:
             self.metrics.config_reloads.labels(outcome="error").inc()
             for problem in exc.problems:
@@ -357,14 +372,21 @@ async def serve(config: Config, plugins: PluginHost | None = None) -> int:
         loop.add_signal_handler(signum, stop.set)
     daemon = Daemon(config, plugins)
 
-    def reload() -> None:
+    reloads: set[asyncio.Task[None]] = set()
+
+    async def reload() -> None:
+        systemd.reloading()
+        await daemon.reload()
+        systemd.ready(daemon.summary())
+
+    def on_sighup() -> None:
         # Ignored until started: the operator's `systemctl reload` must never kill it.
         if daemon.app is not None:
-            systemd.reloading()
-            daemon.reload()
-            systemd.ready(daemon.summary())
+            task = asyncio.create_task(reload(), name="frameiod-reload")
+            reloads.add(task)  # the loop keeps only a weak reference to a task
+            task.add_done_callback(reloads.discard)
 
-    loop.add_signal_handler(signal.SIGHUP, reload)
+    loop.add_signal_handler(signal.SIGHUP, on_sighup)
     try:
         await daemon.start()
     except SpoolError as exc:
@@ -389,6 +411,9 @@ async def serve(config: Config, plugins: PluginHost | None = None) -> int:
     await stop.wait()
     systemd.stopping()
     watchdog.cancel()
+    for task in reloads:  # a reload that has not applied yet is of no use to a stopping daemon
+        task.cancel()
+    await asyncio.gather(*reloads, return_exceptions=True)
     await daemon.stop()
     return 0
 

@@ -38,6 +38,28 @@ SAMPLE_EVENT: dict[str, Any] = {
     "user": {"id": "eeeeeeee-0000-0000-0000-000000000005"},
 }
 
+# What a sender can put in a signed event's type, and a handler in its error: an escape that
+# recolours the terminal and a line break that forges a row of a table. Then the same as an
+# operator's command must print them.
+HOSTILE_TYPE, HOSTILE_TYPE_SHOWN = "a\x1b[31m\r\nB", "a\\x1b[31m\\r\\nB"
+HOSTILE_ERROR, HOSTILE_ERROR_SHOWN = "boom\x1b[2J\r\nFORGED", "boom\\x1b[2J\\r\\nFORGED"
+HOSTILE_HANDLER, HOSTILE_HANDLER_SHOWN = "h:\x1b[1m", "h:\\x1b[1m"
+
+
+def assert_escaped_listing(listing: str, stats: str, event_id: str) -> None:
+    """``frameiod queue list`` and ``stats`` output for a spool holding one dead delivery of
+    HOSTILE_TYPE to HOSTILE_HANDLER that failed with HOSTILE_ERROR: every hostile character
+    shown escaped, nothing a terminal would act on, no forged row."""
+    for output in (listing, stats):
+        assert not any(char in output for char in "\x1b\r"), repr(output)
+    header, row = listing.splitlines()
+    assert header.split()[:3] == ["DELIVERY", "EVENT", "TYPE"]
+    assert event_id in row
+    assert f"  {HOSTILE_TYPE_SHOWN}  " in row
+    assert f"  {HOSTILE_HANDLER_SHOWN}  " in row
+    assert row.endswith(f"  {HOSTILE_ERROR_SHOWN}")
+    assert f"  {HOSTILE_HANDLER_SHOWN}: dead 1" in stats.splitlines()
+
 
 def event_body(event_type: str = "file.ready", **overrides: Any) -> bytes:
     """A Frame.io-shaped webhook body as raw bytes."""

@@ -154,6 +154,39 @@ secrets = ["{SECRET}"]
             result.stderr
         )
 
+    @pytest.mark.parametrize(
+        ("reference", "why"),
+        [
+            ("file:/dev/zero", "(/dev/zero): it is a character device, not a regular file"),
+            ("file:big.secret", "({folder}/big.secret): it is larger than 64 KiB"),
+        ],
+    )
+    def test_a_secret_file_that_is_no_secret_is_one_line_naming_the_key(
+        self, tmp_path: Path, reference: str, why: str
+    ):
+        (tmp_path / "big.secret").write_text("x" * (65 * 1024))
+        path = write_config(tmp_path, f'[sources.default]\nsecrets = ["{reference}"]\n')
+        result = run_cli("check", "--config", str(path))
+        assert result.returncode == 2
+        assert "Traceback" not in result.stderr
+        [line] = result.stderr.splitlines()
+        assert line.startswith(
+            f'{path}: sources.default.secrets[0]: cannot read "{reference}" '
+            + why.format(folder=tmp_path)
+        )
+
+    def test_what_it_prints_from_the_config_is_escaped(self, tmp_path: Path):
+        """A secret's file name is printed (never its value): a terminal escape or a line
+        break in it shows as an escape, not as colour or a forged line."""
+        (tmp_path / "web\x1b[31mhook\n.secret").write_text(SECRET)
+        path = write_config(
+            tmp_path, '[sources.default]\nsecrets = ["file:web\\u001b[31mhook\\n.secret"]\n'
+        )
+        result = run_cli("check", "--config", str(path))
+        assert result.returncode == 0, result.stderr
+        assert "\x1b" not in result.stdout
+        assert "(file:web\\x1b[31mhook\\n.secret), tolerance 5m\n" in result.stdout
+
 
 class TestRun:
     def test_send_gets_202_and_the_daemon_logs_the_event(self, daemon: DaemonProcess):

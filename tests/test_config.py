@@ -7,7 +7,9 @@ and what was found. Every test passes ``environ`` explicitly so the real environ
 
 from __future__ import annotations
 
+import os
 import textwrap
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -546,6 +548,77 @@ class TestFileSecrets:
 
         assert problems_of(path) == [
             f'{path}: sources.default.secrets[0]: the secret from "file:webhook.secret" is empty'
+        ]
+
+
+class TestSecretFilesThatAreNotSecrets:
+    """Only a regular file of at most 64 KiB is read as a secret: anything else is refused
+    at once, naming the key, before a byte is read."""
+
+    def _load_without_waiting(self, path: Path, fifo: Path | None = None) -> list[str]:
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            future = pool.submit(problems_of, path)
+            try:
+                return future.result(timeout=5)
+            finally:
+                if fifo is not None and not future.done():
+                    # Release a reader stuck on the pipe so the test ends (it has failed).
+                    os.close(os.open(fifo, os.O_WRONLY))
+
+    def test_named_pipe_is_refused_without_waiting_for_a_writer(self, tmp_path: Path) -> None:
+        fifo = tmp_path / "webhook.secret"
+        os.mkfifo(fifo)
+        path = write_config(tmp_path, '[sources.default]\nsecrets = ["file:webhook.secret"]\n')
+
+        assert self._load_without_waiting(path, fifo) == [
+            f'{path}: sources.default.secrets[0]: cannot read "file:webhook.secret" '
+            f"({fifo}): it is a named pipe, not a regular file"
+        ]
+
+    def test_a_device_is_refused(self, tmp_path: Path) -> None:
+        path = write_config(tmp_path, '[sources.default]\nsecrets = ["file:/dev/zero"]\n')
+
+        assert self._load_without_waiting(path) == [
+            f'{path}: sources.default.secrets[0]: cannot read "file:/dev/zero" '
+            "(/dev/zero): it is a character device, not a regular file"
+        ]
+
+    def test_a_file_over_64_kib_is_refused(self, tmp_path: Path) -> None:
+        (tmp_path / "webhook.secret").write_text("x" * (65 * 1024))
+        path = write_config(tmp_path, '[sources.default]\nsecrets = ["file:webhook.secret"]\n')
+
+        assert problems_of(path) == [
+            f'{path}: sources.default.secrets[0]: cannot read "file:webhook.secret" '
+            f"({tmp_path / 'webhook.secret'}): it is larger than 64 KiB; "
+            "a secret file holds one secret"
+        ]
+
+    def test_a_file_of_exactly_64_kib_is_read(self, tmp_path: Path) -> None:
+        (tmp_path / "webhook.secret").write_text("x" * (64 * 1024))
+        path = write_config(tmp_path, '[sources.default]\nsecrets = ["file:webhook.secret"]\n')
+
+        assert load_config(path, environ={}).sources["default"].secret_values() == [
+            "x" * (64 * 1024)
+        ]
+
+    def test_a_credential_is_read_the_same_way(self, tmp_path: Path) -> None:
+        (tmp_path / "creds").mkdir()
+        os.mkfifo(tmp_path / "creds" / "webhook")
+        path = write_config(tmp_path, '[sources.default]\nsecrets = ["credential:webhook"]\n')
+
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            future = pool.submit(
+                problems_of, path, {"CREDENTIALS_DIRECTORY": str(tmp_path / "creds")}
+            )
+            try:
+                problems = future.result(timeout=5)
+            finally:
+                if not future.done():
+                    os.close(os.open(tmp_path / "creds" / "webhook", os.O_WRONLY))
+
+        assert problems == [
+            f'{path}: sources.default.secrets[0]: cannot read "credential:webhook" '
+            f"({tmp_path / 'creds' / 'webhook'}): it is a named pipe, not a regular file"
         ]
 
 

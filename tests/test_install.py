@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import SECRET, DaemonProcess, wait_until, write_config
+from support import SECRET, DaemonProcess, run_cli, wait_until, write_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -246,3 +246,97 @@ path = "events.jsonl"
         subprocess.run(
             [python, "-m", "pip", "uninstall", "-y", "--quiet", "frameiod-broken"], check=True
         )
+
+
+@pytest.fixture
+def fake_pip(tmp_path: Path) -> tuple[dict[str, str], Path]:
+    """A stand-in for ``python -m pip`` that records its arguments and changes nothing: the
+    environment that puts it first, and the file it writes. (A refusal that regressed must
+    not uninstall the suite's own packages.)"""
+    site = tmp_path / "fake-site"
+    (site / "pip").mkdir(parents=True)
+    record = tmp_path / "pip-argv.json"
+    (site / "pip" / "__init__.py").write_text("")
+    (site / "pip" / "__main__.py").write_text(
+        f"import json, sys\nopen({str(record)!r}, 'w').write(json.dumps(sys.argv[1:]))\n"
+    )
+    return {"PYTHONPATH": str(site)}, record
+
+
+class TestWhatIsPassedToPip:
+    """`frameiod install` and `uninstall` run pip as whoever runs frameiod (often root): they
+    pass on package names, paths, URLs and -e, -U, -r only, and never remove frameiod or
+    what it needs. Each refusal is one line, exit status 2, and pip never runs."""
+
+    @pytest.mark.parametrize(
+        ("argv", "refused"),
+        [
+            (
+                ["install", "--index-url", "http://127.0.0.1:9/simple", "frameiod-x"],
+                "refused --index-url: it takes -e, -U and -r",
+            ),
+            (["install", "--target=/tmp/x", "frameiod-x"], "refused --target=/tmp/x: it takes"),
+            (["install", "--", "--pre", "frameiod-x"], "refused '--pre': give package names"),
+            (["install", "frameiod-x; os_name == 'posix'"], 'refused "frameiod-x; os_name'),
+            (["install", "-e", "frameiod-x"], "refused -e 'frameiod-x': -e takes a path or a URL"),
+            (
+                ["install", "-r", "no-such-file"],
+                "refused -r 'no-such-file': -r takes a requirements",
+            ),
+            (["install"], "name what to install"),
+            (["uninstall", "-r", "plugins.txt"], "refused -r: it takes no options"),
+            (["uninstall", "frameiod"], "refused frameiod: frameiod uninstall removes plugins"),
+            (["uninstall", "pydantic==2.12"], "refused pydantic==2.12: frameiod needs it"),
+            (
+                ["uninstall", "Pydantic_Core"],
+                "refused Pydantic_Core: frameiod needs it (frameiod -> pydantic -> pydantic-core)",
+            ),
+        ],
+    )
+    def test_a_refusal_is_one_line_and_runs_no_pip(
+        self, argv: list[str], refused: str, fake_pip: tuple[dict[str, str], Path]
+    ):
+        env, record = fake_pip
+        result = run_cli(*argv, env=env)
+        assert result.returncode == 2
+        assert result.stdout == ""
+        [line] = result.stderr.splitlines()
+        assert line.startswith(f"frameiod {argv[0]}: {refused}"), line
+        assert not record.exists()
+
+    def test_names_paths_urls_and_the_three_options_reach_pip(
+        self, tmp_path: Path, fake_pip: tuple[dict[str, str], Path]
+    ):
+        env, record = fake_pip
+        (tmp_path / "plugins.txt").write_text("frameiod-x\n")
+        result = run_cli(
+            "install",
+            "-U",
+            "-r",
+            "plugins.txt",
+            "-e",
+            "./plugin-checkout",
+            "frameiod-x[extra]>=1.0,<2",
+            "./dist/frameiod_x-1.0-py3-none-any.whl",
+            "https://127.0.0.1:9/frameiod_x-1.0.tar.gz",
+            cwd=tmp_path,
+            env=env,
+        )
+        assert result.returncode == 0, result.stderr
+        assert json.loads(record.read_text()) == [
+            "install",
+            "--upgrade",
+            "--requirement=plugins.txt",
+            "--editable=./plugin-checkout",
+            "frameiod-x[extra]>=1.0,<2",
+            "./dist/frameiod_x-1.0-py3-none-any.whl",
+            "https://127.0.0.1:9/frameiod_x-1.0.tar.gz",
+        ]
+
+    def test_a_plugin_is_uninstalled_without_a_question(
+        self, fake_pip: tuple[dict[str, str], Path]
+    ):
+        env, record = fake_pip
+        result = run_cli("uninstall", "frameiod-event-log", env=env)
+        assert result.returncode == 0, result.stderr
+        assert json.loads(record.read_text()) == ["uninstall", "-y", "frameiod-event-log"]

@@ -16,7 +16,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import incoming, run_cli, write_config
+from support import (
+    HOSTILE_ERROR,
+    HOSTILE_HANDLER,
+    HOSTILE_TYPE,
+    assert_escaped_listing,
+    incoming,
+    run_cli,
+    write_config,
+)
 
 from frameiod.spool import Incoming, Spool
 
@@ -408,3 +416,25 @@ class TestWhileTheDaemonHoldsTheSpool:
         assert sorted((c.event_id, c.attempts) for c in claimed) == sorted(
             [(filled.old.id, 1), (filled.dead.id, 1)]
         )
+
+
+class TestHostileText:
+    async def test_a_type_and_an_error_from_outside_are_shown_escaped(self, tmp_path: Path):
+        config = write_config(tmp_path)
+        event = incoming(event_type=HOSTILE_TYPE)
+        spool = await Spool.open(tmp_path / "frameiod.db")
+        try:
+            await spool.accept(event, [HOSTILE_HANDLER])
+            [claimed] = await spool.claim(10, {HOSTILE_HANDLER: 10})
+            await spool.finish(
+                claimed.delivery_id, outcome="error", seconds=0.1, error=HOSTILE_ERROR, dead=True
+            )
+        finally:
+            await spool.close()
+
+        listing, stats = [
+            await asyncio.to_thread(run_cli, "queue", verb, "--config", str(config))
+            for verb in ("list", "stats")
+        ]
+        assert (listing.returncode, stats.returncode) == (0, 0), listing.stderr + stats.stderr
+        assert_escaped_listing(listing.stdout, stats.stdout, event.id)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -189,3 +191,25 @@ class TestDevelopmentSecret:
             "the development secret from the shipped config.toml is refused while "
             'server.host ("0.0.0.0")' in problem
         )
+
+
+class TestSecretFilesOnReload:
+    def test_a_named_pipe_secret_is_refused_and_the_daemon_keeps_answering(
+        self, daemon: DaemonProcess, config: Path, tmp_path: Path
+    ):
+        """A reload reads secrets off the event loop and never waits on a named pipe: the
+        refusal names the key, and /healthz answers all the while."""
+        fifo = tmp_path / "webhook.secret"
+        os.mkfifo(fifo)
+        config.write_text(_config(f"file:{fifo}"))
+        daemon.process.send_signal(signal.SIGHUP)
+        started = time.monotonic()
+        assert httpx.get(daemon.url("/healthz"), timeout=1.0).status_code == 200
+        assert time.monotonic() - started < 1.0
+        refused = daemon.wait_for("config reload refused; the old config stays in force")
+        assert refused["problem"] == (
+            f'{config}: sources.default.secrets[0]: cannot read "file:{fifo}" ({fifo}): '
+            "it is a named pipe, not a regular file"
+        )
+        assert _send(daemon, "old-secret") == 202
+        assert _reloads(daemon) == {"ok": 0, "error": 1}

@@ -10,6 +10,8 @@ import shutil
 import signal
 import sqlite3
 import stat
+import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -160,9 +162,25 @@ def shared(tmp_path: Path) -> Iterator[Path]:
 NOBODY = 65534
 
 
+def _nobody_can_run_python() -> bool:
+    """Whether this interpreter starts as nobody: one built with its libpython under a
+    private home (pyenv's under /root) does not, and those tests cannot run with it."""
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        return False
+    as_nobody = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
+    probe = subprocess.run(
+        [*as_nobody, sys.executable, "-c", "import frameiod"],
+        capture_output=True,
+        check=False,
+        cwd="/",
+    )
+    return probe.returncode == 0
+
+
 @pytest.mark.skipif(
-    os.geteuid() != 0 or shutil.which("setpriv") is None,
-    reason="runs frameiod as another user (nobody), for which the test must be root",
+    not _nobody_can_run_python(),
+    reason="runs frameiod as another user (nobody): needs root, setpriv, and a Python that "
+    "nobody can start",
 )
 class TestReadOnlySpool:
     """frameiod runs as ``nobody``: as root, permission bits would not stop it."""

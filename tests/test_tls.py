@@ -99,7 +99,7 @@ async def test_renewed_certificates_are_served_after_reload(tmp_path: Path):
         url = f"https://127.0.0.1:{daemon.port}/webhooks/default"
         assert (await _post(url, old_ca)).status_code == 202
         _issue(new_ca, tmp_path)  # a renewal, as certbot would leave it
-        assert daemon.daemon.reload()
+        assert await daemon.daemon.reload()
         assert (await _post(url, new_ca)).status_code == 202
         with pytest.raises(httpx.ConnectError):  # the old chain is no longer served
             await _post(url, old_ca)

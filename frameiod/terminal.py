@@ -1,0 +1,33 @@
+"""Text from outside (event types, handler errors, plugin metadata, file names) made safe to
+print on an operator's terminal."""
+
+from __future__ import annotations
+
+import sys
+from typing import TextIO
+
+__all__ = ["printable", "say"]
+
+
+def printable(text: object) -> str:
+    """``text`` as a string with every character a terminal would act on instead of show
+    (control characters such as ESC, CR and LF, bidirectional overrides, other invisible
+    format characters) written as a Python escape: ``\\x1b``, ``\\r``, ``\\n``, ``\\u202e``.
+
+    A signed event's ``type`` or a handler's error message is chosen by whoever sent it or
+    raised it: printed raw, it can recolour, rewrite or hide lines of a table.
+    """
+    text = str(text)
+    if text.isprintable():
+        return text
+    return "".join(char if char.isprintable() else _escape(char) for char in text)
+
+
+def say(line: str, file: TextIO | None = None) -> None:
+    """Print one line of human-readable output (stdout by default) through `printable`."""
+    print(printable(line), file=sys.stdout if file is None else file)
+
+
+def _escape(char: str) -> str:
+    # A space other than " " (no-break, ideographic) is escaped too: a table must not hide it.
+    return char.encode("unicode_escape").decode("ascii")
