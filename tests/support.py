@@ -22,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from frameiod import idle
 from frameiod.config import Config, load_config
 from frameiod.signature import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
-from frameiod.spool import Incoming
+from frameiod.spool import Incoming, SpoolBackend
 
 SECRET = "test-secret-0123456789"
 
@@ -46,10 +46,28 @@ HOSTILE_ERROR, HOSTILE_ERROR_SHOWN = "boom\x1b[2J\r\nFORGED", "boom\\x1b[2J\\r\\
 HOSTILE_HANDLER, HOSTILE_HANDLER_SHOWN = "h:\x1b[1m", "h:\\x1b[1m"
 
 
-def assert_escaped_listing(listing: str, stats: str, event_id: str) -> None:
-    """``frameiod queue list`` and ``stats`` output for a spool holding one dead delivery of
-    HOSTILE_TYPE to HOSTILE_HANDLER that failed with HOSTILE_ERROR: every hostile character
-    shown escaped, nothing a terminal would act on, no forged row."""
+async def assert_hostile_text_escaped(spool: SpoolBackend, config: Path) -> None:
+    """Bury one event of HOSTILE_TYPE in ``spool`` (then closed), dead at HOSTILE_HANDLER with
+    HOSTILE_ERROR, and check that ``frameiod queue list`` and ``stats`` on ``config`` show
+    every hostile character escaped, nothing a terminal would act on, and no forged row."""
+    event = incoming(event_type=HOSTILE_TYPE)
+    try:
+        await spool.accept(event, [HOSTILE_HANDLER])
+        [claimed] = await spool.claim(10, {HOSTILE_HANDLER: 10})
+        await spool.finish(
+            claimed.delivery_id, outcome="error", seconds=0.1, error=HOSTILE_ERROR, dead=True
+        )
+    finally:
+        await spool.close()
+    listing, stats = [
+        await asyncio.to_thread(run_cli, "queue", verb, "--config", str(config))
+        for verb in ("list", "stats")
+    ]
+    assert (listing.returncode, stats.returncode) == (0, 0), listing.stderr + stats.stderr
+    _assert_escaped_listing(listing.stdout, stats.stdout, event.id)
+
+
+def _assert_escaped_listing(listing: str, stats: str, event_id: str) -> None:
     for output in (listing, stats):
         assert not any(char in output for char in "\x1b\r"), repr(output)
     header, row = listing.splitlines()

@@ -17,10 +17,7 @@ from typing import Any
 
 import pytest
 from support import (
-    HOSTILE_ERROR,
-    HOSTILE_HANDLER,
-    HOSTILE_TYPE,
-    assert_escaped_listing,
+    assert_hostile_text_escaped,
     incoming,
     run_cli,
     write_config,
@@ -421,20 +418,4 @@ class TestWhileTheDaemonHoldsTheSpool:
 class TestHostileText:
     async def test_a_type_and_an_error_from_outside_are_shown_escaped(self, tmp_path: Path):
         config = write_config(tmp_path)
-        event = incoming(event_type=HOSTILE_TYPE)
-        spool = await Spool.open(tmp_path / "frameiod.db")
-        try:
-            await spool.accept(event, [HOSTILE_HANDLER])
-            [claimed] = await spool.claim(10, {HOSTILE_HANDLER: 10})
-            await spool.finish(
-                claimed.delivery_id, outcome="error", seconds=0.1, error=HOSTILE_ERROR, dead=True
-            )
-        finally:
-            await spool.close()
-
-        listing, stats = [
-            await asyncio.to_thread(run_cli, "queue", verb, "--config", str(config))
-            for verb in ("list", "stats")
-        ]
-        assert (listing.returncode, stats.returncode) == (0, 0), listing.stderr + stats.stderr
-        assert_escaped_listing(listing.stdout, stats.stdout, event.id)
+        await assert_hostile_text_escaped(await Spool.open(tmp_path / "frameiod.db"), config)

@@ -19,11 +19,8 @@ import pytest
 import redis
 from redis_support import RedisServer, free_port
 from support import (
-    HOSTILE_ERROR,
-    HOSTILE_HANDLER,
-    HOSTILE_TYPE,
     SECRET,
-    assert_escaped_listing,
+    assert_hostile_text_escaped,
     incoming,
     make_config,
     run_cli,
@@ -591,22 +588,6 @@ class TestHostileText:
     async def test_a_type_and_an_error_from_outside_are_shown_escaped(
         self, tmp_path: Path, redis_server: RedisServer
     ):
-        prefix = f"t{uuid.uuid4().hex[:12]}"
-        path = write_config(tmp_path, config_text(redis_server.url, prefix))
-        event = incoming(event_type=HOSTILE_TYPE)
-        spool = await RedisSpool.open(make_config(tmp_path, config_text(redis_server.url, prefix)))
-        try:
-            await spool.accept(event, [HOSTILE_HANDLER])
-            [claimed] = await spool.claim(10, {HOSTILE_HANDLER: 10})
-            await spool.finish(
-                claimed.delivery_id, outcome="error", seconds=0.1, error=HOSTILE_ERROR, dead=True
-            )
-        finally:
-            await spool.close()
-
-        listing, stats = [
-            await asyncio.to_thread(run_cli, "queue", verb, "--config", str(path))
-            for verb in ("list", "stats")
-        ]
-        assert (listing.returncode, stats.returncode) == (0, 0), listing.stderr + stats.stderr
-        assert_escaped_listing(listing.stdout, stats.stdout, event.id)
+        text = config_text(redis_server.url, f"t{uuid.uuid4().hex[:12]}")
+        spool = await RedisSpool.open(make_config(tmp_path, text))
+        await assert_hostile_text_escaped(spool, write_config(tmp_path, text))
