@@ -22,7 +22,15 @@ import httpx
 import pytest
 import redis
 from redis_support import RedisServer
-from support import SECRET, DaemonProcess, event_body, install_plugin, signed_headers, wait_until
+from support import (
+    SECRET,
+    DaemonProcess,
+    event_body,
+    install_plugin,
+    signed_headers,
+    wait_until,
+    write_config,
+)
 
 HANDLER_KEY = "effects:side_effect"  # how the spool names the handler
 HANDLER = """
@@ -250,3 +258,32 @@ secrets = ["{SECRET}"]
     assert len(paused) == len(resumed) <= (3 if isinstance(fault, FullDisk) else 1)
     assert sum(line["outcomes_written"] for line in resumed) == 1
     assert len(daemon.logs("spool checkpoint failed")) <= 1
+
+
+def test_checkpoints_failing_on_a_full_disk_are_logged_once_then_when_they_work(
+    tmp_path: Path, small_disk: Path
+):
+    """A checkpoint that must grow the database file fails every 200 ms while the disk is
+    full: one line when it starts (then one a minute), one when it works again."""
+    disk = FullDisk(small_disk)
+    config = write_config(tmp_path)
+    text = config.read_text().replace("max_body_bytes = 4096", "max_body_bytes = 1048576")
+    config.write_text(text + disk.config())
+    daemon = DaemonProcess(config)
+    try:
+        daemon.wait_for("listening")
+        disk.begin(daemon)
+        assert disk.snapshot is not None
+        # The snapshot gone, SQLite copies the large event's pages into the database file,
+        # which must grow for them: every round now fails.
+        disk.snapshot.close()
+        disk.snapshot = None
+        daemon.wait_for("spool checkpoint failed")
+        time.sleep(2)  # about ten more rounds, each failing
+        disk.end()
+        cleared = daemon.wait_for("spool checkpoints work again")
+    finally:
+        disk.end()
+        assert daemon.stop() == 0
+    assert len(daemon.logs("spool checkpoint failed")) == 1
+    assert cleared["failures"] >= 5
