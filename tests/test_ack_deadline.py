@@ -39,7 +39,7 @@ def _start(tmp_path: Path, spool: str) -> tuple[DaemonProcess, Path]:
     config.write_text(f"""
 [server]
 port = 0
-ack_deadline = "1s"
+ack_deadline = "0.5s"
 [log]
 format = "json"
 {spool}
@@ -59,7 +59,7 @@ def _post(daemon: DaemonProcess, body: bytes, headers: dict[str, str]) -> tuple[
 
 def test_a_lock_held_by_another_process_is_answered_503_at_the_deadline(tmp_path: Path):
     """Another process holds the spool's write lock past the deadline: 503 spool_busy with
-    Retry-After after about 1 s (not SQLite's 5-s busy wait), nothing of the request kept,
+    Retry-After after about 0.5 s (not SQLite's 5-s busy wait), nothing of the request kept,
     and its resend after the lock is gone accepted and handled once."""
     spool = tmp_path / "spool.db"
     daemon, calls = _start(tmp_path, f'[spool]\npath = "{spool}"')
@@ -71,9 +71,9 @@ def test_a_lock_held_by_another_process_is_answered_503_at_the_deadline(tmp_path
         status, answer_headers, seconds = _post(daemon, body, headers)
         assert status == 503
         assert answer_headers["retry-after"]
-        assert seconds < 2.5  # the deadline is 1 s; SQLite alone would wait 5 s
+        assert seconds < 2.5  # the deadline is 0.5 s; SQLite alone would wait 5 s
         rejected = daemon.wait_for("webhook rejected", reason="spool_busy")
-        assert "1s acknowledgement deadline" in rejected["detail"]
+        assert "0.5s acknowledgement deadline" in rejected["detail"]
         holder.execute("ROLLBACK")  # the writer's batch now goes ahead, without it
 
         status, _, _ = _post(daemon, body, headers)  # Frame.io's resend: the same request
@@ -96,7 +96,7 @@ def redis_server(tmp_path: Path):
 
 
 def test_a_stalled_redis_is_answered_503_at_the_deadline(tmp_path: Path, redis_server):
-    """Redis stopped (SIGSTOP): 503 spool_busy after about 1 s, before redis-py's own 2-s
+    """Redis stopped (SIGSTOP): 503 spool_busy after about 0.5 s, before redis-py's own 2-s
     timeout; after SIGCONT the resend is accepted or answered duplicate (the script ran
     whole once Redis woke) and the event is handled exactly once."""
     daemon, calls = _start(
