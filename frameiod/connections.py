@@ -116,11 +116,10 @@ class _GuardedHandler(RequestHandler):
     def head_overdue(self, now: float, read_timeout: float) -> bool:
         """Whether this connection has waited ``read_timeout`` for a complete request head
         since it opened or since its previous answer."""
-        return (
-            self._keepalive  # else it is closing after its answer, not waiting for more
-            and not self._request_in_progress
-            and now - self.waiting_since >= read_timeout
-        )
+        # Not aiohttp's `_keepalive`: before 3.14.4 it is False until a first request, so a
+        # connection that never sent one would never be due. One closing after its answer
+        # is gone long before ``read_timeout``.
+        return not self._request_in_progress and now - self.waiting_since >= read_timeout
 
     def too_slow(self) -> str | None:
         """Close this connection, its head overdue: 408 if a head had begun, silently if

@@ -1092,27 +1092,27 @@ def _accept(conn: sqlite3.Connection, incoming: Incoming, handlers: Sequence[str
     # request coalesced earlier, or an identical body none of whose deliveries has started
     # (that run will see the latest state). The second column says it was the last kind.
     row = conn.execute(
-        "SELECT id, 0 FROM events WHERE timestamp = ?1 AND request_key = ?2"
-        " AND signature = ?3 AND source = ?4"
+        "SELECT id, 0 FROM events WHERE timestamp = :ts AND request_key = :key"
+        " AND signature = :sig AND source = :source"
         " UNION ALL"
-        " SELECT event_id, 0 FROM seen_requests WHERE timestamp = ?1 AND request_key = ?2"
-        " AND signature = ?3 AND source = ?4"
+        " SELECT event_id, 0 FROM seen_requests WHERE timestamp = :ts AND request_key = :key"
+        " AND signature = :sig AND source = :source"
         " UNION ALL"
         " SELECT * FROM (SELECT e.id, 1 FROM deliveries u JOIN events e ON e.id = u.event_id"
-        " WHERE u.body_key = ?5 AND u.attempts = 0 AND e.body_hash = ?6 AND e.source = ?4"
-        " AND e.secret_id = ?7 AND NOT EXISTS (SELECT 1 FROM deliveries d"
-        " WHERE d.event_id = e.id AND (d.state != 'pending' OR d.attempts > 0))"
+        " WHERE u.body_key = :body_key AND u.attempts = 0 AND e.body_hash = :digest"
+        " AND e.source = :source AND e.secret_id = :secret AND NOT EXISTS (SELECT 1 FROM"
+        " deliveries d WHERE d.event_id = e.id AND (d.state != 'pending' OR d.attempts > 0))"
         " ORDER BY e.received_at DESC LIMIT 1)"
         " LIMIT 1",
-        (
-            incoming.timestamp,
-            keys[0],
-            incoming.signature,
-            incoming.source,
-            keys[1],
-            digest,
-            incoming.secret_id,
-        ),
+        {
+            "ts": incoming.timestamp,
+            "key": keys[0],
+            "sig": incoming.signature,
+            "source": incoming.source,
+            "body_key": keys[1],
+            "digest": digest,
+            "secret": incoming.secret_id,
+        },
     ).fetchone()
     if row:
         if row[1]:
