@@ -65,7 +65,8 @@ def _spooled(daemon: DaemonProcess, event_id: str) -> dict[str, object]:
 def _refused(port: int) -> bool:
     try:
         socket.create_connection(("127.0.0.1", port), timeout=1).close()
-    except ConnectionRefusedError:
+    except (ConnectionRefusedError, ConnectionResetError):
+        # Reset: this connection was waiting in the backlog of a listener that just closed.
         return True
     return False
 
