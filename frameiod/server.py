@@ -10,9 +10,8 @@ goes out; a custom action is answered by its handler (`frameiod.actions`).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -253,19 +252,26 @@ class _Verified:
     source: SourceKeys
     verified: Verified
     body: bytes
-    ack_by: float
-    """When the answer is due (event-loop time): ``[server] ack_deadline`` after the body."""
 
 
 async def _verify(
-    request: web.Request, state: ServerState, live: Live, source_name: str
+    request: web.Request,
+    state: ServerState,
+    live: Live,
+    source_name: str,
+    deadline: asyncio.Timeout,
 ) -> _Verified:
-    """The checks webhooks and custom actions share, in order; raise `Rejection`."""
+    """The checks webhooks and custom actions share, in order; raise `Rejection`.
+
+    Once the body has arrived, ``deadline`` is armed at ``[server] ack_deadline``: the
+    calls to the store that follow (the shared rate limit here, the commit after) must end
+    by then (see `_guarded`).
+    """
     if state.stopping:
         raise Rejection(503, "unavailable", "shutting_down")
     server = live.config.server
     body = await _read_body(request, server.max_body_bytes, server.read_timeout)
-    ack_by = asyncio.get_running_loop().time() + server.ack_deadline
+    deadline.reschedule(asyncio.get_running_loop().time() + server.ack_deadline)
 
     source = live.sources.get(source_name)
     if source is None:
@@ -278,8 +284,10 @@ async def _verify(
         raise Rejection(401, outcome, exc.reason, exc.detail, public="unauthorized") from None
 
     # Only verified deliveries spend a source's budget: forgeries cannot exhaust it.
-    async with _store_call(ack_by, server.ack_deadline):
+    try:
         wait = await live.limiter.take(source_name)
+    except SpoolUnavailable as exc:
+        raise Rejection(503, "unavailable", exc.reason, exc.detail) from None
     if wait:
         state.metrics.rate_limited.labels(source=source_name).inc()
         raise Rejection(
@@ -297,25 +305,7 @@ async def _verify(
             "unsupported_media_type",
             f"Content-Type {request.content_type!r} is not JSON",
         )
-    return _Verified(source, verified, body, ack_by)
-
-
-@contextlib.asynccontextmanager
-async def _store_call(ack_by: float, ack_deadline: float) -> AsyncIterator[None]:
-    """Bound a call to the store (the spool, the shared rate limit) by the acknowledgement
-    deadline, ``ack_by`` in event-loop time; turn its failures into 503s naming the cause.
-
-    Frame.io gives up after 5 s and sends again: a store held up (a lock held by another
-    process, a stalled disk or Redis) is answered 503 in time rather than late.
-    """
-    try:
-        async with asyncio.timeout_at(ack_by):
-            yield
-    except SpoolUnavailable as exc:
-        raise Rejection(503, "unavailable", exc.reason, exc.detail) from None
-    except TimeoutError:
-        detail = f"the spool did not answer within the {ack_deadline:g}s acknowledgement deadline"
-        raise Rejection(503, "unavailable", "spool_busy", detail) from None
+    return _Verified(source, verified, body)
 
 
 # Refusals that count against the sender's address (the issue: 401, 400, 413).
@@ -378,9 +368,15 @@ def _refuse(
 async def _guarded(
     request: web.Request,
     kind: str,
-    work: Callable[[ServerState, Live, str], Awaitable[web.Response]],
+    work: Callable[[ServerState, Live, str, asyncio.Timeout], Awaitable[web.Response]],
 ) -> web.Response:
-    """Run ``work``; answer, log and count a `Rejection`; track requests in flight."""
+    """Run ``work``; answer, log and count a `Rejection`; track requests in flight.
+
+    ``work`` gets the acknowledgement deadline, unarmed (`_verify` arms it): Frame.io gives
+    up after 5 s and sends again, so a store held up (a lock held by another process, a
+    stalled disk or Redis) is answered 503 ``spool_busy`` in time rather than late. One
+    timer per request covers every store call of it.
+    """
     started = time.perf_counter()
     state = request.app[STATE]
     live = state.live
@@ -392,7 +388,15 @@ async def _guarded(
     try:
         # Checked before anything is read or verified: a flood of bad requests is cheap.
         _check_address(state, live, address)
-        return await work(state, live, source_name)
+        try:
+            async with asyncio.timeout(None) as deadline:
+                return await work(state, live, source_name, deadline)
+        except TimeoutError:
+            if not deadline.expired():
+                raise  # not ours: a bug, answered 500 by aiohttp as any other
+            seconds = live.config.server.ack_deadline
+            detail = f"the spool did not answer within the {seconds:g}s acknowledgement deadline"
+            raise Rejection(503, "unavailable", "spool_busy", detail) from None
     except Rejection as exc:
         return _refuse(
             state,
@@ -451,8 +455,10 @@ async def receive_webhook(request: web.Request) -> web.Response:
     with the original's id for a duplicate."""
     started = time.perf_counter()
 
-    async def accept(state: ServerState, live: Live, source_name: str) -> web.Response:
-        checked = await _verify(request, state, live, source_name)
+    async def accept(
+        state: ServerState, live: Live, source_name: str, deadline: asyncio.Timeout
+    ) -> web.Response:
+        checked = await _verify(request, state, live, source_name, deadline)
         event_id = new_event_id()
         observe = state.observe
         event: WebhookEvent | None = None
@@ -478,8 +484,11 @@ async def receive_webhook(request: web.Request) -> web.Response:
         handlers = state.routes.for_delivery(source_name, event_type, incoming.secret_id)
         # An accept is one transaction (one script on Redis): cut off at the deadline, it
         # is kept whole or not at all, and a resend of a kept one is answered duplicate.
-        async with _store_call(checked.ack_by, live.config.server.ack_deadline):
+        try:
             accepted = await state.spool.accept(incoming, [h.key for h in handlers])
+        except SpoolUnavailable as exc:
+            raise Rejection(503, "unavailable", exc.reason, exc.detail) from None
+        deadline.reschedule(None)  # committed: the answer goes out whatever the time
         if observe is not None and event is not None and not accepted.duplicate:
             observe(event, source_name)
 
@@ -509,8 +518,11 @@ async def receive_action(request: web.Request) -> web.Response:
     """``POST /actions/{source}``: verified like a webhook, then answered by the action's
     handler: 200 with its `Message` or `Form` as JSON, or an empty 200."""
 
-    async def act(state: ServerState, live: Live, source_name: str) -> web.Response:
-        checked = await _verify(request, state, live, source_name)
+    async def act(
+        state: ServerState, live: Live, source_name: str, deadline: asyncio.Timeout
+    ) -> web.Response:
+        checked = await _verify(request, state, live, source_name, deadline)
+        deadline.reschedule(None)  # the action's own deadline governs its handler
         try:
             event = parse_action(checked.body, checked.verified.timestamp)
         except PayloadError as exc:
