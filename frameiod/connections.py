@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -37,7 +37,7 @@ from aiohttp.web_protocol import RequestHandler
 from frameiod.config import Config, ConfigError
 from frameiod.logs import get_logger
 from frameiod.metrics import Metrics
-from frameiod.ratelimit import Networks, is_within, networks
+from frameiod.ratelimit import Networks, is_within
 
 __all__ = [
     "GuardedRunner",
@@ -223,7 +223,7 @@ class GuardedRunner(web.AppRunner):
         read_timeout: float,
         max_connections: int,
         max_connections_per_address: int,
-        trusted_proxies: Iterable[str] = (),
+        trusted_proxies: Networks | None = None,
         metrics: Metrics | None = None,
         malformed: Malformed | None = None,
         **kwargs: Any,
@@ -232,7 +232,7 @@ class GuardedRunner(web.AppRunner):
         self.read_timeout = read_timeout
         self._max_connections = max_connections
         self._max_per_address = max_connections_per_address
-        self._trusted = networks(trusted_proxies)
+        self._trusted = trusted_proxies or []
         self._metrics = metrics
         self._malformed = malformed
 
@@ -250,9 +250,10 @@ class GuardedRunner(web.AppRunner):
         server.start_sweeping()
         return server
 
-    def trust(self, trusted_proxies: Iterable[str]) -> None:
-        """Exempt these proxies from the per-address cap from now on (a reload)."""
-        self._trusted = networks(trusted_proxies)
+    def trust(self, trusted_proxies: Networks) -> None:
+        """Exempt these proxies (see `frameiod.ratelimit.networks`) from the per-address cap
+        from now on (a reload)."""
+        self._trusted = trusted_proxies
         if isinstance(self.server, _GuardedServer):
             self.server.trusted = self._trusted
 

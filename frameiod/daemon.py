@@ -173,7 +173,7 @@ class Daemon:
             read_timeout=server.read_timeout,
             max_connections=server.max_connections,
             max_connections_per_address=server.max_connections_per_address,
-            trusted_proxies=server.trusted_proxies,
+            trusted_proxies=app[STATE].live.proxies,
             metrics=self.metrics,
             malformed=functools.partial(answer_malformed, app),
             handle_signals=False,
@@ -286,7 +286,7 @@ class Daemon:
         if self._tls is not None and renewed is not None:
             self._tls.use(renewed)
         if self._runner is not None:
-            self._runner.trust(new.server.trusted_proxies)
+            self._runner.trust(live.proxies)
         self.config = new
         if self.dispatcher is not None:
             self.dispatcher.set_dispatch_rates(_dispatch_rates(new))

@@ -24,6 +24,7 @@ from typing import Protocol
 __all__ = [
     "AddressLimiter",
     "Limits",
+    "Networks",
     "SourceLimiter",
     "SourceLimits",
     "TokenBucket",
@@ -164,10 +165,10 @@ def is_within(address: str, within: Networks) -> bool:
     return any(ip in network for network in within)
 
 
-def client_address(peer: str | None, forwarded_for: str | None, trusted: Iterable[str]) -> str:
-    """The address to hold responsible: the peer, unless the peer is a trusted proxy, then
-    the nearest ``X-Forwarded-For`` hop that is not itself a trusted proxy."""
-    proxies = networks(trusted)
+def client_address(peer: str | None, forwarded_for: str | None, proxies: Networks) -> str:
+    """The address to hold responsible: the peer, unless the peer is one of the trusted
+    ``proxies`` (see `networks`), then the nearest ``X-Forwarded-For`` hop that is not
+    itself a trusted proxy."""
     address = peer or "unknown"
     if not proxies or not is_within(address, proxies) or not forwarded_for:
         return address

@@ -36,6 +36,7 @@ from frameiod.ratelimit import (
     AddressLimiter,
     Clock,
     Limits,
+    Networks,
     SourceLimiter,
     SourceLimits,
     client_address,
@@ -101,6 +102,8 @@ class Live:
     sources: Mapping[str, SourceKeys]
     limiter: SourceLimits
     addresses: AddressLimiter
+    proxies: Networks
+    """``[server] trusted_proxies``, parsed once (every request asks who sent it)."""
 
     @classmethod
     def build(
@@ -124,6 +127,7 @@ class Live:
             addresses=AddressLimiter(
                 server.unauthenticated_failures, server.max_tracked_addresses, clock
             ),
+            proxies=networks(server.trusted_proxies),
         )
 
 
@@ -381,9 +385,7 @@ async def _guarded(
     state = request.app[STATE]
     live = state.live
     source_name = request.match_info["source"]
-    address = client_address(
-        request.remote, request.headers.get("X-Forwarded-For"), live.config.server.trusted_proxies
-    )
+    address = client_address(request.remote, request.headers.get("X-Forwarded-For"), live.proxies)
     state.in_flight += 1
     try:
         # Checked before anything is read or verified: a flood of bad requests is cheap.
@@ -428,7 +430,7 @@ def answer_malformed(
     state = app[STATE]
     live = state.live
     address = request.remote or "unknown"
-    charge = not is_within(address, networks(live.config.server.trusted_proxies))
+    charge = not is_within(address, live.proxies)
     try:
         if charge:
             _check_address(state, live, address)

@@ -11,6 +11,7 @@ from frameiod.ratelimit import (
     SourceLimiter,
     TokenBucket,
     client_address,
+    networks,
     retry_after,
 )
 from frameiod.testing import TEST_SECRET, RunningDaemon, run_daemon
@@ -81,14 +82,18 @@ class TestAddressLimiter:
 
 class TestClientAddress:
     def test_the_peer_is_used_unless_it_is_a_trusted_proxy(self):
-        assert client_address("203.0.113.9", "198.51.100.1", []) == "203.0.113.9"
-        assert client_address("203.0.113.9", "198.51.100.1", ["10.0.0.0/8"]) == "203.0.113.9"
-        assert client_address("10.0.0.5", "198.51.100.1", ["10.0.0.0/8"]) == "198.51.100.1"
+        assert client_address("203.0.113.9", "198.51.100.1", networks([])) == "203.0.113.9"
+        assert (
+            client_address("203.0.113.9", "198.51.100.1", networks(["10.0.0.0/8"])) == "203.0.113.9"
+        )
+        assert (
+            client_address("10.0.0.5", "198.51.100.1", networks(["10.0.0.0/8"])) == "198.51.100.1"
+        )
 
     def test_the_nearest_untrusted_hop_is_the_client(self):
         hops = "198.51.100.7, 203.0.113.1, 10.0.0.9"
-        assert client_address("10.0.0.5", hops, ["10.0.0.0/8"]) == "203.0.113.1"
-        assert client_address("10.0.0.5", "10.0.0.8", ["10.0.0.0/8"]) == "10.0.0.5"
+        assert client_address("10.0.0.5", hops, networks(["10.0.0.0/8"])) == "203.0.113.1"
+        assert client_address("10.0.0.5", "10.0.0.8", networks(["10.0.0.0/8"])) == "10.0.0.5"
 
 
 def _config(extra_server: str = "", extra_source: str = "") -> str:
