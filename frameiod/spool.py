@@ -641,9 +641,9 @@ def _not_a_spool(path: Path, evidence: str) -> SpoolError:
     )
 
 
-def _user() -> str:
-    """The user this process runs as, by name when it has one."""
-    uid = os.geteuid()
+def _user(uid: int | None = None) -> str:
+    """User ``uid`` (default: the one this process runs as), by name when it has one."""
+    uid = os.geteuid() if uid is None else uid
     try:
         return pwd.getpwuid(uid).pw_name
     except KeyError:
@@ -652,11 +652,12 @@ def _user() -> str:
 
 def _owner(path: Path) -> str:
     info = path.stat()
-    try:
-        owner = pwd.getpwuid(info.st_uid).pw_name
-    except KeyError:
-        owner = f"uid {info.st_uid}"
-    return f"owner {owner}, mode {stat.S_IMODE(info.st_mode):04o}"
+    return f"owner {_user(info.st_uid)}, mode {stat.S_IMODE(info.st_mode):04o}"
+
+
+# Said with every permission problem: the usual advice for a broken SQLite file (move it
+# aside) would abandon the pending events here.
+_KEEP_IT = "Nothing is damaged; do not move the spool aside, it holds the pending events."
 
 
 def _companions(path: Path) -> list[Path]:
@@ -668,19 +669,18 @@ def _access_problem(path: Path) -> str | None:
     """Why this user cannot read and write the spool, its WAL files and its directory, or
     None. The answer names what to fix: the spool itself is fine and must not be moved."""
     user = _user()
-    keep = "Nothing is damaged; do not move the spool aside, it holds the pending events."
     if os.statvfs(path.parent).f_flag & os.ST_RDONLY:
         return (
             f"{path}: the spool is on a read-only filesystem; frameiod must write it and "
             f"create {path.name}-wal and {path.name}-shm beside it. Remount it read-write "
-            f"or point [spool] path at a writable place. {keep}"
+            f"or point [spool] path at a writable place. {_KEEP_IT}"
         )
     for file in _companions(path):
         if file.exists() and not os.access(file, os.R_OK | os.W_OK, effective_ids=True):
             return (
                 f"{file}: the spool is read-only for user {user}, who runs frameiod "
                 f"({_owner(file)}). Give {user} read and write access (e.g. chown {user} "
-                f"{file}, or chmod u+rw as its owner) and start again. {keep}"
+                f"{file}, or chmod u+rw as its owner) and start again. {_KEEP_IT}"
             )
     must_create = not all(file.exists() for file in _companions(path))
     if must_create and not os.access(path.parent, os.W_OK | os.X_OK, effective_ids=True):
@@ -688,7 +688,7 @@ def _access_problem(path: Path) -> str | None:
             f"{path.parent}: the spool's directory is not writable by user {user}, who runs "
             f"frameiod ({_owner(path.parent)}); SQLite creates {path.name}-wal and "
             f"{path.name}-shm there. Give {user} write access to it (e.g. chown {user} "
-            f"{path.parent}) and start again. {keep}"
+            f"{path.parent}) and start again. {_KEEP_IT}"
         )
     return None
 
@@ -704,8 +704,7 @@ def _not_permitted(path: Path, detail: str) -> str:
     return (
         f"{path}: the spool cannot be written by user {user}, who runs frameiod ({detail}). "
         f"Check that {user} may read and write it, {path.name}-wal and {path.name}-shm, and "
-        "write to its directory. Nothing is damaged; do not move the spool aside, it holds "
-        "the pending events."
+        f"write to its directory. {_KEEP_IT}"
     )
 
 
