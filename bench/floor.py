@@ -21,8 +21,9 @@ import os
 import sys
 from collections.abc import Sequence
 
-from frameiod import cli
-from frameiod.spool import Accepted, Incoming, Spool, _Job, _Writer
+from frameiod.cli.main import main as frameiod_main
+from frameiod.store.base import Accepted, Incoming
+from frameiod.store.sqlite import Spool, _Job, _Writer
 
 _LOG_BYTES = 64 * 1024 * 1024
 
@@ -86,7 +87,7 @@ def main(argv: Sequence[str]) -> int:
 
     Spool.accept = accept  # type: ignore[method-assign]
     _Writer._run_batch = run_batch  # type: ignore[method-assign]
-    return cli.main(list(argv[1:]))
+    return frameiod_main(list(argv[1:]))
 
 
 if __name__ == "__main__":

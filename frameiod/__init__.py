@@ -8,10 +8,10 @@ What a plugin author imports::
 # Set before the imports below: modules they load read it.
 __version__ = "0.1.0"
 
-from frameiod.app import App, NoClientError
 from frameiod.events import ActionEvent, WebhookEvent
-from frameiod.handlers import ActionHandler, Outcome, PluginContext, WebhookHandler
-from frameiod.hookspecs import hookimpl
+from frameiod.plugins.app import App, NoClientError
+from frameiod.plugins.handlers import ActionHandler, Outcome, PluginContext, WebhookHandler
+from frameiod.plugins.hookspecs import hookimpl
 from frameiod.responses import (
     CheckboxField,
     Form,

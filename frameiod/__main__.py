@@ -1,5 +1,5 @@
 """``python -m frameiod``: the same as the ``frameiod`` command."""
 
-from frameiod.cli import main
+from frameiod.cli.main import main
 
 raise SystemExit(main())

@@ -15,18 +15,18 @@ import ssl
 from aiohttp import web
 
 from frameiod import __version__, systemd
-from frameiod.backends import Backend, open_backend
 from frameiod.client import FrameioClient
 from frameiod.config import Config, ConfigError, dev_secret_problem, load_config
-from frameiod.connections import GuardedRunner, GuardedSite, ServedTls, tls_context
-from frameiod.dispatch import Dispatcher, RetryPolicy
+from frameiod.dispatch.dispatcher import Dispatcher, RetryPolicy
 from frameiod.events import WebhookEvent
-from frameiod.handlers import Routes
+from frameiod.http.connections import GuardedRunner, GuardedSite, ServedTls, tls_context
+from frameiod.http.server import SHUTDOWN_TIMEOUT, STATE, Live, answer_malformed, create_app
 from frameiod.logs import configure_logging, get_logger
 from frameiod.metrics import Metrics
-from frameiod.plugins import PluginHost
-from frameiod.server import SHUTDOWN_TIMEOUT, STATE, Live, answer_malformed, create_app
-from frameiod.spool import SpoolBackend, SpoolError, SpoolUnavailable, replay_window
+from frameiod.plugins.handlers import Routes
+from frameiod.plugins.host import PluginHost
+from frameiod.store.base import SpoolBackend, SpoolError, SpoolUnavailable, replay_window
+from frameiod.store.open import Backend, open_backend
 
 __all__ = ["Daemon", "serve"]
 

@@ -29,8 +29,8 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.utils import floatToGoString
 
 if TYPE_CHECKING:
-    from frameiod.handlers import ActionHandler, Outcome, WebhookHandler
-    from frameiod.plugins import PluginInfo
+    from frameiod.plugins.handlers import ActionHandler, Outcome, WebhookHandler
+    from frameiod.plugins.host import PluginInfo
 
 __all__ = [
     "ACTION_OUTCOMES",
@@ -299,7 +299,7 @@ class Metrics:
         durations.observe(durations.create(plugin, handler), outcome.seconds)
 
     def spool(self, counts: dict[str, int], oldest_pending: float) -> None:
-        """Publish the spool's depth (from `frameiod.spool.Spool.gauges`)."""
+        """Publish the spool's depth (from `frameiod.store.sqlite.Spool.gauges`)."""
         for state, count in counts.items():
             self.spool_deliveries.labels(state=state).set(count)
         self.spool_oldest_pending.set(oldest_pending)

@@ -29,8 +29,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from frameiod.config import Config, load_config
 from frameiod.daemon import Daemon
 from frameiod.events import example_action, example_payload
-from frameiod.handlers import Outcome
-from frameiod.plugins import PluginHost
+from frameiod.plugins.handlers import Outcome
+from frameiod.plugins.host import PluginHost
 from frameiod.signature import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 
 __all__ = ["TEST_SECRET", "RunningDaemon", "Sent", "frameiod_daemon", "run_daemon"]

@@ -22,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from frameiod import idle
 from frameiod.config import Config, load_config
 from frameiod.signature import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
-from frameiod.spool import Incoming, SpoolBackend
+from frameiod.store.base import Incoming, SpoolBackend
 
 SECRET = "test-secret-0123456789"
 

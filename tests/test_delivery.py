@@ -15,9 +15,10 @@ from structlog.testing import capture_logs
 from support import run_cli
 
 from frameiod import App, WebhookEvent
-from frameiod.dispatch import Dispatcher, RetryPolicy
-from frameiod.handlers import Routes, WebhookHandler
-from frameiod.spool import Incoming, Spool
+from frameiod.dispatch.dispatcher import Dispatcher, RetryPolicy
+from frameiod.plugins.handlers import Routes, WebhookHandler
+from frameiod.store.base import Incoming
+from frameiod.store.sqlite import Spool
 from frameiod.testing import TEST_SECRET, RunningDaemon, run_daemon
 
 # Retries in milliseconds, so the tests run in a blink.

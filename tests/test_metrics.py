@@ -5,8 +5,8 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from frameiod.handlers import Outcome, WebhookHandler
 from frameiod.metrics import _ACK_BUCKETS, _HANDLER_BUCKETS, Metrics
+from frameiod.plugins.handlers import Outcome, WebhookHandler
 
 # Bounds themselves included: a value equal to a bound belongs to that bound's bucket.
 ACKS = [("default", "accepted", s) for s in (0.0001, 0.0005, 0.0007, 0.001, 0.2, 5.0, 7.0)]

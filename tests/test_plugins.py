@@ -24,10 +24,10 @@ from frameiod import (
     WebhookEvent,
     WebhookHandler,
     hookimpl,
-    hookspecs,
 )
 from frameiod.config import ConfigError
-from frameiod.plugins import ENTRY_POINT_GROUP, PluginHost
+from frameiod.plugins import hookspecs
+from frameiod.plugins.host import ENTRY_POINT_GROUP, PluginHost
 from frameiod.testing import TEST_SECRET, run_daemon
 
 # --- plugins defined in the test, registered as objects ------------------------------

@@ -23,7 +23,8 @@ from support import (
     write_config,
 )
 
-from frameiod.spool import Incoming, Spool
+from frameiod.store.base import Incoming
+from frameiod.store.sqlite import Spool
 
 DAY = 86400.0
 LOG, NOTIFY = "log:write", "notify:post"

@@ -27,15 +27,16 @@ from support import (
     write_config,
 )
 
-from frameiod import redis_admin, redis_spool
 from frameiod.config import Config
-from frameiod.redis_spool import RedisSpool
-from frameiod.spool import Incoming
+from frameiod.store import redis as redis_spool
+from frameiod.store import redis_queue as redis_admin
+from frameiod.store.base import Incoming
+from frameiod.store.redis import RedisSpool
 
 DAY = 86400.0
 LOG, NOTIFY = "log:write", "notify:post"
 
-# The keys of the SQLite backend's rows (frameiod.admin): the Redis ones must match.
+# The keys of the SQLite backend's rows (frameiod.store.sqlite_queue): the Redis ones must match.
 LIST_KEYS = {
     "id",
     "event_id",

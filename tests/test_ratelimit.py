@@ -6,7 +6,7 @@ import asyncio
 import json
 import time
 
-from frameiod.ratelimit import (
+from frameiod.http.ratelimit import (
     AddressLimiter,
     SourceLimiter,
     TokenBucket,

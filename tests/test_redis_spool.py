@@ -16,11 +16,11 @@ from redis_support import RedisServer, free_port
 from structlog.testing import capture_logs
 from support import SECRET, incoming, make_config
 
-from frameiod import redis_store
-from frameiod.redis_spool import LEASE_GRACE, RedisSpool
-from frameiod.redis_store import GROUP
-from frameiod.server import READY_CHECK_SECONDS
-from frameiod.spool import Accepted, Claimed, SpoolError, SpoolUnavailable
+from frameiod.http.server import READY_CHECK_SECONDS
+from frameiod.store import redis_keys as redis_store
+from frameiod.store.base import Accepted, Claimed, SpoolError, SpoolUnavailable
+from frameiod.store.redis import LEASE_GRACE, RedisSpool
+from frameiod.store.redis_keys import GROUP
 
 OpenNode = Callable[..., Awaitable[RedisSpool]]
 

@@ -20,8 +20,8 @@ from aiohttp import web
 from support import SECRET, install_plugin, run_cli, write_config
 
 from frameiod import ActionEvent, App, Message
+from frameiod.cli.registration import expand_events
 from frameiod.events import EVENT_TYPES
-from frameiod.registration import expand_events
 from frameiod.testing import run_daemon
 
 ACCOUNT, WORKSPACE, TOKEN = "acc-1", "ws-1", "t"

@@ -18,10 +18,11 @@ from support import SECRET, event_body, make_config, signed_headers
 
 from frameiod import __version__
 from frameiod.config import Config
-from frameiod.handlers import Routes, WebhookHandler, secret_id
+from frameiod.http.server import STATE, create_app
 from frameiod.metrics import Metrics
-from frameiod.server import STATE, create_app
-from frameiod.spool import Spool, SpoolUnavailable
+from frameiod.plugins.handlers import Routes, WebhookHandler, secret_id
+from frameiod.store.base import SpoolUnavailable
+from frameiod.store.sqlite import Spool
 
 NOW = 1_800_000_000
 UUID7 = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")

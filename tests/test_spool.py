@@ -19,17 +19,9 @@ import pytest
 from structlog.testing import capture_logs
 from support import incoming, on_the_daemons_loop, wait_until
 
-import frameiod.spool as spool_module
-from frameiod.spool import (
-    APPLICATION_ID,
-    SCHEMA_VERSION,
-    Accepted,
-    Incoming,
-    Spool,
-    SpoolError,
-    SpoolUnavailable,
-    body_hash,
-)
+import frameiod.store.sqlite as spool_module
+from frameiod.store.base import Accepted, Incoming, SpoolError, SpoolUnavailable
+from frameiod.store.sqlite import APPLICATION_ID, SCHEMA_VERSION, Spool, body_hash
 
 
 def query(path: Path, sql: str, *args: Any) -> list[tuple[Any, ...]]:

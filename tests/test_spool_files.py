@@ -36,7 +36,7 @@ from support import (
 from support import signed_headers as sign_headers
 
 from frameiod.signature import SIGNATURE_HEADER
-from frameiod.spool import Spool
+from frameiod.store.sqlite import Spool
 
 APPLICATION_ID = int.from_bytes(b"fiod", "big")  # written out: the test runs against older code too
 

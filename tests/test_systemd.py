@@ -17,7 +17,7 @@ import pytest
 
 from frameiod import systemd
 from frameiod.config import DispatchConfig, parse_duration
-from frameiod.server import SHUTDOWN_TIMEOUT
+from frameiod.http.server import SHUTDOWN_TIMEOUT
 
 UNIT = Path(__file__).resolve().parent.parent / "systemd" / "frameiod.service"
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from frameiod import App, PluginContext, WebhookEvent
-from frameiod.handlers import DEFAULT_SOURCE
+from frameiod.plugins.handlers import DEFAULT_SOURCE
 
 __all__ = ["PRIVATE_MODE", "EventLogConfig", "RotatingLog", "app", "event_line", "make_app"]
 

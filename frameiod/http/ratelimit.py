@@ -7,7 +7,7 @@ per-address limit counts only refusals, so it stops a misbehaving sender early w
 touching well-behaved ones.
 
 `SourceLimits` is the interface the server uses for the per-source limit: `SourceLimiter`
-(here, in memory) serves one process; `frameiod.redis_spool.RedisSourceLimiter` shares one
+(here, in memory) serves one process; `frameiod.store.redis.RedisSourceLimiter` shares one
 bucket per source among every receiver on a Redis.
 """
 
@@ -45,7 +45,7 @@ class SourceLimits(Protocol):
     async def take(self, source: str) -> float:
         """0 if this delivery may pass, else the seconds until the source may send again.
 
-        Raises `frameiod.spool.SpoolUnavailable` if the shared state cannot be reached.
+        Raises `frameiod.store.base.SpoolUnavailable` if the shared state cannot be reached.
         """
         ...
 

@@ -1,7 +1,7 @@
 """Which spool and per-source rate limiter a daemon uses: ``[spool] backend``.
 
 The one place that knows there is more than one: everything else talks to
-`frameiod.spool.SpoolBackend` and `frameiod.ratelimit.SourceLimits`.
+`frameiod.store.base.SpoolBackend` and `frameiod.http.ratelimit.SourceLimits`.
 """
 
 from __future__ import annotations
@@ -10,8 +10,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from frameiod.config import Config
-from frameiod.ratelimit import Limits, SourceLimits
-from frameiod.spool import Spool, SpoolBackend
+from frameiod.http.ratelimit import Limits, SourceLimits
+from frameiod.store.base import SpoolBackend
+from frameiod.store.sqlite import Spool
 
 __all__ = ["Backend", "open_backend"]
 
@@ -26,10 +27,10 @@ class Backend:
 
 
 async def open_backend(config: Config) -> Backend:
-    """Open the configured spool; raise `frameiod.spool.SpoolError` if it cannot be used."""
+    """Open the configured spool; raise `frameiod.store.base.SpoolError` if it cannot be used."""
     if config.spool.backend == "redis":
         # Imported only here: redis is an optional dependency (frameiod[redis]).
-        from frameiod.redis_spool import RedisSpool  # noqa: PLC0415
+        from frameiod.store.redis import RedisSpool  # noqa: PLC0415
 
         redis_spool = await RedisSpool.open(config)
         return Backend(redis_spool, redis_spool.source_limiter)

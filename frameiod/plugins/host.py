@@ -20,9 +20,10 @@ import pluggy
 import structlog
 from pydantic import BaseModel, ValidationError
 
-from frameiod import hookspecs
 from frameiod.config import Config, ConfigError, validation_problems
-from frameiod.handlers import (
+from frameiod.logs import get_logger
+from frameiod.plugins import hookspecs
+from frameiod.plugins.handlers import (
     ActionHandler,
     PluginContext,
     Routes,
@@ -30,7 +31,6 @@ from frameiod.handlers import (
     maybe_await,
     pattern_problem,
 )
-from frameiod.logs import get_logger
 
 __all__ = [
     "ALLOW_ENV",

@@ -3,8 +3,8 @@
 Reads walk the event hashes (listed in ``P:events``) one page at a time: a snapshot per page,
 not of the whole queue, which is fine for looking and what an admin tool can afford. The
 writes (replay, purge) are each one Lua script, atomic against the receivers' own scripts.
-The key layout and the state machine are those of `frameiod.redis_spool`, whose scripts
-write them; `frameiod.redis_store` describes every key.
+The key layout and the state machine are those of `frameiod.store.redis`, whose scripts
+write them; `frameiod.store.redis_keys` describes every key.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 from redis.retry import Retry
 
-from frameiod.admin import STATES, QueueError
-from frameiod.redis_spool import delivery_rows
-from frameiod.redis_store import LUA_PRELUDE, safe_url
+from frameiod.store.redis import delivery_rows
+from frameiod.store.redis_keys import LUA_PRELUDE, safe_url
+from frameiod.store.sqlite_queue import STATES, QueueError
 
 __all__ = [
     "RedisQueue",
@@ -189,7 +189,7 @@ def _visible(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def stats(client: redis.Redis, prefix: str, now: float | None = None) -> dict[str, Any]:
     """Deliveries per state (``P:counts``) and per handler, and the age of the oldest due
-    pending one; the shape of `frameiod.admin.stats`."""
+    pending one; the shape of `frameiod.store.sqlite_queue.stats`."""
     moment = time.time() if now is None else now
     states = dict.fromkeys(STATES, 0)
     for state, value in client.hgetall(f"{prefix}:counts").items():
@@ -219,7 +219,7 @@ def list_deliveries(
     client: redis.Redis, prefix: str, state: str | None, handler: str | None, limit: int
 ) -> list[dict[str, Any]]:
     """Deliveries, newest event first, optionally of one state and one handler; the rows of
-    `frameiod.admin.list_deliveries`, with ids ``"<event id> <handler>"``."""
+    `frameiod.store.sqlite_queue.list_deliveries`, with ids ``"<event id> <handler>"``."""
     rows: list[dict[str, Any]] = []
     if limit <= 0:
         return rows
@@ -251,7 +251,7 @@ def list_deliveries(
 
 def show(client: redis.Redis, prefix: str, event_id: str) -> dict[str, Any] | None:
     """One event, its payload (from its stream entry) and its deliveries; None if there is
-    no such event. The shape of `frameiod.admin.show`."""
+    no such event. The shape of `frameiod.store.sqlite_queue.show`."""
     raw = client.hgetall(f"{prefix}:event:{event_id}")
     if not raw:
         return None
@@ -304,8 +304,8 @@ def purge_dead(client: redis.Redis, prefix: str, older_than: float) -> int:
 
 
 class RedisQueue:
-    """`frameiod.admin.QueueStore` on Redis: the functions above, Redis errors turned into
-    `frameiod.admin.QueueError`."""
+    """`frameiod.store.sqlite_queue.QueueStore` on Redis: the functions above, Redis errors
+    turned into `frameiod.store.sqlite_queue.QueueError`."""
 
     def __init__(self, url: str, prefix: str) -> None:
         self._url = url

@@ -4,7 +4,7 @@ Works on the spool file directly with its own SQLite connection: WAL lets it rea
 the daemon writes, and its few writes (replay, purge) wait for the daemon's batches
 through SQLite's busy timeout. The daemon notices replayed deliveries within seconds.
 With ``[spool] backend = "redis"`` the same actions run against Redis instead
-(`frameiod.redis_admin`); `open_queue` is the one place that chooses.
+(`frameiod.store.redis_queue`); `open_queue` is the one place that chooses.
 """
 
 from __future__ import annotations
@@ -253,7 +253,7 @@ def open_queue(config: Config) -> QueueStore:
     `QueueError` if it cannot be opened."""
     if config.spool.backend == "redis":
         # Imported only here: redis is an optional dependency (frameiod[redis]).
-        from frameiod.redis_admin import RedisQueue  # noqa: PLC0415
+        from frameiod.store.redis_queue import RedisQueue  # noqa: PLC0415
 
         return RedisQueue(config.spool.redis_url.reveal(), config.spool.stream_prefix)
     return _SqliteQueue(config.resolve_path(config.spool.path))

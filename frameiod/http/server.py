@@ -4,7 +4,7 @@
 order (size, source, signature, content type, JSON, payload shape), and every refusal is
 one `Rejection` mapped to a status code, a log line and a metric in one place. An accepted
 webhook is committed to the spool, with one delivery per matching handler, before the 202
-goes out; a custom action is answered by its handler (`frameiod.actions`).
+goes out; a custom action is answered by its handler (`frameiod.http.actions`).
 """
 
 from __future__ import annotations
@@ -18,9 +18,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client.aiohttp import make_aiohttp_handler
 
-from frameiod.actions import ActionRunner
 from frameiod.config import Config
-from frameiod.connections import body_deadline
 from frameiod.events import (
     PayloadError,
     WebhookEvent,
@@ -28,11 +26,9 @@ from frameiod.events import (
     parse_action,
     parse_webhook,
 )
-from frameiod.handlers import Routes, secret_id
-from frameiod.ids import new_event_id
-from frameiod.logs import get_logger
-from frameiod.metrics import UNKNOWN_SOURCE, Metrics
-from frameiod.ratelimit import (
+from frameiod.http.actions import ActionRunner
+from frameiod.http.connections import body_deadline
+from frameiod.http.ratelimit import (
     AddressLimiter,
     Clock,
     Limits,
@@ -44,8 +40,12 @@ from frameiod.ratelimit import (
     networks,
     retry_after,
 )
+from frameiod.ids import new_event_id
+from frameiod.logs import get_logger
+from frameiod.metrics import UNKNOWN_SOURCE, Metrics
+from frameiod.plugins.handlers import Routes, secret_id
 from frameiod.signature import SignatureError, Verified, verify
-from frameiod.spool import Incoming, SpoolBackend, SpoolUnavailable
+from frameiod.store.base import Incoming, SpoolBackend, SpoolUnavailable
 
 __all__ = [
     "SHUTDOWN_TIMEOUT",

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from frameiod.events import ActionEvent
-from frameiod.handlers import ActionHandler, call_handler
 from frameiod.logs import get_logger
+from frameiod.plugins.handlers import ActionHandler, call_handler
 from frameiod.responses import Form, Message
 
 __all__ = ["ActionAnswer", "ActionRunner"]

@@ -17,7 +17,7 @@ own, so one that succeeded never runs again because a sibling failed.
 
 Stream entries are deleted only with their event, when all its deliveries are done and
 ``[spool] keep_done`` has passed: an entry still pending is never trimmed.
-See `frameiod.redis_store` for every key.
+See `frameiod.store.redis_keys` for every key.
 """
 
 from __future__ import annotations
@@ -34,18 +34,11 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError, ResponseError
 
 from frameiod.config import Config
+from frameiod.http.ratelimit import Limits
+from frameiod.http.redis_ratelimit import RedisSourceLimiter
 from frameiod.logs import get_logger
-from frameiod.ratelimit import Limits
-from frameiod.redis_ratelimit import RedisSourceLimiter
-from frameiod.redis_store import GROUP, LUA_PRELUDE, connect, redis_errors, safe_url
-from frameiod.spool import (
-    Accepted,
-    Claimed,
-    DeliveryId,
-    Incoming,
-    Listeners,
-    SpoolError,
-)
+from frameiod.store.base import Accepted, Claimed, DeliveryId, Incoming, Listeners, SpoolError
+from frameiod.store.redis_keys import GROUP, LUA_PRELUDE, connect, redis_errors, safe_url
 
 __all__ = ["LEASE_GRACE", "RedisSpool"]
 
@@ -323,7 +316,7 @@ def _node_name() -> str:
 
 
 class RedisSpool:
-    """`frameiod.spool.SpoolBackend` on Redis Streams, shared by every receiver."""
+    """`frameiod.store.base.SpoolBackend` on Redis Streams, shared by every receiver."""
 
     recovered = 0  # nothing to recover at start: leases and XAUTOCLAIM take over any time
 

@@ -17,7 +17,7 @@ Every key starts with ``[spool] stream_prefix`` (``P`` below):
   done, by when), ``P:sources`` (every source seen), ``P:counts`` (deliveries per state).
 - ``P:seen:<source>:<timestamp>:<signature>``: a request seen (the event id it became), and
   ``P:seen_at``, those requests by timestamp: each is kept until its timestamp is older than
-  the largest tolerance in force (`frameiod.spool.replay_window`), then purged.
+  the largest tolerance in force (`frameiod.store.base.replay_window`), then purged.
 - ``P:body:<source>:<secret id>:<sha256>``: an identical body's twin, with a TTL.
 - ``P:rate:<source>``: the shared token bucket of a source.
 
@@ -38,7 +38,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from frameiod.spool import SpoolUnavailable
+from frameiod.store.base import SpoolUnavailable
 
 __all__ = ["GROUP", "LUA_PRELUDE", "connect", "redis_errors", "safe_url"]
 

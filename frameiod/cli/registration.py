@@ -31,13 +31,13 @@ from pydantic import TypeAdapter
 
 from frameiod.config import DEV_SECRET, Config, FrameioConfig, SourceName
 from frameiod.events import EVENT_TYPES
-from frameiod.handlers import DEFAULT_SOURCE, ActionHandler, pattern_problem
+from frameiod.plugins.handlers import DEFAULT_SOURCE, ActionHandler, pattern_problem
 
 if TYPE_CHECKING:
     from frameio import AsyncFrameio
 
-    from frameiod.handlers import Routes
-    from frameiod.plugins import PluginHost
+    from frameiod.plugins.handlers import Routes
+    from frameiod.plugins.host import PluginHost
 
 __all__ = [
     "Failure",
@@ -48,7 +48,7 @@ __all__ = [
     "save_secret",
 ]
 
-_FAILED, _CONFIG = 1, 2  # the exit statuses of frameiod.cli
+_FAILED, _CONFIG = 1, 2  # the exit statuses of frameiod.cli.main
 
 SECRETS_FOLDER = "secrets"  # under the state folder; "file:secrets/..." resolves there
 

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel
 
 from frameiod.client import FrameioClient
-from frameiod.handlers import (
+from frameiod.plugins.handlers import (
     DEFAULT_SOURCE,
     ActionHandler,
     HandlerFunc,
@@ -25,7 +25,7 @@ from frameiod.handlers import (
     WebhookHandler,
     maybe_await,
 )
-from frameiod.hookspecs import hookimpl
+from frameiod.plugins.hookspecs import hookimpl
 
 __all__ = ["App", "NoClientError"]
 

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from pydantic import BaseModel
 
     from frameiod.events import WebhookEvent
-    from frameiod.handlers import ActionHandler, Outcome, PluginContext, WebhookHandler
+    from frameiod.plugins.handlers import ActionHandler, Outcome, PluginContext, WebhookHandler
 
 __all__ = ["PROJECT", "hookimpl", "hookspec"]
 

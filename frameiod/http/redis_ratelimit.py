@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import redis.asyncio as aioredis
 
-from frameiod.ratelimit import Limits
-from frameiod.redis_store import LUA_PRELUDE, redis_errors
+from frameiod.http.ratelimit import Limits
+from frameiod.store.redis_keys import LUA_PRELUDE, redis_errors
 
 __all__ = ["RedisSourceLimiter"]
 
@@ -37,7 +37,8 @@ return fmt(wait)
 
 
 class RedisSourceLimiter:
-    """`frameiod.ratelimit.SourceLimits` over Redis: one bucket per source for all receivers."""
+    """`frameiod.http.ratelimit.SourceLimits` over Redis: one bucket per source, for all
+    receivers."""
 
     def __init__(self, client: aioredis.Redis, url: str, prefix: str, limits: Limits) -> None:
         self._url = url

@@ -1,0 +1,1 @@
+"""The ``frameiod`` command, one module per command group."""

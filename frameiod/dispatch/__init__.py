@@ -1,0 +1,1 @@
+"""Due deliveries to handler calls to recorded outcomes."""

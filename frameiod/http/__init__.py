@@ -1,0 +1,1 @@
+"""What listens: the webhook and action routes, socket limits, rate limits."""

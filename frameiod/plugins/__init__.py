@@ -1,0 +1,1 @@
+"""The plugin host: hookspecs, the PluginManager factory, and `App`."""

@@ -1,0 +1,1 @@
+"""The durable queue behind one seam (`frameiod.store.base`)."""
