@@ -30,7 +30,7 @@ Before the rounds, what an fsync costs on the disk (wall and CPU time), to read 
 64-connection load to ``bench/profile-ingest.svg`` and its hottest frames to
 ``bench/profile-ingest.txt`` (py-spy: ``.venv/bin/pip install py-spy``).
 
-Writes ``bench/results.json`` and prints Markdown tables for the README.
+Writes ``bench/results.json`` and prints Markdown tables for docs/performance.md.
 """
 
 from __future__ import annotations
@@ -924,7 +924,7 @@ def summarise(
 
 
 def report(summary: dict[str, Any]) -> int:
-    """Print the README's tables; 1 if any load was invalid."""
+    """Print docs/performance.md's tables; 1 if any load was invalid."""
     print(f"\n{summary['date']}, {summary['machine']}, server on CPU 0, wrk on CPU 1")
     print(
         "| target | req/s (64 conn.) | ÷ baseline | p50 ms (8 conn.) | ÷ baseline "
