@@ -6,7 +6,7 @@ import asyncio
 import json
 import time
 
-from frameiod.http.ratelimit import (
+from frameiod.ratelimit import (
     AddressLimiter,
     SourceLimiter,
     TokenBucket,

@@ -30,10 +30,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from frameiod.events import PayloadError, WebhookEvent, parse_webhook
-from frameiod.http.ratelimit import TokenBucket
 from frameiod.logs import LastingFault, get_logger
 from frameiod.metrics import Metrics
 from frameiod.plugins.handlers import Outcome, Routes, WebhookHandler, call_handler
+from frameiod.ratelimit import TokenBucket
 from frameiod.store.base import Claimed, DeliveryId, SpoolBackend, SpoolUnavailable
 
 __all__ = ["Dispatcher", "Notify", "RetryPolicy"]

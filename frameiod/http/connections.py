@@ -35,9 +35,9 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestHandler
 
 from frameiod.config import Config, ConfigError
-from frameiod.http.ratelimit import Networks, is_within
 from frameiod.logs import get_logger
 from frameiod.metrics import Metrics
+from frameiod.ratelimit import Networks, is_within
 
 __all__ = [
     "GuardedRunner",
@@ -251,7 +251,7 @@ class GuardedRunner(web.AppRunner):
         return server
 
     def trust(self, trusted_proxies: Networks) -> None:
-        """Exempt these proxies (see `frameiod.http.ratelimit.networks`) from the per-address cap
+        """Exempt these proxies (see `frameiod.ratelimit.networks`) from the per-address cap
         from now on (a reload)."""
         self._trusted = trusted_proxies
         if isinstance(self.server, _GuardedServer):

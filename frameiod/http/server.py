@@ -28,7 +28,11 @@ from frameiod.events import (
 )
 from frameiod.http.actions import ActionRunner
 from frameiod.http.connections import body_deadline
-from frameiod.http.ratelimit import (
+from frameiod.ids import new_event_id
+from frameiod.logs import get_logger
+from frameiod.metrics import UNKNOWN_SOURCE, Metrics
+from frameiod.plugins.handlers import Routes, secret_id
+from frameiod.ratelimit import (
     AddressLimiter,
     Clock,
     Limits,
@@ -40,10 +44,6 @@ from frameiod.http.ratelimit import (
     networks,
     retry_after,
 )
-from frameiod.ids import new_event_id
-from frameiod.logs import get_logger
-from frameiod.metrics import UNKNOWN_SOURCE, Metrics
-from frameiod.plugins.handlers import Routes, secret_id
 from frameiod.signature import SignatureError, Verified, verify
 from frameiod.store.base import Incoming, SpoolBackend, SpoolUnavailable
 

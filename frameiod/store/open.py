@@ -1,7 +1,7 @@
 """Which spool and per-source rate limiter a daemon uses: ``[spool] backend``.
 
 The one place that knows there is more than one: everything else talks to
-`frameiod.store.base.SpoolBackend` and `frameiod.http.ratelimit.SourceLimits`.
+`frameiod.store.base.SpoolBackend` and `frameiod.ratelimit.SourceLimits`.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from frameiod.config import Config
-from frameiod.http.ratelimit import Limits, SourceLimits
+from frameiod.ratelimit import Limits, SourceLimits
 from frameiod.store.base import SpoolBackend
 from frameiod.store.sqlite import Spool
 

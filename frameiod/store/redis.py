@@ -34,11 +34,11 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError, ResponseError
 
 from frameiod.config import Config
-from frameiod.http.ratelimit import Limits
-from frameiod.http.redis_ratelimit import RedisSourceLimiter
 from frameiod.logs import get_logger
+from frameiod.ratelimit import Limits
 from frameiod.store.base import Accepted, Claimed, DeliveryId, Incoming, Listeners, SpoolError
 from frameiod.store.redis_keys import GROUP, LUA_PRELUDE, connect, redis_errors, safe_url
+from frameiod.store.redis_ratelimit import RedisSourceLimiter
 
 __all__ = ["LEASE_GRACE", "RedisSpool"]
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import redis.asyncio as aioredis
 
-from frameiod.http.ratelimit import Limits
+from frameiod.ratelimit import Limits
 from frameiod.store.redis_keys import LUA_PRELUDE, redis_errors
 
 __all__ = ["RedisSourceLimiter"]
@@ -37,7 +37,7 @@ return fmt(wait)
 
 
 class RedisSourceLimiter:
-    """`frameiod.http.ratelimit.SourceLimits` over Redis: one bucket per source, for all
+    """`frameiod.ratelimit.SourceLimits` over Redis: one bucket per source, for all
     receivers."""
 
     def __init__(self, client: aioredis.Redis, url: str, prefix: str, limits: Limits) -> None:
