@@ -24,7 +24,7 @@ from frameiod.http.server import SHUTDOWN_TIMEOUT, STATE, Live, answer_malformed
 from frameiod.logs import configure_logging, get_logger
 from frameiod.metrics import Metrics
 from frameiod.plugins.handlers import Routes
-from frameiod.plugins.host import PluginHost
+from frameiod.plugins.host import PluginHost, make_plugin_manager
 from frameiod.store.base import SpoolBackend, SpoolError, SpoolUnavailable, replay_window
 from frameiod.store.open import Backend, open_backend
 
@@ -41,7 +41,7 @@ class Daemon:
 
     def __init__(self, config: Config, plugins: PluginHost | None = None) -> None:
         self.config = config
-        self.plugins = plugins or PluginHost()
+        self.plugins = plugins or PluginHost(make_plugin_manager(load_entrypoints=False))
         self.metrics = Metrics(config.sources, __version__)
         self.backend: Backend | None = None
         self.spool: SpoolBackend | None = None
