@@ -23,8 +23,8 @@ from frameiod.http.connections import GuardedRunner, GuardedSite, ServedTls, tls
 from frameiod.http.server import SHUTDOWN_TIMEOUT, STATE, Live, answer_malformed, create_app
 from frameiod.logs import configure_logging, get_logger
 from frameiod.metrics import Metrics
-from frameiod.plugins.handlers import Routes
 from frameiod.plugins.host import PluginHost, make_plugin_manager
+from frameiod.plugins.routing import Routes
 from frameiod.store.base import SpoolBackend, SpoolError, SpoolUnavailable, replay_window
 from frameiod.store.open import Backend, open_backend
 

@@ -30,7 +30,7 @@ from prometheus_client.utils import floatToGoString
 
 if TYPE_CHECKING:
     from frameiod.plugins.handlers import ActionHandler, Outcome, WebhookHandler
-    from frameiod.plugins.host import PluginInfo
+    from frameiod.plugins.manager import PluginInfo
 
 __all__ = [
     "ACTION_OUTCOMES",

@@ -43,7 +43,8 @@ from frameiod.http.ratelimit import (
 from frameiod.ids import new_event_id
 from frameiod.logs import get_logger
 from frameiod.metrics import UNKNOWN_SOURCE, Metrics
-from frameiod.plugins.handlers import Routes, secret_id
+from frameiod.plugins.routing import Routes
+from frameiod.secret_ids import secret_id
 from frameiod.signature import SignatureError, Verified, verify
 from frameiod.store.base import Incoming, SpoolBackend, SpoolUnavailable
 

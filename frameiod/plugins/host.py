@@ -17,15 +17,9 @@ from pydantic import ValidationError
 
 from frameiod.config import Config, ConfigError, validation_problems
 from frameiod.logs import get_logger
+from frameiod.patterns import pattern_problem
 from frameiod.plugins.calls import HookCalls
-from frameiod.plugins.handlers import (
-    ActionHandler,
-    PluginContext,
-    Routes,
-    WebhookHandler,
-    maybe_await,
-    pattern_problem,
-)
+from frameiod.plugins.handlers import ActionHandler, PluginContext, WebhookHandler
 from frameiod.plugins.manager import (
     ALLOW_ENV,
     ENTRY_POINT_GROUP,
@@ -35,6 +29,8 @@ from frameiod.plugins.manager import (
     one_line,
     report,
 )
+from frameiod.plugins.routing import Routes
+from frameiod.plugins.runner import maybe_await
 
 __all__ = [
     "ALLOW_ENV",
