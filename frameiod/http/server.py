@@ -347,7 +347,10 @@ def _refuse(
         if charge:
             live.addresses.refused(address)
         state.metrics.unauthenticated_rejected.labels(reason=exc.outcome).inc()
-    if exc.outcome:  # an unknown action is counted by the action metric instead
+    # No outcome: an unknown action, which frameiod_actions_total counts instead.
+    if exc.outcome and kind == "action":  # the received series counts webhooks only
+        state.metrics.action_rejected(source_name, exc.outcome)
+    elif exc.outcome:
         state.metrics.received(source_name, exc.outcome, seconds)
     log.warning(
         f"{kind} rejected",
