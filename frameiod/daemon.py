@@ -84,7 +84,7 @@ class Daemon:
                 spool=spool,
                 metrics=self.metrics,
                 routes=routes,
-                # No observer, no task per event: that task cost 6 % of ingest (bench/).
+                # No observer, no task per event: a task per request shows in ingest (bench/).
                 observe=(
                     self._observe if self.plugins.observes("frameiod_event_accepted") else None
                 ),
