@@ -30,10 +30,11 @@ from prometheus_client.utils import floatToGoString
 
 if TYPE_CHECKING:
     from frameiod.plugins.handlers import ActionHandler, Outcome, WebhookHandler
-    from frameiod.plugins.host import PluginInfo
+    from frameiod.plugins.manager import PluginInfo
 
 __all__ = [
     "ACTION_OUTCOMES",
+    "ACTION_REJECTIONS",
     "CONNECTION_REFUSALS",
     "HANDLER_OUTCOMES",
     "RECEIVE_OUTCOMES",
@@ -56,6 +57,9 @@ RECEIVE_OUTCOMES = (
 HANDLER_OUTCOMES = ("ok", "error", "timeout", "dead")
 UNAUTHENTICATED_REASONS = ("bad_signature", "stale", "malformed", "too_large", "address_limited")
 ACTION_OUTCOMES = ("ok", "error", "late", "unsupported_resource", "unknown_action")
+# Why a request to /actions/{source} was refused before its action was known: the
+# webhook route's refusals, counted apart so that series stays webhooks only.
+ACTION_REJECTIONS = tuple(o for o in RECEIVE_OUTCOMES if o not in ("accepted", "duplicate"))
 UNKNOWN_SOURCE = "unknown"
 CONNECTION_REFUSALS = ("max_connections", "per_address", "header_timeout", "idle_timeout")
 
@@ -226,6 +230,13 @@ class Metrics:
             ["source", "action", "outcome"],
             registry=self.registry,
         )
+        self.actions_rejected = Counter(
+            "frameiod_actions_rejected",
+            "Requests to /actions/{source} refused before a handler was chosen, by why",
+            ["source", "outcome"],
+            registry=self.registry,
+        )
+        self.actions_rejected.labels(source=UNKNOWN_SOURCE, outcome="unknown_source")
         self.spool_deliveries = Gauge(
             "frameiod_spool_deliveries",
             "Deliveries in the spool, by state",
@@ -259,6 +270,9 @@ class Metrics:
                 if outcome != "unknown_source":
                     self.deliveries_received.create(source, outcome)
             self.rate_limited.labels(source=source)
+            for outcome in ACTION_REJECTIONS:
+                if outcome != "unknown_source":
+                    self.actions_rejected.labels(source=source, outcome=outcome)
 
     def register_plugins(self, plugins: Iterable[PluginInfo]) -> None:
         """Publish each plugin's status and create its handlers' series at 0."""
@@ -289,6 +303,11 @@ class Metrics:
         if source not in self.sources:
             source = UNKNOWN_SOURCE
         self.actions.labels(source=source, action=action, outcome=outcome).inc()
+
+    def action_rejected(self, source: str, outcome: str) -> None:
+        """Count one refused custom-action request; unconfigured sources become ``unknown``."""
+        label = source if source in self.sources else UNKNOWN_SOURCE
+        self.actions_rejected.labels(source=label, outcome=outcome).inc()
 
     def handler_finished(
         self, plugin: str, handler: str, outcome: Outcome, dead: bool = False

@@ -16,7 +16,8 @@ from support import run_cli
 
 from frameiod import App, WebhookEvent
 from frameiod.dispatch.dispatcher import Dispatcher, RetryPolicy
-from frameiod.plugins.handlers import Routes, WebhookHandler
+from frameiod.plugins.handlers import WebhookHandler
+from frameiod.plugins.routing import Routes
 from frameiod.store.base import Incoming
 from frameiod.store.sqlite import Spool
 from frameiod.testing import TEST_SECRET, RunningDaemon, run_daemon

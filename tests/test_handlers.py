@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 
-from frameiod.plugins.handlers import call_handler
+from frameiod.plugins.runner import call_handler
 
 
 def test_a_plain_handler_outliving_its_event_loop_ends_quietly() -> None:

@@ -20,7 +20,9 @@ from frameiod import __version__
 from frameiod.config import Config
 from frameiod.http.server import STATE, create_app
 from frameiod.metrics import Metrics
-from frameiod.plugins.handlers import Routes, WebhookHandler, secret_id
+from frameiod.plugins.handlers import WebhookHandler
+from frameiod.plugins.routing import Routes
+from frameiod.secret_ids import secret_id
 from frameiod.store.base import SpoolUnavailable
 from frameiod.store.sqlite import Spool
 

@@ -20,7 +20,7 @@ from frameiod import __version__
 from frameiod.cli.registration import add_registration_commands, run_registration
 from frameiod.config import Config, ConfigError, find_config, format_duration, load_config
 from frameiod.events import EVENT_TYPES, closest_event_type, example_action, example_payload
-from frameiod.plugins.host import PluginHost
+from frameiod.plugins.host import PluginHost, make_plugin_manager
 from frameiod.signature import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 from frameiod.store.sqlite_queue import add_queue_commands, run_queue
 from frameiod.terminal import printable, say
@@ -45,8 +45,7 @@ def _load(args: argparse.Namespace) -> Config | None:
 
 def _plugins(config: Config) -> PluginHost | None:
     """Discover the plugins and validate their config; None (after printing why) on errors."""
-    host = PluginHost()
-    host.discover(config.plugins.disable)
+    host = PluginHost(make_plugin_manager(blocked=config.plugins.disable))
     try:
         warnings = host.configure(config)
     except ConfigError as exc:

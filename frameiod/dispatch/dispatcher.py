@@ -16,7 +16,7 @@ pauses: it claims nothing, keeps the outcomes it could not write, and probes the
 a growing interval; once a probe succeeds it writes those outcomes and claims again. So a
 fault never turns into the same side effect repeated: each call is one attempt on record.
 
-Plain (non-async) handlers run in a daemon thread (`frameiod.plugins.handlers.call_handler`).
+Plain (non-async) handlers run in a daemon thread (`frameiod.plugins.runner.call_handler`).
 """
 
 from __future__ import annotations
@@ -32,7 +32,9 @@ from typing import Any
 from frameiod.events import PayloadError, WebhookEvent, parse_webhook
 from frameiod.logs import LastingFault, get_logger
 from frameiod.metrics import Metrics
-from frameiod.plugins.handlers import Outcome, Routes, WebhookHandler, call_handler
+from frameiod.plugins.handlers import Outcome, WebhookHandler
+from frameiod.plugins.routing import Routes
+from frameiod.plugins.runner import call_handler
 from frameiod.ratelimit import TokenBucket
 from frameiod.store.base import Claimed, DeliveryId, SpoolBackend, SpoolUnavailable
 

@@ -15,7 +15,8 @@ from typing import Any
 
 from frameiod.events import ActionEvent
 from frameiod.logs import get_logger
-from frameiod.plugins.handlers import ActionHandler, call_handler
+from frameiod.plugins.handlers import ActionHandler
+from frameiod.plugins.runner import call_handler
 from frameiod.responses import Form, Message
 
 __all__ = ["ActionAnswer", "ActionRunner"]
@@ -44,7 +45,6 @@ class ActionRunner:
 
     def __init__(self) -> None:
         self._late: set[asyncio.Task[Any]] = set()
-        self.finished_late: list[tuple[str, str]] = []  # (interaction id, outcome), for tests
 
     async def run(
         self,
@@ -115,9 +115,8 @@ class ActionRunner:
         self._late.discard(task)
         seconds = round(time.perf_counter() - started, 3)
         if task.cancelled():
-            outcome = "cancelled"
-        elif task.exception() is not None:
-            outcome = "error"
+            return
+        if task.exception() is not None:
             log.error(
                 "late action handler failed",
                 **fields,
@@ -125,9 +124,7 @@ class ActionRunner:
                 error=repr(task.exception()),
             )
         else:
-            outcome = "ok"
             log.info("late action handler finished", **fields, seconds=seconds)
-        self.finished_late.append((fields["interaction_id"], outcome))
 
     async def drain(self) -> None:
         """Wait for handlers still running after their answer (bound it with a timeout)."""

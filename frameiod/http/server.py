@@ -31,7 +31,7 @@ from frameiod.http.connections import body_deadline
 from frameiod.ids import new_event_id
 from frameiod.logs import get_logger
 from frameiod.metrics import UNKNOWN_SOURCE, Metrics
-from frameiod.plugins.handlers import Routes, secret_id
+from frameiod.plugins.routing import Routes
 from frameiod.ratelimit import (
     AddressLimiter,
     Clock,
@@ -44,6 +44,7 @@ from frameiod.ratelimit import (
     networks,
     retry_after,
 )
+from frameiod.secret_ids import secret_id
 from frameiod.signature import SignatureError, Verified, verify
 from frameiod.store.base import Incoming, SpoolBackend, SpoolUnavailable
 
@@ -346,7 +347,10 @@ def _refuse(
         if charge:
             live.addresses.refused(address)
         state.metrics.unauthenticated_rejected.labels(reason=exc.outcome).inc()
-    if exc.outcome:  # an unknown action is counted by the action metric instead
+    # No outcome: an unknown action, which frameiod_actions_total counts instead.
+    if exc.outcome and kind == "action":  # the received series counts webhooks only
+        state.metrics.action_rejected(source_name, exc.outcome)
+    elif exc.outcome:
         state.metrics.received(source_name, exc.outcome, seconds)
     log.warning(
         f"{kind} rejected",

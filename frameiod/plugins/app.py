@@ -23,9 +23,9 @@ from frameiod.plugins.handlers import (
     HandlerFunc,
     PluginContext,
     WebhookHandler,
-    maybe_await,
 )
 from frameiod.plugins.hookspecs import hookimpl
+from frameiod.plugins.runner import maybe_await
 
 __all__ = ["App", "NoClientError"]
 

@@ -1,9 +1,13 @@
 """Every hook a frameiod plugin can implement, grouped by when it runs.
 
 A plugin implements hooks with ``@frameiod.hookimpl``, as ``def`` or ``async def``; the
-host awaits whatever is awaitable. The host calls each plugin's implementation on its
-own, inside its own ``try``, so one plugin's failure is logged and counted against that
-plugin only.
+host awaits whatever is awaitable. Every hook is called through pluggy, so
+``@hookimpl(tryfirst=True)``, ``trylast=True`` and ``wrapper=True`` mean what pluggy
+documents. Each plugin's implementation is called through its own subset of the hook
+(pluggy's ``subset_hook_caller``: that plugin's implementation inside every wrapper), so
+one plugin's failure is logged against that plugin only. A wrapper therefore wraps each
+plugin's call on its own, and around an ``async def`` implementation it sees the
+coroutine the call returned (the host awaits it afterwards).
 """
 
 from __future__ import annotations

@@ -1,36 +1,36 @@
-"""Finding, loading and running plugins: entry points, config, lifecycle, observers.
+"""The daemon's plugins: adopted from the plugin manager, configured, started, and called.
 
-A plugin that cannot be imported, registered, or started is recorded as failed with its
-reason, and the daemon goes on with the others. Every hook implementation is called on
-its own, inside its own ``try`` (pluggy's own calling loop would stop at the first
-exception), and whatever it returns is awaited if it is awaitable.
+A plugin that cannot be registered, offer its handlers, or start is recorded as failed
+with its reason, and the daemon goes on with the others. Every hook is called through
+pluggy (`frameiod.plugins.calls`): each plugin's own through its subset caller, so one
+plugin's failure is its own; observers in pluggy's order.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib.metadata
-import os
-import traceback
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import pluggy
 import structlog
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
 from frameiod.config import Config, ConfigError, validation_problems
 from frameiod.logs import get_logger
-from frameiod.plugins import hookspecs
-from frameiod.plugins.handlers import (
-    ActionHandler,
-    PluginContext,
-    Routes,
-    WebhookHandler,
-    maybe_await,
-    pattern_problem,
+from frameiod.patterns import pattern_problem
+from frameiod.plugins.calls import HookCalls
+from frameiod.plugins.handlers import ActionHandler, PluginContext, WebhookHandler
+from frameiod.plugins.manager import (
+    ALLOW_ENV,
+    ENTRY_POINT_GROUP,
+    PluginInfo,
+    PluginManager,
+    make_plugin_manager,
+    one_line,
+    report,
 )
+from frameiod.plugins.routing import Routes
+from frameiod.plugins.runner import maybe_await
 
 __all__ = [
     "ALLOW_ENV",
@@ -40,55 +40,7 @@ __all__ = [
     "make_plugin_manager",
 ]
 
-ENTRY_POINT_GROUP = "frameiod.plugins"
-ALLOW_ENV = "FRAMEIOD_PLUGINS"
-
 log = get_logger("frameiod.plugins")
-
-Status = Literal["loaded", "disabled", "failed"]
-
-
-def make_plugin_manager() -> pluggy.PluginManager:
-    """A fresh plugin manager that knows every frameiod hookspec (one per daemon or test)."""
-    pm = pluggy.PluginManager(hookspecs.PROJECT)
-    pm.add_hookspecs(hookspecs)
-    return pm
-
-
-@dataclass
-class PluginInfo:
-    """What ``frameiod plugins`` shows about one plugin."""
-
-    name: str
-    distribution: str | None = None
-    version: str | None = None
-    status: Status = "loaded"
-    reason: str | None = None
-    handlers: list[WebhookHandler] = field(default_factory=list)
-    actions: list[ActionHandler] = field(default_factory=list)
-    config: BaseModel | None = None
-
-    def describe(self) -> dict[str, Any]:
-        """A JSON-ready description (no secrets)."""
-        return {
-            "name": self.name,
-            "distribution": self.distribution,
-            "version": self.version,
-            "status": self.status,
-            "reason": self.reason,
-            "handlers": [handler.describe() for handler in self.handlers],
-            "actions": [action.describe() for action in self.actions],
-        }
-
-
-def _one_line(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"
-
-
-def _allow_list(environ: Mapping[str, str]) -> set[str] | None:
-    if ALLOW_ENV not in environ:
-        return None
-    return {name.strip() for name in environ[ALLOW_ENV].split(",") if name.strip()}
 
 
 def _owned_action(action: object, plugin: str) -> ActionHandler:
@@ -104,71 +56,52 @@ def _owned(handler: object, plugin: str) -> WebhookHandler:
 
 
 class PluginHost:
-    """The daemon's plugins: discovered, configured, started, and called.
+    """The daemon's plugins: those registered on ``pm``, configured, started, and called.
 
-    Tests build one with ``load_entrypoints=False`` and `add` in-test plugin objects.
+    Build the manager with `make_plugin_manager` (tests: ``load_entrypoints=False``, then
+    ``pm.register(Plugin(), name="t")`` or `add`).
     """
 
-    def __init__(self, pm: pluggy.PluginManager | None = None) -> None:
-        self.pm = pm or make_plugin_manager()
+    def __init__(self, pm: PluginManager) -> None:
+        self.pm = pm
         self.plugins: dict[str, PluginInfo] = {}
         self._started: list[str] = []
         self._contexts: dict[str, PluginContext] = {}
-
-    # --- discovery ---------------------------------------------------------------
-
-    def discover(
-        self,
-        disabled: Iterable[str] = (),
-        environ: Mapping[str, str] | None = None,
-        entry_points: Iterable[importlib.metadata.EntryPoint] | None = None,
-    ) -> None:
-        """Load every ``frameiod.plugins`` entry point that is not disabled or filtered out
-        by ``$FRAMEIOD_PLUGINS``; record each one's status."""
-        environ = os.environ if environ is None else environ
-        allowed = _allow_list(environ)
-        disabled = set(disabled)
-        if entry_points is None:
-            entry_points = importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
-        for ep in sorted(entry_points, key=lambda ep: ep.name):
-            dist = ep.dist
-            info = PluginInfo(
-                name=ep.name,
-                distribution=dist.name if dist else None,
-                version=dist.version if dist else None,
-            )
-            if ep.name in self.plugins:
-                first = self.plugins[ep.name].distribution
-                # Listed under its own name too: the operator has to uninstall one of them.
-                info.name = f"{ep.name} ({info.distribution})"
-                self._fail(info, f"another plugin is already named {ep.name!r} (from {first})")
-            elif ep.name in disabled:
-                self._disable(info, "listed in [plugins] disable")
-            elif allowed is not None and ep.name not in allowed:
-                self._disable(info, f"not in ${ALLOW_ENV}")
-            else:
-                try:
-                    plugin = ep.load()
-                except (Exception, SystemExit) as exc:
-                    self._fail(info, f"cannot import {ep.value}: {_one_line(exc)}", exc)
-                else:
-                    self._register(info, plugin)
-
-    def _disable(self, info: PluginInfo, reason: str) -> None:
-        info.status, info.reason = "disabled", reason
-        self.plugins[info.name] = info
-        log.info("plugin disabled", plugin=info.name, reason=reason)
+        self._calls = HookCalls(pm)
+        # What discovery found first (in its order), then what was registered directly.
+        for name, found in pm.found.items():
+            plugin = pm.get_plugin(name) if found.status == "loaded" else None
+            if plugin is not None:
+                self._adopt(found, plugin)
+            elif found.status != "loaded":
+                self.plugins[name] = found
+        for name, plugin in pm.list_name_plugin():
+            if plugin is not None and name not in self.plugins:
+                self._adopt(PluginInfo(name=name), plugin)
 
     def add(self, plugin: object, name: str, distribution: str | None = None) -> PluginInfo:
         """Register an in-process plugin object (a module, an `App`, any object with hooks)."""
         info = PluginInfo(name=name, distribution=distribution)
-        self._register(info, plugin)
+        reason = self.pm.block_reason(name)
+        if reason is not None:
+            info.status, info.reason = "disabled", reason
+            self.plugins[name] = info
+            report(info)
+            return info
+        try:
+            self.pm.register(plugin, name=name)
+        except Exception as exc:
+            self.plugins[name] = info
+            self._fail(info, one_line(exc), exc)
+            return info
+        self._adopt(info, plugin)
         return info
 
-    def _register(self, info: PluginInfo, plugin: object) -> None:
+    def _adopt(self, info: PluginInfo, plugin: object) -> None:
+        """Check a registered plugin and collect what it offers; fail it if that fails."""
         self.plugins[info.name] = info
+        self._calls = HookCalls(self.pm)  # a new set of plugins
         try:
-            self.pm.register(plugin, name=info.name)
             unknown = [
                 hook for hook in self.pm.get_hookcallers(plugin) or [] if not hook.has_spec()
             ]
@@ -177,21 +110,17 @@ class PluginHost:
                     plugin, f"implements unknown hook(s): {', '.join(h.name for h in unknown)}"
                 )
             # Collected now, so a broken frameiod_webhook_handlers is a load failure.
-            info.handlers = [
-                _owned(handler, info.name)
-                for handler in self._call(info.name, "frameiod_webhook_handlers") or []
-            ]
+            offered = self._calls.one(info.name, "frameiod_webhook_handlers")
+            info.handlers = [_owned(handler, info.name) for handler in offered or []]
             names = [handler.name for handler in info.handlers]
             twice = sorted({name for name in names if names.count(name) > 1})
             if twice:
                 # Names label logs and metrics; two handlers under one name would merge.
                 raise ValueError(f"two handlers are named {', '.join(twice)}; pass name=...")
-            info.actions = [
-                _owned_action(action, info.name)
-                for action in self._call(info.name, "frameiod_action_handlers") or []
-            ]
+            offered = self._calls.one(info.name, "frameiod_action_handlers")
+            info.actions = [_owned_action(action, info.name) for action in offered or []]
         except Exception as exc:
-            self._fail(info, _one_line(exc), exc)
+            self._fail(info, one_line(exc), exc)
             return
         for handler in info.handlers:
             for pattern in handler.event_types:
@@ -217,24 +146,8 @@ class PluginHost:
         plugin = self.pm.get_plugin(info.name)
         if plugin is not None:
             self.pm.unregister(plugin)
-        log.error(
-            "plugin failed",
-            plugin=info.name,
-            reason=reason,
-            traceback="".join(traceback.format_exception(exc)) if exc else None,
-        )
-
-    def _impl(self, name: str, hook: str) -> pluggy.HookImpl | None:
-        for impl in getattr(self.pm.hook, hook).get_hookimpls():
-            if impl.plugin_name == name:
-                return impl
-        return None
-
-    def _call(self, name: str, hook: str, **kwargs: Any) -> Any:
-        impl = self._impl(name, hook)
-        if impl is None:
-            return None
-        return impl.function(*[kwargs[arg] for arg in impl.argnames])
+            self._calls = HookCalls(self.pm)  # a new set of plugins
+        report(info, exc)
 
     @property
     def loaded(self) -> list[str]:
@@ -255,9 +168,9 @@ class PluginHost:
         for name in self.loaded:
             info = self.plugins[name]
             try:
-                model = self._call(name, "frameiod_plugin_config_model")
+                model = self._calls.one(name, "frameiod_plugin_config_model")
             except Exception as exc:
-                self._fail(info, f"frameiod_plugin_config_model raised {_one_line(exc)}", exc)
+                self._fail(info, f"frameiod_plugin_config_model raised {one_line(exc)}", exc)
                 continue
             table = tables.get(name)
             if model is None:
@@ -320,9 +233,9 @@ class PluginHost:
                 client=client,
             )
             try:
-                await maybe_await(self._call(name, "frameiod_startup", context=context))
+                await maybe_await(self._calls.one(name, "frameiod_startup", context=context))
             except Exception as exc:
-                self._fail(info, f"frameiod_startup raised {_one_line(exc)}", exc)
+                self._fail(info, f"frameiod_startup raised {one_line(exc)}", exc)
                 continue
             self._contexts[name] = context
             self._started.append(name)
@@ -332,20 +245,17 @@ class PluginHost:
         for name in reversed(self._started):
             try:
                 await maybe_await(
-                    self._call(name, "frameiod_shutdown", context=self._contexts[name])
+                    self._calls.one(name, "frameiod_shutdown", context=self._contexts[name])
                 )
             except Exception:
                 log.exception("plugin shutdown failed", plugin=name)
         self._started.clear()
 
     def observes(self, hook: str) -> bool:
-        """Whether any loaded plugin implements the observer ``hook``."""
-        return bool(getattr(self.pm.hook, hook).get_hookimpls())
+        """Whether any loaded plugin implements the observer ``hook`` (a wrapper counts)."""
+        return self._calls.implemented(hook)
 
     async def notify(self, hook: str, **kwargs: Any) -> None:
-        """Call an observer hook on every plugin; each failure is logged, none passed on."""
-        for impl in getattr(self.pm.hook, hook).get_hookimpls():
-            try:
-                await maybe_await(impl.function(*[kwargs[arg] for arg in impl.argnames]))
-            except Exception:
-                log.exception("observer hook failed", plugin=impl.plugin_name, hook=hook)
+        """Call an observer hook on every plugin, through pluggy and in its order; await
+        the ``async def`` ones together; each failure is logged, none passed on."""
+        await self._calls.notify(hook, **kwargs)

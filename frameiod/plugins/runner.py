@@ -1,0 +1,57 @@
+"""Calling what plugins hand over: ``async def`` on the loop, plain functions in a thread.
+
+Handlers, hooks and `App` callbacks may be ``def`` or ``async def``: the host awaits what
+is awaitable (`maybe_await`), and a plain handler runs in a daemon thread of its own
+(`call_handler`) so it cannot block the event loop, and one that never returns cannot
+block the process's exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import threading
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+__all__ = ["call_handler", "maybe_await"]
+
+
+async def maybe_await(value: Any) -> Any:
+    """Await ``value`` if it is awaitable: hooks and callbacks may be ``def`` or ``async def``."""
+    return await value if inspect.isawaitable(value) else value
+
+
+def call_handler(func: Callable[[Any], Any], event: Any) -> Awaitable[Any]:
+    """Call a handler: ``async def`` ones on the loop, plain functions in a daemon thread,
+    so they cannot block the loop and one that never returns cannot block exit."""
+    if inspect.iscoroutinefunction(func):
+        return func(event)
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[Any] = loop.create_future()
+
+    def settle(result: Any, error: BaseException | None) -> None:
+        if not future.done():  # it may have been cancelled by a timeout meanwhile
+            if error is None:
+                future.set_result(result)
+            else:
+                future.set_exception(error)
+
+    def hand_back(result: Any, error: BaseException | None) -> None:
+        # RuntimeError: the loop closed while the handler ran. The daemon stopped and left
+        # this call behind; nobody awaits its outcome, and its delivery runs again later.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(settle, result, error)
+
+    def run() -> None:
+        try:
+            result = func(event)
+        except BaseException as exc:  # handed to the awaiting task, which decides
+            hand_back(None, exc)
+        else:
+            hand_back(result, None)
+
+    name = getattr(event, "type", "event")
+    threading.Thread(target=run, name=f"frameiod-handler-{name}", daemon=True).start()
+    return future
