@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import textwrap
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 from pydantic_core import PydanticCustomError
+from support import write_config
 
 from frameiod.config import (
     DEFAULT_CONFIG_PATHS,
@@ -42,13 +42,6 @@ DURATION_EXPECTED = 'expected a duration like "30s" or "5m" (units ms, s, m, h)'
 SECRET_EXPECTED = 'expected a string: a secret, "env:NAME", "file:PATH" or "credential:NAME"'
 SOURCE_NAME_EXPECTED = "a source name is a URL segment: up to 64 letters, digits, '.', '_' or '-'"
 MINIMAL_SOURCE = '[sources.default]\nsecrets = ["a-real-secret"]\n'
-
-
-def write_config(directory: Path, text: str, name: str = "config.toml") -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / name
-    path.write_text(textwrap.dedent(text), encoding="utf-8")
-    return path
 
 
 def problems_of(path: Path, environ: dict[str, str] | None = None) -> list[str]:
