@@ -33,18 +33,43 @@ from frameiod.plugins.handlers import Outcome
 from frameiod.plugins.host import PluginHost, make_plugin_manager
 from frameiod.signature import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 
-__all__ = ["TEST_SECRET", "RunningDaemon", "Sent", "frameiod_daemon", "run_daemon"]
+__all__ = [
+    "TEST_SECRET",
+    "RunningDaemon",
+    "Sent",
+    "config_toml",
+    "frameiod_daemon",
+    "run_daemon",
+]
 
 TEST_SECRET = "frameiod-test-secret"  # noqa: S105 - a fixed secret for local tests only
 
-_BASE_CONFIG = f"""
-[server]
-host = "127.0.0.1"
-port = 0
 
-[sources.default]
-secrets = ["{TEST_SECRET}"]
-"""
+def config_toml(
+    *,
+    secret: str = TEST_SECRET,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    server: str = "",
+    log: str = "",
+    spool: str = "",
+    dispatch: str = "",
+    source: str = "",
+    extra: str = "",
+) -> str:
+    """The text of a ``config.toml``: a listener on ``host``:``port`` (0: a free port) and
+    one source ``default`` signed with ``secret``.
+
+    ``server``, ``log``, ``spool``, ``dispatch`` and ``source`` are more lines for
+    ``[server]``, ``[log]``, ``[spool]``, ``[dispatch]`` and ``[sources.default]`` (a table
+    left empty is left out); ``extra`` is more TOML after them all, e.g. plugin tables.
+    """
+    lines = ["[server]", f'host = "{host}"', f"port = {port}", server]
+    for table, text in (("log", log), ("spool", spool), ("dispatch", dispatch)):
+        if text:
+            lines += [f"[{table}]", text]
+    lines += ["[sources.default]", f"secrets = [{json.dumps(secret)}]", source, extra]
+    return "\n".join(lines) + "\n"
 
 
 @dataclass
@@ -170,16 +195,16 @@ async def run_daemon(
 ) -> AsyncIterator[RunningDaemon]:
     """Run a daemon with exactly ``plugins`` (name → module, `App` or hook object).
 
-    The config is a loopback listener on a free port with one source ``default`` signed
-    with `TEST_SECRET`, plus ``settings`` (more TOML, e.g. plugin tables); ``config_text``
-    replaces it entirely; ``environ`` (default: the process environment) is where
-    ``env:`` secrets and ``$STATE_DIRECTORY`` are looked up. Config errors, the plugins'
-    included, raise `frameiod.config.ConfigError`.
+    The config is `config_toml`'s: a loopback listener on a free port with one source
+    ``default`` signed with `TEST_SECRET`, plus ``settings`` (more TOML, e.g. plugin
+    tables); ``config_text`` replaces it entirely; ``environ`` (default: the process
+    environment) is where ``env:`` secrets and ``$STATE_DIRECTORY`` are looked up. Config
+    errors, the plugins' included, raise `frameiod.config.ConfigError`.
     """
     with tempfile.TemporaryDirectory() as scratch:
         folder = directory or Path(scratch)
         path = folder / "config.toml"
-        path.write_text(config_text if config_text is not None else _BASE_CONFIG + settings)
+        path.write_text(config_text if config_text is not None else config_toml(extra=settings))
         config = load_config(path, environ=environ)
         host = PluginHost(make_plugin_manager(load_entrypoints=False))
         for name, plugin in (plugins or {}).items():

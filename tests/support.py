@@ -1,4 +1,7 @@
-"""Helpers the tests share: configs on disk, signed requests, Frame.io-shaped bodies."""
+"""Helpers the tests share: configs on disk, signed requests, Frame.io-shaped bodies.
+
+Every config a test writes is built by `config_toml` (from `frameiod.testing`, where
+plugin authors get it too) and written by `write_config`."""
 
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 import uuid
@@ -23,8 +27,11 @@ from frameiod import idle
 from frameiod.config import Config, load_config
 from frameiod.signature import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 from frameiod.store.base import Incoming, SpoolBackend
+from frameiod.testing import config_toml
 
 SECRET = "test-secret-0123456789"
+# The [log] table of a daemon whose lines a test reads (`DaemonProcess`).
+JSON_LOG = 'format = "json"'
 
 # The console script of the environment running the tests, so a subprocess runs this checkout.
 FRAMEIOD = [str(Path(sys.executable).with_name("frameiod"))]
@@ -119,24 +126,23 @@ def signed_headers(
     return headers
 
 
-def write_config(directory: Path, text: str | None = None, *, port: int = 0) -> Path:
-    """Write a config file (by default one source ``default`` with `SECRET`) and return its path."""
+def write_config(
+    directory: Path, text: str | None = None, *, name: str = "config.toml", port: int = 0
+) -> Path:
+    """Write ``text`` (dedented) to ``directory/name``, creating the folder; by default a
+    `config_toml` with one source ``default`` signed with `SECRET`, JSON logs (what
+    `DaemonProcess` reads), bodies up to 4 KiB, on ``port``. Returns the file's path."""
     if text is None:
-        text = f"""
-[server]
-host = "127.0.0.1"
-port = {port}
-max_body_bytes = 4096
-
-[log]
-format = "json"
-
-[sources.default]
-secrets = ["{SECRET}"]
-tolerance = "5m"
-"""
-    path = directory / "config.toml"
-    path.write_text(text)
+        text = config_toml(
+            secret=SECRET,
+            port=port,
+            server="max_body_bytes = 4096",
+            log=JSON_LOG,
+            source='tolerance = "5m"',
+        )
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / name
+    path.write_text(textwrap.dedent(text), encoding="utf-8")
     return path
 
 

@@ -7,15 +7,15 @@ and what was found. Every test passes ``environ`` explicitly so the real environ
 
 from __future__ import annotations
 
+import importlib.util
 import os
-import textwrap
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 from pydantic_core import PydanticCustomError
+from support import write_config
 
-from frameiod import config as config_module
 from frameiod.config import (
     DEFAULT_CONFIG_PATHS,
     DEV_SECRET,
@@ -33,6 +33,7 @@ from frameiod.config import (
     load_config,
     parse_duration,
 )
+from frameiod.config import loading as config_loading
 
 SHIPPED_CONFIG = Path(__file__).resolve().parents[1] / "config.toml"
 # Distinctive, so a substring search cannot match anything else by accident.
@@ -41,13 +42,6 @@ DURATION_EXPECTED = 'expected a duration like "30s" or "5m" (units ms, s, m, h)'
 SECRET_EXPECTED = 'expected a string: a secret, "env:NAME", "file:PATH" or "credential:NAME"'
 SOURCE_NAME_EXPECTED = "a source name is a URL segment: up to 64 letters, digits, '.', '_' or '-'"
 MINIMAL_SOURCE = '[sources.default]\nsecrets = ["a-real-secret"]\n'
-
-
-def write_config(directory: Path, text: str, name: str = "config.toml") -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / name
-    path.write_text(textwrap.dedent(text), encoding="utf-8")
-    return path
 
 
 def problems_of(path: Path, environ: dict[str, str] | None = None) -> list[str]:
@@ -1030,7 +1024,7 @@ class TestFindConfig:
         etc = write_config(tmp_path / "etc", MINIMAL_SOURCE)
         write_config(tmp_path / "cwd", MINIMAL_SOURCE)
         monkeypatch.chdir(tmp_path / "cwd")
-        monkeypatch.setattr(config_module, "DEFAULT_CONFIG_PATHS", (Path("config.toml"), etc))
+        monkeypatch.setattr(config_loading, "DEFAULT_CONFIG_PATHS", (Path("config.toml"), etc))
 
         assert find_config(None) == Path("config.toml")
 
@@ -1040,7 +1034,7 @@ class TestFindConfig:
         etc = write_config(tmp_path / "etc", MINIMAL_SOURCE)
         (tmp_path / "cwd").mkdir()
         monkeypatch.chdir(tmp_path / "cwd")
-        monkeypatch.setattr(config_module, "DEFAULT_CONFIG_PATHS", (Path("config.toml"), etc))
+        monkeypatch.setattr(config_loading, "DEFAULT_CONFIG_PATHS", (Path("config.toml"), etc))
 
         assert find_config(None) == etc
 
@@ -1049,7 +1043,7 @@ class TestFindConfig:
     ) -> None:
         monkeypatch.chdir(tmp_path)
         monkeypatch.setattr(
-            config_module,
+            config_loading,
             "DEFAULT_CONFIG_PATHS",
             (Path("config.toml"), tmp_path / "etc" / "config.toml"),
         )
@@ -1076,9 +1070,9 @@ class TestRedisBackend:
     def test_choosing_redis_without_the_package_names_the_extra_to_install(
         self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        real_find_spec = config_module.importlib.util.find_spec
+        real_find_spec = importlib.util.find_spec
         monkeypatch.setattr(
-            config_module.importlib.util,
+            importlib.util,
             "find_spec",
             lambda name, *a: None if name == "redis" else real_find_spec(name, *a),
         )

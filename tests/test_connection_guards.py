@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import socket
 import ssl
@@ -14,7 +15,15 @@ from pathlib import Path
 
 import httpx
 import trustme
-from support import SECRET, DaemonProcess, event_body, signed_headers, write_config
+from support import (
+    JSON_LOG,
+    SECRET,
+    DaemonProcess,
+    config_toml,
+    event_body,
+    signed_headers,
+    write_config,
+)
 
 from frameiod.testing import run_daemon
 
@@ -24,19 +33,8 @@ ATTACKER = "127.0.0.2"
 BYSTANDER = "127.0.0.3"
 
 
-def _config(server: str = "", tls: str = "") -> str:
-    return f"""
-[server]
-host = "127.0.0.1"
-port = 0
-{server}
-{tls}
-[log]
-format = "json"
-
-[sources.default]
-secrets = ["{SECRET}"]
-"""
+# Every daemon here: one source signed with SECRET, JSON logs; each test sets [server].
+_config = functools.partial(config_toml, secret=SECRET, log=JSON_LOG)
 
 
 def _webhook(extra_headers: str = "", body: bytes | None = None) -> bytes:
@@ -84,7 +82,9 @@ class TestConnectionsPerAddress:
         once, counted and logged; its four are still served; another address's webhook
         and /healthz are answered."""
         daemon = DaemonProcess(
-            write_config(tmp_path, _config('max_connections_per_address = 4\nread_timeout = "5s"'))
+            write_config(
+                tmp_path, _config(server='max_connections_per_address = 4\nread_timeout = "5s"')
+            )
         )
         try:
             port = daemon.port
@@ -122,7 +122,9 @@ class TestConnectionsPerAddress:
             assert daemon.stop() == 0
 
     async def test_an_address_gets_its_slots_back_as_its_connections_close(self):
-        async with run_daemon(config_text=_config("max_connections_per_address = 2")) as daemon:
+        async with run_daemon(
+            config_text=_config(server="max_connections_per_address = 2")
+        ) as daemon:
             answers = []
             for _ in range(3):  # each round uses both slots, then gives them back
                 opened = [
@@ -141,7 +143,7 @@ class TestConnectionsPerAddress:
 
     async def test_a_trusted_proxy_is_not_held_to_the_per_address_cap(self):
         """Every request behind a reverse proxy arrives from the proxy's address."""
-        config = _config('max_connections_per_address = 2\ntrusted_proxies = ["127.0.0.1"]')
+        config = _config(server='max_connections_per_address = 2\ntrusted_proxies = ["127.0.0.1"]')
         async with run_daemon(config_text=config) as daemon:
             held = [await asyncio.open_connection("127.0.0.1", daemon.port) for _ in range(4)]
             reader, writer = held[-1]
@@ -166,7 +168,7 @@ class TestRequestHeadDeadline:
         return data, time.monotonic() - started
 
     async def test_a_connection_that_sends_nothing_is_closed_after_read_timeout(self):
-        config = _config('read_timeout = "0.5s"')  # keepalive_timeout stays 75 s
+        config = _config(server='read_timeout = "0.5s"')  # keepalive_timeout stays 75 s
         async with run_daemon(config_text=config) as daemon:
             reader, writer = await asyncio.open_connection("127.0.0.1", daemon.port)
             data, waited = await self._closed_after(reader)
@@ -177,7 +179,7 @@ class TestRequestHeadDeadline:
         assert metrics[("frameiod_connections_refused_total", (("reason", "idle_timeout"),))] == 1
 
     async def test_a_kept_alive_connection_is_closed_read_timeout_after_its_answer(self):
-        async with run_daemon(config_text=_config('read_timeout = "0.5s"')) as daemon:
+        async with run_daemon(config_text=_config(server='read_timeout = "0.5s"')) as daemon:
             reader, writer = await asyncio.open_connection("127.0.0.1", daemon.port)
             writer.write(_webhook())
             status = await reader.readuntil(b"\r\n\r\n")
@@ -189,7 +191,7 @@ class TestRequestHeadDeadline:
 
     async def test_the_next_request_begun_behind_an_answered_one_is_cut_at_the_deadline(self):
         """The first bytes of the next request ride in behind a complete one, then stop."""
-        async with run_daemon(config_text=_config('read_timeout = "0.5s"')) as daemon:
+        async with run_daemon(config_text=_config(server='read_timeout = "0.5s"')) as daemon:
             reader, writer = await asyncio.open_connection("127.0.0.1", daemon.port)
             writer.write(_webhook() + b"POST /webhooks/default HTTP/1.1\r\nHost: 127.0.0.1\r\n")
             status = await reader.readuntil(b"\r\n\r\n")
@@ -199,7 +201,7 @@ class TestRequestHeadDeadline:
         assert waited < 1.5
 
     async def test_a_head_begun_after_an_answer_is_due_read_timeout_after_that_answer(self):
-        async with run_daemon(config_text=_config('read_timeout = "0.5s"')) as daemon:
+        async with run_daemon(config_text=_config(server='read_timeout = "0.5s"')) as daemon:
             reader, writer = await asyncio.open_connection("127.0.0.1", daemon.port)
             writer.write(_webhook(extra_headers=""))
             await reader.readuntil(b"\r\n\r\n")
@@ -237,7 +239,9 @@ class TestTlsHandshakeDeadline:
         at read_timeout, and a real HTTPS client is served meanwhile."""
         self._issue(tmp_path)
         tls = 'tls_certificate = "cert.pem"\ntls_key = "key.pem"'
-        daemon = DaemonProcess(write_config(tmp_path, _config('read_timeout = "0.5s"', tls)))
+        daemon = DaemonProcess(
+            write_config(tmp_path, _config(server='read_timeout = "0.5s"\n' + tls))
+        )
         try:
             port = daemon.port
             silent = _connect(port, ATTACKER)
@@ -266,7 +270,9 @@ class TestMalformedHttp:
     ):
         """Through the real daemon: a parser-level 400 is JSON, counted as malformed, one
         warning line without a traceback, and spends the address's budget like a 401."""
-        daemon = DaemonProcess(write_config(tmp_path, _config("unauthenticated_failures = 3")))
+        daemon = DaemonProcess(
+            write_config(tmp_path, _config(server="unauthenticated_failures = 3"))
+        )
         try:
             port = daemon.port
             answers = [self._malformed(port) for _ in range(3)]
@@ -318,7 +324,7 @@ class TestMalformedHttp:
     async def test_malformed_http_from_a_trusted_proxy_is_charged_to_nobody(self):
         """Its headers were never read, so whom the proxy forwarded for is unknown: the
         proxy's address is not charged, or every client behind it would get 429."""
-        config = _config('unauthenticated_failures = 1\ntrusted_proxies = ["127.0.0.1"]')
+        config = _config(server='unauthenticated_failures = 1\ntrusted_proxies = ["127.0.0.1"]')
         async with run_daemon(config_text=config) as daemon:
             statuses = []
             for _ in range(3):

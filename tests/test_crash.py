@@ -10,7 +10,16 @@ import uuid
 from pathlib import Path
 
 import httpx
-from support import SECRET, DaemonProcess, install_plugin, signed_headers, wait_until
+from support import (
+    JSON_LOG,
+    SECRET,
+    DaemonProcess,
+    config_toml,
+    install_plugin,
+    signed_headers,
+    wait_until,
+    write_config,
+)
 
 RECORDER = """
 import os
@@ -35,20 +44,6 @@ def record(event):
     time.sleep(DELAY)
     _write("end " + event.event_id)
 """
-
-
-def _config(folder: Path, extra: str = "") -> Path:
-    path = folder / "config.toml"
-    path.write_text(f"""
-[server]
-port = 0
-[log]
-format = "json"
-[sources.default]
-secrets = ["{SECRET}"]
-{extra}
-""")
-    return path
 
 
 def _handled(log: Path, kind: str = "end") -> list[str]:
@@ -111,7 +106,7 @@ def test_sigkill_mid_stream_loses_no_acknowledged_event(tmp_path: Path):
     """Three SIGKILLs while 300 events stream in; every 2xx'd event is handled in the end."""
     log = tmp_path / "handled.log"
     env = {**install_plugin(tmp_path / "site", "recorder", RECORDER), "RECORDER_LOG": str(log)}
-    config = _config(tmp_path)
+    config = write_config(tmp_path, config_toml(secret=SECRET, log=JSON_LOG))
     sender = Sender(total=300)
 
     daemon = DaemonProcess(config, env=env, plugins="recorder")
@@ -151,7 +146,8 @@ def test_sigterm_lets_running_calls_finish_and_keeps_the_rest_for_the_next_start
         "RECORDER_LOG": str(log),
         "RECORDER_DELAY": "0.5",
     }
-    config = _config(tmp_path, '[dispatch]\nworkers = 2\ndrain_timeout = "10s"\n')
+    dispatch = 'workers = 2\ndrain_timeout = "10s"'
+    config = write_config(tmp_path, config_toml(secret=SECRET, log=JSON_LOG, dispatch=dispatch))
     daemon = DaemonProcess(config, env=env, plugins="recorder")
     try:
         ids = []

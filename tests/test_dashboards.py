@@ -2,9 +2,8 @@
 
 Every PromQL expression in both files is checked against a real ``/metrics`` scrape of a
 running daemon: each ``frameiod_*`` series name, each label a selector or ``by (...)`` names,
-and each label value a selector matches must exist there. PyYAML is not a dependency, so the
-rules file is read with a parser for the block-style subset it is written in; anything
-outside that subset is an error rather than silently skipped.
+and each label value a selector matches must exist there. The rules file is read with
+PyYAML's safe loader.
 """
 
 from __future__ import annotations
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from frameiod import ActionEvent, App, Message, WebhookEvent
@@ -39,109 +39,6 @@ ALERT_NAMES = {
 TARGET_LABELS = {"job", "instance"}
 
 Exported = dict[str, dict[str, set[str]]]  # sample name -> label name -> values seen
-
-
-# --- a parser for the block-style YAML subset the rules file uses ---------------------
-
-_KEY = re.compile(r"([A-Za-z_][\w.-]*):(?: +(.*))?")
-_BLOCK_STYLES = {"|": "\n", "|-": "\n", ">": " ", ">-": " "}
-
-
-class YamlSubsetError(ValueError):
-    """The text uses YAML the subset parser does not read."""
-
-
-class _YamlSubset:
-    """Block mappings, block sequences, ``|``/``>`` block scalars and one-line scalars."""
-
-    def __init__(self, text: str) -> None:
-        if "\t" in text:
-            raise YamlSubsetError("tabs are not supported")
-        self.lines = text.splitlines()
-        self.i = 0
-
-    def parse(self) -> Any:
-        root = self._node(self._indent())
-        if self._indent() != -1:
-            raise YamlSubsetError(f"line {self.i + 1}: unexpected indentation")
-        return root
-
-    def _indent(self) -> int:
-        """Column of the next content line (skipping blanks and comments); -1 at the end."""
-        while self.i < len(self.lines):
-            stripped = self.lines[self.i].strip()
-            if stripped and not stripped.startswith("#"):
-                return len(self.lines[self.i]) - len(self.lines[self.i].lstrip(" "))
-            self.i += 1
-        return -1
-
-    def _is_item(self, indent: int) -> bool:
-        return self.lines[self.i][indent:].startswith("- ")
-
-    def _node(self, indent: int) -> Any:
-        if self._is_item(indent):
-            items = []
-            while self._indent() == indent and self._is_item(indent):
-                # "- key: v" becomes "  key: v": the item is the block at indent + 2.
-                self.lines[self.i] = " " * (indent + 2) + self.lines[self.i][indent + 2 :]
-                items.append(self._node(indent + 2))
-            return items
-        if not _KEY.fullmatch(self.lines[self.i][indent:]):
-            value = _scalar(self.lines[self.i][indent:])
-            self.i += 1
-            return value
-        mapping: dict[str, Any] = {}
-        while self._indent() == indent and not self._is_item(indent):
-            match = _KEY.fullmatch(self.lines[self.i][indent:])
-            if not match:
-                raise YamlSubsetError(f"line {self.i + 1}: expected 'key: value'")
-            key, value = match[1], (match[2] or "").strip()
-            if key in mapping:
-                raise YamlSubsetError(f"line {self.i + 1}: duplicate key {key!r}")
-            self.i += 1
-            if value in _BLOCK_STYLES:
-                mapping[key] = self._block(indent, value)
-            elif value and not value.startswith("#"):
-                mapping[key] = _scalar(value)
-            else:
-                child = self._indent()
-                nested = child > indent or (child == indent and self._is_item(indent))
-                mapping[key] = self._node(child) if nested else None
-        return mapping
-
-    def _block(self, indent: int, style: str) -> str:
-        body: list[str] = []
-        while self.i < len(self.lines):
-            line = self.lines[self.i]
-            if line.strip() and len(line) - len(line.lstrip(" ")) <= indent:
-                break
-            body.append(line)
-            self.i += 1
-        while body and not body[-1].strip():
-            body.pop()
-        margin = min(len(line) - len(line.lstrip(" ")) for line in body if line.strip())
-        text = _BLOCK_STYLES[style].join(line[margin:] for line in body)
-        return text if style.endswith("-") else text + "\n"
-
-
-def _scalar(text: str) -> str:
-    if text[0] in "\"'":
-        pattern = r'"(?:[^"\\]|\\.)*"' if text[0] == '"' else r"'(?:[^']|'')*'"
-        quoted = re.match(pattern, text)
-        after = text[quoted.end() :].strip() if quoted else "?"
-        if not quoted or (after and not after.startswith("#")):
-            raise YamlSubsetError(f"bad quoted scalar: {text}")
-        return json.loads(quoted[0]) if text[0] == '"' else quoted[0][1:-1].replace("''", "'")
-    if text[0] in "{[&*!%@`|>":
-        raise YamlSubsetError(f"unsupported YAML construct: {text}")
-    return re.split(r"\s+#", text, maxsplit=1)[0].strip()
-
-
-def parse_yaml_subset(text: str) -> Any:
-    return _YamlSubset(text).parse()
-
-
-# --- what the documents query -------------------------------------------------------------
 
 
 def dashboard_queries(dashboard: dict[str, Any]) -> list[str]:
@@ -266,7 +163,7 @@ def dashboard() -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def rules() -> list[dict[str, Any]]:
-    return alert_rules(parse_yaml_subset(ALERTS.read_text()))
+    return alert_rules(yaml.safe_load(ALERTS.read_text()))
 
 
 # --- the tests --------------------------------------------------------------------------------
@@ -353,61 +250,3 @@ class TestAlerts:
         )
         reload_failed = by_name["FrameiodConfigReloadFailed"]["expr"]
         assert reload_failed == 'increase(frameiod_config_reloads_total{outcome="error"}[10m]) > 0'
-
-
-class TestYamlSubset:
-    def test_reads_mappings_sequences_block_and_quoted_scalars(self):
-        text = """\
-# a comment
-groups:
-- name: g   # trailing comment
-  rules:
-    - alert: A
-      expr: |
-        sum(x)
-          > 0
-
-      for: 5m
-      labels:
-        severity: 'it''s'
-      annotations:
-        summary: "a \\"quoted\\" {{ $value }}"
-        description: >-
-          folded
-          text
-"""
-        assert parse_yaml_subset(text) == {
-            "groups": [
-                {
-                    "name": "g",
-                    "rules": [
-                        {
-                            "alert": "A",
-                            "expr": "sum(x)\n  > 0\n",
-                            "for": "5m",
-                            "labels": {"severity": "it's"},
-                            "annotations": {
-                                "summary": 'a "quoted" {{ $value }}',
-                                "description": "folded text",
-                            },
-                        }
-                    ],
-                }
-            ]
-        }
-
-    @pytest.mark.parametrize(
-        ("text", "error"),
-        [
-            ("a: {b: 1}\n", "unsupported"),  # flow mapping
-            ("a: [1, 2]\n", "unsupported"),  # flow sequence
-            ("a: *anchor\n", "unsupported"),
-            ("a: 1\na: 2\n", "duplicate key"),
-            ("a:\n  b: 1\n c: 2\n", "unexpected indentation"),
-            ("a:\n\tb: 1\n", "tabs"),
-            ('a: "open\n', "bad quoted scalar"),
-        ],
-    )
-    def test_refuses_what_it_does_not_understand(self, text, error):
-        with pytest.raises(YamlSubsetError, match=error):
-            parse_yaml_subset(text)

@@ -14,7 +14,7 @@ from frameiod.ratelimit import (
     networks,
     retry_after,
 )
-from frameiod.testing import TEST_SECRET, RunningDaemon, run_daemon
+from frameiod.testing import TEST_SECRET, RunningDaemon, config_toml, run_daemon
 
 
 class FakeClock:
@@ -96,21 +96,9 @@ class TestClientAddress:
         assert client_address("10.0.0.5", "10.0.0.8", networks(["10.0.0.0/8"])) == "10.0.0.5"
 
 
-def _config(extra_server: str = "", extra_source: str = "") -> str:
-    return f"""
-[server]
-host = "127.0.0.1"
-port = 0
-{extra_server}
-[sources.default]
-secrets = ["{TEST_SECRET}"]
-{extra_source}
-"""
-
-
 class TestAsASenderMeetsThem:
     async def test_a_source_over_its_rate_gets_429_with_retry_after(self):
-        async with run_daemon(config_text=_config(extra_source="rate = 0.5\nburst = 2")) as daemon:
+        async with run_daemon(config_text=config_toml(source="rate = 0.5\nburst = 2")) as daemon:
             answers = [await daemon.send("file.ready") for _ in range(3)]
             async with daemon._session.post(
                 daemon.url("/webhooks/default"),
@@ -130,8 +118,8 @@ class TestAsASenderMeetsThem:
         assert metrics[("frameiod_rate_limited_total", (("source", "default"),))] == 2
 
     async def test_forged_requests_do_not_spend_the_sources_budget(self):
-        config = _config(
-            extra_server="unauthenticated_failures = 1000", extra_source="rate = 0.01\nburst = 1"
+        config = config_toml(
+            server="unauthenticated_failures = 1000", source="rate = 0.01\nburst = 1"
         )
         async with run_daemon(config_text=config) as daemon:
             for _ in range(5):
@@ -139,7 +127,7 @@ class TestAsASenderMeetsThem:
             assert (await daemon.send("file.ready")).status == 202
 
     async def test_an_address_over_its_failure_budget_is_refused_before_verification(self):
-        config = _config(extra_server="unauthenticated_failures = 3")
+        config = config_toml(server="unauthenticated_failures = 3")
         async with run_daemon(config_text=config) as daemon:
             refused = [(await daemon.send("file.ready", secret="forged")).status for _ in range(3)]
             blocked = await daemon.send("file.ready")  # valid, but the address is blocked
@@ -152,9 +140,7 @@ class TestAsASenderMeetsThem:
         assert metrics[(key, (("reason", "address_limited"),))] == 1
 
     async def test_behind_a_trusted_proxy_each_client_has_its_own_budget(self):
-        config = _config(
-            extra_server='unauthenticated_failures = 2\ntrusted_proxies = ["127.0.0.1"]'
-        )
+        config = config_toml(server='unauthenticated_failures = 2\ntrusted_proxies = ["127.0.0.1"]')
         async with run_daemon(config_text=config) as daemon:
             for _ in range(2):
                 await _post(daemon, "198.51.100.1", secret="forged")
@@ -164,8 +150,8 @@ class TestAsASenderMeetsThem:
     async def test_a_thousand_simultaneous_requests_respect_burst_and_rate(self):
         rate, burst = 50.0, 100
         # All from one address: lift its connection cap (test_connection_guards.py tests it).
-        config = _config(
-            "max_connections_per_address = 1000", extra_source=f"rate = {rate}\nburst = {burst}"
+        config = config_toml(
+            server="max_connections_per_address = 1000", source=f"rate = {rate}\nburst = {burst}"
         )
         async with run_daemon(config_text=config) as daemon:
             started = time.monotonic()

@@ -16,7 +16,16 @@ from pathlib import Path
 import httpx
 import pytest
 from redis_support import RedisServer, free_port
-from support import SECRET, DaemonProcess, install_plugin, signed_headers, wait_until
+from support import (
+    JSON_LOG,
+    SECRET,
+    DaemonProcess,
+    config_toml,
+    install_plugin,
+    signed_headers,
+    wait_until,
+    write_config,
+)
 
 # Each call writes "start|end <event id> <pid> <handler>" with one O_APPEND write: lines
 # from several processes never interleave.
@@ -91,25 +100,17 @@ class Records:
 def _config(tmp_path: Path, redis_url: str, *, dispatch: str = "", extra: str = "") -> Path:
     """A receiver's config on Redis at ``redis_url``; ``extra`` goes into the source's table,
     ``dispatch`` into ``[dispatch]``."""
-    config = tmp_path / "config.toml"
-    config.write_text(f"""
-[server]
-port = 0
-[log]
-format = "json"
-[spool]
-backend = "redis"
-redis_url = "{redis_url}"
-[dispatch]
-handler_timeout = "2s"
-backoff_initial = "0.2s"
-backoff_max = "0.5s"
-{dispatch}
-[sources.default]
-secrets = ["{SECRET}"]
-{extra}
-""")
-    return config
+    timings = 'handler_timeout = "2s"\nbackoff_initial = "0.2s"\nbackoff_max = "0.5s"\n'
+    return write_config(
+        tmp_path,
+        config_toml(
+            secret=SECRET,
+            log=JSON_LOG,
+            spool=f'backend = "redis"\nredis_url = "{redis_url}"',
+            dispatch=timings + dispatch,
+            source=extra,
+        ),
+    )
 
 
 def _nodes(

@@ -20,7 +20,7 @@ from aiohttp import web
 from support import SECRET, install_plugin, run_cli, write_config
 
 from frameiod import ActionEvent, App, Message
-from frameiod.cli.registration import expand_events
+from frameiod.cli.event_patterns import expand_events
 from frameiod.events import EVENT_TYPES
 from frameiod.testing import run_daemon
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -12,24 +13,14 @@ from pathlib import Path
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from support import DaemonProcess, on_the_daemons_loop, signed_headers
+from support import JSON_LOG, DaemonProcess, config_toml, on_the_daemons_loop, signed_headers
 
 from frameiod.config import DEV_SECRET, ConfigError, load_config
 from frameiod.daemon import Daemon
 from frameiod.events import example_payload
 
-
-def _config(secret: str, extra: str = "", port: int = 0, host: str = "127.0.0.1") -> str:
-    return f"""
-[server]
-host = "{host}"
-port = {port}
-[log]
-format = "json"
-[sources.default]
-secrets = ["{secret}"]
-{extra}
-"""
+# Every daemon here logs JSON lines; each test chooses the secret of source "default".
+_config = functools.partial(config_toml, log=JSON_LOG)
 
 
 def _send(daemon: DaemonProcess, secret: str, source: str = "default") -> int:
@@ -56,7 +47,7 @@ def _reloads(daemon: DaemonProcess) -> dict[str, float]:
 @pytest.fixture
 def config(tmp_path: Path) -> Path:
     path = tmp_path / "config.toml"
-    path.write_text(_config("old-secret"))
+    path.write_text(_config(secret="old-secret"))
     return path
 
 
@@ -79,7 +70,7 @@ def _reload(daemon: DaemonProcess, count: int, event: str) -> dict[str, object]:
 class TestReload:
     def test_a_secret_is_rotated_by_reload(self, daemon: DaemonProcess, config: Path):
         assert _send(daemon, "old-secret") == 202
-        config.write_text(_config("new-secret", extra='tolerance = "1m"\nrate = 5.0'))
+        config.write_text(_config(secret="new-secret", source='tolerance = "1m"\nrate = 5.0'))
         reloaded = _reload(daemon, 1, "config reloaded")
         assert reloaded["sources"] == ["default"]
         assert _send(daemon, "old-secret") == 401
@@ -88,7 +79,9 @@ class TestReload:
 
     def test_a_new_source_is_served_after_reload(self, daemon: DaemonProcess, config: Path):
         assert _send(daemon, "studio-secret", source="studio") == 404
-        config.write_text(_config("old-secret") + '[sources.studio]\nsecrets = ["studio-secret"]\n')
+        config.write_text(
+            _config(secret="old-secret", extra='[sources.studio]\nsecrets = ["studio-secret"]')
+        )
         _reload(daemon, 1, "config reloaded")
         assert _send(daemon, "studio-secret", source="studio") == 202
 
@@ -97,11 +90,11 @@ class TestReload:
         [
             ("[server\n", "not valid TOML"),
             (
-                _config("new-secret", extra="tolerence = '1m'"),
+                _config(secret="new-secret", source="tolerence = '1m'"),
                 'sources.default.tolerence: unknown key (did you mean "tolerance"?)',
             ),
             (
-                _config("env:FRAMEIOD_RELOAD_TEST_UNSET"),
+                _config(secret="env:FRAMEIOD_RELOAD_TEST_UNSET"),
                 "environment variable FRAMEIOD_RELOAD_TEST_UNSET is not set",
             ),
         ],
@@ -118,17 +111,13 @@ class TestReload:
         assert daemon.process.poll() is None
 
     def test_settings_that_need_a_restart_are_named(self, daemon: DaemonProcess, config: Path):
-        config.write_text(_config("old-secret", port=1) + '[spool]\nsynchronous = "NORMAL"\n')
+        config.write_text(_config(secret="old-secret", port=1, spool='synchronous = "NORMAL"'))
         warning = _reload(daemon, 1, "these settings take effect only after a restart")
         assert warning["keys"] == ["server.port", "spool"]
         assert _send(daemon, "old-secret") == 202  # still on the old port
 
     def test_the_log_level_changes_on_reload(self, daemon: DaemonProcess, config: Path):
-        config.write_text(
-            _config("old-secret", extra="").replace(
-                'format = "json"', 'format = "json"\nlevel = "warning"'
-            )
-        )
+        config.write_text(_config(secret="old-secret", log='format = "json"\nlevel = "warning"'))
         _reload(daemon, 1, "config reloaded")
         before = len(daemon.lines)
         assert _send(daemon, "old-secret") == 202
@@ -145,12 +134,12 @@ class TestDevelopmentSecret:
         self, tmp_path: Path
     ):
         config = tmp_path / "config.toml"
-        config.write_text(_config("old-secret", host="0.0.0.0"))
+        config.write_text(_config(secret="old-secret", host="0.0.0.0"))
         daemon = DaemonProcess(config)
         try:
             assert daemon.wait_for("listening")["host"] == "0.0.0.0"
             # host changes only at restart: the socket stays on every interface.
-            config.write_text(_config(DEV_SECRET, host="127.0.0.1"))
+            config.write_text(_config(secret=DEV_SECRET, host="127.0.0.1"))
             refused = _reload(daemon, 1, "config reload refused; the old config stays in force")
             assert refused["problem"] == (
                 f"{config}: sources.default.secrets: the development secret from the shipped "
@@ -168,7 +157,7 @@ class TestDevelopmentSecret:
     def test_the_dev_secret_is_still_accepted_by_reload_on_a_loopback_bind(
         self, daemon: DaemonProcess, config: Path
     ):
-        config.write_text(_config(DEV_SECRET))
+        config.write_text(_config(secret=DEV_SECRET))
         _reload(daemon, 1, "config reloaded")
         assert _send(daemon, DEV_SECRET) == 202
         assert _send(daemon, "old-secret") == 401
@@ -177,7 +166,7 @@ class TestDevelopmentSecret:
         """`Daemon.start` checks the config against the sockets it bound, so a config that
         reaches it without load_config's check is refused all the same."""
         config = tmp_path / "config.toml"
-        config.write_text(_config(DEV_SECRET))
+        config.write_text(_config(secret=DEV_SECRET))
         loaded = load_config(config)
         public = loaded.model_copy(
             update={"server": loaded.server.model_copy(update={"host": "0.0.0.0"})}
@@ -201,7 +190,7 @@ class TestSecretFilesOnReload:
         refusal names the key, and /healthz answers all the while."""
         fifo = tmp_path / "webhook.secret"
         os.mkfifo(fifo)
-        config.write_text(_config(f"file:{fifo}"))
+        config.write_text(_config(secret=f"file:{fifo}"))
         daemon.process.send_signal(signal.SIGHUP)
         started = time.monotonic()
         assert httpx.get(daemon.url("/healthz"), timeout=1.0).status_code == 200

@@ -10,18 +10,7 @@ import time
 
 from frameiod.events import example_payload
 from frameiod.signature import sign
-from frameiod.testing import TEST_SECRET, RunningDaemon, run_daemon
-
-
-def _config(server: str) -> str:
-    return f"""
-[server]
-host = "127.0.0.1"
-port = 0
-{server}
-[sources.default]
-secrets = ["{TEST_SECRET}"]
-"""
+from frameiod.testing import TEST_SECRET, RunningDaemon, config_toml, run_daemon
 
 
 def _request(body: bytes, extra: str = "") -> bytes:
@@ -43,7 +32,7 @@ async def _read_all(reader: asyncio.StreamReader, within: float) -> bytes:
 class TestTrickle:
     async def test_two_hundred_tricklers_are_cut_off_while_real_events_keep_flowing(self):
         # All from one address: lift its cap (tests/test_connection_guards.py tests that).
-        config = _config('read_timeout = "2s"\nmax_connections_per_address = 1000')
+        config = config_toml(server='read_timeout = "2s"\nmax_connections_per_address = 1000')
         async with run_daemon(config_text=config) as daemon:
             port = daemon.port
 
@@ -83,7 +72,7 @@ class TestTrickle:
         assert max(seconds for _, seconds in results) < 2 + 1.5
 
     async def test_headers_that_stop_arriving_get_408_and_the_connection_closes(self):
-        async with run_daemon(config_text=_config('read_timeout = "1s"')) as daemon:
+        async with run_daemon(config_text=config_toml(server='read_timeout = "1s"')) as daemon:
             reader, writer = await asyncio.open_connection("127.0.0.1", daemon.port)
             writer.write(b"POST /webhooks/default HTTP/1.1\r\nHost: 127.0.0.1\r\n")
             started = time.monotonic()
@@ -95,7 +84,7 @@ class TestTrickle:
         assert waited < 2.5
 
     async def test_a_trickled_body_gets_408_within_the_deadline(self):
-        async with run_daemon(config_text=_config('read_timeout = "1s"')) as daemon:
+        async with run_daemon(config_text=config_toml(server='read_timeout = "1s"')) as daemon:
             reader, writer = await asyncio.open_connection("127.0.0.1", daemon.port)
             body = json.dumps(example_payload("file.ready")).encode()
             request = _request(body)
@@ -111,7 +100,7 @@ class TestTrickle:
 
 class TestConnections:
     async def test_connections_beyond_the_cap_are_closed_at_once(self):
-        async with run_daemon(config_text=_config("max_connections = 3")) as daemon:
+        async with run_daemon(config_text=config_toml(server="max_connections = 3")) as daemon:
             held = [await asyncio.open_connection("127.0.0.1", daemon.port) for _ in range(3)]
             reader, writer = await asyncio.open_connection("127.0.0.1", daemon.port)
             assert await _read_all(reader, within=2) == b""
@@ -126,7 +115,7 @@ class TestConnections:
             assert (await daemon.send("file.ready", wait=False)).status == 202
 
     async def test_idle_keep_alive_connections_are_closed_after_the_timeout(self):
-        async with run_daemon(config_text=_config('keepalive_timeout = "1s"')) as daemon:
+        async with run_daemon(config_text=config_toml(server='keepalive_timeout = "1s"')) as daemon:
             reader, writer = await asyncio.open_connection("127.0.0.1", daemon.port)
             body = json.dumps(example_payload("file.ready")).encode()
             writer.write(_request(body))

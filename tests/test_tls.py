@@ -11,12 +11,12 @@ from pathlib import Path
 import httpx
 import pytest
 import trustme
-from support import DaemonProcess
+from support import JSON_LOG, DaemonProcess
 
 from frameiod.config import ConfigError
 from frameiod.events import example_payload
 from frameiod.signature import sign
-from frameiod.testing import TEST_SECRET, run_daemon
+from frameiod.testing import TEST_SECRET, config_toml, run_daemon
 
 
 def _issue(ca: trustme.CA, folder: Path, *, key: bool = True) -> bytes:
@@ -35,17 +35,7 @@ def _served_certificate(port: int) -> bytes:
     return ssl.PEM_cert_to_DER_cert(pem)
 
 
-def _config(extra: str = "") -> str:
-    return f"""
-[server]
-host = "127.0.0.1"
-port = 0
-tls_certificate = "cert.pem"
-tls_key = "key.pem"
-{extra}
-[sources.default]
-secrets = ["{TEST_SECRET}"]
-"""
+_TLS = 'tls_certificate = "cert.pem"\ntls_key = "key.pem"'
 
 
 async def _post(url: str, ca: trustme.CA, **options: object) -> httpx.Response:
@@ -65,7 +55,7 @@ async def _post(url: str, ca: trustme.CA, **options: object) -> httpx.Response:
 async def test_a_signed_event_over_https_is_accepted(tmp_path: Path):
     ca = trustme.CA()
     _issue(ca, tmp_path)
-    async with run_daemon(config_text=_config(), directory=tmp_path) as daemon:
+    async with run_daemon(config_text=config_toml(server=_TLS), directory=tmp_path) as daemon:
         response = await _post(f"https://127.0.0.1:{daemon.port}/webhooks/default", ca)
     assert response.status_code == 202
     assert response.json()["status"] == "accepted"
@@ -73,7 +63,7 @@ async def test_a_signed_event_over_https_is_accepted(tmp_path: Path):
 
 async def test_plain_http_is_not_answered_on_the_https_port(tmp_path: Path):
     _issue(trustme.CA(), tmp_path)
-    async with run_daemon(config_text=_config(), directory=tmp_path) as daemon:
+    async with run_daemon(config_text=config_toml(server=_TLS), directory=tmp_path) as daemon:
         with pytest.raises(httpx.HTTPError):
             async with httpx.AsyncClient() as client:
                 await client.get(f"http://127.0.0.1:{daemon.port}/healthz")
@@ -82,7 +72,7 @@ async def test_plain_http_is_not_answered_on_the_https_port(tmp_path: Path):
 async def test_tls_older_than_1_2_is_refused(tmp_path: Path):
     ca = trustme.CA()
     _issue(ca, tmp_path)
-    async with run_daemon(config_text=_config(), directory=tmp_path) as daemon:
+    async with run_daemon(config_text=config_toml(server=_TLS), directory=tmp_path) as daemon:
         context = ssl.create_default_context()
         ca.configure_trust(context)
         context.minimum_version = ssl.TLSVersion.TLSv1
@@ -95,7 +85,7 @@ async def test_tls_older_than_1_2_is_refused(tmp_path: Path):
 async def test_renewed_certificates_are_served_after_reload(tmp_path: Path):
     old_ca, new_ca = trustme.CA(), trustme.CA()
     _issue(old_ca, tmp_path)
-    async with run_daemon(config_text=_config(), directory=tmp_path) as daemon:
+    async with run_daemon(config_text=config_toml(server=_TLS), directory=tmp_path) as daemon:
         url = f"https://127.0.0.1:{daemon.port}/webhooks/default"
         assert (await _post(url, old_ca)).status_code == 202
         _issue(new_ca, tmp_path)  # a renewal, as certbot would leave it
@@ -107,14 +97,14 @@ async def test_renewed_certificates_are_served_after_reload(tmp_path: Path):
 
 async def test_unreadable_certificate_files_stop_start_up_with_the_key_named(tmp_path: Path):
     with pytest.raises(ConfigError) as error:
-        async with run_daemon(config_text=_config(), directory=tmp_path):
+        async with run_daemon(config_text=config_toml(server=_TLS), directory=tmp_path):
             pass
     assert "server.tls_certificate / server.tls_key: cannot load" in error.value.problems[0]
     assert str(tmp_path / "cert.pem") in error.value.problems[0]
 
 
 async def test_a_certificate_without_its_key_is_a_config_error(tmp_path: Path):
-    text = _config().replace('tls_key = "key.pem"\n', "")
+    text = config_toml(server='tls_certificate = "cert.pem"')
     with pytest.raises(ConfigError) as error:
         async with run_daemon(config_text=text, directory=tmp_path):
             pass
@@ -129,7 +119,7 @@ async def test_a_refused_certificate_reload_keeps_the_old_certificate_served(tmp
     old_ca, new_ca = trustme.CA(), trustme.CA()
     old = _issue(old_ca, tmp_path)
     config = tmp_path / "config.toml"
-    config.write_text(_config('[log]\nformat = "json"\n'))
+    config.write_text(config_toml(server=_TLS, log=JSON_LOG))
     daemon = DaemonProcess(config)
     try:
         url = f"https://127.0.0.1:{daemon.port}/webhooks/default"

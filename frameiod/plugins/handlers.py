@@ -8,7 +8,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any, Literal
 
 from frameiod.events import WebhookEvent
-from frameiod.patterns import matches, pattern_problem
+from frameiod.patterns import matches
 from frameiod.secret_ids import secret_id
 
 if TYPE_CHECKING:
@@ -23,8 +23,6 @@ __all__ = [
     "Outcome",
     "PluginContext",
     "WebhookHandler",
-    # Still imported from here by frameiod.cli.registration; it lives in frameiod.patterns.
-    "pattern_problem",
 ]
 
 DEFAULT_SOURCE = "default"
