@@ -36,7 +36,7 @@ from frameiod.store.redis import RedisSpool
 DAY = 86400.0
 LOG, NOTIFY = "log:write", "notify:post"
 
-# The keys of the SQLite backend's rows (frameiod.store.sqlite_queue): the Redis ones must match.
+# The keys of the rows frameiod.store.base documents: the Redis ones must match.
 LIST_KEYS = {
     "id",
     "event_id",
@@ -559,13 +559,13 @@ class TestPaging:
         finally:
             await spool.close()
         newest_first = sorted(events, key=lambda e: (e.received_at, e.id), reverse=True)
-        client = redis_admin.connect_sync(redis_server.url)
+        operator = await RedisSpool.open(config, role="operator")
         try:
-            rows = redis_admin.list_deliveries(client, prefix, None, None, 50)
-            counted = redis_admin.stats(client, prefix)["handlers"]
-            limited = redis_admin.list_deliveries(client, prefix, None, LOG, 3)
+            rows = await operator.list_deliveries(None, None, 50)
+            counted = (await operator.stats())["handlers"]
+            limited = await operator.list_deliveries(None, LOG, 3)
         finally:
-            client.close()
+            await operator.close()
         assert [r["event_id"] for r in rows] == [e.id for e in newest_first]
         assert counted == {LOG: {"pending": 5, "running": 0, "done": 0, "dead": 0}}
         assert [r["event_id"] for r in limited] == [e.id for e in newest_first[:3]]

@@ -17,12 +17,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from frameiod import __version__
+from frameiod.cli.queue import add_queue_commands, run_queue
 from frameiod.cli.registration import add_registration_commands, run_registration
 from frameiod.config import Config, ConfigError, find_config, format_duration, load_config
 from frameiod.events import EVENT_TYPES, closest_event_type, example_action, example_payload
 from frameiod.plugins.host import PluginHost
 from frameiod.signature import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
-from frameiod.store.sqlite_queue import add_queue_commands, run_queue
 from frameiod.terminal import printable, say
 
 __all__ = ["main"]

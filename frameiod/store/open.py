@@ -1,4 +1,5 @@
-"""Which spool and per-source rate limiter a daemon uses: ``[spool] backend``.
+"""Which spool and per-source rate limiter a daemon uses, and which spool an operator's
+command opens: ``[spool] backend``.
 
 The one place that knows there is more than one: everything else talks to
 `frameiod.store.base.SpoolBackend` and `frameiod.http.ratelimit.SourceLimits`.
@@ -14,7 +15,7 @@ from frameiod.http.ratelimit import Limits, SourceLimits
 from frameiod.store.base import SpoolBackend
 from frameiod.store.sqlite import Spool
 
-__all__ = ["Backend", "open_backend"]
+__all__ = ["Backend", "open_backend", "open_for_operator"]
 
 
 @dataclass(frozen=True)
@@ -36,3 +37,14 @@ async def open_backend(config: Config) -> Backend:
         return Backend(redis_spool, redis_spool.source_limiter)
     path = config.resolve_path(config.spool.path)
     return Backend(await Spool.open(path, config.spool.synchronous))
+
+
+async def open_for_operator(config: Config) -> SpoolBackend:
+    """Open the configured spool for the operator's actions (``frameiod queue``), beside a
+    daemon that may be running: none of the daemon's start-up work is done. Raise
+    `frameiod.store.base.QueueError` (or `SpoolError`) if it cannot be used."""
+    if config.spool.backend == "redis":
+        from frameiod.store.redis import RedisSpool  # noqa: PLC0415
+
+        return await RedisSpool.open(config, role="operator")
+    return await Spool.open(config.resolve_path(config.spool.path), role="operator")

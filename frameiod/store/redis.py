@@ -26,8 +26,8 @@ import hashlib
 import os
 import socket
 import time
-from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
@@ -37,12 +37,29 @@ from frameiod.config import Config
 from frameiod.http.ratelimit import Limits
 from frameiod.http.redis_ratelimit import RedisSourceLimiter
 from frameiod.logs import get_logger
-from frameiod.store.base import Accepted, Claimed, DeliveryId, Incoming, Listeners, SpoolError
+from frameiod.store import redis_queue
+from frameiod.store.base import (
+    STATES,
+    Accepted,
+    Claimed,
+    DeliveryId,
+    EventDelivery,
+    EventDetail,
+    Incoming,
+    ListedDelivery,
+    Listeners,
+    QueueError,
+    QueueStats,
+    Role,
+    SpoolError,
+)
 from frameiod.store.redis_keys import GROUP, LUA_PRELUDE, connect, redis_errors, safe_url
 
 __all__ = ["LEASE_GRACE", "RedisSpool"]
 
 log = get_logger("frameiod.redis")
+
+T = TypeVar("T")
 
 LEASE_GRACE = 5.0
 """Seconds a claimed delivery may outlive its handler's timeout before others take it."""
@@ -53,7 +70,6 @@ _READ_COUNT = 256
 _AUTOCLAIM_SECONDS = 1.0
 _SOURCES_SECONDS = 2.0
 _CONSUMER_SECONDS = 300.0
-_STATES = ("pending", "running", "done", "dead")
 _PURGE_BATCH = 500
 
 # ARGV: P, event_id, source, type, body, timestamp, signature, secret_id, received_at,
@@ -348,12 +364,16 @@ class RedisSpool:
         self._purge_seen = client.register_script(_PURGE_SEEN)
 
     @classmethod
-    async def open(cls, config: Config) -> RedisSpool:
+    async def open(cls, config: Config, *, role: Role = "daemon") -> RedisSpool:
         """Connect to ``[spool] redis_url``; raise `SpoolError` if Redis cannot be used.
 
-        Warns when Redis's persistence settings could lose an acknowledged event.
+        Warns when Redis's persistence settings could lose an acknowledged event. With
+        ``role="operator"``, for the operator's actions: no warnings, a longer wait for
+        Redis's answers, and `QueueError` if it cannot be reached.
         """
         url = config.spool.redis_url.reveal()
+        if role == "operator":
+            return await cls._open_for_operator(url, config)
         client = connect(url)
         try:
             info = await client.info("server")
@@ -370,6 +390,26 @@ class RedisSpool:
         spool = cls(client, config)
         await spool._warn_about_persistence()
         return spool
+
+    @classmethod
+    async def _open_for_operator(cls, url: str, config: Config) -> RedisSpool:
+        try:
+            client = connect(
+                url, socket_timeout=redis_queue.OPERATOR_SOCKET_TIMEOUT, name="frameiod-queue"
+            )
+        except ValueError as exc:  # not a redis://, rediss:// or unix:// URL
+            raise QueueError(f"cannot use Redis at {safe_url(url)}: {exc}") from None
+        spool = cls(client, config)
+        # Fail here, not halfway through an action, if Redis cannot be reached at all.
+        await spool._operate(client.ping())
+        return spool
+
+    async def _operate(self, action: Awaitable[T]) -> T:
+        """Await one of the operator's actions; every Redis failure a `QueueError`."""
+        try:
+            return await action
+        except (RedisError, OSError) as exc:
+            raise QueueError(f"cannot use Redis at {safe_url(self._url)}: {_why(exc)}") from None
 
     async def _warn_about_persistence(self) -> None:
         where = safe_url(self._url)
@@ -624,11 +664,11 @@ class RedisSpool:
         scores = [rows[0][1] for rows in answers if rows]
         return min(scores) if scores else None
 
-    async def deliveries_of(self, event_id: str) -> list[dict[str, Any]]:
-        """Every delivery of one event, as rows like the SQLite spool's."""
+    async def deliveries_of(self, event_id: str) -> list[EventDelivery]:
+        """Every delivery of one event, in the order they were accepted."""
         with redis_errors(self._url):
             raw = await self._client.hgetall(f"{self._prefix}:event:{event_id}")
-        return delivery_rows(event_id, raw)
+        return redis_queue.delivery_rows(event_id, raw)
 
     async def gauges(self, now: float | None = None) -> tuple[dict[str, int], float]:
         """Deliveries per state (kept by the scripts), and the age of the oldest due one."""
@@ -637,7 +677,7 @@ class RedisSpool:
             counts = await self._client.hgetall(f"{self._prefix}:counts")
             due = [await self.next_due(self._timeouts), *await self._oldest_unread()]
         due = min((when for when in due if when is not None), default=None)
-        states = dict.fromkeys(_STATES, 0)
+        states = dict.fromkeys(STATES, 0)
         for state, value in counts.items():
             if (name := str(_text(state))) in states:
                 states[name] = max(0, int(value))
@@ -709,35 +749,43 @@ class RedisSpool:
                 if name != self.node and not consumer.get("pending") and gone:
                     await self._client.xgroup_delconsumer(stream, GROUP, name)
 
+    async def stats(self, now: float | None = None) -> QueueStats:
+        """Deliveries per state (``P:counts``) and per handler, and the age of the oldest
+        due pending one."""
+        moment = time.time() if now is None else now
+        return await self._operate(redis_queue.stats(self._client, self._prefix, moment))
+
+    async def list_deliveries(
+        self, state: str | None, handler: str | None, limit: int
+    ) -> list[ListedDelivery]:
+        """Deliveries, newest event first; their ids are ``"<event id> <handler>"``."""
+        return await self._operate(
+            redis_queue.list_deliveries(self._client, self._prefix, state, handler, limit)
+        )
+
+    async def show(self, event_id: str) -> EventDetail | None:
+        """One event, its payload (from its stream entry) and its deliveries."""
+        return await self._operate(redis_queue.show(self._client, self._prefix, event_id))
+
+    async def replay(self, ids: Sequence[str], all_dead: bool) -> int:
+        """Make dead deliveries (of event ids, or ``"<event id> <handler>"``) pending again."""
+        return await self._operate(redis_queue.replay(self._client, self._prefix, ids, all_dead))
+
+    async def purge_dead(self, older_than: float) -> int:
+        """Purge dead letters that died more than ``older_than`` seconds ago."""
+        return await self._operate(redis_queue.purge_dead(self._client, self._prefix, older_than))
+
     async def close(self) -> None:
         """Close the connections (everything is already in Redis)."""
         await self._client.aclose()
 
 
-def delivery_rows(event_id: str, raw: dict[Any, Any]) -> list[dict[str, Any]]:
-    """The deliveries in an event hash, as rows with the SQLite spool's column names."""
-    fields = {str(_text(k)): _text(v) for k, v in raw.items() if k != b"body"}
-    rows = []
-    for handler in (fields.get("handlers") or "").split("\n"):
-        if not handler:
-            continue
-
-        def get(name: str, handler: str = handler) -> str | None:
-            return fields.get(f"{handler}|{name}") or None
-
-        seconds = get("seconds")
-        rows.append(
-            {
-                "id": f"{event_id} {handler}",
-                "event_id": event_id,
-                "handler": handler,
-                "state": get("state"),
-                "attempts": int(get("attempts") or 0),
-                "next_attempt_at": float(get("due") or 0) or None,
-                "last_outcome": get("outcome"),
-                "last_error": get("error"),
-                "last_seconds": float(seconds) if seconds else None,
-                "updated_at": float(get("updated") or 0) or None,
-            }
-        )
-    return rows
+def _why(exc: BaseException) -> str:
+    """``exc`` as a line, naming the system's reason when Redis's text leaves it out (an
+    asyncio connection says "Connect call failed", not "Connection refused")."""
+    text = str(exc)
+    cause = exc.__cause__ or exc.__context__
+    errno = getattr(cause, "errno", None)
+    if isinstance(cause, OSError) and errno and os.strerror(errno) not in text:
+        return f"{os.strerror(errno)}: {text}"
+    return text

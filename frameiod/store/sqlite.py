@@ -39,17 +39,25 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, cast
 
 from frameiod import idle
 from frameiod.logs import LastingFault, get_logger
+from frameiod.store import sqlite_queue
 from frameiod.store.base import (
     REPLAY_MARGIN,
+    STATES,
     Accepted,
     Claimed,
     DeliveryId,
+    EventDelivery,
+    EventDetail,
     Incoming,
+    ListedDelivery,
     Listeners,
+    QueueError,
+    QueueStats,
+    Role,
     SpoolError,
     SpoolUnavailable,
 )
@@ -618,10 +626,14 @@ def _upgrade_from_1(conn: sqlite3.Connection) -> None:
 
 
 class Spool:
-    """The durable spool. Open with `open`; every method runs on the writer thread."""
+    """The durable spool. Open with `open`; every write runs on the writer thread.
+
+    Opened for an operator, it has no writer: its connection does the operator's actions
+    (`stats` to `purge_dead`) and nothing else.
+    """
 
     def __init__(
-        self, path: Path, writer: _Writer, reader: sqlite3.Connection, recovered: int = 0
+        self, path: Path, writer: _Writer | None, reader: sqlite3.Connection, recovered: int = 0
     ) -> None:
         self.path = path
         self.recovered = recovered
@@ -642,11 +654,17 @@ class Spool:
         self._held: list[_Job] = []
 
     @classmethod
-    async def open(cls, path: Path, synchronous: Synchronous = "FULL") -> Spool:
+    async def open(
+        cls, path: Path, synchronous: Synchronous = "FULL", *, role: Role = "daemon"
+    ) -> Spool:
         """Open (or create) the spool at ``path``; raise `SpoolError` if it cannot be used.
 
-        Deliveries a crash left ``running`` go back to ``pending``.
+        Deliveries a crash left ``running`` go back to ``pending``. With ``role="operator"``
+        none of that: an existing spool is opened as it is, beside a daemon that may be
+        running, for the operator's actions only (`QueueError` if it cannot be).
         """
+        if role == "operator":
+            return cls(path, None, await asyncio.to_thread(sqlite_queue.connect_operator, path))
         conn = await asyncio.to_thread(_connect, path, synchronous)
         # Before the writer thread exists, the connection is still this thread's alone.
         recovered = await asyncio.to_thread(_recover_committed, conn)
@@ -666,7 +684,7 @@ class Spool:
     @property
     def batches(self) -> int:
         """Transactions committed so far (each batch of operations is one)."""
-        return self._writer.batches
+        return self._writer.batches if self._writer is not None else 0
 
     def run(self, operation: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
         """Run ``operation(connection)`` on the writer thread, inside the next batch."""
@@ -674,6 +692,8 @@ class Spool:
         future: asyncio.Future[T] = loop.create_future()
         if self._closed:
             future.set_exception(_spool_closed())
+        elif self._writer is None:
+            future.set_exception(SpoolError(f"{self.path}: opened for the operator's actions"))
         else:
             self._hold((operation, (loop, future)), loop)
         return future
@@ -690,7 +710,7 @@ class Spool:
             self._writer.submit([job])
 
     def _hand_over(self) -> None:
-        if self._held:  # `close` may have handed them over already
+        if self._held and self._writer is not None:  # `close` may have handed them over
             jobs, self._held = self._held, []
             self._writer.submit(jobs)
 
@@ -721,7 +741,7 @@ class Spool:
         """
         if self._closed:
             raise _spool_closed()
-        if not self._writer.is_alive():
+        if self._writer is None or not self._writer.is_alive():
             raise SpoolUnavailable("spool_error", "the spool's writer thread has stopped")
         if self._writer.fault is not None:
             await self.run(_probe)
@@ -854,13 +874,19 @@ class Spool:
         row = await self._read(lambda conn: conn.execute(sql, [*names, *taken]).fetchone())
         return row[0]
 
-    async def deliveries_of(self, event_id: str) -> list[dict[str, Any]]:
-        """Every delivery of one event, as rows."""
-        return await self.run(
+    async def deliveries_of(self, event_id: str) -> list[EventDelivery]:
+        """Every delivery of one event, in the order they were accepted."""
+        rows = await self.run(
             lambda conn: _rows(
-                conn.execute("SELECT * FROM deliveries WHERE event_id = ? ORDER BY id", (event_id,))
+                conn.execute(
+                    "SELECT id, handler, state, attempts, next_attempt_at, last_outcome,"
+                    " last_error, last_seconds, updated_at, event_id FROM deliveries"
+                    " WHERE event_id = ? ORDER BY id",
+                    (event_id,),
+                )
             )
         )
+        return cast(list[EventDelivery], rows)
 
     async def gauges(self, now: float | None = None) -> tuple[dict[str, int], float]:
         """Deliveries per state, and the age in seconds of the oldest due pending one.
@@ -887,9 +913,63 @@ class Spool:
         now = time.time()
         return await self.run(lambda conn: _purge(conn, now - older_than, now - replay_window))
 
+    async def stats(self, now: float | None = None) -> QueueStats:
+        """Deliveries per state and per handler, and the age of the oldest due pending one."""
+        moment = time.time() if now is None else now
+        return await self._operate(lambda conn: sqlite_queue.stats(conn, moment))
+
+    async def list_deliveries(
+        self, state: str | None, handler: str | None, limit: int
+    ) -> list[ListedDelivery]:
+        """Deliveries, newest first, optionally of one state and one handler."""
+        return await self._operate(
+            lambda conn: sqlite_queue.list_deliveries(conn, state, handler, limit)
+        )
+
+    async def show(self, event_id: str) -> EventDetail | None:
+        """One event, its payload and its deliveries; None if there is no such event."""
+        return await self._operate(lambda conn: sqlite_queue.show(conn, event_id))
+
+    async def replay(self, ids: Sequence[str], all_dead: bool) -> int:
+        """Make dead deliveries (of event ids, or delivery ids: numbers) pending again."""
+        wanted = list(ids)
+        return await self._operate(
+            lambda conn: sqlite_queue.replay(conn, wanted, all_dead), write=True
+        )
+
+    async def purge_dead(self, older_than: float) -> int:
+        """Delete dead deliveries last touched more than ``older_than`` seconds ago."""
+        return await self._operate(
+            lambda conn: sqlite_queue.purge_dead(conn, older_than), write=True
+        )
+
+    async def _operate(self, action: Callable[[sqlite3.Connection], T], write: bool = False) -> T:
+        """Run one of the operator's actions: a daemon's writes in its writer's next batch,
+        reads (and an operator's writes, each its own transaction) on the reading
+        connection; every failure a `QueueError`."""
+        try:
+            if self._closed:
+                raise _spool_closed()
+            if write and self._writer is not None:
+                return await self.run(action)
+            loop = asyncio.get_running_loop()
+            if write:
+                return await loop.run_in_executor(
+                    self._reads, _in_transaction, action, self._reader
+                )
+            return await loop.run_in_executor(self._reads, action, self._reader)
+        except sqlite3.Error as exc:  # not a spool, or locked beyond the busy timeout
+            raise QueueError(f"{self.path}: cannot use the spool: {exc}") from None
+        except SpoolUnavailable as exc:
+            raise QueueError(f"{self.path}: cannot use the spool: {exc.detail}") from None
+
     async def close(self) -> None:
         """Finish queued operations and close the file."""
         self._closed = True
+        if self._writer is None:
+            await asyncio.to_thread(self._reads.shutdown)
+            self._reader.close()
+            return
         self._hand_over()
         self._writer.stop()
         await asyncio.to_thread(self._writer.join)
@@ -903,6 +983,13 @@ class Spool:
 def _rows(cursor: sqlite3.Cursor) -> list[dict[str, Any]]:
     names = [column[0] for column in cursor.description]
     return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+
+def _in_transaction(action: Callable[[sqlite3.Connection], T], conn: sqlite3.Connection) -> T:
+    """Run ``action`` in a write transaction of its own on ``conn``."""
+    with conn:
+        conn.execute("BEGIN IMMEDIATE")
+        return action(conn)
 
 
 def _recover_committed(conn: sqlite3.Connection) -> int:
@@ -1052,7 +1139,7 @@ def _count_states(path: Path, now: float) -> tuple[dict[str, int], float]:
 
 
 def _gauges(conn: sqlite3.Connection, now: float) -> tuple[dict[str, int], float]:
-    counts = dict.fromkeys(("pending", "running", "done", "dead"), 0)
+    counts = dict.fromkeys(STATES, 0)
     counts.update(conn.execute("SELECT state, COUNT(*) FROM deliveries GROUP BY state"))
     oldest = conn.execute(
         "SELECT MIN(next_attempt_at) FROM deliveries WHERE state = 'pending'"
