@@ -8,7 +8,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import redis.asyncio as aioredis
@@ -19,6 +19,7 @@ from support import SECRET, incoming, make_config
 from frameiod.http.server import READY_CHECK_SECONDS
 from frameiod.store import redis_keys as redis_store
 from frameiod.store.base import Accepted, Claimed, SpoolError, SpoolUnavailable
+from frameiod.store.open import open_spool
 from frameiod.store.redis import LEASE_GRACE, RedisSpool
 from frameiod.store.redis_keys import GROUP
 
@@ -72,7 +73,7 @@ async def node(tmp_path: Path, redis_server: RedisServer, prefix: str) -> AsyncI
             directory,
             config_text(url or redis_server.url, stream_prefix or prefix, handler_timeout),
         )
-        spool = await RedisSpool.open(config)
+        spool = cast(RedisSpool, await open_spool(config))
         opened.append(spool)
         return spool
 
@@ -609,7 +610,7 @@ class TestRedisDown:
             await admin.aclose()
             url = f"redis://:hunter2@127.0.0.1:{server.port}/0"
             config = make_config(tmp_path, config_text(url, "down"))
-            spool = await RedisSpool.open(config)
+            spool = await open_spool(config)
             try:
                 before = incoming()
                 await spool.accept(before, ["h"])
@@ -654,7 +655,7 @@ class TestReadiness:
         server.start()
         admin = aioredis.Redis.from_url(server.url)
         try:
-            spool = await RedisSpool.open(make_config(tmp_path, config_text(server.url, "ro")))
+            spool = await open_spool(make_config(tmp_path, config_text(server.url, "ro")))
             try:
                 assert await spool.check() is None
                 # A replica (of nothing reachable): read-only, as after a failover.

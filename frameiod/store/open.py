@@ -7,15 +7,19 @@ The one place that knows there is more than one: everything else talks to
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from frameiod.config import Config
 from frameiod.http.ratelimit import Limits, SourceLimits
-from frameiod.store.base import SpoolBackend
+from frameiod.store.base import Role, SpoolBackend
 from frameiod.store.sqlite import Spool
 
-__all__ = ["Backend", "open_backend", "open_for_operator"]
+if TYPE_CHECKING:
+    from frameiod.store.redis import RedisSpool
+
+__all__ = ["Backend", "coalesce_seconds", "open_backend", "open_for_operator", "open_spool"]
 
 
 @dataclass(frozen=True)
@@ -27,24 +31,47 @@ class Backend:
     """None: each process keeps its own buckets in memory."""
 
 
-async def open_backend(config: Config) -> Backend:
-    """Open the configured spool; raise `frameiod.store.base.SpoolError` if it cannot be used."""
-    if config.spool.backend == "redis":
-        # Imported only here: redis is an optional dependency (frameiod[redis]).
-        from frameiod.store.redis import RedisSpool  # noqa: PLC0415
+def coalesce_seconds(tolerances: Iterable[float]) -> float:
+    """How long an identical body may join a pending twin on Redis: an event none of whose
+    deliveries started need not be found again after the window Frame.io re-sends in."""
+    return int(2 * max(tolerances, default=300.0)) + 60
 
-        redis_spool = await RedisSpool.open(config)
+
+async def open_spool(config: Config, *, role: Role = "daemon") -> SpoolBackend:
+    """Open the configured spool (``[spool]``) for ``role``; raise
+    `frameiod.store.base.SpoolError` (or, for the operator, `QueueError`) if it cannot be
+    used."""
+    if config.spool.backend == "redis":
+        return await _open_redis(config, role)
+    return await Spool.open(
+        config.resolve_path(config.spool.path), config.spool.synchronous, role=role
+    )
+
+
+async def _open_redis(config: Config, role: Role) -> RedisSpool:
+    # Imported only here: redis is an optional dependency (frameiod[redis]).
+    from frameiod.store.redis import RedisSpool  # noqa: PLC0415
+
+    return await RedisSpool.open(
+        config.spool.redis_url.reveal(),
+        config.spool.stream_prefix,
+        role=role,
+        handler_timeout=config.dispatch.handler_timeout,
+        coalesce_seconds=coalesce_seconds(s.tolerance for s in config.sources.values()),
+    )
+
+
+async def open_backend(config: Config) -> Backend:
+    """Open the configured spool for the daemon; raise `frameiod.store.base.SpoolError` if it
+    cannot be used."""
+    if config.spool.backend == "redis":
+        redis_spool = await _open_redis(config, "daemon")
         return Backend(redis_spool, redis_spool.source_limiter)
-    path = config.resolve_path(config.spool.path)
-    return Backend(await Spool.open(path, config.spool.synchronous))
+    return Backend(await open_spool(config))
 
 
 async def open_for_operator(config: Config) -> SpoolBackend:
     """Open the configured spool for the operator's actions (``frameiod queue``), beside a
     daemon that may be running: none of the daemon's start-up work is done. Raise
     `frameiod.store.base.QueueError` (or `SpoolError`) if it cannot be used."""
-    if config.spool.backend == "redis":
-        from frameiod.store.redis import RedisSpool  # noqa: PLC0415
-
-        return await RedisSpool.open(config, role="operator")
-    return await Spool.open(config.resolve_path(config.spool.path), role="operator")
+    return await open_spool(config, role="operator")

@@ -33,7 +33,6 @@ import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError, ResponseError
 
-from frameiod.config import Config
 from frameiod.http.ratelimit import Limits
 from frameiod.http.redis_ratelimit import RedisSourceLimiter
 from frameiod.logs import get_logger
@@ -55,7 +54,7 @@ from frameiod.store.base import (
 )
 from frameiod.store.redis_keys import GROUP, LUA_PRELUDE, connect, redis_errors, safe_url
 
-__all__ = ["LEASE_GRACE", "RedisSpool"]
+__all__ = ["DEFAULT_COALESCE_SECONDS", "DEFAULT_HANDLER_TIMEOUT", "LEASE_GRACE", "RedisSpool"]
 
 log = get_logger("frameiod.redis")
 
@@ -63,6 +62,10 @@ T = TypeVar("T")
 
 LEASE_GRACE = 5.0
 """Seconds a claimed delivery may outlive its handler's timeout before others take it."""
+DEFAULT_HANDLER_TIMEOUT = 30.0
+"""The lease of a handler `RedisSpool.expect_handlers` did not name, unless told otherwise."""
+DEFAULT_COALESCE_SECONDS = 660.0
+"""How long an identical body may join a pending twin, unless told otherwise."""
 
 _ERROR_LIMIT = 2000
 _READ_COUNT = 256
@@ -336,16 +339,20 @@ class RedisSpool:
 
     recovered = 0  # nothing to recover at start: leases and XAUTOCLAIM take over any time
 
-    def __init__(self, client: aioredis.Redis, config: Config) -> None:
-        spool = config.spool
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        url: str,
+        prefix: str,
+        *,
+        handler_timeout: float = DEFAULT_HANDLER_TIMEOUT,
+        coalesce_seconds: float = DEFAULT_COALESCE_SECONDS,
+    ) -> None:
         self._client = client
-        self._url = spool.redis_url.reveal()
-        self._prefix = spool.stream_prefix
-        self._default_timeout = config.dispatch.handler_timeout
-        # An identical body coalesces only into a twin none of whose deliveries started:
-        # its key need not outlive the window Frame.io re-sends in.
-        tolerance = max((s.tolerance for s in config.sources.values()), default=300.0)
-        self._body_ttl = int(2 * tolerance) + 60
+        self._url = url
+        self._prefix = prefix
+        self._default_timeout = handler_timeout
+        self._body_ttl = int(coalesce_seconds)
         self.node = _node_name()
         self._listeners = Listeners()
         self._timeouts: dict[str, float] = {}
@@ -364,16 +371,27 @@ class RedisSpool:
         self._purge_seen = client.register_script(_PURGE_SEEN)
 
     @classmethod
-    async def open(cls, config: Config, *, role: Role = "daemon") -> RedisSpool:
-        """Connect to ``[spool] redis_url``; raise `SpoolError` if Redis cannot be used.
+    async def open(
+        cls,
+        url: str,
+        prefix: str,
+        *,
+        role: Role = "daemon",
+        handler_timeout: float = DEFAULT_HANDLER_TIMEOUT,
+        coalesce_seconds: float = DEFAULT_COALESCE_SECONDS,
+    ) -> RedisSpool:
+        """Connect to the Redis at ``url`` and use its keys under ``prefix``; raise
+        `SpoolError` if Redis cannot be used.
 
+        ``handler_timeout`` is the lease of a handler `expect_handlers` did not name;
+        ``coalesce_seconds`` how long an identical body may still join a pending twin.
         Warns when Redis's persistence settings could lose an acknowledged event. With
         ``role="operator"``, for the operator's actions: no warnings, a longer wait for
         Redis's answers, and `QueueError` if it cannot be reached.
         """
-        url = config.spool.redis_url.reveal()
+        settings = {"handler_timeout": handler_timeout, "coalesce_seconds": coalesce_seconds}
         if role == "operator":
-            return await cls._open_for_operator(url, config)
+            return await cls._open_for_operator(url, prefix)
         client = connect(url)
         try:
             info = await client.info("server")
@@ -387,19 +405,19 @@ class RedisSpool:
                 f"Redis at {safe_url(url)} is version {version}; frameiod needs 6.2 or newer "
                 "(XAUTOCLAIM)"
             )
-        spool = cls(client, config)
+        spool = cls(client, url, prefix, **settings)
         await spool._warn_about_persistence()
         return spool
 
     @classmethod
-    async def _open_for_operator(cls, url: str, config: Config) -> RedisSpool:
+    async def _open_for_operator(cls, url: str, prefix: str) -> RedisSpool:
         try:
             client = connect(
                 url, socket_timeout=redis_queue.OPERATOR_SOCKET_TIMEOUT, name="frameiod-queue"
             )
         except ValueError as exc:  # not a redis://, rediss:// or unix:// URL
             raise QueueError(f"cannot use Redis at {safe_url(url)}: {exc}") from None
-        spool = cls(client, config)
+        spool = cls(client, url, prefix)
         # Fail here, not halfway through an action, if Redis cannot be reached at all.
         await spool._operate(client.ping())
         return spool
