@@ -20,6 +20,7 @@ from structlog.testing import capture_logs
 from support import incoming, on_the_daemons_loop, wait_until
 
 import frameiod.store.sqlite as spool_module
+from frameiod import idle
 from frameiod.store.base import Accepted, Incoming, SpoolError, SpoolUnavailable
 from frameiod.store.sqlite import APPLICATION_ID, SCHEMA_VERSION, Spool, body_hash
 
@@ -531,8 +532,9 @@ class TestLoopsThatGoAway:
 
 
 class TestHeldForAnIdleLoop:
-    """On the daemon's event loop, operations go to the writer together when it runs out of
-    work (`frameiod.idle`); on any other loop (the rest of this file), one by one."""
+    """With the daemon's hand-over, on its event loop, operations go to the writer together
+    when it runs out of work (`frameiod.idle`); on any other loop, or without a hand-over
+    (the rest of this file), one by one."""
 
     # Long, so that the tests' own timing cannot decide what shares a batch.
     HOLD = 10.0
@@ -543,7 +545,7 @@ class TestHeldForAnIdleLoop:
 
     def test_operations_submitted_while_the_loop_is_busy_share_one_batch(self, path: Path):
         async def scenario() -> int:
-            spool = await Spool.open(path)
+            spool = await Spool.open(path, handover=idle.call_when_idle)
             try:
                 before = spool.batches
                 accepts = []
@@ -567,7 +569,7 @@ class TestHeldForAnIdleLoop:
         monkeypatch.setattr(spool_module, "_BATCH_LIMIT", 4)
 
         async def scenario() -> int:
-            spool = await Spool.open(path)
+            spool = await Spool.open(path, handover=idle.call_when_idle)
             try:
                 before = spool.batches
                 await asyncio.gather(*(spool.accept(incoming(), ["a"]) for _ in range(10)))
@@ -580,7 +582,7 @@ class TestHeldForAnIdleLoop:
 
     def test_a_lone_operation_goes_as_soon_as_the_loop_is_idle(self, path: Path):
         async def scenario() -> float:
-            spool = await Spool.open(path)
+            spool = await Spool.open(path, handover=idle.call_when_idle)
             try:
                 started = time.monotonic()
                 for _ in range(3):
@@ -597,7 +599,7 @@ class TestHeldForAnIdleLoop:
         monkeypatch.setattr(spool_module, "_HOLD_AT_MOST", 0.05)
 
         async def scenario() -> tuple[float, int]:
-            spool = await Spool.open(path)
+            spool = await Spool.open(path, handover=idle.call_when_idle)
             loop = asyncio.get_running_loop()
             spins = 0
 
@@ -628,7 +630,7 @@ class TestHeldForAnIdleLoop:
             answers.append(asyncio.run(asyncio.wait_for(spool.accept(elsewhere, ["a"]), 5)))
 
         async def scenario() -> bool:
-            spool = await Spool.open(path)
+            spool = await Spool.open(path, handover=idle.call_when_idle)
             try:
                 held = asyncio.ensure_future(spool.accept(incoming(), ["a"]))
                 await asyncio.sleep(0)  # submitted, and held: this loop has not gone idle
@@ -649,13 +651,40 @@ class TestHeldForAnIdleLoop:
         event = incoming()
 
         async def scenario() -> Accepted:
-            spool = await Spool.open(path)
+            spool = await Spool.open(path, handover=idle.call_when_idle)
             accepted = spool.run(lambda conn: spool_module._accept(conn, event, ["a"]))
             await spool.close()  # before the loop has had a chance to go idle
             return await asyncio.wait_for(accepted, 5)
 
         assert on_the_daemons_loop(scenario) == Accepted(event.id, duplicate=False, deliveries=1)
         assert event_ids(path) == {event.id}
+
+    def test_without_a_hand_over_each_operation_goes_to_the_writer_at_once(self, path: Path):
+        async def scenario() -> tuple[str, int]:
+            spool = await Spool.open(path)
+            try:
+                before = spool.batches
+                accepts = []
+                for _ in range(3):
+                    accepts.append(asyncio.ensure_future(spool.accept(incoming(), ["a"])))
+                    await asyncio.sleep(0)  # the accept is submitted
+                    time.sleep(0.05)  # noqa: ASYNC251 - time for the writer to commit it
+                await asyncio.gather(*accepts)
+                return spool.handover, spool.batches - before
+            finally:
+                await spool.close()
+
+        assert on_the_daemons_loop(scenario) == ("immediate", 3)
+
+    def test_the_hand_over_in_force_is_said(self, path: Path):
+        async def scenario() -> str:
+            spool = await Spool.open(path, handover=idle.call_when_idle)
+            await spool.close()
+            return spool.handover
+
+        assert on_the_daemons_loop(scenario) == "loop idle"
+        # Another loop: the hand-over cannot serve it, and the spool does not pretend.
+        assert asyncio.run(scenario()) == "immediate"
 
 
 class TestClaim:

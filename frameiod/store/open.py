@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from frameiod.config import Config
 from frameiod.http.ratelimit import Limits, SourceLimits
-from frameiod.store.base import Role, SpoolBackend
+from frameiod.store.base import HandOver, Role, SpoolBackend
 from frameiod.store.sqlite import Spool
 
 if TYPE_CHECKING:
@@ -29,6 +29,9 @@ class Backend:
     spool: SpoolBackend
     limiter: Callable[[Limits], SourceLimits] | None = None
     """None: each process keeps its own buckets in memory."""
+    handover: str = "immediate"
+    """How writes reach the store, for the start-up log: "loop idle" (held until the event
+    loop runs out of work, then committed together) or "immediate"."""
 
 
 def coalesce_seconds(tolerances: Iterable[float]) -> float:
@@ -37,15 +40,20 @@ def coalesce_seconds(tolerances: Iterable[float]) -> float:
     return int(2 * max(tolerances, default=300.0)) + 60
 
 
-async def open_spool(config: Config, *, role: Role = "daemon") -> SpoolBackend:
+async def open_spool(
+    config: Config, *, role: Role = "daemon", handover: HandOver | None = None
+) -> SpoolBackend:
     """Open the configured spool (``[spool]``) for ``role``; raise
     `frameiod.store.base.SpoolError` (or, for the operator, `QueueError`) if it cannot be
-    used."""
+    used. ``handover`` is the event loop's idle call-back the SQLite spool batches on."""
     if config.spool.backend == "redis":
         return await _open_redis(config, role)
-    return await Spool.open(
-        config.resolve_path(config.spool.path), config.spool.synchronous, role=role
-    )
+    return await _open_sqlite(config, role, handover)
+
+
+async def _open_sqlite(config: Config, role: Role, handover: HandOver | None) -> Spool:
+    path = config.resolve_path(config.spool.path)
+    return await Spool.open(path, config.spool.synchronous, handover=handover, role=role)
 
 
 async def _open_redis(config: Config, role: Role) -> RedisSpool:
@@ -61,13 +69,15 @@ async def _open_redis(config: Config, role: Role) -> RedisSpool:
     )
 
 
-async def open_backend(config: Config) -> Backend:
-    """Open the configured spool for the daemon; raise `frameiod.store.base.SpoolError` if it
+async def open_backend(config: Config, handover: HandOver | None = None) -> Backend:
+    """Open the configured spool for the daemon, which gives the event loop's ``handover``
+    (see `frameiod.store.base.HandOver`); raise `frameiod.store.base.SpoolError` if it
     cannot be used."""
     if config.spool.backend == "redis":
         redis_spool = await _open_redis(config, "daemon")
         return Backend(redis_spool, redis_spool.source_limiter)
-    return Backend(await open_spool(config))
+    spool = await _open_sqlite(config, "daemon", handover)
+    return Backend(spool, handover=spool.handover)
 
 
 async def open_for_operator(config: Config) -> SpoolBackend:

@@ -3,10 +3,12 @@
 An event is committed, with one delivery row per matching handler, before the 202 goes
 out. All SQLite work runs on one writer thread that owns the connection; operations that
 arrive while it is busy form the next batch and share one transaction and one fsync
-(group commit), so throughput does not collapse to one fsync per request. On the daemon's
-event loop (`frameiod.idle`), operations are handed to the writer together, when the loop
-has taken in every request that has arrived, or after `_HOLD_AT_MOST` while it stays busy:
-a request that is already here does not miss the commit and wait for the next one.
+(group commit), so throughput does not collapse to one fsync per request. When the daemon
+gives the spool a hand-over (`frameiod.store.base.HandOver`: its event loop calls back when
+it has taken in every request that has arrived, or after `_HOLD_AT_MOST` while it stays
+busy), operations are handed to the writer together then: a request that is already here
+does not miss the commit and wait for the next one. Without one, or on a loop the hand-over
+cannot serve, each operation goes to the writer at once.
 If anything in a batch fails, the batch is run again with a savepoint per operation, so a
 failing operation fails alone; operations must therefore touch nothing but the database. (A full
 disk is the exception: SQLite then rolls back the whole transaction, and every operation
@@ -41,7 +43,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal, TypeVar, cast
 
-from frameiod import idle
 from frameiod.logs import LastingFault, get_logger
 from frameiod.store import sqlite_queue
 from frameiod.store.base import (
@@ -52,6 +53,7 @@ from frameiod.store.base import (
     DeliveryId,
     EventDelivery,
     EventDetail,
+    HandOver,
     Incoming,
     ListedDelivery,
     Listeners,
@@ -649,19 +651,29 @@ class Spool:
         self._checkpointer: _Checkpointer | None = None
         self._listeners = Listeners()
         self._closed = False
-        # Operations waiting for the daemon's event loop to go idle (see `frameiod.idle`):
+        # Operations waiting for the daemon's event loop to run out of work (`_handover`):
         # only that loop's thread touches the list.
         self._held: list[_Job] = []
+        self._handover: HandOver | None = None
+        self.handover = "immediate"
+        """Which hand-over is in force, for the start-up log: "loop idle" or "immediate"."""
 
     @classmethod
     async def open(
-        cls, path: Path, synchronous: Synchronous = "FULL", *, role: Role = "daemon"
+        cls,
+        path: Path,
+        synchronous: Synchronous = "FULL",
+        *,
+        handover: HandOver | None = None,
+        role: Role = "daemon",
     ) -> Spool:
         """Open (or create) the spool at ``path``; raise `SpoolError` if it cannot be used.
 
-        Deliveries a crash left ``running`` go back to ``pending``. With ``role="operator"``
-        none of that: an existing spool is opened as it is, beside a daemon that may be
-        running, for the operator's actions only (`QueueError` if it cannot be).
+        Deliveries a crash left ``running`` go back to ``pending``. ``handover`` lets the
+        event loop say when to hand operations to the writer (see the module docstring).
+        With ``role="operator"`` none of that: an existing spool is opened as it is, beside
+        a daemon that may be running, for the operator's actions only (`QueueError` if it
+        cannot be).
         """
         if role == "operator":
             return cls(path, None, await asyncio.to_thread(sqlite_queue.connect_operator, path))
@@ -679,6 +691,11 @@ class Spool:
         checkpointer.start()
         spool = cls(path, writer, reader, recovered)
         spool._checkpointer = checkpointer
+        if handover is not None:
+            spool._handover = handover
+            # Asked once with nothing to run: whether this loop can call back at all.
+            if handover(asyncio.get_running_loop(), _nothing, _HOLD_AT_MOST):
+                spool.handover = "loop idle"
         return spool
 
     @property
@@ -690,24 +707,29 @@ class Spool:
         """Run ``operation(connection)`` on the writer thread, inside the next batch."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
+        writer = self._writer
         if self._closed:
             future.set_exception(_spool_closed())
-        elif self._writer is None:
+        elif writer is None:
             future.set_exception(SpoolError(f"{self.path}: opened for the operator's actions"))
         else:
-            self._hold((operation, (loop, future)), loop)
+            self._hold((operation, (loop, future)), loop, writer)
         return future
 
-    def _hold(self, job: _Job, loop: asyncio.AbstractEventLoop) -> None:
-        # Only the daemon's loop can say when it is idle; on any other, no holding. Held
-        # jobs are all one loop's: each carries its loop, and the first says whose.
+    def _hold(self, job: _Job, loop: asyncio.AbstractEventLoop, writer: _Writer) -> None:
+        # Only a loop the hand-over serves can say when it is idle; on any other, no
+        # holding. Held jobs are all one loop's: each carries its loop, the first says whose.
         held_for = self._held[0][1][0] if self._held else None
         if held_for is loop:
             self._held.append(job)
-        elif held_for is None and idle.call_when_idle(loop, self._hand_over, _HOLD_AT_MOST):
+        elif (
+            held_for is None
+            and self._handover is not None
+            and self._handover(loop, self._hand_over, _HOLD_AT_MOST)
+        ):
             self._held = [job]
         else:
-            self._writer.submit([job])
+            writer.submit([job])
 
     def _hand_over(self) -> None:
         if self._held and self._writer is not None:  # `close` may have handed them over
@@ -1116,6 +1138,10 @@ def _mark_running(
         (now, *ids),
     )
     return frozenset(row[0] for row in cursor)
+
+
+def _nothing() -> None:
+    """A hand-over's callback with nothing to hand over."""
 
 
 def _retrieve(future: asyncio.Future[Any]) -> None:
