@@ -28,10 +28,10 @@ from support import (
 )
 
 from frameiod.config import Config
-from frameiod.store import redis as redis_spool
-from frameiod.store import redis_queue as redis_admin
 from frameiod.store.base import Incoming
 from frameiod.store.open import open_spool
+from frameiod.store.redis import actions as redis_admin
+from frameiod.store.redis import spool as redis_spool
 
 DAY = 86400.0
 LOG, NOTIFY = "log:write", "notify:post"

@@ -28,7 +28,6 @@ from frameiod.store.base import (
 from frameiod.store.redis_keys import LUA_PRELUDE
 
 __all__ = [
-    "OPERATOR_SOCKET_TIMEOUT",
     "delivery_rows",
     "list_deliveries",
     "purge_dead",
@@ -40,9 +39,6 @@ __all__ = [
 # Each read is one page of event hashes; large enough to be few round trips, small enough
 # that no single reply is large.
 _PAGE = 200
-OPERATOR_SOCKET_TIMEOUT = 30.0
-"""How long an operator's command waits for Redis: the scripts walk the whole dead-letter
-stream in one go, so longer than the daemon does before calling Redis unreachable."""
 
 # ARGV: P, now, then (event id, handler) pairs; an empty handler means every dead delivery
 # of the event, an empty ARGV tail (no pairs) every dead letter in P:dead.

@@ -91,7 +91,7 @@ def list_deliveries(
         args.append(handler)
     where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
     cursor = conn.execute(
-        "SELECT d.id, d.event_id, e.type, e.source, d.handler, d.state, d.attempts,"  # noqa: S608
+        "SELECT d.id, d.event_id, e.type, e.source, d.handler, d.state, d.attempts,"
         " d.next_attempt_at, d.last_outcome, d.last_error, e.received_at"
         f" FROM deliveries d JOIN events e ON e.id = d.event_id {where}"
         " ORDER BY e.received_at DESC, d.id DESC LIMIT ?",
