@@ -16,6 +16,7 @@ from redis_support import RedisServer, free_port
 from structlog.testing import capture_logs
 from support import SECRET, incoming, make_config
 
+from frameiod.http.redis_ratelimit import RedisSourceLimiter
 from frameiod.http.server import READY_CHECK_SECONDS
 from frameiod.store import redis_keys as redis_store
 from frameiod.store.base import Accepted, Claimed, SpoolError, SpoolUnavailable
@@ -727,9 +728,11 @@ class TestPersistenceWarnings:
 
 class TestSourceLimiter:
     async def test_three_nodes_share_one_bucket_per_source(
-        self, node: OpenNode, raw: aioredis.Redis, prefix: str
+        self, node: OpenNode, raw: aioredis.Redis, prefix: str, redis_server: RedisServer
     ):
-        limiters = [(await node()).source_limiter({"default": (5.0, 5)}) for _ in range(3)]
+        limits = {"default": (5.0, 5)}
+        nodes = [await node() for _ in range(3)]
+        limiters = [RedisSourceLimiter(n.client, redis_server.url, prefix, limits) for n in nodes]
 
         started = time.monotonic()
         waits = [await limiters[i % 3].take("default") for i in range(40)]

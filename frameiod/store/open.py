@@ -7,6 +7,7 @@ The one place that knows there is more than one: everything else talks to
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -74,8 +75,14 @@ async def open_backend(config: Config, handover: HandOver | None = None) -> Back
     (see `frameiod.store.base.HandOver`); raise `frameiod.store.base.SpoolError` if it
     cannot be used."""
     if config.spool.backend == "redis":
+        # Imported only here: redis is an optional dependency (frameiod[redis]).
+        from frameiod.http.redis_ratelimit import RedisSourceLimiter  # noqa: PLC0415
+
         redis_spool = await _open_redis(config, "daemon")
-        return Backend(redis_spool, redis_spool.source_limiter)
+        url, prefix = config.spool.redis_url.reveal(), config.spool.stream_prefix
+        # The receivers that share the spool share their rate limits too, in the same Redis.
+        limiter = functools.partial(RedisSourceLimiter, redis_spool.client, url, prefix)
+        return Backend(redis_spool, limiter)
     spool = await _open_sqlite(config, "daemon", handover)
     return Backend(spool, handover=spool.handover)
 

@@ -12,8 +12,6 @@ import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
-from frameiod.http.ratelimit import Limits
-from frameiod.http.redis_ratelimit import RedisSourceLimiter
 from frameiod.store.base import (
     STATES,
     Accepted,
@@ -126,9 +124,11 @@ class RedisSpool:
         """The Redis URL (without password) and the key prefix."""
         return f"{safe_url(self._url)} ({self._prefix}:*)"
 
-    def source_limiter(self, limits: Limits) -> RedisSourceLimiter:
-        """A per-source limiter whose buckets every receiver on this Redis shares."""
-        return RedisSourceLimiter(self._client, self._url, self._prefix, limits)
+    @property
+    def client(self) -> aioredis.Redis:
+        """The connection, for what else the daemon keeps in this Redis (the per-source rate
+        limits every receiver shares)."""
+        return self._client
 
     def on_new_work(self, listener: Callable[[], None]) -> None:
         """Call ``listener`` whenever this receiver accepted or rescheduled work."""
