@@ -23,7 +23,8 @@ from collections.abc import Sequence
 
 from frameiod.cli.main import main as frameiod_main
 from frameiod.store.base import Accepted, Incoming
-from frameiod.store.sqlite import Spool, _Job, _Writer
+from frameiod.store.sqlite import Spool
+from frameiod.store.sqlite.writer import Job, Writer
 
 _LOG_BYTES = 64 * 1024 * 1024
 
@@ -62,16 +63,16 @@ class _Append:
 def main(argv: Sequence[str]) -> int:
     """Run ``frameiod`` with ``argv[1:]``, its spool's accepts written to the log ``argv[0]``."""
     log = _Log(argv[0])
-    transaction = _Writer._run_batch
+    transaction = Writer._run_batch
 
     async def accept(spool: Spool, incoming: Incoming, handlers: Sequence[str]) -> Accepted:
         record = b"%s %s\n%s\n" % (incoming.id.encode(), incoming.signature.encode(), incoming.body)
         return await spool.run(_Append(record, Accepted(incoming.id, False, len(handlers))))
 
-    def run_batch(writer: _Writer, batch: list[_Job]) -> None:
-        logged: list[_Job] = []
+    def run_batch(writer: Writer, batch: list[Job]) -> None:
+        logged: list[Job] = []
         appends: list[_Append] = []
-        others: list[_Job] = []  # the daemon's own writes (a flush at shutdown): SQLite's
+        others: list[Job] = []  # the daemon's own writes (a flush at shutdown): SQLite's
         for job in batch:
             if isinstance(job[0], _Append):
                 logged.append(job)
@@ -86,7 +87,7 @@ def main(argv: Sequence[str]) -> int:
             writer._settle(logged, [(True, append.accepted) for append in appends])
 
     Spool.accept = accept  # type: ignore[method-assign]
-    _Writer._run_batch = run_batch  # type: ignore[method-assign]
+    Writer._run_batch = run_batch  # type: ignore[method-assign]
     return frameiod_main(list(argv[1:]))
 
 

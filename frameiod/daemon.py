@@ -14,7 +14,7 @@ import ssl
 
 from aiohttp import web
 
-from frameiod import __version__, systemd
+from frameiod import __version__, idle, systemd
 from frameiod.client import FrameioClient
 from frameiod.config import Config, ConfigError, dev_secret_problem, load_config
 from frameiod.dispatch.dispatcher import Dispatcher, RetryPolicy
@@ -67,7 +67,7 @@ class Daemon:
         visible now (TLS files, two plugins answering one action), OSError if it cannot
         listen. Whatever was started is stopped again before raising.
         """
-        self.backend = backend = await open_backend(self.config)
+        self.backend = backend = await open_backend(self.config, idle.call_when_idle)
         self.spool = spool = backend.spool
         if spool.recovered:
             log.warning(
@@ -109,6 +109,7 @@ class Daemon:
             plugins=self.plugins.loaded,
             config=str(self.config.path),
             spool=spool.describe(),
+            handover=backend.handover,
         )
 
     async def _close_resources(self) -> None:

@@ -28,15 +28,15 @@ from support import (
 )
 
 from frameiod.config import Config
-from frameiod.store import redis as redis_spool
-from frameiod.store import redis_queue as redis_admin
 from frameiod.store.base import Incoming
-from frameiod.store.redis import RedisSpool
+from frameiod.store.open import open_spool
+from frameiod.store.redis import actions as redis_admin
+from frameiod.store.redis import spool as redis_spool
 
 DAY = 86400.0
 LOG, NOTIFY = "log:write", "notify:post"
 
-# The keys of the SQLite backend's rows (frameiod.store.sqlite_queue): the Redis ones must match.
+# The keys of the rows frameiod.store.base documents: the Redis ones must match.
 LIST_KEYS = {
     "id",
     "event_id",
@@ -130,7 +130,7 @@ class Filled:
 
     async def deliveries(self, event: Incoming) -> dict[str, tuple[str, int]]:
         """handler → (state, attempts) of one event, as the spool itself reports them."""
-        spool = await RedisSpool.open(self.config)
+        spool = await open_spool(self.config)
         try:
             rows = await spool.deliveries_of(event.id)
         finally:
@@ -140,7 +140,7 @@ class Filled:
     async def claim(self, *handlers: str) -> list[tuple[str, str, int]]:
         """Claim whatever is due now for ``handlers``, as a receiver would: (event, handler,
         attempts) sorted."""
-        spool = await RedisSpool.open(self.config)
+        spool = await open_spool(self.config)
         try:
             claimed = await spool.claim(10, dict.fromkeys(handlers, 10))
         finally:
@@ -149,7 +149,7 @@ class Filled:
 
     async def purge_done(self) -> int:
         """What the daemons' purge of settled events deletes with keep_done = 0."""
-        spool = await RedisSpool.open(self.config)
+        spool = await open_spool(self.config)
         try:
             return await spool.purge_done(0)
         finally:
@@ -169,7 +169,7 @@ async def fill(directory: Path, url: str) -> Filled:
     dead = incoming(event_type="file.upload.completed", received_at=now - 60)
     later = incoming(event_type="file.ready", received_at=now - 30)
 
-    spool = await RedisSpool.open(config)
+    spool = await open_spool(config)
     try:
         await spool.accept(old, [LOG, NOTIFY])
         await spool.accept(mixed, [LOG, NOTIFY])
@@ -522,7 +522,7 @@ class TestPurge:
         purged = filled.queue("purge", "--dead", "--older-than", "0s")
         if purged.stdout != "purged 3 dead deliveries\n":
             pytest.fail(f"the purge did not go through: {purged.stdout!r} {purged.stderr!r}")
-        spool = await RedisSpool.open(filled.config)
+        spool = await open_spool(filled.config)
         try:
             # Two hours on: the retry of "mixed" is due.
             claimed = await spool.claim(10, {LOG: 10}, now=time.time() + 7200)
@@ -552,20 +552,20 @@ class TestPaging:
             for at in (now - 50, now - 40, now - 40, now - 40)
         ]
         events.append(incoming(event_type="file.ready", received_at=now - 30))
-        spool = await RedisSpool.open(config)
+        spool = await open_spool(config)
         try:
             for event in events:
                 await spool.accept(event, [LOG])
         finally:
             await spool.close()
         newest_first = sorted(events, key=lambda e: (e.received_at, e.id), reverse=True)
-        client = redis_admin.connect_sync(redis_server.url)
+        operator = await open_spool(config, role="operator")
         try:
-            rows = redis_admin.list_deliveries(client, prefix, None, None, 50)
-            counted = redis_admin.stats(client, prefix)["handlers"]
-            limited = redis_admin.list_deliveries(client, prefix, None, LOG, 3)
+            rows = await operator.list_deliveries(None, None, 50)
+            counted = (await operator.stats())["handlers"]
+            limited = await operator.list_deliveries(None, LOG, 3)
         finally:
-            client.close()
+            await operator.close()
         assert [r["event_id"] for r in rows] == [e.id for e in newest_first]
         assert counted == {LOG: {"pending": 5, "running": 0, "done": 0, "dead": 0}}
         assert [r["event_id"] for r in limited] == [e.id for e in newest_first[:3]]
@@ -590,5 +590,5 @@ class TestHostileText:
         self, tmp_path: Path, redis_server: RedisServer
     ):
         text = config_text(redis_server.url, f"t{uuid.uuid4().hex[:12]}")
-        spool = await RedisSpool.open(make_config(tmp_path, text))
+        spool = await open_spool(make_config(tmp_path, text))
         await assert_hostile_text_escaped(spool, write_config(tmp_path, text))

@@ -8,7 +8,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import redis.asyncio as aioredis
@@ -19,8 +19,10 @@ from support import SECRET, incoming, make_config
 from frameiod.http.server import READY_CHECK_SECONDS
 from frameiod.store import redis_keys as redis_store
 from frameiod.store.base import Accepted, Claimed, SpoolError, SpoolUnavailable
+from frameiod.store.open import open_spool
 from frameiod.store.redis import LEASE_GRACE, RedisSpool
 from frameiod.store.redis_keys import GROUP
+from frameiod.store.redis_ratelimit import RedisSourceLimiter
 
 OpenNode = Callable[..., Awaitable[RedisSpool]]
 
@@ -72,7 +74,7 @@ async def node(tmp_path: Path, redis_server: RedisServer, prefix: str) -> AsyncI
             directory,
             config_text(url or redis_server.url, stream_prefix or prefix, handler_timeout),
         )
-        spool = await RedisSpool.open(config)
+        spool = cast(RedisSpool, await open_spool(config))
         opened.append(spool)
         return spool
 
@@ -609,7 +611,7 @@ class TestRedisDown:
             await admin.aclose()
             url = f"redis://:hunter2@127.0.0.1:{server.port}/0"
             config = make_config(tmp_path, config_text(url, "down"))
-            spool = await RedisSpool.open(config)
+            spool = await open_spool(config)
             try:
                 before = incoming()
                 await spool.accept(before, ["h"])
@@ -654,7 +656,7 @@ class TestReadiness:
         server.start()
         admin = aioredis.Redis.from_url(server.url)
         try:
-            spool = await RedisSpool.open(make_config(tmp_path, config_text(server.url, "ro")))
+            spool = await open_spool(make_config(tmp_path, config_text(server.url, "ro")))
             try:
                 assert await spool.check() is None
                 # A replica (of nothing reachable): read-only, as after a failover.
@@ -726,9 +728,11 @@ class TestPersistenceWarnings:
 
 class TestSourceLimiter:
     async def test_three_nodes_share_one_bucket_per_source(
-        self, node: OpenNode, raw: aioredis.Redis, prefix: str
+        self, node: OpenNode, raw: aioredis.Redis, prefix: str, redis_server: RedisServer
     ):
-        limiters = [(await node()).source_limiter({"default": (5.0, 5)}) for _ in range(3)]
+        limits = {"default": (5.0, 5)}
+        nodes = [await node() for _ in range(3)]
+        limiters = [RedisSourceLimiter(n.client, redis_server.url, prefix, limits) for n in nodes]
 
         started = time.monotonic()
         waits = [await limiters[i % 3].take("default") for i in range(40)]

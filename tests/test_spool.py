@@ -19,9 +19,11 @@ import pytest
 from structlog.testing import capture_logs
 from support import incoming, on_the_daemons_loop, wait_until
 
-import frameiod.store.sqlite as spool_module
-from frameiod.store.base import Accepted, Incoming, SpoolError, SpoolUnavailable
-from frameiod.store.sqlite import APPLICATION_ID, SCHEMA_VERSION, Spool, body_hash
+import frameiod.store.sqlite.spool as spool_module
+import frameiod.store.sqlite.writer as writer_module
+from frameiod import idle
+from frameiod.store.base import Accepted, Incoming, QueueError, SpoolError, SpoolUnavailable
+from frameiod.store.sqlite import APPLICATION_ID, SCHEMA_VERSION, Spool, body_hash, operations
 
 
 def query(path: Path, sql: str, *args: Any) -> list[tuple[Any, ...]]:
@@ -423,7 +425,7 @@ class TestDuplicates:
         original = incoming()
         await spool.accept(original, ["a", "b"])
         [claimed] = await spool.claim(1, {"a": 1})
-        await spool.flush()  # the claim's mark is queued, not awaited
+        await spool.run(lambda conn: None)  # the claim's mark is queued, not awaited
         if progress == "done":
             await spool.finish(claimed.delivery_id, outcome="ok", seconds=0.1, error=None)
         if progress == "retry":  # failed once, pending again: its run has begun all the same
@@ -531,8 +533,9 @@ class TestLoopsThatGoAway:
 
 
 class TestHeldForAnIdleLoop:
-    """On the daemon's event loop, operations go to the writer together when it runs out of
-    work (`frameiod.idle`); on any other loop (the rest of this file), one by one."""
+    """With the daemon's hand-over, on its event loop, operations go to the writer together
+    when it runs out of work (`frameiod.idle`); on any other loop, or without a hand-over
+    (the rest of this file), one by one."""
 
     # Long, so that the tests' own timing cannot decide what shares a batch.
     HOLD = 10.0
@@ -543,7 +546,7 @@ class TestHeldForAnIdleLoop:
 
     def test_operations_submitted_while_the_loop_is_busy_share_one_batch(self, path: Path):
         async def scenario() -> int:
-            spool = await Spool.open(path)
+            spool = await Spool.open(path, handover=idle.call_when_idle)
             try:
                 before = spool.batches
                 accepts = []
@@ -564,10 +567,10 @@ class TestHeldForAnIdleLoop:
     def test_a_hand_over_beyond_the_batch_limit_is_committed_in_slices(
         self, path: Path, monkeypatch: pytest.MonkeyPatch
     ):
-        monkeypatch.setattr(spool_module, "_BATCH_LIMIT", 4)
+        monkeypatch.setattr(writer_module, "_BATCH_LIMIT", 4)
 
         async def scenario() -> int:
-            spool = await Spool.open(path)
+            spool = await Spool.open(path, handover=idle.call_when_idle)
             try:
                 before = spool.batches
                 await asyncio.gather(*(spool.accept(incoming(), ["a"]) for _ in range(10)))
@@ -580,7 +583,7 @@ class TestHeldForAnIdleLoop:
 
     def test_a_lone_operation_goes_as_soon_as_the_loop_is_idle(self, path: Path):
         async def scenario() -> float:
-            spool = await Spool.open(path)
+            spool = await Spool.open(path, handover=idle.call_when_idle)
             try:
                 started = time.monotonic()
                 for _ in range(3):
@@ -597,7 +600,7 @@ class TestHeldForAnIdleLoop:
         monkeypatch.setattr(spool_module, "_HOLD_AT_MOST", 0.05)
 
         async def scenario() -> tuple[float, int]:
-            spool = await Spool.open(path)
+            spool = await Spool.open(path, handover=idle.call_when_idle)
             loop = asyncio.get_running_loop()
             spins = 0
 
@@ -628,7 +631,7 @@ class TestHeldForAnIdleLoop:
             answers.append(asyncio.run(asyncio.wait_for(spool.accept(elsewhere, ["a"]), 5)))
 
         async def scenario() -> bool:
-            spool = await Spool.open(path)
+            spool = await Spool.open(path, handover=idle.call_when_idle)
             try:
                 held = asyncio.ensure_future(spool.accept(incoming(), ["a"]))
                 await asyncio.sleep(0)  # submitted, and held: this loop has not gone idle
@@ -649,13 +652,40 @@ class TestHeldForAnIdleLoop:
         event = incoming()
 
         async def scenario() -> Accepted:
-            spool = await Spool.open(path)
-            accepted = spool.run(lambda conn: spool_module._accept(conn, event, ["a"]))
+            spool = await Spool.open(path, handover=idle.call_when_idle)
+            accepted = spool.run(lambda conn: operations.accept(conn, event, ["a"]))
             await spool.close()  # before the loop has had a chance to go idle
             return await asyncio.wait_for(accepted, 5)
 
         assert on_the_daemons_loop(scenario) == Accepted(event.id, duplicate=False, deliveries=1)
         assert event_ids(path) == {event.id}
+
+    def test_without_a_hand_over_each_operation_goes_to_the_writer_at_once(self, path: Path):
+        async def scenario() -> tuple[str, int]:
+            spool = await Spool.open(path)
+            try:
+                before = spool.batches
+                accepts = []
+                for _ in range(3):
+                    accepts.append(asyncio.ensure_future(spool.accept(incoming(), ["a"])))
+                    await asyncio.sleep(0)  # the accept is submitted
+                    time.sleep(0.05)  # noqa: ASYNC251 - time for the writer to commit it
+                await asyncio.gather(*accepts)
+                return spool.handover, spool.batches - before
+            finally:
+                await spool.close()
+
+        assert on_the_daemons_loop(scenario) == ("immediate", 3)
+
+    def test_the_hand_over_in_force_is_said(self, path: Path):
+        async def scenario() -> str:
+            spool = await Spool.open(path, handover=idle.call_when_idle)
+            await spool.close()
+            return spool.handover
+
+        assert on_the_daemons_loop(scenario) == "loop idle"
+        # Another loop: the hand-over cannot serve it, and the spool does not pretend.
+        assert asyncio.run(scenario()) == "immediate"
 
 
 class TestClaim:
@@ -685,7 +715,7 @@ class TestClaim:
             oldest.timestamp,
             oldest.received_at,
         )
-        await spool.flush()  # the claim's mark is queued, not awaited
+        await spool.run(lambda conn: None)  # the claim's mark is queued, not awaited
         assert query(path, "SELECT DISTINCT state, attempts FROM deliveries") == [("running", 1)]
         assert await spool.claim(10, {"h": 10, "g": 10}, now=now) == []
 
@@ -710,7 +740,7 @@ class TestClaim:
 
         claimed = await spool.claim(10, {"busy": 1, "free": 3}, now=now)
         assert sorted(c.handler for c in claimed) == ["busy", "free", "free", "free"]
-        await spool.flush()
+        await spool.run(lambda conn: None)
         assert query(
             path,
             "SELECT handler, COUNT(*) FROM deliveries WHERE state = 'running' GROUP BY handler",
@@ -731,7 +761,7 @@ class TestClaim:
             await spool.accept(incoming(received_at=now - 100 + age), ["h"])
         assert len(await spool.claim(2, {"h": 10}, now=now)) == 2
         assert await spool.claim(0, {"h": 10}, now=now) == []
-        await spool.flush()
+        await spool.run(lambda conn: None)
         assert query(path, "SELECT state, COUNT(*) FROM deliveries GROUP BY state") == [
             ("pending", 3),
             ("running", 2),
@@ -838,6 +868,44 @@ class TestReleaseAndRecovery:
         finally:
             await spool.close()
         assert again.attempts == 2, "the interrupted call counts as an attempt"
+
+
+class TestOpenedForTheOperator:
+    """``frameiod queue`` opens the spool beside a running daemon: none of the daemon's
+    start-up work, which would corrupt that daemon's state."""
+
+    async def test_running_deliveries_stay_running_and_no_thread_starts(
+        self, spool: Spool, path: Path
+    ):
+        await spool.accept(incoming(), ["h"])
+        [claimed] = await spool.claim(1, {"h": 1})
+        assert await spool.confirm(claimed)
+        threads = {thread.name for thread in threading.enumerate()}
+
+        operator = await Spool.open(path, role="operator")
+        try:
+            stats = await operator.stats()
+            started = {thread.name for thread in threading.enumerate()} - threads
+        finally:
+            await operator.close()
+
+        assert stats["deliveries"] == {"pending": 0, "running": 1, "done": 0, "dead": 0}
+        assert query(path, "SELECT state FROM deliveries") == [("running",)]
+        assert not {name for name in started if name.startswith("frameiod-spool")}
+
+    async def test_a_missing_spool_is_an_error_and_is_not_created(self, path: Path):
+        with pytest.raises(QueueError, match="no spool at"):
+            await Spool.open(path, role="operator")
+        assert not await asyncio.to_thread(path.exists)
+
+    async def test_the_daemons_operations_are_refused(self, spool: Spool, path: Path):
+        operator = await Spool.open(path, role="operator")
+        try:
+            with pytest.raises(SpoolError, match="operator"):
+                await operator.accept(incoming(), ["h"])
+        finally:
+            await operator.close()
+        assert event_ids(path) == set()
 
 
 class TestPurgeDone:
@@ -1058,7 +1126,7 @@ class TestCheckpoints:
     ):
         spool = await Spool.open(path)
         try:
-            await spool.flush()
+            await spool.run(lambda conn: None)
             before = await asyncio.to_thread(lambda: path.stat().st_size)
             for number in range(40):  # far fewer pages than the writer's own checkpoint needs
                 body = json.dumps({"type": "file.ready", "pad": "x" * 2000, "n": number})

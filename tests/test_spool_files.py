@@ -141,7 +141,8 @@ class TestAnotherApplicationsDatabase:
 
         daemon = DaemonProcess(_config(tmp_path, path))
         try:
-            daemon.wait_for("listening")
+            # `frameiod run` gives the spool its event loop's hand-over, and says so.
+            daemon.wait_for("listening", handover="loop idle")
             daemon.wait_for("spool marked as frameiod's", spool=str(path))
         finally:
             assert daemon.stop() == 0

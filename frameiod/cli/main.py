@@ -12,10 +12,10 @@ from frameiod import __version__
 from frameiod.cli.common import EXIT_CONFIG, load
 from frameiod.cli.install import add_install_commands, refused_options
 from frameiod.cli.plugins import add_plugins_command
+from frameiod.cli.queue import add_queue_commands, run_queue
 from frameiod.cli.registration import add_registration_commands
 from frameiod.cli.run import add_run_commands, cmd_run
 from frameiod.cli.send import add_send_command
-from frameiod.store.sqlite_queue import add_queue_commands, run_queue
 
 __all__ = ["main"]
 

@@ -1,27 +1,51 @@
 """The seam between frameiod and its durable store: what the server, the dispatcher and the
-operator's commands use, the errors they branch on, and replay protection's window.
+operator's commands use, the rows they get back, the errors they branch on, and replay
+protection's window.
 
-`frameiod.store.sqlite.Spool` and `frameiod.store.redis.RedisSpool` implement it.
+`frameiod.store.sqlite.Spool` and `frameiod.store.redis.RedisSpool` implement it;
+`frameiod.store.open` opens the configured one, for the daemon or for the operator.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol, TypedDict
 
 __all__ = [
     "REPLAY_MARGIN",
+    "STATES",
     "Accepted",
     "Claimed",
+    "Delivery",
     "DeliveryId",
+    "EventDelivery",
+    "EventDetail",
+    "HandOver",
     "Incoming",
+    "ListedDelivery",
     "Listeners",
+    "QueueError",
+    "QueueStats",
+    "Role",
     "SpoolBackend",
     "SpoolError",
     "SpoolUnavailable",
     "replay_window",
 ]
+
+STATES = ("pending", "running", "done", "dead")
+"""A delivery's states: ``pending`` (due at its next attempt), ``running`` (claimed by a
+worker), ``done`` (its handler succeeded), ``dead`` (out of attempts: a dead letter)."""
+
+Role = Literal["daemon", "operator"]
+"""Who opens a store: the daemon (start-up work: recovering what a crash left running, its
+threads and connections), or an operator's command beside a running daemon (none of that)."""
+
+HandOver = Callable[[asyncio.AbstractEventLoop, Callable[[], None], float], bool]
+"""How a store asks an event loop to call back when it runs out of work, or after at most
+the given seconds; False if that loop cannot (`frameiod.idle.call_when_idle` is one)."""
 
 REPLAY_MARGIN = 60.0
 """Seconds a seen request is remembered beyond the largest tolerance (clock skew)."""
@@ -29,6 +53,10 @@ REPLAY_MARGIN = 60.0
 
 class SpoolError(Exception):
     """The spool cannot be used at all (unreadable, corrupt, wrong settings): stop start-up."""
+
+
+class QueueError(Exception):
+    """An operator's action on the store failed; the message is what the user reads."""
 
 
 class SpoolUnavailable(Exception):
@@ -85,10 +113,75 @@ class Claimed:
     received_at: float
 
 
-class SpoolBackend(Protocol):
-    """Where accepted events wait for their handlers: what the server and dispatcher use.
+class Delivery(TypedDict):
+    """One delivery of an event, as `SpoolBackend.show` lists them."""
 
-    Every method raises `SpoolUnavailable` when the store cannot be reached or written.
+    id: DeliveryId
+    """What `SpoolBackend.replay` takes: a number in SQLite, ``"<event id> <handler>"`` in
+    Redis."""
+    handler: str
+    state: str
+    """One of `STATES`."""
+    attempts: int
+    next_attempt_at: float | None
+    last_outcome: str | None
+    last_error: str | None
+    last_seconds: float | None
+    updated_at: float | None
+
+
+class EventDelivery(Delivery):
+    """One delivery with its event's id, as `SpoolBackend.deliveries_of` gives them."""
+
+    event_id: str
+
+
+class ListedDelivery(TypedDict):
+    """One row of `SpoolBackend.list_deliveries`: a delivery and what its event is."""
+
+    id: DeliveryId
+    event_id: str
+    type: str
+    source: str
+    handler: str
+    state: str
+    attempts: int
+    next_attempt_at: float | None
+    last_outcome: str | None
+    last_error: str | None
+    received_at: float
+
+
+class EventDetail(TypedDict):
+    """One event, its payload and its deliveries (`SpoolBackend.show`)."""
+
+    id: str
+    source: str
+    type: str
+    timestamp: int
+    received_at: float
+    payload: Any
+    deliveries: list[Delivery]
+
+
+class QueueStats(TypedDict):
+    """What `SpoolBackend.stats` counts."""
+
+    events: int
+    deliveries: dict[str, int]
+    """Deliveries per state, every one of `STATES` present."""
+    handlers: dict[str, dict[str, int]]
+    """Per handler (sorted by name), its deliveries per state."""
+    oldest_pending_seconds: float | None
+    """Age of the oldest due pending delivery (rounded to ms), None if none is due."""
+
+
+class SpoolBackend(Protocol):
+    """Where accepted events wait for their handlers: what the server and dispatcher use
+    (a store opened with role "daemon"), and what an operator's command uses (any role).
+
+    The daemon's methods raise `SpoolUnavailable` when the store cannot be reached or
+    written; the operator's (`stats` to `purge_dead`) raise `QueueError`.
     """
 
     recovered: int
@@ -156,9 +249,8 @@ class SpoolBackend(Protocol):
         """When the earliest pending delivery of ``handlers`` is due (epoch seconds), or None."""
         ...
 
-    async def deliveries_of(self, event_id: str) -> list[dict[str, Any]]:
-        """Every delivery of one event: ``handler``, ``state``, ``attempts``,
-        ``last_outcome``, ``last_error``, ``last_seconds`` per row."""
+    async def deliveries_of(self, event_id: str) -> list[EventDelivery]:
+        """Every delivery of one event, in the order they were accepted."""
         ...
 
     async def gauges(self, now: float | None = None) -> tuple[dict[str, int], float]:
@@ -173,6 +265,34 @@ class SpoolBackend(Protocol):
         still pass the signature check, so the record that it was seen stays whatever
         ``older_than`` says: a replay of it is answered as a duplicate.
         """
+        ...
+
+    # --- the operator's actions (``frameiod queue``), while a daemon runs or not ---
+
+    async def stats(self, now: float | None = None) -> QueueStats:
+        """Deliveries per state and per handler, and the age of the oldest due pending one."""
+        ...
+
+    async def list_deliveries(
+        self, state: str | None, handler: str | None, limit: int
+    ) -> list[ListedDelivery]:
+        """Up to ``limit`` deliveries, newest event first, optionally of one state and one
+        handler."""
+        ...
+
+    async def show(self, event_id: str) -> EventDetail | None:
+        """One event, its payload, and all its deliveries; None if there is no such event."""
+        ...
+
+    async def replay(self, ids: Sequence[str], all_dead: bool) -> int:
+        """Make dead deliveries pending again, due now, with their attempts reset: every
+        one if ``all_dead``, else those of ``ids`` (event ids: each dead delivery of the
+        event; or delivery ids, as `list_deliveries` shows them). Returns how many."""
+        ...
+
+    async def purge_dead(self, older_than: float) -> int:
+        """Delete dead deliveries that died more than ``older_than`` seconds ago, and the
+        events left with nothing of theirs; returns how many deliveries went."""
         ...
 
     async def close(self) -> None:

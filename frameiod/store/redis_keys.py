@@ -84,16 +84,20 @@ def safe_url(url: str) -> str:
     return urlunsplit((parts.scheme, user + host, parts.path, parts.query, parts.fragment))
 
 
-def connect(url: str) -> aioredis.Redis:
-    """A client for ``url``. One retry on a fresh connection: after Redis restarts, each
-    pooled connection fails once before the pool notices."""
+def connect(
+    url: str, *, socket_timeout: float = _SOCKET_TIMEOUT, name: str = "frameiod"
+) -> aioredis.Redis:
+    """A client for ``url`` that waits ``socket_timeout`` seconds for an answer, known to
+    Redis as ``name``. One retry on a fresh connection, at once: after Redis restarts, each
+    pooled connection fails once before the pool notices, and an unreachable Redis is said
+    in seconds, not after backoffs."""
     return aioredis.Redis.from_url(
         url,
         decode_responses=False,
-        socket_timeout=_SOCKET_TIMEOUT,
+        socket_timeout=socket_timeout,
         socket_connect_timeout=_SOCKET_TIMEOUT,
         retry=Retry(NoBackoff(), 1),
-        client_name="frameiod",
+        client_name=name,
     )
 
 

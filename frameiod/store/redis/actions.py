@@ -1,4 +1,5 @@
-"""``frameiod queue`` on the Redis spool (``[spool] backend = "redis"``).
+"""The operator's queries on the Redis spool (``frameiod queue``), and the rows both it and
+the daemon read out of an event hash.
 
 Reads walk the event hashes (listed in ``P:events``) one page at a time: a snapshot per page,
 not of the whole queue, which is fine for looking and what an admin tool can afford. The
@@ -11,21 +12,23 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator, Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Sequence
+from typing import Any, cast
 
-import redis
-from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
-from redis.retry import Retry
+import redis.asyncio as aioredis
 
-from frameiod.store.redis import delivery_rows
-from frameiod.store.redis_keys import LUA_PRELUDE, safe_url
-from frameiod.store.sqlite_queue import STATES, QueueError
+from frameiod.store.base import (
+    STATES,
+    Delivery,
+    EventDelivery,
+    EventDetail,
+    ListedDelivery,
+    QueueStats,
+)
+from frameiod.store.redis_keys import LUA_PRELUDE
 
 __all__ = [
-    "RedisQueue",
-    "connect_sync",
+    "delivery_rows",
     "list_deliveries",
     "purge_dead",
     "replay",
@@ -36,10 +39,6 @@ __all__ = [
 # Each read is one page of event hashes; large enough to be few round trips, small enough
 # that no single reply is large.
 _PAGE = 200
-# The scripts walk the whole dead-letter stream in one go: give them longer than the
-# daemon's 2 s before calling Redis unreachable.
-_SOCKET_TIMEOUT = 30.0
-_CONNECT_TIMEOUT = 2.0
 
 # ARGV: P, now, then (event id, handler) pairs; an empty handler means every dead delivery
 # of the event, an empty ARGV tail (no pairs) every dead letter in P:dead.
@@ -137,26 +136,42 @@ return purged
 )
 
 
-def connect_sync(url: str) -> redis.Redis:
-    """A synchronous client for ``url``: the CLI makes a handful of calls, one at a time."""
-    return redis.Redis.from_url(
-        url,
-        decode_responses=False,
-        socket_timeout=_SOCKET_TIMEOUT,
-        socket_connect_timeout=_CONNECT_TIMEOUT,
-        # One retry, at once: an unreachable Redis is said in seconds, not after backoffs.
-        retry=Retry(NoBackoff(), 1),
-        client_name="frameiod-queue",
-    )
-
-
 def _str(value: bytes | str | None) -> str | None:
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
     return value
 
 
-def _events(client: redis.Redis, prefix: str) -> Iterator[tuple[str, dict[Any, Any]]]:
+def delivery_rows(event_id: str, raw: dict[Any, Any]) -> list[EventDelivery]:
+    """The deliveries in an event hash, in the order they were accepted."""
+    fields = {str(_str(k)): _str(v) for k, v in raw.items() if k != b"body"}
+    rows: list[EventDelivery] = []
+    for handler in (fields.get("handlers") or "").split("\n"):
+        if not handler:
+            continue
+
+        def get(name: str, handler: str = handler) -> str | None:
+            return fields.get(f"{handler}|{name}") or None
+
+        seconds = get("seconds")
+        rows.append(
+            {
+                "id": f"{event_id} {handler}",
+                "handler": handler,
+                "state": get("state") or "",
+                "attempts": int(get("attempts") or 0),
+                "next_attempt_at": float(get("due") or 0) or None,
+                "last_outcome": get("outcome"),
+                "last_error": get("error"),
+                "last_seconds": float(seconds) if seconds else None,
+                "updated_at": float(get("updated") or 0) or None,
+                "event_id": event_id,
+            }
+        )
+    return rows
+
+
+async def _events(client: aioredis.Redis, prefix: str) -> AsyncIterator[tuple[str, dict[Any, Any]]]:
     """(event id, raw hash) for every event in ``P:events``, newest first, a page per
     round trip."""
     key = f"{prefix}:events"
@@ -164,13 +179,15 @@ def _events(client: redis.Redis, prefix: str) -> Iterator[tuple[str, dict[Any, A
     # would repeat or skip rows. ``skip`` steps over those of the boundary score already seen.
     bound, skip = "+inf", 0
     while True:
-        rows = client.zrevrangebyscore(key, bound, "-inf", start=skip, num=_PAGE, withscores=True)
+        rows = await client.zrevrangebyscore(
+            key, bound, "-inf", start=skip, num=_PAGE, withscores=True
+        )
         if not rows:
             return
-        with client.pipeline(transaction=False) as pipe:
+        async with client.pipeline(transaction=False) as pipe:
             for event_id, _ in rows:
                 pipe.hgetall(f"{prefix}:event:{_str(event_id)}")
-            hashes = pipe.execute()
+            hashes = await pipe.execute()
         for (event_id, _), raw in zip(rows, hashes, strict=True):
             if raw:  # else purge_done deleted it since the page was read
                 yield str(_str(event_id)), raw
@@ -182,50 +199,49 @@ def _events(client: redis.Redis, prefix: str) -> Iterator[tuple[str, dict[Any, A
         bound = repr(last)
 
 
-def _visible(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _visible(rows: list[EventDelivery]) -> list[EventDelivery]:
     # A purged dead letter stays in its event's hash until purge_done deletes the event.
     return [row for row in rows if row["state"] in STATES]
 
 
-def stats(client: redis.Redis, prefix: str, now: float | None = None) -> dict[str, Any]:
+async def stats(client: aioredis.Redis, prefix: str, now: float) -> QueueStats:
     """Deliveries per state (``P:counts``) and per handler, and the age of the oldest due
-    pending one; the shape of `frameiod.store.sqlite_queue.stats`."""
-    moment = time.time() if now is None else now
+    pending one."""
     states = dict.fromkeys(STATES, 0)
-    for state, value in client.hgetall(f"{prefix}:counts").items():
+    for state, value in (await client.hgetall(f"{prefix}:counts")).items():
         if (name := _str(state)) in states:
             # The counters move in the same scripts as the states, but a Redis that lost
             # its data halfway (no AOF) can leave them below zero.
             states[name] = max(0, int(value))
     handlers: dict[str, dict[str, int]] = {}
     oldest: float | None = None
-    for event_id, raw in _events(client, prefix):
+    async for event_id, raw in _events(client, prefix):
         for row in _visible(delivery_rows(event_id, raw)):
             handlers.setdefault(row["handler"], dict.fromkeys(STATES, 0))[row["state"]] += 1
             due = row["next_attempt_at"]
             # From the hash, not P:due:<handler>: a pending delivery's |due is its score
             # there, and an entry no receiver has taken in yet is in no due set at all.
-            if row["state"] == "pending" and due is not None and due <= moment:
+            if row["state"] == "pending" and due is not None and due <= now:
                 oldest = due if oldest is None else min(oldest, due)
     return {
-        "events": int(client.zcard(f"{prefix}:events")),
+        "events": int(await client.zcard(f"{prefix}:events")),
         "deliveries": states,
         "handlers": dict(sorted(handlers.items())),
-        "oldest_pending_seconds": round(moment - oldest, 3) if oldest is not None else None,
+        "oldest_pending_seconds": round(now - oldest, 3) if oldest is not None else None,
     }
 
 
-def list_deliveries(
-    client: redis.Redis, prefix: str, state: str | None, handler: str | None, limit: int
-) -> list[dict[str, Any]]:
-    """Deliveries, newest event first, optionally of one state and one handler; the rows of
-    `frameiod.store.sqlite_queue.list_deliveries`, with ids ``"<event id> <handler>"``."""
-    rows: list[dict[str, Any]] = []
+async def list_deliveries(
+    client: aioredis.Redis, prefix: str, state: str | None, handler: str | None, limit: int
+) -> list[ListedDelivery]:
+    """Deliveries, newest event first, optionally of one state and one handler; their ids
+    are ``"<event id> <handler>"``."""
+    rows: list[ListedDelivery] = []
     if limit <= 0:
         return rows
-    for event_id, raw in _events(client, prefix):
+    async for event_id, raw in _events(client, prefix):
         event = {str(_str(k)): _str(v) for k, v in raw.items()}
-        # Newest first within an event too, as the SQLite spool's delivery ids order them.
+        # Newest first within an event too, as numbered delivery ids would order them.
         for row in reversed(_visible(delivery_rows(event_id, raw))):
             if (state and row["state"] != state) or (handler and row["handler"] != handler):
                 continue
@@ -249,26 +265,28 @@ def list_deliveries(
     return rows
 
 
-def show(client: redis.Redis, prefix: str, event_id: str) -> dict[str, Any] | None:
+async def show(client: aioredis.Redis, prefix: str, event_id: str) -> EventDetail | None:
     """One event, its payload (from its stream entry) and its deliveries; None if there is
-    no such event. The shape of `frameiod.store.sqlite_queue.show`."""
-    raw = client.hgetall(f"{prefix}:event:{event_id}")
+    no such event."""
+    raw = await client.hgetall(f"{prefix}:event:{event_id}")
     if not raw:
         return None
     event = {str(_str(k)): _str(v) for k, v in raw.items()}
     source, entry = event.get("source") or "", event.get("entry") or ""
     payload: Any = None
-    for _, fields in client.xrange(f"{prefix}:stream:{source}", entry, entry) if entry else []:
+    entries = await client.xrange(f"{prefix}:stream:{source}", entry, entry) if entry else []
+    for _, fields in entries:
         body = fields.get(b"body")
         payload = json.loads(body) if body else None
-    deliveries = []
+    deliveries: list[Delivery] = []
     for row in _visible(delivery_rows(event_id, raw)):
-        del row["event_id"]  # the SQLite rows of one event do not repeat it
-        deliveries.append(row)
+        one = dict(row)
+        del one["event_id"]  # the rows of one event do not repeat it
+        deliveries.append(cast(Delivery, one))
     return {
         "id": event_id,
         "source": source,
-        "type": event.get("type"),
+        "type": event.get("type") or "",
         "timestamp": int(event.get("timestamp") or 0),
         "received_at": float(event.get("received_at") or 0),
         "payload": payload,
@@ -276,7 +294,7 @@ def show(client: redis.Redis, prefix: str, event_id: str) -> dict[str, Any] | No
     }
 
 
-def replay(client: redis.Redis, prefix: str, ids: Sequence[str], all_dead: bool) -> int:
+async def replay(client: aioredis.Redis, prefix: str, ids: Sequence[str], all_dead: bool) -> int:
     """Make dead deliveries pending again, due now, with their attempts reset.
 
     ``ids`` are event ids (every dead delivery of the event) or delivery ids
@@ -289,63 +307,14 @@ def replay(client: redis.Redis, prefix: str, ids: Sequence[str], all_dead: bool)
         for item in ids:
             event_id, _, handler = item.strip().partition(" ")
             args += [event_id, handler.strip()]
-    return int(client.register_script(_REPLAY)(args=args))
+    return int(await client.register_script(_REPLAY)(args=args))
 
 
-def purge_dead(client: redis.Redis, prefix: str, older_than: float) -> int:
+async def purge_dead(client: aioredis.Redis, prefix: str, older_than: float) -> int:
     """Purge dead letters that died more than ``older_than`` seconds ago: gone from
     ``P:dead`` and from every listing. An event left with nothing to run is settled (the
     daemons delete it after ``keep_done``), or deleted now if none of it was done.
     Returns how many deliveries went."""
     now = time.time()
-    return int(
-        client.register_script(_PURGE_DEAD)(args=[prefix, repr(now), repr(now - older_than)])
-    )
-
-
-class RedisQueue:
-    """`frameiod.store.sqlite_queue.QueueStore` on Redis: the functions above, Redis errors
-    turned into `frameiod.store.sqlite_queue.QueueError`."""
-
-    def __init__(self, url: str, prefix: str) -> None:
-        self._url = url
-        self._prefix = prefix
-        self.where = f"{safe_url(url)} ({prefix}:*)"
-        try:
-            self._client = connect_sync(url)
-        except ValueError as exc:  # not a redis://, rediss:// or unix:// URL
-            raise QueueError(f"cannot use Redis at {safe_url(url)}: {exc}") from None
-        # Fail here, not halfway through an action, if Redis cannot be reached at all.
-        self._call(self._client.ping)
-
-    def _call(self, function: Any, *args: Any) -> Any:
-        try:
-            return function(*args)
-        except (RedisError, OSError) as exc:
-            raise QueueError(f"cannot use Redis at {safe_url(self._url)}: {exc}") from None
-
-    def stats(self) -> dict[str, Any]:
-        """See `stats`."""
-        return self._call(stats, self._client, self._prefix)
-
-    def list_deliveries(
-        self, state: str | None, handler: str | None, limit: int
-    ) -> list[dict[str, Any]]:
-        """See `list_deliveries`."""
-        return self._call(list_deliveries, self._client, self._prefix, state, handler, limit)
-
-    def show(self, event_id: str) -> dict[str, Any] | None:
-        """See `show`."""
-        return self._call(show, self._client, self._prefix, event_id)
-
-    def replay(self, ids: Sequence[str], all_dead: bool) -> int:
-        """See `replay`."""
-        return self._call(replay, self._client, self._prefix, ids, all_dead)
-
-    def purge_dead(self, older_than: float) -> int:
-        """See `purge_dead`."""
-        return self._call(purge_dead, self._client, self._prefix, older_than)
-
-    def close(self) -> None:
-        """Close the connection."""
-        self._client.close()
+    script = client.register_script(_PURGE_DEAD)
+    return int(await script(args=[prefix, repr(now), repr(now - older_than)]))

@@ -1,0 +1,171 @@
+"""``frameiod queue``: look into the spool and act on it, while the daemon runs or not.
+
+Opens the configured spool for the operator (`frameiod.store.open.open_for_operator`) and
+calls the store's protocol; which backend it is does not matter here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from frameiod.config import Config, parse_duration
+from frameiod.store.base import STATES, QueueError, SpoolBackend, SpoolError
+from frameiod.store.open import open_for_operator
+from frameiod.terminal import printable, say
+
+__all__ = ["add_queue_commands", "run_queue"]
+
+
+def _when(moment: float | None) -> str:
+    if moment is None:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(moment))
+
+
+def _print_stats(data: dict[str, Any]) -> None:
+    states = data["deliveries"]
+    print(f"events      {data['events']}")
+    print("deliveries  " + ", ".join(f"{state} {states[state]}" for state in STATES))
+    age = data["oldest_pending_seconds"]
+    print(f"oldest due pending  {'-' if age is None else f'{age:.1f}s'}")
+    for handler, counts in data["handlers"].items():
+        say(f"  {handler}: " + ", ".join(f"{s} {counts[s]}" for s in STATES if counts[s]))
+
+
+def _print_list(rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        print("no deliveries")
+        return
+    # Escaped before they are cut and padded: an event's type and a handler's error are
+    # written by whoever sent the event or raised the error.
+    ids = [printable(str(row["id"])) for row in rows]
+    # Some delivery ids (Redis's "<event id> <handler>") are wider than a number.
+    width = max(8, *(len(delivery) for delivery in ids))
+    print(
+        f"{'DELIVERY':>{width}}  {'EVENT':36}  {'TYPE':22}  {'HANDLER':28}  {'STATE':7}  TRIES  "
+        "NEXT / LAST ERROR"
+    )
+    for delivery, row in zip(ids, rows, strict=True):
+        if row["state"] in ("dead", "done"):
+            tail = printable(row["last_error"] or "")
+        else:
+            tail = _when(row["next_attempt_at"])
+        event, kind, handler = (printable(row[key]) for key in ("event_id", "type", "handler"))
+        print(
+            f"{delivery:>{width}}  {event:36}  {kind[:22]:22}  "
+            f"{handler[:28]:28}  {row['state']:7}  {row['attempts']:>5}  {tail[:60]}"
+        )
+
+
+def _print_show(data: dict[str, Any]) -> None:
+    print(json.dumps(data, indent=2))
+
+
+async def _act(args: argparse.Namespace, store: SpoolBackend) -> tuple[Any, Callable[[Any], None]]:
+    """Carry out the action on ``store``: what it found or did, and how to print it."""
+    command = args.queue_command
+    if command == "stats":
+        return await store.stats(), _print_stats
+    if command == "list":
+        return await store.list_deliveries(args.state, args.handler, args.limit), _print_list
+    if command == "show":
+        return await store.show(args.id), _print_show
+    if command == "replay":
+        replayed = await store.replay(args.ids, args.all_dead)
+        return {"replayed": replayed}, lambda d: print(f"replayed {d['replayed']} deliveries")
+    purged = await store.purge_dead(args.older_than)
+    return {"purged": purged}, lambda d: print(f"purged {d['purged']} dead deliveries")
+
+
+async def _run(args: argparse.Namespace, config: Config) -> int:
+    try:
+        store = await open_for_operator(config)
+    except (QueueError, SpoolError) as exc:
+        say(str(exc), file=sys.stderr)
+        return 1
+    try:
+        data, printer = await _act(args, store)
+    except QueueError as exc:
+        say(str(exc), file=sys.stderr)
+        return 1
+    finally:
+        await store.close()
+    if args.queue_command == "show" and data is None:
+        say(f"no event {args.id} in {store.describe()}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(data, indent=2))
+    else:
+        printer(data)
+    return 0
+
+
+def run_queue(args: argparse.Namespace, config: Config) -> int:
+    """Carry out ``frameiod queue ACTION`` against the configured spool; the exit status."""
+    if args.queue_command == "replay" and not args.ids and not args.all_dead:
+        print("name event or delivery ids to replay, or --all-dead", file=sys.stderr)
+        return 2
+    return asyncio.run(_run(args, config))
+
+
+def _duration(text: str) -> float:
+    # Days too, on the command line: dead letters are kept for days, not hours.
+    if text.endswith("d") and text[:-1].isdigit():
+        return int(text[:-1]) * 86400.0
+    try:
+        return parse_duration(text)
+    except Exception:
+        raise argparse.ArgumentTypeError(
+            f'expected a duration like "12h" or "7d", got {text!r}'
+        ) from None
+
+
+def add_queue_commands(commands: Any, common: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add ``frameiod queue ...`` to the CLI's subcommands; `run_queue` carries them out."""
+    # --config on the actions only: argparse lets a subparser's default overwrite a value
+    # its parent parsed, so `queue --config X stats` would lose X.
+    queue = commands.add_parser("queue", help="inspect and act on the spool")
+    verbs = queue.add_subparsers(dest="queue_command", required=True, metavar="ACTION")
+    output = argparse.ArgumentParser(add_help=False)
+    output.add_argument("--json", action="store_true", help="print JSON")
+
+    verbs.add_parser(
+        "stats", parents=[common, output], help="counts per state and handler, oldest pending age"
+    )
+    listing = verbs.add_parser("list", parents=[common, output], help="list deliveries")
+    listing.add_argument("--state", choices=STATES)
+    listing.add_argument("--handler", help="plugin:handler, as frameiod queue stats shows")
+    listing.add_argument("--limit", type=int, default=50)
+    one = verbs.add_parser("show", parents=[common, output], help="an event and its deliveries")
+    one.add_argument("id", metavar="EVENT_ID")
+    again = verbs.add_parser(
+        "replay", parents=[common, output], help="make dead deliveries pending again"
+    )
+    again.add_argument(
+        "ids",
+        nargs="*",
+        metavar="ID",
+        help='event ids or delivery ids (on Redis "<event id> <handler>", one quoted argument)',
+    )
+    again.add_argument("--all-dead", action="store_true", help="every dead delivery")
+    purge = verbs.add_parser("purge", parents=[common, output], help="delete dead deliveries")
+    purge.add_argument(
+        "--dead",
+        action="store_true",
+        required=True,
+        help="what to purge (dead letters; done ones are purged automatically)",
+    )
+    purge.add_argument(
+        "--older-than",
+        type=_duration,
+        default=0.0,
+        metavar="DURATION",
+        help="only those last tried longer ago than this, e.g. 7d or 12h",
+    )
+    return queue

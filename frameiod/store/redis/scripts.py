@@ -1,0 +1,253 @@
+"""The Lua scripts of the daemon's operations on the Redis spool: each runs atomically
+against every receiver's, and reads or writes the keys `frameiod.store.redis_keys` lists.
+
+Every script's first argument is the key prefix ``P``; the comment above each says what
+the rest are and what it returns.
+"""
+
+from __future__ import annotations
+
+from frameiod.store.redis_keys import LUA_PRELUDE
+
+__all__ = ["ACCEPT", "CLAIM", "FINISH", "PURGE_DONE", "PURGE_SEEN", "RELEASE", "SCHEDULE"]
+
+# ARGV: P, event_id, source, type, body, timestamp, signature, secret_id, received_at,
+# body key ttl, body digest, group, handlers... Returns {event id, 1 if duplicate else 0}.
+# A seen request's key has no TTL: `PURGE_SEEN` forgets it once its timestamp is older than
+# the replay window in force then, which a reload may have widened since it was written.
+ACCEPT = (
+    LUA_PRELUDE
+    + r"""
+local id, source = ARGV[2], ARGV[3]
+local request = source .. ':' .. ARGV[6] .. ':' .. ARGV[7]
+local seen_key = P .. ':seen:' .. request
+local function remember(event)
+  redis.call('SET', seen_key, event)
+  redis.call('ZADD', P .. ':seen_at', ARGV[6], request)
+end
+local body_key = P .. ':body:' .. source .. ':' .. ARGV[8] .. ':' .. ARGV[11]
+local seen = redis.call('GET', seen_key)
+if seen then return {seen, 1} end
+-- An identical body none of whose deliveries has started: that run will see the latest.
+local twin = redis.call('GET', body_key)
+if twin then
+  local handlers = handlers_of(event_key(twin))
+  local waiting = #handlers > 0
+  for _, h in ipairs(handlers) do
+    if redis.call('HGET', event_key(twin), h .. '|attempts') ~= '0' then
+      waiting = false
+      break
+    end
+  end
+  if waiting then
+    remember(twin)
+    return {twin, 1}
+  end
+end
+local stream = stream_key(source)
+if redis.call('SADD', P .. ':sources', source) == 1 then
+  redis.pcall('XGROUP', 'CREATE', stream, ARGV[12], '0', 'MKSTREAM')
+end
+local entry = redis.call('XADD', stream, '*', 'id', id, 'type', ARGV[4], 'body', ARGV[5],
+  'timestamp', ARGV[6], 'received_at', ARGV[9])
+local fields = {'source', source, 'type', ARGV[4], 'entry', entry, 'timestamp', ARGV[6],
+  'signature', ARGV[7], 'secret_id', ARGV[8], 'received_at', ARGV[9]}
+local handlers = {}
+for i = 13, #ARGV do
+  local h = ARGV[i]
+  table.insert(handlers, h)
+  for _, v in ipairs({h .. '|state', 'pending', h .. '|attempts', '0', h .. '|due', ARGV[9]}) do
+    table.insert(fields, v)
+  end
+end
+table.insert(fields, 'handlers')
+table.insert(fields, table.concat(handlers, '\n'))
+redis.call('HSET', event_key(id), unpack(fields))
+redis.call('ZADD', P .. ':events', ARGV[9], id)
+if #handlers > 0 then
+  count(nil, 'pending', #handlers)
+else
+  redis.call('ZADD', P .. ':settled', ARGV[9], id)
+end
+remember(id)
+redis.call('SET', body_key, id, 'EX', ARGV[10])
+return {id, 0}
+"""
+)
+
+# ARGV: P, group, now, then (source, entry id, event id) per stream entry read.
+# Schedules each entry's waiting deliveries and acknowledges the entry. Returns how many
+# deliveries were scheduled.
+SCHEDULE = (
+    LUA_PRELUDE
+    + r"""
+local now = tonumber(ARGV[3])
+local scheduled = 0
+for i = 4, #ARGV, 3 do
+  local id = ARGV[i + 2]
+  local ek = event_key(id)
+  for _, h in ipairs(handlers_of(ek)) do
+    local state = redis.call('HGET', ek, h .. '|state')
+    if state == 'pending' then
+      local due = redis.call('HGET', ek, h .. '|due') or fmt(now)
+      scheduled = scheduled + redis.call('ZADD', due_key(h), 'NX', due, id)
+    elseif state == 'running' then
+      -- Claims keep running deliveries in the set (under a lease): NX leaves those alone.
+      scheduled = scheduled + redis.call('ZADD', due_key(h), 'NX', fmt(now), id)
+    end
+  end
+  redis.call('XACK', stream_key(ARGV[i]), ARGV[2], ARGV[i + 1])
+end
+return scheduled
+"""
+)
+
+# ARGV: P, now ('' for Redis's clock), limit, then (handler, room, lease seconds) per
+# handler that may start. Returns {event id, handler, attempts, source, body, timestamp,
+# received_at} per claim.
+CLAIM = (
+    LUA_PRELUDE
+    + r"""
+-- Leases are written and judged on one clock, Redis's: receivers' clocks may disagree.
+local upto = ARGV[2]
+if upto == '' then
+  local t = redis.call('TIME')
+  upto = t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
+end
+local now, limit = tonumber(upto), tonumber(ARGV[3])
+local due = {}
+for i = 4, #ARGV, 3 do
+  local h, room, lease = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
+  -- The text, not fmt(now): rounded to microseconds it can fall just below a due time
+  -- stored at full precision, and a delivery due exactly now would be skipped.
+  local rows = redis.call('ZRANGEBYSCORE', due_key(h), '-inf', upto, 'WITHSCORES',
+    'LIMIT', 0, math.min(room, limit))
+  for j = 1, #rows, 2 do
+    table.insert(due, {tonumber(rows[j + 1]), h, rows[j], lease})
+  end
+end
+table.sort(due, function(a, b) return a[1] < b[1] end)
+local claimed = {}
+for _, item in ipairs(due) do
+  if #claimed >= limit then break end
+  local h, id, lease = item[2], item[3], item[4]
+  local ek = event_key(id)
+  local state = redis.call('HGET', ek, h .. '|state')
+  -- 'running' here means its lease ran out: the receiver running it died. Run it again.
+  if state == 'pending' or state == 'running' then
+    redis.call('ZADD', due_key(h), fmt(now + lease), id)
+    local attempts = redis.call('HINCRBY', ek, h .. '|attempts', 1)
+    redis.call('HSET', ek, h .. '|state', 'running', h .. '|updated', fmt(now))
+    if state == 'pending' then count('pending', 'running', 1) end
+    local ev = redis.call('HMGET', ek, 'source', 'entry', 'timestamp', 'received_at')
+    local body = ''
+    local entries = redis.call('XRANGE', stream_key(ev[1]), ev[2], ev[2])
+    if entries[1] then
+      local f = entries[1][2]
+      for k = 1, #f, 2 do
+        if f[k] == 'body' then body = f[k + 1] end
+      end
+    end
+    table.insert(claimed, {id, h, attempts, ev[1], body, ev[3], ev[4]})
+  else
+    redis.call('ZREM', due_key(h), id)  -- done, dead or purged meanwhile: nothing to run
+  end
+end
+return claimed
+"""
+)
+
+# ARGV: P, event id, handler, attempt, outcome, error, seconds, next attempt ('' if none),
+# dead ('1' or '0'), now. Returns 1 if recorded, 0 if a newer attempt owns the delivery.
+FINISH = (
+    LUA_PRELUDE
+    + r"""
+local id, h, outcome = ARGV[2], ARGV[3], ARGV[5]
+local ek = event_key(id)
+local state = redis.call('HGET', ek, h .. '|state')
+if state ~= 'running' and state ~= 'pending' then return 0 end
+-- A success always counts (the work is done); a failure only from the latest attempt.
+if outcome ~= 'ok' and redis.call('HGET', ek, h .. '|attempts') ~= ARGV[4] then return 0 end
+redis.call('HSET', ek, h .. '|outcome', outcome, h .. '|error', ARGV[6],
+  h .. '|seconds', ARGV[7], h .. '|updated', ARGV[10])
+if outcome == 'ok' then
+  redis.call('HSET', ek, h .. '|state', 'done')
+  redis.call('ZREM', due_key(h), id)
+  count(state, 'done', 1)
+  for _, other in ipairs(handlers_of(ek)) do
+    local other_state = redis.call('HGET', ek, other .. '|state')
+    -- 'purged': a dead letter `frameiod queue purge` removed; nothing left to run there.
+    if other_state ~= 'done' and other_state ~= 'purged' then return 1 end
+  end
+  redis.call('ZADD', P .. ':settled', ARGV[10], id)
+elseif ARGV[9] == '1' then
+  local ev = redis.call('HMGET', ek, 'source', 'type')
+  local entry = redis.call('XADD', P .. ':dead', '*', 'event_id', id, 'handler', h,
+    'source', ev[1], 'type', ev[2], 'error', ARGV[6], 'attempts', ARGV[4], 'at', ARGV[10])
+  redis.call('HSET', ek, h .. '|state', 'dead', h .. '|dead_entry', entry)
+  redis.call('ZREM', due_key(h), id)
+  count(state, 'dead', 1)
+else
+  redis.call('HSET', ek, h .. '|state', 'pending', h .. '|due', ARGV[8])
+  redis.call('ZADD', due_key(h), ARGV[8], id)
+  count(state, 'pending', 1)
+end
+return 1
+"""
+)
+
+# ARGV: P, now, then (event id, handler, attempt) per delivery a stop cut short.
+RELEASE = (
+    LUA_PRELUDE
+    + r"""
+local released = 0
+for i = 3, #ARGV, 3 do
+  local id, h = ARGV[i], ARGV[i + 1]
+  local ek = event_key(id)
+  if redis.call('HGET', ek, h .. '|state') == 'running'
+      and redis.call('HGET', ek, h .. '|attempts') == ARGV[i + 2] then
+    redis.call('HSET', ek, h .. '|state', 'pending', h .. '|due', ARGV[2])
+    redis.call('ZADD', due_key(h), ARGV[2], id)
+    count('running', 'pending', 1)
+    released = released + 1
+  end
+end
+return released
+"""
+)
+
+# ARGV: P, cutoff, limit. Deletes events settled before cutoff, with their stream entries.
+PURGE_DONE = (
+    LUA_PRELUDE
+    + r"""
+local ids = redis.call('ZRANGEBYSCORE', P .. ':settled', '-inf', ARGV[2], 'LIMIT', 0, ARGV[3])
+for _, id in ipairs(ids) do
+  local ek = event_key(id)
+  local ev = redis.call('HMGET', ek, 'source', 'entry')
+  if ev[1] then redis.call('XDEL', stream_key(ev[1]), ev[2]) end
+  local done = 0
+  for _, h in ipairs(handlers_of(ek)) do
+    if redis.call('HGET', ek, h .. '|state') == 'done' then done = done + 1 end
+  end
+  count('done', nil, done)
+  redis.call('DEL', ek)
+  redis.call('ZREM', P .. ':settled', id)
+  redis.call('ZREM', P .. ':events', id)
+end
+return #ids
+"""
+)
+
+# ARGV: P, cutoff, limit. Forgets requests signed before cutoff; returns how many.
+PURGE_SEEN = (
+    LUA_PRELUDE
+    + r"""
+local seen = redis.call('ZRANGEBYSCORE', P .. ':seen_at', '-inf', '(' .. ARGV[2],
+  'LIMIT', 0, ARGV[3])
+for _, request in ipairs(seen) do
+  redis.call('DEL', P .. ':seen:' .. request)
+end
+if #seen > 0 then redis.call('ZREM', P .. ':seen_at', unpack(seen)) end
+return #seen
+"""
+)

@@ -1,0 +1,346 @@
+"""`RedisSpool`: the Redis store's `frameiod.store.base.SpoolBackend`, each operation one Lua
+script (`frameiod.store.redis.scripts`) or a few commands."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any, TypeVar
+
+import redis.asyncio as aioredis
+from redis.commands.core import AsyncScript
+from redis.exceptions import RedisError
+
+from frameiod.store.base import (
+    STATES,
+    Accepted,
+    Claimed,
+    DeliveryId,
+    EventDelivery,
+    EventDetail,
+    Incoming,
+    ListedDelivery,
+    Listeners,
+    QueueStats,
+    Role,
+)
+from frameiod.store.redis import actions, connection, scripts
+from frameiod.store.redis.connection import text
+from frameiod.store.redis.streams import Intake
+from frameiod.store.redis_keys import GROUP, redis_errors, safe_url
+
+__all__ = ["DEFAULT_COALESCE_SECONDS", "DEFAULT_HANDLER_TIMEOUT", "LEASE_GRACE", "RedisSpool"]
+
+T = TypeVar("T")
+
+LEASE_GRACE = 5.0
+"""Seconds a claimed delivery may outlive its handler's timeout before others take it."""
+DEFAULT_HANDLER_TIMEOUT = 30.0
+"""The lease of a handler `RedisSpool.expect_handlers` did not name, unless told otherwise."""
+DEFAULT_COALESCE_SECONDS = 660.0
+"""How long an identical body may join a pending twin, unless told otherwise."""
+
+_ERROR_LIMIT = 2000
+_PURGE_BATCH = 500
+
+
+def _parts(delivery_id: DeliveryId) -> list[str]:
+    """Event id, handler and attempt of a claimed delivery's id."""
+    event_id, rest = str(delivery_id).split(" ", 1)
+    handler, attempt = rest.rsplit(" ", 1)
+    return [event_id, handler, attempt]
+
+
+class RedisSpool:
+    """`frameiod.store.base.SpoolBackend` on Redis Streams, shared by every receiver."""
+
+    recovered = 0  # nothing to recover at start: leases and XAUTOCLAIM take over any time
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        url: str,
+        prefix: str,
+        *,
+        handler_timeout: float = DEFAULT_HANDLER_TIMEOUT,
+        coalesce_seconds: float = DEFAULT_COALESCE_SECONDS,
+    ) -> None:
+        self._client = client
+        self._url = url
+        self._prefix = prefix
+        self._default_timeout = handler_timeout
+        self._body_ttl = int(coalesce_seconds)
+        self.node = connection.node_name()
+        self._listeners = Listeners()
+        self._timeouts: dict[str, float] = {}
+        self.forget_consumers_after = 3600.0
+        """Seconds a consumer with nothing pending may be idle before it is dropped."""
+        self._intake = Intake(client, prefix, self.node, client.register_script(scripts.SCHEDULE))
+        self._accept = client.register_script(scripts.ACCEPT)
+        self._claim = client.register_script(scripts.CLAIM)
+        self._finish = client.register_script(scripts.FINISH)
+        self._release = client.register_script(scripts.RELEASE)
+        self._purge_done = client.register_script(scripts.PURGE_DONE)
+        self._purge_seen = client.register_script(scripts.PURGE_SEEN)
+
+    @classmethod
+    async def open(
+        cls,
+        url: str,
+        prefix: str,
+        *,
+        role: Role = "daemon",
+        handler_timeout: float = DEFAULT_HANDLER_TIMEOUT,
+        coalesce_seconds: float = DEFAULT_COALESCE_SECONDS,
+    ) -> RedisSpool:
+        """Connect to the Redis at ``url`` and use its keys under ``prefix``; raise
+        `SpoolError` if Redis cannot be used.
+
+        ``handler_timeout`` is the lease of a handler `expect_handlers` did not name;
+        ``coalesce_seconds`` how long an identical body may still join a pending twin.
+        Warns when Redis's persistence settings could lose an acknowledged event. With
+        ``role="operator"``, for the operator's actions: no warnings, a longer wait for
+        Redis's answers, and `QueueError` if it cannot be reached.
+        """
+        if role == "operator":
+            return cls(await connection.open_for_operator(url), url, prefix)
+        return cls(
+            await connection.open_for_daemon(url),
+            url,
+            prefix,
+            handler_timeout=handler_timeout,
+            coalesce_seconds=coalesce_seconds,
+        )
+
+    async def _operate(self, action: Awaitable[T]) -> T:
+        """Await one of the operator's actions; every Redis failure a `QueueError`."""
+        try:
+            return await action
+        except (RedisError, OSError) as exc:
+            raise connection.operator_error(self._url, exc) from None
+
+    def describe(self) -> str:
+        """The Redis URL (without password) and the key prefix."""
+        return f"{safe_url(self._url)} ({self._prefix}:*)"
+
+    @property
+    def client(self) -> aioredis.Redis:
+        """The connection, for what else the daemon keeps in this Redis (the per-source rate
+        limits every receiver shares)."""
+        return self._client
+
+    def on_new_work(self, listener: Callable[[], None]) -> None:
+        """Call ``listener`` whenever this receiver accepted or rescheduled work."""
+        self._listeners.add(listener)
+
+    async def check(self) -> None:
+        """Raise `SpoolUnavailable` if Redis refuses a small write, or does not answer."""
+        # A write, not a PING: a read-only replica (after a failover) and a full Redis
+        # under noeviction both answer PING, and refuse every delivery.
+        with redis_errors(self._url):
+            await self._client.set(f"{self._prefix}:ready:{self.node}", 1, px=10_000)
+
+    def expect_handlers(self, timeouts: dict[str, float]) -> None:
+        """The handlers this receiver runs and their timeouts (the leases of its claims)."""
+        self._timeouts = dict(timeouts)
+
+    def _lease(self, handler: str) -> float:
+        return self._timeouts.get(handler, self._default_timeout) + LEASE_GRACE
+
+    def _longest_lease(self) -> float:
+        """How long an entry must sit unmoved before another receiver takes it over."""
+        return max(self._timeouts.values(), default=self._default_timeout) + LEASE_GRACE
+
+    async def accept(self, incoming: Incoming, handlers: Sequence[str]) -> Accepted:
+        """``XADD`` the event with one pending delivery per handler, unless a duplicate."""
+        digest = hashlib.sha256(incoming.body).hexdigest()
+        with redis_errors(self._url):
+            event_id, duplicate = await self._accept(
+                args=[
+                    self._prefix,
+                    incoming.id,
+                    incoming.source,
+                    incoming.type,
+                    incoming.body,
+                    incoming.timestamp,
+                    incoming.signature,
+                    incoming.secret_id,
+                    repr(incoming.received_at),
+                    self._body_ttl,
+                    digest,
+                    GROUP,
+                    *handlers,
+                ]
+            )
+        event_id = text(event_id)
+        assert event_id is not None
+        # Our own id back means the first try did land and a retry of the script after a
+        # dropped connection saw it: that is this request's event, not a duplicate.
+        if duplicate and event_id != incoming.id:
+            return Accepted(event_id, duplicate=True, deliveries=0)
+        self._intake.sources.add(incoming.source)
+        if handlers:
+            self._listeners.notify()
+        return Accepted(incoming.id, duplicate=False, deliveries=len(handlers))
+
+    async def claim(
+        self, limit: int, caps: dict[str, int], now: float | None = None
+    ) -> list[Claimed]:
+        """Take in new stream entries (and those of dead receivers), then claim up to
+        ``limit`` due deliveries, oldest first, under a lease.
+
+        Due times and leases are compared with Redis's clock unless ``now`` is given.
+        """
+        if limit <= 0 or not caps:
+            return []
+        moment = time.time() if now is None else now
+        with redis_errors(self._url):
+            await self._intake.take_in(moment, self._longest_lease())
+            args: list[Any] = [self._prefix, "" if now is None else repr(now), limit]
+            for handler, room in caps.items():
+                if room > 0:
+                    args += [handler, room, repr(self._lease(handler))]
+            rows = await self._claim(args=args)
+        claimed = []
+        for event_id, handler, attempts, source, body, timestamp, received_at in rows:
+            item = Claimed(
+                # The attempt too: a delivery whose lease ran out may be claimed again, by
+                # this receiver as well, while the first call is still finishing.
+                delivery_id=f"{text(event_id)} {text(handler)} {int(attempts)}",
+                event_id=str(text(event_id)),
+                handler=str(text(handler)),
+                attempts=int(attempts),
+                source=str(text(source)),
+                body=body,
+                timestamp=int(timestamp),
+                received_at=float(received_at),
+            )
+            claimed.append(item)
+        return claimed
+
+    async def confirm(self, item: Claimed) -> bool:
+        """True: the claim script counted the attempt and set the lease before it returned."""
+        return True
+
+    async def finish(
+        self,
+        delivery_id: DeliveryId,
+        *,
+        outcome: str,
+        seconds: float,
+        error: str | None,
+        next_attempt_at: float | None = None,
+        dead: bool = False,
+    ) -> None:
+        """Record how a call ended (ignored if a newer attempt already owns the delivery)."""
+        event_id, handler, attempt = _parts(delivery_id)
+        now = time.time()
+        with redis_errors(self._url):
+            await self._finish(
+                args=[
+                    self._prefix,
+                    event_id,
+                    handler,
+                    attempt,
+                    outcome,
+                    (error or "")[:_ERROR_LIMIT],
+                    repr(seconds),
+                    repr(next_attempt_at) if next_attempt_at is not None else repr(now),
+                    "1" if dead else "0",
+                    repr(now),
+                ]
+            )
+        if outcome != "ok" and not dead:
+            self._listeners.notify()
+
+    async def release(self, delivery_ids: Iterable[DeliveryId]) -> None:
+        """Make deliveries cut short by a stop due now, for any receiver."""
+        args: list[Any] = [self._prefix, repr(time.time())]
+        for delivery_id in delivery_ids:
+            args += _parts(delivery_id)
+        if len(args) > 2:
+            with redis_errors(self._url):
+                await self._release(args=args)
+
+    async def next_due(self, handlers: Iterable[str]) -> float | None:
+        """The earliest score in the handlers' due sets (a retry, or a lease running out)."""
+        names = list(handlers)
+        if not names:
+            return None
+        with redis_errors(self._url):
+            async with self._client.pipeline(transaction=False) as pipe:
+                for handler in names:
+                    pipe.zrange(f"{self._prefix}:due:{handler}", 0, 0, withscores=True)
+                answers = await pipe.execute()
+        scores = [rows[0][1] for rows in answers if rows]
+        return min(scores) if scores else None
+
+    async def deliveries_of(self, event_id: str) -> list[EventDelivery]:
+        """Every delivery of one event, in the order they were accepted."""
+        with redis_errors(self._url):
+            raw = await self._client.hgetall(f"{self._prefix}:event:{event_id}")
+        return actions.delivery_rows(event_id, raw)
+
+    async def gauges(self, now: float | None = None) -> tuple[dict[str, int], float]:
+        """Deliveries per state (kept by the scripts), and the age of the oldest due one."""
+        moment = time.time() if now is None else now
+        with redis_errors(self._url):
+            counts = await self._client.hgetall(f"{self._prefix}:counts")
+            due = [await self.next_due(self._timeouts), *await self._intake.oldest_unread()]
+        due = min((when for when in due if when is not None), default=None)
+        states = dict.fromkeys(STATES, 0)
+        for state, value in counts.items():
+            if (name := str(text(state))) in states:
+                states[name] = max(0, int(value))
+        age = moment - due if due is not None and due <= moment else 0.0
+        return states, age
+
+    async def purge_done(self, older_than: float, replay_window: float = 0.0) -> int:
+        """Delete events (and their stream entries) all done more than ``older_than`` ago,
+        and forget requests signed more than ``replay_window`` ago."""
+        now = time.time()
+        with redis_errors(self._url):
+            purged = await self._in_batches(self._purge_done, now - older_than)
+            await self._in_batches(self._purge_seen, now - replay_window)
+            await self._intake.forget_gone_consumers(self.forget_consumers_after)
+        return purged
+
+    async def _in_batches(self, script: AsyncScript, cutoff: float) -> int:
+        """Run a purge script until it has nothing left before ``cutoff``; how many it did."""
+        done = 0
+        while batch := int(await script(args=[self._prefix, repr(cutoff), _PURGE_BATCH])):
+            done += batch
+            if batch < _PURGE_BATCH:
+                break
+        return done
+
+    async def stats(self, now: float | None = None) -> QueueStats:
+        """Deliveries per state (``P:counts``) and per handler, and the age of the oldest
+        due pending one."""
+        moment = time.time() if now is None else now
+        return await self._operate(actions.stats(self._client, self._prefix, moment))
+
+    async def list_deliveries(
+        self, state: str | None, handler: str | None, limit: int
+    ) -> list[ListedDelivery]:
+        """Deliveries, newest event first; their ids are ``"<event id> <handler>"``."""
+        return await self._operate(
+            actions.list_deliveries(self._client, self._prefix, state, handler, limit)
+        )
+
+    async def show(self, event_id: str) -> EventDetail | None:
+        """One event, its payload (from its stream entry) and its deliveries."""
+        return await self._operate(actions.show(self._client, self._prefix, event_id))
+
+    async def replay(self, ids: Sequence[str], all_dead: bool) -> int:
+        """Make dead deliveries (of event ids, or ``"<event id> <handler>"``) pending again."""
+        return await self._operate(actions.replay(self._client, self._prefix, ids, all_dead))
+
+    async def purge_dead(self, older_than: float) -> int:
+        """Purge dead letters that died more than ``older_than`` seconds ago."""
+        return await self._operate(actions.purge_dead(self._client, self._prefix, older_than))
+
+    async def close(self) -> None:
+        """Close the connections (everything is already in Redis)."""
+        await self._client.aclose()

@@ -1,0 +1,238 @@
+"""The daemon's SQL on the spool: accept, claim, mark, purge and count. Each is a function of
+the writer's (or the reader's) connection, run inside the writer's current batch."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, cast
+
+from frameiod.store.base import STATES, Accepted, Claimed, DeliveryId, EventDelivery, Incoming
+from frameiod.store.sqlite.schema import (
+    SCHEMA_VERSION,
+    body_hash,
+    body_key,
+    connect_reader,
+    request_key,
+)
+
+__all__ = [
+    "accept",
+    "count_states",
+    "deliveries_of",
+    "due",
+    "finish",
+    "gauges",
+    "mark_running",
+    "next_due",
+    "probe",
+    "purge",
+    "recover_running",
+    "release",
+    "rows",
+]
+
+
+def rows(cursor: sqlite3.Cursor) -> list[dict[str, Any]]:
+    """The rows of ``cursor`` as dicts by column name."""
+    names = [column[0] for column in cursor.description]
+    return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+
+def recover_running(conn: sqlite3.Connection) -> int:
+    """Make the deliveries a crash left running pending again; return how many."""
+    with conn:
+        conn.execute("BEGIN IMMEDIATE")
+        return conn.execute(
+            "UPDATE deliveries SET state = 'pending', updated_at = ? WHERE state = 'running'",
+            (time.time(),),
+        ).rowcount
+
+
+def accept(conn: sqlite3.Connection, incoming: Incoming, handlers: Sequence[str]) -> Accepted:
+    digest = body_hash(incoming.body)
+    keys = (request_key(incoming.signature), body_key(digest))
+    # One query for every kind of duplicate (each statement costs a trip through the GIL):
+    # the same signed request again (Frame.io's retry, or a replay), as an event or as a
+    # request coalesced earlier, or an identical body none of whose deliveries has started
+    # (that run will see the latest state). The second column says it was the last kind.
+    row = conn.execute(
+        "SELECT id, 0 FROM events WHERE timestamp = :ts AND request_key = :key"
+        " AND signature = :sig AND source = :source"
+        " UNION ALL"
+        " SELECT event_id, 0 FROM seen_requests WHERE timestamp = :ts AND request_key = :key"
+        " AND signature = :sig AND source = :source"
+        " UNION ALL"
+        " SELECT * FROM (SELECT e.id, 1 FROM deliveries u JOIN events e ON e.id = u.event_id"
+        " WHERE u.body_key = :body_key AND u.attempts = 0 AND e.body_hash = :digest"
+        " AND e.source = :source AND e.secret_id = :secret AND NOT EXISTS (SELECT 1 FROM"
+        " deliveries d WHERE d.event_id = e.id AND (d.state != 'pending' OR d.attempts > 0))"
+        " ORDER BY e.received_at DESC LIMIT 1)"
+        " LIMIT 1",
+        {
+            "ts": incoming.timestamp,
+            "key": keys[0],
+            "sig": incoming.signature,
+            "source": incoming.source,
+            "body_key": keys[1],
+            "digest": digest,
+            "secret": incoming.secret_id,
+        },
+    ).fetchone()
+    if row:
+        if row[1]:
+            # Joined a pending event: nothing else records this request, and once that
+            # event's run has begun a replay of it would no longer be coalesced.
+            conn.execute(
+                "INSERT INTO seen_requests (source, timestamp, request_key, signature, event_id)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (incoming.source, incoming.timestamp, keys[0], incoming.signature, row[0]),
+            )
+        return Accepted(row[0], duplicate=True, deliveries=0)
+    conn.execute(
+        "INSERT INTO events (id, source, type, body, body_hash, timestamp, signature,"
+        " secret_id, received_at, request_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            incoming.id,
+            incoming.source,
+            incoming.type,
+            incoming.body,
+            digest,
+            incoming.timestamp,
+            incoming.signature,
+            incoming.secret_id,
+            incoming.received_at,
+            keys[0],
+        ),
+    )
+    if handlers:
+        conn.executemany(
+            "INSERT INTO deliveries (event_id, handler, state, next_attempt_at, updated_at,"
+            " body_key) VALUES (?, ?, 'pending', ?, ?, ?)",
+            [
+                (incoming.id, handler, incoming.received_at, incoming.received_at, keys[1])
+                for handler in handlers
+            ],
+        )
+    return Accepted(incoming.id, duplicate=False, deliveries=len(handlers))
+
+
+def purge(conn: sqlite3.Connection, received_before: float, signed_before: float) -> int:
+    """Delete finished events received before ``received_before`` and the record of
+    requests signed before ``signed_before``; return how many events went."""
+    conn.execute("DELETE FROM seen_requests WHERE timestamp < ?", (signed_before,))
+    return conn.execute(
+        "DELETE FROM events WHERE received_at < ? AND timestamp < ? AND NOT EXISTS"
+        " (SELECT 1 FROM deliveries d WHERE d.event_id = events.id AND d.state != 'done')",
+        (received_before, signed_before),
+    ).rowcount
+
+
+def due(
+    conn: sqlite3.Connection,
+    limit: int,
+    caps: dict[str, int],
+    now: float,
+    taken: frozenset[DeliveryId],
+) -> list[Claimed]:
+    # One indexed query per handler, each taking at most what that handler may start: a
+    # backlog of one capped handler can never hide the due deliveries of the others. Rows
+    # already claimed but not yet marked are skipped, so each query reads that many more.
+    rows = []
+    for handler, room in caps.items():
+        if room <= 0:  # SQLite would read a negative LIMIT as "no limit"
+            continue
+        found = conn.execute(
+            "SELECT d.next_attempt_at, d.id, d.event_id, d.handler, d.attempts, e.source,"
+            " e.body, e.timestamp, e.received_at FROM deliveries d"
+            " JOIN events e ON e.id = d.event_id WHERE d.state = 'pending' AND d.handler = ?"
+            " AND d.next_attempt_at <= ? ORDER BY d.next_attempt_at, d.id LIMIT ?",
+            (handler, now, min(room, limit) + len(taken)),
+        ).fetchall()
+        rows += [row for row in found if row[1] not in taken][: min(room, limit)]
+    rows.sort()  # oldest first across handlers
+    return [Claimed(row[1], row[2], row[3], row[4] + 1, *row[5:]) for row in rows[:limit]]
+
+
+def finish(conn: sqlite3.Connection, row: tuple[Any, ...]) -> None:
+    """Record a call's end: ``row`` is state, outcome, error, seconds, the next attempt's
+    time (None: unchanged), now, and the delivery's id."""
+    conn.execute(
+        "UPDATE deliveries SET state = ?, last_outcome = ?, last_error = ?,"
+        " last_seconds = ?, next_attempt_at = COALESCE(?, next_attempt_at),"
+        " updated_at = ? WHERE id = ?",
+        row,
+    )
+
+
+def release(conn: sqlite3.Connection, ids: list[tuple[float, DeliveryId]]) -> None:
+    """Make running deliveries pending again: ``ids`` are (now, delivery id) pairs."""
+    conn.executemany(
+        "UPDATE deliveries SET state = 'pending', updated_at = ? WHERE id = ?"
+        " AND state = 'running'",
+        ids,
+    )
+
+
+def next_due(
+    conn: sqlite3.Connection, handlers: list[str], taken: list[DeliveryId]
+) -> float | None:
+    """When the earliest pending delivery of ``handlers`` not in ``taken`` is due."""
+    sql = (
+        "SELECT MIN(next_attempt_at) FROM deliveries WHERE state = 'pending'"
+        f" AND handler IN ({','.join('?' * len(handlers))})"
+        f" AND id NOT IN ({','.join('?' * len(taken))})"
+    )
+    return conn.execute(sql, [*handlers, *taken]).fetchone()[0]
+
+
+def deliveries_of(conn: sqlite3.Connection, event_id: str) -> list[EventDelivery]:
+    """Every delivery of one event, in the order they were accepted."""
+    cursor = conn.execute(
+        "SELECT id, handler, state, attempts, next_attempt_at, last_outcome, last_error,"
+        " last_seconds, updated_at, event_id FROM deliveries WHERE event_id = ? ORDER BY id",
+        (event_id,),
+    )
+    return cast(list[EventDelivery], rows(cursor))
+
+
+def mark_running(
+    conn: sqlite3.Connection, now: float, ids: list[DeliveryId]
+) -> frozenset[DeliveryId]:
+    """Mark the claimed deliveries that are still pending ``running``; return which."""
+    cursor = conn.execute(
+        "UPDATE deliveries SET state = 'running', attempts = attempts + 1, updated_at = ?"
+        f" WHERE state = 'pending' AND id IN ({','.join('?' * len(ids))}) RETURNING id",
+        (now, *ids),
+    )
+    return frozenset(row[0] for row in cursor)
+
+
+def probe(conn: sqlite3.Connection) -> None:
+    """A write that changes nothing: whether the spool takes writes again."""
+    # Rewrites the header's schema version with its own value: a page written and committed
+    # like any delivery's, and nothing changed.
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+
+def count_states(path: Path, now: float) -> tuple[dict[str, int], float]:
+    """`gauges`, on a connection of its own."""
+    conn = connect_reader(path)
+    try:
+        return gauges(conn, now)
+    finally:
+        conn.close()
+
+
+def gauges(conn: sqlite3.Connection, now: float) -> tuple[dict[str, int], float]:
+    """Deliveries per state, and the age in seconds of the oldest due pending one."""
+    counts = dict.fromkeys(STATES, 0)
+    counts.update(conn.execute("SELECT state, COUNT(*) FROM deliveries GROUP BY state"))
+    oldest = conn.execute(
+        "SELECT MIN(next_attempt_at) FROM deliveries WHERE state = 'pending'"
+        " AND next_attempt_at <= ?",
+        (now,),
+    ).fetchone()[0]
+    return counts, (now - oldest) if oldest is not None else 0.0

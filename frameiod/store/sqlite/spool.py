@@ -1,0 +1,400 @@
+"""`Spool`: the SQLite store's `frameiod.store.base.SpoolBackend`, on the writer thread
+(`frameiod.store.sqlite.writer`) and a read-only connection."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+from frameiod.store.base import (
+    Accepted,
+    Claimed,
+    DeliveryId,
+    EventDelivery,
+    EventDetail,
+    HandOver,
+    Incoming,
+    ListedDelivery,
+    Listeners,
+    QueueError,
+    QueueStats,
+    Role,
+    SpoolError,
+    SpoolUnavailable,
+)
+from frameiod.store.sqlite import actions, operations
+from frameiod.store.sqlite.checkpointer import Checkpointer
+from frameiod.store.sqlite.schema import Synchronous, connect_reader, connect_writer
+from frameiod.store.sqlite.writer import Job, Writer, closed_error, unavailable
+
+__all__ = ["Spool"]
+
+T = TypeVar("T")
+
+_ERROR_LIMIT = 2000  # characters of the last error kept per delivery
+# How long an operation may wait on a busy event loop before it goes to the writer: under a
+# load that keeps the loop busy, about how often a commit (and its fsync, on the core the
+# event loop needs) begins.
+_HOLD_AT_MOST = 0.0015
+
+
+class Spool:
+    """The durable spool. Open with `open`; every write runs on the writer thread.
+
+    Opened for an operator, it has no writer: its connection does the operator's actions
+    (`stats` to `purge_dead`) and nothing else.
+    """
+
+    def __init__(
+        self, path: Path, writer: Writer | None, reader: sqlite3.Connection, recovered: int = 0
+    ) -> None:
+        self.path = path
+        self.recovered = recovered
+        """How many deliveries a crash had left ``running`` (now ``pending`` again)."""
+        self._writer = writer
+        self._reader = reader
+        # One thread: the reader connection is used by one thread at a time.
+        self._reads = ThreadPoolExecutor(1, thread_name_prefix="frameiod-spool-read")
+        self._claimed: set[DeliveryId] = set()
+        # Each claimed delivery's pending "running" mark (one write per claim), until
+        # `confirm` has seen it.
+        self._marks: dict[DeliveryId, asyncio.Future[frozenset[DeliveryId]]] = {}
+        self._checkpointer: Checkpointer | None = None
+        self._listeners = Listeners()
+        self._closed = False
+        # Operations waiting for the daemon's event loop to run out of work (`_handover`):
+        # only that loop's thread touches the list.
+        self._held: list[Job] = []
+        self._handover: HandOver | None = None
+        self.handover = "immediate"
+        """Which hand-over is in force, for the start-up log: "loop idle" or "immediate"."""
+
+    @classmethod
+    async def open(
+        cls,
+        path: Path,
+        synchronous: Synchronous = "FULL",
+        *,
+        handover: HandOver | None = None,
+        role: Role = "daemon",
+    ) -> Spool:
+        """Open (or create) the spool at ``path``; raise `SpoolError` if it cannot be used.
+
+        Deliveries a crash left ``running`` go back to ``pending``. ``handover`` lets the
+        event loop say when to hand operations to the writer (see the module docstring).
+        With ``role="operator"`` none of that: an existing spool is opened as it is, beside
+        a daemon that may be running, for the operator's actions only (`QueueError` if it
+        cannot be).
+        """
+        if role == "operator":
+            return cls(path, None, await asyncio.to_thread(actions.connect_operator, path))
+        conn = await asyncio.to_thread(connect_writer, path, synchronous)
+        # Before the writer thread exists, the connection is still this thread's alone.
+        recovered = await asyncio.to_thread(operations.recover_running, conn)
+        try:
+            reader = await asyncio.to_thread(connect_reader, path)
+        except sqlite3.Error as exc:
+            conn.close()
+            raise SpoolError(f"{path}: cannot open the spool for reading: {exc}") from None
+        writer = Writer(conn)
+        writer.start()
+        checkpointer = Checkpointer(path, synchronous)
+        checkpointer.start()
+        spool = cls(path, writer, reader, recovered)
+        spool._checkpointer = checkpointer
+        if handover is not None:
+            spool._handover = handover
+            # Asked once with nothing to run: whether this loop can call back at all.
+            if handover(asyncio.get_running_loop(), _nothing, _HOLD_AT_MOST):
+                spool.handover = "loop idle"
+        return spool
+
+    @property
+    def batches(self) -> int:
+        """Transactions committed so far (each batch of operations is one)."""
+        return self._writer.batches if self._writer is not None else 0
+
+    def run(self, operation: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
+        """Run ``operation(connection)`` on the writer thread, inside the next batch."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        writer = self._writer
+        if self._closed:
+            future.set_exception(closed_error())
+        elif writer is None:
+            future.set_exception(SpoolError(f"{self.path}: opened for the operator's actions"))
+        else:
+            self._hold((operation, (loop, future)), loop, writer)
+        return future
+
+    def _hold(self, job: Job, loop: asyncio.AbstractEventLoop, writer: Writer) -> None:
+        # Only a loop the hand-over serves can say when it is idle; on any other, no
+        # holding. Held jobs are all one loop's: each carries its loop, the first says whose.
+        held_for = self._held[0][1][0] if self._held else None
+        if held_for is loop:
+            self._held.append(job)
+        elif (
+            held_for is None
+            and self._handover is not None
+            and self._handover(loop, self._hand_over, _HOLD_AT_MOST)
+        ):
+            self._held = [job]
+        else:
+            writer.submit([job])
+
+    def _hand_over(self) -> None:
+        if self._held and self._writer is not None:  # `close` may have handed them over
+            jobs, self._held = self._held, []
+            self._writer.submit(jobs)
+
+    async def _read(self, query: Callable[[sqlite3.Connection], T]) -> T:
+        if self._closed:
+            raise closed_error()
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._reads, query, self._reader)
+        except sqlite3.Error as exc:
+            raise unavailable(exc) from None
+
+    def describe(self) -> str:
+        """The spool file."""
+        return str(self.path)
+
+    async def check(self) -> None:
+        """Raise `SpoolUnavailable` if the spool is closed, its writer thread has stopped,
+        or its last write was refused (a full disk, a read-only file, a lock held) and a
+        small write still is.
+
+        While writes succeed the file is not touched; after a refused one, each check tries
+        a write of its own, so the fault is seen to clear even when nothing else writes.
+        """
+        if self._closed:
+            raise closed_error()
+        if self._writer is None or not self._writer.is_alive():
+            raise SpoolUnavailable("spool_error", "the spool's writer thread has stopped")
+        if self._writer.fault is not None:
+            await self.run(operations.probe)
+
+    def on_new_work(self, listener: Callable[[], None]) -> None:
+        """Call ``listener`` (on the event loop) whenever new deliveries were committed."""
+        self._listeners.add(listener)
+
+    def expect_handlers(self, timeouts: dict[str, float]) -> None:
+        """Nothing to do: one process owns this file, and `open` recovers what a crash left
+        running."""
+
+    async def accept(self, incoming: Incoming, handlers: Sequence[str]) -> Accepted:
+        """Commit ``incoming`` with one pending delivery per handler in ``handlers``, unless it
+        is a duplicate; raise `SpoolUnavailable` if it cannot be written."""
+        accepted = await self.run(lambda conn: operations.accept(conn, incoming, handlers))
+        if accepted.deliveries:
+            self._listeners.notify()
+        return accepted
+
+    async def claim(
+        self, limit: int, caps: dict[str, int], now: float | None = None
+    ) -> list[Claimed]:
+        """Mark up to ``limit`` due deliveries ``running``, oldest first, and return them.
+
+        ``caps`` maps each handler that may run to how many more calls it may start now;
+        handlers not in it (not loaded, or at their concurrency limit) are skipped. The mark
+        is queued, not awaited (see the module docstring): `confirm` waits for it, in each
+        delivery's own task, before its handler is called.
+        """
+        if limit <= 0 or not caps:
+            return []
+        moment = time.time() if now is None else now
+        taken = frozenset(self._claimed)
+        room = dict(caps)
+        claimed = await self._read(lambda conn: operations.due(conn, limit, room, moment, taken))
+        if claimed:
+            # Queued before the calls start: an identical body accepted after this point is
+            # queued behind the mark and no longer coalesces into a started delivery; one
+            # queued before it arrived before the call started, which then sees it.
+            ids = [item.delivery_id for item in claimed]
+            self._claimed.update(ids)
+            mark = self.run(lambda conn: operations.mark_running(conn, moment, ids))
+            mark.add_done_callback(_retrieve)  # a stop may release them all unconfirmed
+            self._marks.update(dict.fromkeys(ids, mark))
+        return claimed
+
+    async def confirm(self, item: Claimed) -> bool:
+        """Wait until the claim's mark is committed; False if the delivery was no longer
+        pending when it was (replayed or purged meanwhile)."""
+        mark = self._marks.pop(item.delivery_id, None)
+        if mark is None:
+            return False  # not claimed by this process, or already confirmed
+        try:
+            # Shared by the whole claim: one delivery's cancelled task must not cancel it.
+            marked = await asyncio.shield(mark)
+        except BaseException:
+            # Not on record, so not running: it may be claimed again once writes succeed.
+            self._claimed.discard(item.delivery_id)
+            raise
+        if item.delivery_id in marked:
+            return True
+        self._claimed.discard(item.delivery_id)
+        return False
+
+    async def finish(
+        self,
+        delivery_id: DeliveryId,
+        *,
+        outcome: str,
+        seconds: float,
+        error: str | None,
+        next_attempt_at: float | None = None,
+        dead: bool = False,
+    ) -> None:
+        """Record how a call ended: ``done`` when it succeeded, ``dead`` when ``dead``, else
+        ``pending`` again at ``next_attempt_at``."""
+        state = "done" if outcome == "ok" else ("dead" if dead else "pending")
+        row = (
+            state,
+            outcome,
+            error[:_ERROR_LIMIT] if error else None,
+            seconds,
+            next_attempt_at,
+            time.time(),
+            delivery_id,
+        )
+        try:
+            await self.run(lambda conn: operations.finish(conn, row))
+        finally:
+            # Written, or failed (then it stays as the claim's mark left it): either way
+            # the database, not this set, now says whether it may be claimed.
+            self._claimed.discard(delivery_id)
+        if state == "pending":
+            self._listeners.notify()
+
+    async def release(self, delivery_ids: Iterable[DeliveryId]) -> None:
+        """Put deliveries that were running back to ``pending`` (a call cut short by stop)."""
+        ids = [(time.time(), delivery_id) for delivery_id in delivery_ids]
+        for _, delivery_id in ids:
+            self._marks.pop(delivery_id, None)
+        try:
+            await self.run(lambda conn: operations.release(conn, ids))
+        finally:
+            self._claimed.difference_update(delivery_id for _, delivery_id in ids)
+
+    async def next_due(self, handlers: Iterable[str]) -> float | None:
+        """When the earliest pending delivery of ``handlers`` is due, or None."""
+        names = list(handlers)
+        if not names:
+            return None
+        taken = list(self._claimed)  # claimed, their mark perhaps not written yet
+        return await self._read(lambda conn: operations.next_due(conn, names, taken))
+
+    async def deliveries_of(self, event_id: str) -> list[EventDelivery]:
+        """Every delivery of one event, in the order they were accepted."""
+        return await self.run(lambda conn: operations.deliveries_of(conn, event_id))
+
+    async def gauges(self, now: float | None = None) -> tuple[dict[str, int], float]:
+        """Deliveries per state, and the age in seconds of the oldest due pending one.
+
+        Counted on a connection of their own, never the writer's: counting reads every
+        delivery kept, and on the writer every 202 would wait for it.
+        """
+        moment = time.time() if now is None else now
+        if self._closed:
+            raise closed_error()
+        try:
+            return await asyncio.to_thread(operations.count_states, self.path, moment)
+        except sqlite3.Error as exc:
+            raise unavailable(exc) from None
+
+    async def purge_done(self, older_than: float, replay_window: float = 0.0) -> int:
+        """Delete events whose deliveries are all done (or that had none) and that were
+        received more than ``older_than`` seconds ago; dead letters stay.
+
+        The events, and ``seen_requests`` for requests coalesced into one, are the record
+        of the requests seen: one signed less than ``replay_window`` seconds ago stays until
+        it is older, or a replay would be new.
+        """
+        now = time.time()
+        received, signed = now - older_than, now - replay_window
+        return await self.run(lambda conn: operations.purge(conn, received, signed))
+
+    async def stats(self, now: float | None = None) -> QueueStats:
+        """Deliveries per state and per handler, and the age of the oldest due pending one."""
+        moment = time.time() if now is None else now
+        return await self._operate(lambda conn: actions.stats(conn, moment))
+
+    async def list_deliveries(
+        self, state: str | None, handler: str | None, limit: int
+    ) -> list[ListedDelivery]:
+        """Deliveries, newest first, optionally of one state and one handler."""
+        return await self._operate(
+            lambda conn: actions.list_deliveries(conn, state, handler, limit)
+        )
+
+    async def show(self, event_id: str) -> EventDetail | None:
+        """One event, its payload and its deliveries; None if there is no such event."""
+        return await self._operate(lambda conn: actions.show(conn, event_id))
+
+    async def replay(self, ids: Sequence[str], all_dead: bool) -> int:
+        """Make dead deliveries (of event ids, or delivery ids: numbers) pending again."""
+        wanted = list(ids)
+        return await self._operate(lambda conn: actions.replay(conn, wanted, all_dead), write=True)
+
+    async def purge_dead(self, older_than: float) -> int:
+        """Delete dead deliveries last touched more than ``older_than`` seconds ago."""
+        return await self._operate(lambda conn: actions.purge_dead(conn, older_than), write=True)
+
+    async def _operate(self, action: Callable[[sqlite3.Connection], T], write: bool = False) -> T:
+        """Run one of the operator's actions: a daemon's writes in its writer's next batch,
+        reads (and an operator's writes, each its own transaction) on the reading
+        connection; every failure a `QueueError`."""
+        try:
+            if self._closed:
+                raise closed_error()
+            if write and self._writer is not None:
+                return await self.run(action)
+            loop = asyncio.get_running_loop()
+            if write:
+                return await loop.run_in_executor(
+                    self._reads, _in_transaction, action, self._reader
+                )
+            return await loop.run_in_executor(self._reads, action, self._reader)
+        except sqlite3.Error as exc:  # not a spool, or locked beyond the busy timeout
+            raise QueueError(f"{self.path}: cannot use the spool: {exc}") from None
+        except SpoolUnavailable as exc:
+            raise QueueError(f"{self.path}: cannot use the spool: {exc.detail}") from None
+
+    async def close(self) -> None:
+        """Finish queued operations and close the file."""
+        self._closed = True
+        if self._writer is None:
+            await asyncio.to_thread(self._reads.shutdown)
+            self._reader.close()
+            return
+        self._hand_over()
+        self._writer.stop()
+        await asyncio.to_thread(self._writer.join)
+        if self._checkpointer is not None:
+            self._checkpointer.stopping.set()
+            await asyncio.to_thread(self._checkpointer.join)
+        await asyncio.to_thread(self._reads.shutdown)
+        self._reader.close()
+
+
+def _in_transaction(action: Callable[[sqlite3.Connection], T], conn: sqlite3.Connection) -> T:
+    """Run ``action`` in a write transaction of its own on ``conn``."""
+    with conn:
+        conn.execute("BEGIN IMMEDIATE")
+        return action(conn)
+
+
+def _nothing() -> None:
+    """A hand-over's callback with nothing to hand over."""
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    # Marks the failure as seen; whoever confirms still gets it.
+    if not future.cancelled():
+        future.exception()
