@@ -742,6 +742,8 @@ class Fault:
     """One backend's store made to refuse writes, and given back."""
 
     reason: str
+    detail: str
+    """What the error's detail says, in part."""
 
     def __init__(self, backend: Backend, store: SpoolBackend) -> None:
         self.backend = backend
@@ -764,7 +766,7 @@ class FullSqlite(Fault):
     operator's ``sqlite3`` shell would) makes every write grow the WAL, and fail.
     """
 
-    reason = "spool_full"
+    reason, detail = "spool_full", "the spool's disk is full"
     snapshot: sqlite3.Connection | None = None
 
     @property
@@ -792,7 +794,7 @@ class FullSqlite(Fault):
 class FullRedis(Fault):
     """Redis at its memory limit, with the default policy ``noeviction``."""
 
-    reason = "redis_refused"
+    reason, detail = "redis_refused", "used memory > 'maxmemory'"
 
     def _maxmemory(self, value: int) -> None:
         assert self.backend.server is not None
@@ -810,7 +812,7 @@ class LockedSqlite(Fault):
     """Another process holds SQLite's write lock. The spool's writer waits for it up to
     its busy timeout (5 s, kept short here so that the test need not wait)."""
 
-    reason = "spool_busy"
+    reason, detail = "spool_busy", "the spool is locked"
     holder: sqlite3.Connection | None = None
 
     async def _busy_timeout(self, ms: int) -> None:
@@ -834,7 +836,7 @@ class LockedSqlite(Fault):
 class StoppedRedis(Fault):
     """The redis-server stopped (its AOF, fsynced on every write, keeps what it took)."""
 
-    reason = "redis_unavailable"
+    reason, detail = "redis_unavailable", "cannot be reached"
 
     async def begin(self) -> None:
         assert self.backend.server is not None
@@ -923,7 +925,7 @@ class TestFaults:
             acknowledged.append(event)
         assert refused is not None, "the store never refused a write"
         assert failure.reason == fault.reason, failure
-        assert failure.detail
+        assert fault.detail in failure.detail
         with pytest.raises(SpoolUnavailable) as caught:
             await store.check()
         assert caught.value.reason == fault.reason
