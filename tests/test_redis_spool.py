@@ -209,21 +209,6 @@ class TestDuplicates:
         assert await raw.zcard(f"{prefix}:events") == 3
         assert (await first_node.gauges())[0] == counts(pending=5, running=1)
 
-    async def test_an_identical_body_is_a_new_event_while_a_delivery_waits_for_its_retry(
-        self, node: OpenNode
-    ):
-        spool = await node()
-        first = incoming()
-        await spool.accept(first, ["h1"])
-        [started] = await spool.claim(1, {"h1": 1})
-        # Failed and pending again: its run has begun all the same.
-        await spool.finish(
-            started.delivery_id, outcome="error", seconds=0.1, error="boom", next_attempt_at=0
-        )
-        assert states(await spool.deliveries_of(first.id)) == [("h1", "pending", 1)]
-        again = incoming(body=first.body)
-        assert await spool.accept(again, ["h1"]) == Accepted(again.id, False, 1)
-
 
 class TestRetries:
     async def test_a_failed_delivery_is_retried_when_due_alone_and_then_dead_lettered(
@@ -462,32 +447,6 @@ class TestReleaseAndCaps:
         await other.release([again.delivery_id])
         assert states(await other.deliveries_of(event.id)) == [("h", "running", 3)]
         assert (await other.gauges())[0] == counts(running=1)
-
-    async def test_only_handlers_with_room_are_claimed_oldest_first_up_to_the_limit(
-        self, node: OpenNode
-    ):
-        spool = await node()
-        t0 = time.time()
-        events = [incoming(received_at=t0 - 10 + i) for i in range(3)]
-        for event in events:
-            await spool.accept(event, ["x", "y"])
-
-        assert await spool.claim(10, {"x": 0}) == []
-        assert await spool.claim(10, {}) == []
-        assert await spool.claim(0, {"x": 5, "y": 5}) == []
-        assert keys(await spool.claim(10, {"y": 2, "x": 0})) == [
-            (events[0].id, "y", 1),
-            (events[1].id, "y", 1),
-        ]
-        # y listed first: the oldest across handlers goes first, not the first handler's.
-        assert keys(await spool.claim(2, {"y": 5, "x": 5})) == [
-            (events[0].id, "x", 1),
-            (events[1].id, "x", 1),
-        ]
-        assert sorted(keys(await spool.claim(10, {"y": 5, "x": 5}))) == sorted(
-            [(events[2].id, "x", 1), (events[2].id, "y", 1)]
-        )
-        assert (await spool.gauges())[0] == counts(running=6)
 
 
 class TestPurge:

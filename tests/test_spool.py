@@ -307,99 +307,7 @@ class TestUpgradeFromSchema2:
         assert event_ids(path) == {old.id}
 
 
-class TestAccept:
-    async def test_the_event_and_one_pending_delivery_per_handler_are_committed(
-        self, spool: Spool, path: Path
-    ):
-        event = incoming()
-        accepted = await spool.accept(event, ["log:write", "notify:post"])
-        assert accepted == Accepted(event.id, duplicate=False, deliveries=2)
-        assert query(path, "SELECT id, source, type, body, timestamp FROM events") == [
-            (event.id, "default", "file.ready", event.body, event.timestamp)
-        ]
-        assert query(
-            path,
-            "SELECT handler, state, attempts, next_attempt_at FROM deliveries ORDER BY id",
-        ) == [
-            ("log:write", "pending", 0, event.received_at),
-            ("notify:post", "pending", 0, event.received_at),
-        ]
-
-    async def test_an_event_no_handler_wants_is_stored_without_deliveries(
-        self, spool: Spool, path: Path
-    ):
-        event = incoming()
-        assert await spool.accept(event, []) == Accepted(event.id, duplicate=False, deliveries=0)
-        assert event_ids(path) == {event.id}
-        assert query(path, "SELECT COUNT(*) FROM deliveries") == [(0,)]
-
-    async def test_everything_accepted_is_still_there_after_reopening(self, path: Path):
-        events = [incoming(), incoming()]
-        spool = await Spool.open(path)
-        await spool.accept(events[0], ["a", "b"])
-        await spool.accept(events[1], [])
-        await spool.close()
-
-        spool = await Spool.open(path)
-        try:
-            rows = await spool.deliveries_of(events[0].id)
-            assert spool.recovered == 0
-        finally:
-            await spool.close()
-        assert [(row["handler"], row["state"]) for row in rows] == [
-            ("a", "pending"),
-            ("b", "pending"),
-        ]
-        assert event_ids(path) == {events[0].id, events[1].id}
-
-    async def test_listeners_hear_of_new_deliveries_only(self, spool: Spool):
-        heard: list[str] = []
-        spool.on_new_work(lambda: heard.append("work"))
-        first = incoming()
-        await spool.accept(first, ["a"])
-        await spool.accept(first, ["a"])  # a duplicate: nothing new to do
-        await spool.accept(incoming(), [])
-        assert heard == ["work"]
-
-
 class TestDuplicates:
-    async def test_the_same_signed_request_again_is_the_original_event(
-        self, spool: Spool, path: Path
-    ):
-        original = incoming()
-        await spool.accept(original, ["a"])
-        await spool.claim(1, {"a": 1})  # even once it has started
-        again = incoming(original.body, signature=original.signature, timestamp=original.timestamp)
-        assert await spool.accept(again, ["a"]) == Accepted(
-            original.id, duplicate=True, deliveries=0
-        )
-        assert event_ids(path) == {original.id}
-        assert query(path, "SELECT COUNT(*) FROM deliveries") == [(1,)]
-
-    async def test_a_retried_request_is_its_own_event_even_when_a_newer_copy_waits(
-        self, spool: Spool
-    ):
-        original = incoming()
-        await spool.accept(original, ["a"])
-        await spool.claim(1, {"a": 1})
-        copy = incoming(original.body)  # started original: the copy is an event of its own
-        assert (await spool.accept(copy, ["a"])).duplicate is False
-        retry = incoming(original.body, signature=original.signature, timestamp=original.timestamp)
-        assert await spool.accept(retry, ["a"]) == Accepted(
-            original.id, duplicate=True, deliveries=0
-        )
-
-    async def test_an_identical_body_waiting_for_all_handlers_is_coalesced(
-        self, spool: Spool, path: Path
-    ):
-        original = incoming()
-        await spool.accept(original, ["a", "b"])
-        again = incoming(original.body, timestamp=original.timestamp + 5)
-        assert await spool.accept(again, ["a", "b"]) == Accepted(
-            original.id, duplicate=True, deliveries=0
-        )
-        assert event_ids(path) == {original.id}
-
     async def test_a_coalesced_request_again_is_a_duplicate_once_its_event_has_started(
         self, spool: Spool, path: Path
     ):
@@ -417,50 +325,6 @@ class TestDuplicates:
         assert query(path, "SELECT event_id, timestamp, signature FROM seen_requests") == [
             (original.id, twin.timestamp, twin.signature)
         ]
-
-    @pytest.mark.parametrize("progress", ["running", "done", "retry"])
-    async def test_an_identical_body_is_a_new_event_once_a_delivery_has_started(
-        self, spool: Spool, path: Path, progress: str
-    ):
-        original = incoming()
-        await spool.accept(original, ["a", "b"])
-        [claimed] = await spool.claim(1, {"a": 1})
-        await spool.run(lambda conn: None)  # the claim's mark is queued, not awaited
-        if progress == "done":
-            await spool.finish(claimed.delivery_id, outcome="ok", seconds=0.1, error=None)
-        if progress == "retry":  # failed once, pending again: its run has begun all the same
-            await spool.finish(
-                claimed.delivery_id, outcome="error", seconds=0.1, error="boom", next_attempt_at=0
-            )
-        expected = "pending" if progress == "retry" else progress
-        assert states(path, original.id) == {"a": expected, "b": "pending"}
-
-        again = incoming(original.body)
-        assert await spool.accept(again, ["a", "b"]) == Accepted(
-            again.id, duplicate=False, deliveries=2
-        )
-        assert event_ids(path) == {original.id, again.id}
-
-    @pytest.mark.parametrize(
-        "change", [{"secret_id": "1"}, {"source": "other"}], ids=["secret", "source"]
-    )
-    async def test_an_identical_body_signed_elsewhere_is_a_new_event(
-        self, spool: Spool, path: Path, change: dict[str, str]
-    ):
-        original = incoming()
-        await spool.accept(original, ["a"])
-        again = incoming(original.body, **change)
-        assert await spool.accept(again, ["a"]) == Accepted(again.id, duplicate=False, deliveries=1)
-        assert event_ids(path) == {original.id, again.id}
-
-    async def test_an_identical_body_of_an_event_without_deliveries_is_a_new_event(
-        self, spool: Spool, path: Path
-    ):
-        original = incoming()
-        await spool.accept(original, [])
-        again = incoming(original.body)
-        assert await spool.accept(again, ["a"]) == Accepted(again.id, duplicate=False, deliveries=1)
-        assert event_ids(path) == {original.id, again.id}
 
 
 class TestGroupCommit:
@@ -719,156 +583,6 @@ class TestClaim:
         assert query(path, "SELECT DISTINCT state, attempts FROM deliveries") == [("running", 1)]
         assert await spool.claim(10, {"h": 10, "g": 10}, now=now) == []
 
-    async def test_a_delivery_scheduled_later_is_claimed_only_once_due(
-        self, spool: Spool, path: Path
-    ):
-        now = time.time()
-        event = incoming(received_at=now - 5)
-        await spool.accept(event, ["h"])
-        [first] = await spool.claim(1, {"h": 1}, now=now)
-        await spool.finish(
-            first.delivery_id, outcome="error", seconds=0.5, error="boom", next_attempt_at=now + 60
-        )
-        assert await spool.claim(1, {"h": 1}, now=now + 59) == []
-        [second] = await spool.claim(1, {"h": 1}, now=now + 60)
-        assert (second.delivery_id, second.attempts) == (first.delivery_id, 2)
-
-    async def test_caps_limit_each_handler_and_skip_the_absent_ones(self, spool: Spool, path: Path):
-        now = time.time()
-        for age in range(5):
-            await spool.accept(incoming(received_at=now - 100 + age), ["busy", "free", "off"])
-
-        claimed = await spool.claim(10, {"busy": 1, "free": 3}, now=now)
-        assert sorted(c.handler for c in claimed) == ["busy", "free", "free", "free"]
-        await spool.run(lambda conn: None)
-        assert query(
-            path,
-            "SELECT handler, COUNT(*) FROM deliveries WHERE state = 'running' GROUP BY handler",
-        ) == [("busy", 1), ("free", 3)]
-        assert await spool.claim(10, {}, now=now) == []
-
-    @pytest.mark.parametrize("room", [0, -1])
-    async def test_a_handler_without_room_gets_nothing(self, spool: Spool, room: int):
-        now = time.time()
-        for age in range(3):
-            await spool.accept(incoming(received_at=now - 100 + age), ["full", "free"])
-        claimed = await spool.claim(10, {"full": room, "free": 1}, now=now)
-        assert [c.handler for c in claimed] == ["free"]
-
-    async def test_no_more_than_limit_are_claimed(self, spool: Spool, path: Path):
-        now = time.time()
-        for age in range(5):
-            await spool.accept(incoming(received_at=now - 100 + age), ["h"])
-        assert len(await spool.claim(2, {"h": 10}, now=now)) == 2
-        assert await spool.claim(0, {"h": 10}, now=now) == []
-        await spool.run(lambda conn: None)
-        assert query(path, "SELECT state, COUNT(*) FROM deliveries GROUP BY state") == [
-            ("pending", 3),
-            ("running", 2),
-        ]
-
-    async def test_a_backlog_of_a_capped_handler_does_not_hide_other_handlers(self, spool: Spool):
-        now = time.time()
-        for age in range(8):
-            await spool.accept(incoming(received_at=now - 100 + age), ["slow"])
-        await spool.accept(incoming(received_at=now - 50), ["fast"])
-
-        claimed = await spool.claim(2, {"slow": 1, "fast": 1}, now=now)
-        assert sorted(c.handler for c in claimed) == ["fast", "slow"]
-
-    async def test_next_due_is_the_earliest_pending_time_of_the_given_handlers(self, spool: Spool):
-        now = time.time()
-        await spool.accept(incoming(received_at=now - 5), ["a"])
-        await spool.accept(incoming(received_at=now - 9), ["b"])
-        assert await spool.next_due(["a"]) == pytest.approx(now - 5)
-        assert await spool.next_due(["a", "b"]) == pytest.approx(now - 9)
-        assert await spool.next_due(["c"]) is None
-        assert await spool.next_due([]) is None
-
-
-class TestFinish:
-    async def _claimed(self, spool: Spool, handlers: list[str]) -> tuple[str, dict[str, int]]:
-        event = incoming()
-        await spool.accept(event, handlers)
-        claimed = await spool.claim(len(handlers), dict.fromkeys(handlers, 1))
-        return event.id, {c.handler: c.delivery_id for c in claimed}
-
-    async def test_success_error_and_dead_end_in_their_states(self, spool: Spool, path: Path):
-        event_id, ids = await self._claimed(spool, ["ok", "retry", "dead"])
-        later = time.time() + 300
-        await spool.finish(ids["ok"], outcome="ok", seconds=0.25, error=None)
-        await spool.finish(
-            ids["retry"],
-            outcome="timeout",
-            seconds=30.0,
-            error="TimeoutError: gave up after 30s",
-            next_attempt_at=later,
-        )
-        await spool.finish(
-            ids["dead"], outcome="error", seconds=1.5, error="ValueError: bad", dead=True
-        )
-        rows = query(
-            path,
-            "SELECT handler, state, attempts, next_attempt_at, last_outcome, last_error,"
-            " last_seconds FROM deliveries WHERE event_id = ? ORDER BY id",
-            event_id,
-        )
-        assert [row[:2] for row in rows] == [("ok", "done"), ("retry", "pending"), ("dead", "dead")]
-        assert rows[0][4:] == ("ok", None, 0.25)
-        assert rows[1][2:] == (1, later, "timeout", "TimeoutError: gave up after 30s", 30.0)
-        assert rows[2][4:] == ("error", "ValueError: bad", 1.5)
-
-    async def test_a_very_long_error_is_truncated(self, spool: Spool, path: Path):
-        _, ids = await self._claimed(spool, ["h"])
-        error = "RuntimeError: " + "x" * 10_000
-        await spool.finish(ids["h"], outcome="error", seconds=1.0, error=error, dead=True)
-        [(stored,)] = query(path, "SELECT last_error FROM deliveries")
-        assert stored == error[:2000]
-
-    async def test_a_retry_wakes_the_listeners_and_an_end_does_not(self, spool: Spool):
-        _, ids = await self._claimed(spool, ["ok", "dead", "retry"])
-        heard: list[str] = []
-        spool.on_new_work(lambda: heard.append("work"))
-        await spool.finish(ids["ok"], outcome="ok", seconds=1.0, error=None)
-        await spool.finish(ids["dead"], outcome="error", seconds=1.0, error="e", dead=True)
-        assert heard == []
-        await spool.finish(
-            ids["retry"], outcome="error", seconds=1.0, error="e", next_attempt_at=time.time()
-        )
-        assert heard == ["work"]
-
-
-class TestReleaseAndRecovery:
-    async def test_release_puts_running_deliveries_back_to_pending(self, spool: Spool, path: Path):
-        event = incoming()
-        await spool.accept(event, ["a", "b"])
-        claimed = await spool.claim(2, {"a": 1, "b": 1})
-        await spool.finish(
-            next(c.delivery_id for c in claimed if c.handler == "b"),
-            outcome="ok",
-            seconds=0.1,
-            error=None,
-        )
-        await spool.release(c.delivery_id for c in claimed)  # only "a" is still running
-        assert states(path, event.id) == {"a": "pending", "b": "done"}
-
-    async def test_a_delivery_left_running_is_pending_again_after_reopening(self, path: Path):
-        event = incoming()
-        spool = await Spool.open(path)
-        await spool.accept(event, ["a", "b"])
-        await spool.claim(1, {"a": 1})
-        await spool.close()
-        assert states(path, event.id) == {"a": "running", "b": "pending"}
-
-        spool = await Spool.open(path)
-        try:
-            assert spool.recovered == 1
-            assert states(path, event.id) == {"a": "pending", "b": "pending"}
-            [again] = await spool.claim(1, {"a": 1})
-        finally:
-            await spool.close()
-        assert again.attempts == 2, "the interrupted call counts as an attempt"
-
 
 class TestOpenedForTheOperator:
     """``frameiod queue`` opens the spool beside a running daemon: none of the daemon's
@@ -909,22 +623,6 @@ class TestOpenedForTheOperator:
 
 
 class TestPurgeDone:
-    async def test_events_whose_request_could_still_be_replayed_are_kept(
-        self, spool: Spool, path: Path
-    ):
-        now = time.time()
-        # Both received long ago (keep_done passed); one was signed inside the window.
-        late = incoming(received_at=now - 3600, timestamp=int(now) - 200)
-        early = incoming(received_at=now - 3600, timestamp=int(now) - 400)
-        for event in (late, early):
-            await spool.accept(event, [])
-
-        assert await spool.purge_done(older_than=600, replay_window=300) == 1
-
-        assert event_ids(path) == {late.id}
-        replay = incoming(late.body, signature=late.signature, timestamp=late.timestamp)
-        assert await spool.accept(replay, []) == Accepted(late.id, duplicate=True, deliveries=0)
-
     async def test_coalesced_requests_are_forgotten_only_once_out_of_the_window(
         self, spool: Spool, path: Path
     ):
@@ -978,28 +676,6 @@ class TestPurgeDone:
 
 
 class TestGauges:
-    async def test_counts_per_state_and_the_age_of_the_oldest_due_pending(self, spool: Spool):
-        now = time.time()
-        assert await spool.gauges(now=now) == (
-            {"pending": 0, "running": 0, "done": 0, "dead": 0},
-            0.0,
-        )
-        await spool.accept(incoming(received_at=now + 30), ["a"])
-        assert await spool.gauges(now=now) == (
-            {"pending": 1, "running": 0, "done": 0, "dead": 0},
-            0.0,  # pending, but not due yet: nobody is late
-        )
-        await spool.accept(incoming(received_at=now - 40), ["a", "b", "c"])
-        await spool.accept(incoming(received_at=now - 25), ["a"])
-        claimed = await spool.claim(3, {"a": 1, "b": 1, "c": 1}, now=now)
-        by_handler = {c.handler: c.delivery_id for c in claimed}
-        await spool.finish(by_handler["b"], outcome="ok", seconds=0.1, error=None)
-        await spool.finish(by_handler["c"], outcome="error", seconds=0.1, error="e", dead=True)
-
-        counts, oldest = await spool.gauges(now=now)
-        assert counts == {"pending": 2, "running": 1, "done": 1, "dead": 1}
-        assert oldest == pytest.approx(25.0)
-
     async def test_counting_never_waits_for_the_writer(self, spool: Spool):
         # Counting reads every delivery kept; on the writer, each 202 would wait for it.
         await spool.accept(incoming(), ["a"])
@@ -1016,28 +692,6 @@ class TestFullDisk:
             conn.execute(f"PRAGMA max_page_count = {pages + extra}")
 
         await spool.run(limit)
-
-    async def test_accepts_fail_as_spool_full_until_there_is_room_again(
-        self, spool: Spool, path: Path
-    ):
-        await self._limit_pages(spool, 4)
-        accepted: list[str] = []
-        for _ in range(50):
-            event = incoming(os.urandom(3000))
-            try:
-                accepted.append((await spool.accept(event, ["a"])).id)
-            except SpoolUnavailable as exc:
-                failure, refused = exc, event
-                break
-        else:
-            pytest.fail("the spool never filled up")
-        assert failure.reason == "spool_full"
-        assert "full" in failure.detail
-        assert event_ids(path) == set(accepted)
-
-        await self._limit_pages(spool, 1000)
-        assert await spool.accept(refused, ["a"]) == Accepted(refused.id, False, 1)
-        assert event_ids(path) == {*accepted, refused.id}
 
     async def test_only_what_was_committed_is_reported_accepted_in_a_batch_that_fills_up(
         self, spool: Spool, path: Path
