@@ -15,8 +15,10 @@ import contextlib
 import json
 import os
 import re
+import signal
 import sqlite3
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -70,6 +72,12 @@ DELIVERY_KEYS = {
 }
 
 
+async def open_store(config: Path) -> SpoolBackend:
+    """Open the store that ``config``'s ``[spool]`` names, as the daemon does: the one place
+    stores are opened (the crashing process of `TestReleaseAndRecovery` uses it too)."""
+    return (await open_backend(load_config(config, environ={}))).spool
+
+
 @dataclass
 class Backend:
     """One backend's store for one test: its config on disk (which ``frameiod queue`` reads
@@ -98,8 +106,8 @@ class Backend:
         )
 
     async def open(self) -> SpoolBackend:
-        """Open this backend's store as the daemon does: the one place stores are opened."""
-        store = (await open_backend(load_config(self.config, environ={}))).spool
+        """Open this backend's store (closed after the test)."""
+        store = await open_store(self.config)
         self.opened.append(store)
         return store
 
@@ -556,27 +564,59 @@ class TestReleaseAndRecovery:
         [again] = await claim_confirmed(store, 1, {"a": 1})
         assert keys([again]) == [(event.id, "a", 2)], "the call cut short counts as an attempt"
 
-    async def test_a_delivery_a_crash_left_running_runs_again_after_reopening(
+    async def test_a_delivery_running_when_its_process_was_killed_runs_again(
         self, backend: Backend
     ):
-        event = incoming()
-        store = await backend.open()
-        await store.accept(event, ["a", "b"])
-        await claim_confirmed(store, 1, {"a": 1})
-        # Closed with the call neither finished nor released: what a crash leaves behind.
-        await store.close()
+        crashed = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-c", _CRASHING, str(backend.config)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).parent)},
+        )
+        assert crashed.returncode == -signal.SIGKILL, crashed.stderr
+        event_id = crashed.stdout.strip()
 
         store = await backend.open()
         store.expect_handlers({"a": 1.0, "b": 1.0})
         if backend.kind == "sqlite":
             # One process owns the file: what was running is pending again at open.
             assert store.recovered == 1
-            assert await states(store, event.id) == {"a": ("pending", 1), "b": ("pending", 0)}
-        # Redis: the lease of the claim runs out, then any receiver takes it (claimed here
-        # past every lease).
+            assert await states(store, event_id) == {"a": ("pending", 1), "b": ("pending", 0)}
+        else:
+            # Shared by receivers: it stays running until its lease runs out.
+            assert await states(store, event_id) == {"a": ("running", 1), "b": ("pending", 0)}
+        # Then any receiver runs it again (claimed here past every lease).
         again = await claim_confirmed(store, 5, {"a": 1, "b": 1}, now=time.time() + LATER)
-        assert sorted(keys(again)) == [(event.id, "a", 2), (event.id, "b", 1)]
+        assert sorted(keys(again)) == [(event_id, "a", 2), (event_id, "b", 1)], (
+            "the interrupted call counts as an attempt"
+        )
         assert (await store.gauges())[0] == counts(running=2)
+
+
+# A process that accepts an event, starts its first delivery (on record), then is killed.
+_CRASHING = """
+import asyncio, os, signal, sys
+from pathlib import Path
+
+from support import incoming
+from test_store_contract import open_store
+
+
+async def main() -> None:
+    store = await open_store(Path(sys.argv[1]))
+    event = incoming()
+    await store.accept(event, ["a", "b"])
+    [item] = await store.claim(1, {"a": 1})
+    assert await store.confirm(item)
+    print(event.id, flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+asyncio.run(main())
+"""
 
 
 class TestPurgeDone:
