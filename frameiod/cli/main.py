@@ -64,8 +64,8 @@ def _plugins(config: Config) -> PluginHost | None:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from frameiod import idle
-    from frameiod.daemon import serve
     from frameiod.logs import configure_logging
+    from frameiod.service import serve
 
     config = _load(args)
     if config is None:
