@@ -42,7 +42,7 @@ def add_routes(app: web.Application, config: Config, metrics: Metrics) -> None:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     if config.metrics.enabled:
-        app.router.add_get(config.metrics.path, make_aiohttp_handler(metrics.registry))
+        app.router.add_get(config.metrics.path, make_aiohttp_handler(metrics.exposed))
     # After every cleanup_ctx step: aiohttp runs those first, as the first startup signal.
     app.on_startup.append(_started)
 
