@@ -7,8 +7,8 @@ exists at 0 from the start.
 The four series touched on every event (requests received and their ack time, handler
 calls and their duration) are plain numbers published at scrape time (`_Counts`,
 `_Durations`): prometheus_client's metric objects take a lock per increment and scan the
-buckets in Python, about 4 % of an event's CPU end to end. Only the event loop's thread
-updates or reads them.
+buckets in Python, a cost every event would pay. Only the event loop's thread updates or
+reads them.
 """
 
 from __future__ import annotations

@@ -78,7 +78,7 @@ def _tune_gc() -> None:
     Start-up's objects (modules, plugins, configuration) live as long as the process:
     frozen, they are never scanned again. A larger first generation means one collection
     per ~10,000 new container objects rather than per 700, which a request's handful of
-    models and dicts reached every few requests. Together ~6 % of ingest (bench/).
+    models and dicts reached every few requests.
     """
     gc.collect()
     gc.freeze()
