@@ -6,7 +6,7 @@ CONFIG ?= config.toml
 PLUGIN_DIRS := $(patsubst %/pyproject.toml,%,$(wildcard plugins/*/pyproject.toml))
 PLUGIN_ARGS := $(foreach dir,$(PLUGIN_DIRS),-e ./$(dir))
 
-.PHONY: run test test-lowest test-pythons lint fix bench clean system-deps
+.PHONY: run test test-lowest test-newest test-pythons lint fix bench clean system-deps
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
@@ -69,6 +69,19 @@ test-lowest: $(UV) system-deps
 	&& $(UV) pip list --python $(VENV)-lowest/bin/python \
 	&& $(VENV)-lowest/bin/pytest -n auto --dist loadfile
 
+# The libraries frameiod leans on hardest (aiohttp's request handler in
+# frameiod/http/aiohttp_hooks.py, structlog, pluggy, prometheus-client) at their newest releases,
+# their upper pins overridden: a release that breaks frameiod is seen the day it ships.
+NEWEST := aiohttp structlog pluggy prometheus-client
+
+test-newest: $(UV) system-deps
+	rm -rf $(VENV)-newest && $(UV) venv --quiet --python $(BIN)/python $(VENV)-newest \
+	&& printf '%s\n' $(NEWEST) > $(VENV)-newest/overrides.txt \
+	&& $(UV) pip install --quiet --python $(VENV)-newest/bin/python \
+		--override $(VENV)-newest/overrides.txt -e '.[test,redis]' $(PLUGIN_ARGS) \
+	&& $(UV) pip list --python $(VENV)-newest/bin/python \
+	&& $(VENV)-newest/bin/pytest -n auto --dist loadfile
+
 # The suite on each of EXTRA_PYTHONS with the newest dependencies; one missing from this
 # machine is skipped with a line saying so.
 test-pythons: $(UV) system-deps
@@ -94,4 +107,4 @@ fix: $(VENV)/.test-installed
 	$(BIN)/ruff format .
 
 clean:
-	rm -rf $(VENV) $(VENV)-lowest $(foreach v,$(EXTRA_PYTHONS),$(VENV)-$(v)) .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(VENV)-lowest $(VENV)-newest $(foreach v,$(EXTRA_PYTHONS),$(VENV)-$(v)) .pytest_cache .ruff_cache .hypothesis

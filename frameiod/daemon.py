@@ -1,4 +1,7 @@
-"""The daemon's lifecycle: start plugins, serve, dispatch, and stop in the right order.
+"""The daemon's lifecycle: `create_app` builds everything a running frameiod needs, each
+part started and stopped by a ``cleanup_ctx`` step in order (the spool, then the plugins
+with the API client, the receiver, dispatching, maintenance); `Daemon` listens, reloads,
+and stops; `serve` adds signals and systemd.
 
 This is where the parts meet (server → spool → dispatch → handlers); the server and the
 dispatcher never import each other.
@@ -8,67 +11,79 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import gc
-import signal
 import ssl
+from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from frameiod import __version__, idle, systemd
+from frameiod import __version__, idle
 from frameiod.client import FrameioClient
 from frameiod.config import Config, ConfigError, dev_secret_problem, load_config
 from frameiod.dispatch.dispatcher import Dispatcher, RetryPolicy
 from frameiod.events import WebhookEvent
-from frameiod.http.connections import GuardedRunner, GuardedSite, ServedTls, tls_context
-from frameiod.http.server import SHUTDOWN_TIMEOUT, STATE, Live, answer_malformed, create_app
+from frameiod.http.checks import answer_malformed
+from frameiod.http.connections import Listener, ServedTls, tls_context
+from frameiod.http.live import Live
+from frameiod.http.receiver import RECEIVER, Receiver
+from frameiod.http.server import SHUTDOWN_TIMEOUT, add_routes
 from frameiod.logs import configure_logging, get_logger
 from frameiod.metrics import Metrics
 from frameiod.plugins.host import PluginHost, make_plugin_manager
 from frameiod.plugins.routing import Routes
-from frameiod.store.base import SpoolBackend, SpoolError, SpoolUnavailable, replay_window
+from frameiod.store.base import SpoolBackend, SpoolUnavailable, replay_window
 from frameiod.store.open import Backend, open_backend
+from frameiod.tasks import TaskSet
 
-__all__ = ["Daemon", "serve"]
+__all__ = ["CLIENT", "DISPATCHER", "ROUTES", "STORE", "Daemon", "create_app"]
 
 log = get_logger("frameiod.daemon")
 
 # How often done deliveries are purged and the spool gauges refreshed.
 _MAINTENANCE_SECONDS = 5.0
 
+STORE = web.AppKey("store", Backend)
+CLIENT = web.AppKey("client", FrameioClient)
+"""Set only when ``[frameio]`` is configured."""
+ROUTES = web.AppKey("routes", Routes)
+DISPATCHER = web.AppKey("dispatcher", Dispatcher)
 
-class Daemon:
-    """One running frameiod: `start` it, then `stop` it (also usable from tests in-process)."""
 
-    def __init__(self, config: Config, plugins: PluginHost | None = None) -> None:
+async def _open_store(config: Config) -> Backend:
+    """Open the configured spool (raises `SpoolError`), handing its writes over when the
+    daemon's loop runs out of work (`frameiod.idle`)."""
+    return await open_backend(config, idle.call_when_idle)
+
+
+def create_app(config: Config, plugins: PluginHost, metrics: Metrics) -> web.Application:
+    """The daemon's application: the public routes, and a ``cleanup_ctx`` step per part.
+
+    Nothing starts here: the steps run when the application starts (`Daemon.start`), in
+    order, and stop in reverse; a step that fails to start leaves only the steps before it
+    to be stopped. Raises from the steps: `SpoolError`, and `ConfigError` for a problem
+    only visible then (two plugins answering one action).
+    """
+    app = web.Application()
+    add_routes(app, config, metrics)
+    steps = _Steps(config, plugins, metrics)
+    app.cleanup_ctx.extend(
+        [steps.store, steps.plugins_and_client, steps.receiver, steps.dispatching, steps.maintain]
+    )
+    return app
+
+
+class _Steps:
+    """The parts of a running daemon, each a ``cleanup_ctx`` step: it starts its part and
+    puts it under its `web.AppKey`, yields while the daemon runs, then stops it."""
+
+    def __init__(self, config: Config, plugins: PluginHost, metrics: Metrics) -> None:
         self.config = config
-        self.plugins = plugins or PluginHost(make_plugin_manager(load_entrypoints=False))
-        self.metrics = Metrics(config.sources, __version__)
-        self.backend: Backend | None = None
-        self.spool: SpoolBackend | None = None
-        self.client: FrameioClient | None = None
-        self.app: web.Application | None = None
-        self.dispatcher: Dispatcher | None = None
-        self._runner: GuardedRunner | None = None
-        self._tasks: list[asyncio.Task[None]] = []
-        self._tls: ServedTls | None = None
-        self._observers: set[asyncio.Task[None]] = set()
-        self._reloading = asyncio.Lock()
+        self.plugins = plugins
+        self.metrics = metrics
 
-    @property
-    def port(self) -> int:
-        """The port the daemon listens on (useful when the config says 0)."""
-        assert self.app is not None, "not started"
-        return self.app[STATE].addresses[0][1]
-
-    async def start(self) -> None:
-        """Open the spool, start plugins, bind the port, start dispatching.
-
-        Raises `SpoolError` if the spool cannot be used, `ConfigError` for a problem only
-        visible now (TLS files, two plugins answering one action), OSError if it cannot
-        listen. Whatever was started is stopped again before raising.
-        """
-        self.backend = backend = await open_backend(self.config, idle.call_when_idle)
-        self.spool = spool = backend.spool
+    async def store(self, app: web.Application) -> AsyncIterator[None]:
+        """The spool, and the rate limiter matching it."""
+        app[STORE] = backend = await _open_store(self.config)
+        spool = backend.spool
         if spool.recovered:
             log.warning(
                 "deliveries interrupted by a crash will run again",
@@ -76,145 +91,56 @@ class Daemon:
                 spool=spool.describe(),
             )
         try:
-            context = tls_context(self.config)
-            self._tls = ServedTls(context) if context is not None else None
-            routes = await self._start_plugins()
-            self.app = create_app(
-                self.config,
-                spool=spool,
-                metrics=self.metrics,
-                routes=routes,
-                # No observer, no task per event: a task per request shows in ingest (bench/).
-                observe=(
-                    self._observe if self.plugins.observes("frameiod_event_accepted") else None
-                ),
-                limiter=backend.limiter,
-            )
-            await self._listen(self.app)
-        except (ConfigError, OSError):
-            await self._close_resources()
-            raise
-        self._start_dispatching(spool, routes)
-        state = self.app[STATE]
-        assert self._runner is not None
-        state.addresses = [(str(a[0]), int(a[1])) for a in self._runner.addresses]
-        state.ready = True
-        host, port = state.addresses[0]
-        log.info(
-            "listening",
-            host=host,
-            port=port,
-            version=__version__,
-            sources=sorted(state.sources),
-            plugins=self.plugins.loaded,
-            config=str(self.config.path),
-            spool=spool.describe(),
-            handover=backend.handover,
-        )
+            yield
+        finally:
+            await spool.close()
 
-    async def _close_resources(self) -> None:
-        await self.plugins.shutdown()
-        if self.client is not None:
-            await self.client.close()
-        if self.spool is not None:
-            await self.spool.close()
-
-    def _observe(self, event: WebhookEvent, source: str) -> None:
-        # Observers run beside the request, never inside it: the 202 does not wait.
-        task = asyncio.create_task(
-            self.plugins.notify("frameiod_event_accepted", event=event, source=source)
-        )
-        self._observers.add(task)
-        task.add_done_callback(self._observers.discard)
-
-    async def _maintain(self) -> None:
-        """Purge old done deliveries and refresh the spool gauges, every few seconds."""
-        assert self.spool is not None
-        while True:
-            try:
-                purged = await self.spool.purge_done(
-                    self.config.spool.keep_done, self._replay_window()
-                )
-                if purged:
-                    log.info("purged done events", count=purged)
-                self.metrics.spool(*await self.spool.gauges())
-            except SpoolUnavailable as exc:
-                log.warning("spool maintenance failed", reason=exc.reason, detail=exc.detail)
-            await asyncio.sleep(_MAINTENANCE_SECONDS)
-
-    def _replay_window(self) -> float:
-        """How long seen requests are remembered: from the tolerances in force now (a
-        reload changes them), whatever ``keep_done`` says."""
-        assert self.app is not None, "not started"
-        return replay_window(key.tolerance for key in self.app[STATE].live.sources.values())
-
-    async def _start_plugins(self) -> Routes:
-        if self.config.frameio.configured:
-            self.client = FrameioClient(self.config.frameio)
-        await self.plugins.startup(self.config, self.client.api if self.client else None)
-        routes = self.plugins.routes()
-        for handler in routes.handlers:
-            if handler.source not in self.config.sources and not handler.secrets:
-                log.warning(
-                    "handler listens on a source that is not configured; it will get nothing",
-                    plugin=handler.plugin,
-                    handler=handler.name,
-                    source=handler.source,
-                )
-        self.metrics.register_plugins(self.plugins.plugins.values())
-        self.metrics.register_handlers(routes.handlers)
-        self.metrics.register_actions(routes.actions.values())
-        return routes
-
-    async def _listen(self, app: web.Application) -> None:
-        server = self.config.server
-        # access_log=None: the one line per delivery replaces aiohttp's access log.
-        self._runner = GuardedRunner(
-            app,
-            read_timeout=server.read_timeout,
-            max_connections=server.max_connections,
-            max_connections_per_address=server.max_connections_per_address,
-            trusted_proxies=app[STATE].live.proxies,
-            metrics=self.metrics,
-            malformed=functools.partial(answer_malformed, app),
-            handle_signals=False,
-            access_log=None,
-            shutdown_timeout=SHUTDOWN_TIMEOUT,
-            keepalive_timeout=server.keepalive_timeout,
-            auto_decompress=False,
-            # After refusing a body midway (408, 413), how long to keep reading what is still
-            # coming so the client sees the answer: aiohttp's 10 s would hold slow clients.
-            lingering_time=1.0,
-        )
-        await self._runner.setup()
-        site = GuardedSite(
-            self._runner,
-            server.host,
-            server.port,
-            ssl_context=self._tls.listening if self._tls is not None else None,
-        )
+    async def plugins_and_client(self, app: web.Application) -> AsyncIterator[None]:
+        """The API client, the plugins' start-up and shutdown, and the routes they offer."""
+        config = self.config
+        client = FrameioClient(config.frameio) if config.frameio.configured else None
+        if client is not None:
+            app[CLIENT] = client
         try:
-            await site.start()
-            # Judged on the sockets themselves: a name like "localhost" binds whatever it
-            # resolves to.
-            self._check_dev_secret(self.config)
-        except (ConfigError, OSError):
-            await self._runner.cleanup()
-            raise
+            await self.plugins.startup(config, client.api if client else None)
+            app[ROUTES] = _routes(config, self.plugins, self.metrics)
+            yield
+        finally:
+            await self.plugins.shutdown()
+            if client is not None:
+                await client.close()
 
-    def _check_dev_secret(self, config: Config) -> None:
-        """Raise `ConfigError` if ``config`` would accept the development secret on a
-        socket this daemon has bound beyond loopback."""
-        assert self._runner is not None, "not listening"
-        problem = dev_secret_problem(config, [str(a[0]) for a in self._runner.addresses])
-        if problem:
-            raise ConfigError([f"{config.path}: {problem}"])
+    async def receiver(self, app: web.Application) -> AsyncIterator[None]:
+        """What the public routes use; at the end, observers and late actions finish."""
+        backend, routes, plugins = app[STORE], app[ROUTES], self.plugins
+        observers = TaskSet()
 
-    def _start_dispatching(self, spool: SpoolBackend, routes: Routes) -> None:
+        def observe(event: WebhookEvent, source: str) -> None:
+            # Observers run beside the request, never inside it: the 202 does not wait.
+            observers.spawn(plugins.notify("frameiod_event_accepted", event=event, source=source))
+
+        app[RECEIVER] = receiver = Receiver(
+            Live.build(self.config, routes, limiter=backend.limiter),
+            routes=routes,
+            spool=backend.spool,
+            metrics=self.metrics,
+            # Without observers, no task per accepted event.
+            observe=observe if plugins.observes("frameiod_event_accepted") else None,
+        )
+        yield
+        await observers.wait()
+        try:
+            async with asyncio.timeout(receiver.config.dispatch.drain_timeout):
+                await receiver.actions.drain()
+        except TimeoutError:
+            log.warning("custom-action handlers still running at shutdown are cut short")
+
+    async def dispatching(self, app: web.Application) -> AsyncIterator[None]:
+        """The dispatcher; at the end, running handler calls get ``drain_timeout``."""
         dispatch = self.config.dispatch
-        self.dispatcher = Dispatcher(
-            spool,
-            routes,
+        app[DISPATCHER] = dispatcher = Dispatcher(
+            app[STORE].spool,
+            app[ROUTES],
             policy=RetryPolicy(
                 handler_timeout=dispatch.handler_timeout,
                 max_attempts=dispatch.max_attempts,
@@ -227,19 +153,175 @@ class Daemon:
                 self.plugins.notify if self.plugins.observes("frameiod_delivery_finished") else None
             ),
         )
-        self.dispatcher.set_dispatch_rates(_dispatch_rates(self.config))
-        self._tasks = [
-            asyncio.create_task(self.dispatcher.run(), name="frameiod-dispatch"),
-            asyncio.create_task(self._maintain(), name="frameiod-maintenance"),
-        ]
+        dispatcher.set_dispatch_rates(_dispatch_rates(self.config))
+        task = asyncio.create_task(dispatcher.run(), name="frameiod-dispatch")
+        try:
+            yield
+        finally:
+            cut = await dispatcher.stop(app[RECEIVER].config.dispatch.drain_timeout)
+            if cut:
+                log.warning("handler calls cut short at shutdown; they will run again", count=cut)
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    async def maintain(self, app: web.Application) -> AsyncIterator[None]:
+        """Purging and the spool gauges, every few seconds."""
+        task = asyncio.create_task(
+            _maintain(app[STORE].spool, app[RECEIVER], self.metrics), name="frameiod-maintenance"
+        )
+        yield
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+def _routes(config: Config, plugins: PluginHost, metrics: Metrics) -> Routes:
+    """The handlers the started plugins offer (raises `ConfigError`), warned about and
+    registered with the metrics."""
+    routes = plugins.routes()
+    for handler in routes.handlers:
+        if handler.source not in config.sources and not handler.secrets:
+            log.warning(
+                "handler listens on a source that is not configured; it will get nothing",
+                plugin=handler.plugin,
+                handler=handler.name,
+                source=handler.source,
+            )
+    metrics.register_plugins(plugins.plugins.values())
+    metrics.register_handlers(routes.handlers)
+    metrics.register_actions(routes.actions.values())
+    return routes
+
+
+async def _maintain(spool: SpoolBackend, receiver: Receiver, metrics: Metrics) -> None:
+    """Purge old done deliveries and refresh the spool gauges, every few seconds.
+
+    Seen requests are remembered from the tolerances in force now (a reload changes
+    them), whatever ``keep_done`` says.
+    """
+    while True:
+        try:
+            window = replay_window(key.tolerance for key in receiver.sources.values())
+            purged = await spool.purge_done(receiver.config.spool.keep_done, window)
+            if purged:
+                log.info("purged done events", count=purged)
+            metrics.spool(*await spool.gauges())
+        except SpoolUnavailable as exc:
+            log.warning("spool maintenance failed", reason=exc.reason, detail=exc.detail)
+        await asyncio.sleep(_MAINTENANCE_SECONDS)
+
+
+class Daemon:
+    """One running frameiod: `start` it, then `stop` it (also usable from tests in-process)."""
+
+    def __init__(self, config: Config, plugins: PluginHost | None = None) -> None:
+        self.config = config
+        self.plugins = plugins or PluginHost(make_plugin_manager(load_entrypoints=False))
+        self.metrics = Metrics(config.sources, __version__)
+        self.app = create_app(config, self.plugins, self.metrics)
+        self.listener: Listener | None = None
+        """The runner and sockets, once started."""
+        self._tls: ServedTls | None = None
+        self._reloading = asyncio.Lock()
+
+    @property
+    def receiver(self) -> Receiver:
+        """The public routes' state (raises KeyError before `start`)."""
+        return self.app[RECEIVER]
+
+    @property
+    def spool(self) -> SpoolBackend:
+        """The open spool (raises KeyError before `start`)."""
+        return self.app[STORE].spool
+
+    @property
+    def dispatcher(self) -> Dispatcher:
+        """The dispatcher (raises KeyError before `start`)."""
+        return self.app[DISPATCHER]
+
+    @property
+    def client(self) -> FrameioClient | None:
+        """The Frame.io API client, when ``[frameio]`` is configured."""
+        return self.app.get(CLIENT)
+
+    @property
+    def addresses(self) -> list[tuple[str, int]]:
+        """The (host, port) of every socket listening (empty before `start`)."""
+        return self.listener.addresses if self.listener is not None else []
+
+    @property
+    def port(self) -> int:
+        """The port the daemon listens on (useful when the config says 0)."""
+        return self.addresses[0][1]
+
+    async def start(self) -> None:
+        """Open the spool, start plugins, start dispatching, bind the port.
+
+        Raises `SpoolError` if the spool cannot be used, `ConfigError` for a problem only
+        visible now (TLS files, two plugins answering one action), OSError if it cannot
+        listen. Whatever was started is stopped again before raising.
+        """
+        context = tls_context(self.config)
+        self._tls = ServedTls(context) if context is not None else None
+        server = self.config.server
+        # access_log=None: the one line per delivery replaces aiohttp's access log.
+        try:
+            self.listener = listener = await Listener.start(
+                self.app,
+                read_timeout=server.read_timeout,
+                max_connections=server.max_connections,
+                max_connections_per_address=server.max_connections_per_address,
+                shutdown_timeout=SHUTDOWN_TIMEOUT,
+                metrics=self.metrics,
+                malformed=functools.partial(answer_malformed, self.app),
+                access_log=None,
+                keepalive_timeout=server.keepalive_timeout,
+                auto_decompress=False,
+                # After refusing a body midway (408, 413), how long to keep reading what is
+                # still coming so the client sees the answer: aiohttp's default would hold
+                # slow clients.
+                lingering_time=1.0,
+            )
+        except BaseException:
+            # Whatever steps started are stopped (aiohttp's cleanup_ctx keeps count).
+            await self.app.cleanup()
+            raise
+        listener.guard.trust(self.receiver.live.proxies)
+        try:
+            await listener.bind(
+                server.host, server.port, self._tls.listening if self._tls else None
+            )
+            # Judged on the sockets themselves: a name like "localhost" binds whatever it
+            # resolves to.
+            self._check_dev_secret(self.config)
+        except (ConfigError, OSError):
+            await listener.cleanup()
+            self.listener = None
+            raise
+        host, port = self.addresses[0]
+        log.info(
+            "listening",
+            host=host,
+            port=port,
+            version=__version__,
+            sources=sorted(self.receiver.sources),
+            plugins=self.plugins.loaded,
+            config=str(self.config.path),
+            spool=self.spool.describe(),
+            handover=self.app[STORE].handover,
+        )
+
+    def _check_dev_secret(self, config: Config) -> None:
+        """Raise `ConfigError` if ``config`` would accept the development secret on a
+        socket this daemon has bound beyond loopback."""
+        problem = dev_secret_problem(config, [host for host, _ in self.addresses])
+        if problem:
+            raise ConfigError([f"{config.path}: {problem}"])
 
     def summary(self) -> str:
         """A one-line status for systemd (``systemctl status``)."""
-        assert self.app is not None, "not started"
-        state = self.app[STATE]
-        host, port = state.addresses[0]
+        host, port = self.addresses[0]
         return (
-            f"listening on {host}:{port}; {len(state.sources)} source(s), "
+            f"listening on {host}:{port}; {len(self.receiver.sources)} source(s), "
             f"{len(self.plugins.loaded)} plugin(s)"
         )
 
@@ -268,8 +350,7 @@ class Daemon:
         return new, renewed
 
     async def _reload(self) -> bool:
-        assert self.app is not None, "not started"
-        state = self.app[STATE]
+        receiver = self.receiver
         try:
             # In a thread: a slow disk or an odd file must not stop the loop serving requests.
             new, renewed = await asyncio.to_thread(self._read_config)
@@ -278,19 +359,16 @@ class Daemon:
             for problem in exc.problems:
                 log.error("config reload refused; the old config stays in force", problem=problem)
             return False
-        assert self.backend is not None
-        live = Live.build(new, state.routes, limiter=self.backend.limiter)
-        self.metrics.add_sources(live.sources)
+        live = Live.build(new, receiver.routes, limiter=self.app[STORE].limiter)
         changed = _needs_restart(self.config, new)
         old_log = self.config.log
-        state.live = live  # one assignment: every request sees the old config or the new
+        receiver.reload(live)  # one assignment: every request sees the old config or the new
         if self._tls is not None and renewed is not None:
             self._tls.use(renewed)
-        if self._runner is not None:
-            self._runner.trust(live.proxies)
+        if self.listener is not None:
+            self.listener.guard.trust(live.proxies)
         self.config = new
-        if self.dispatcher is not None:
-            self.dispatcher.set_dispatch_rates(_dispatch_rates(new))
+        self.dispatcher.set_dispatch_rates(_dispatch_rates(new))
         self.metrics.config_reloads.labels(outcome="ok").inc()
         if changed:
             log.warning("these settings take effect only after a restart", keys=changed)
@@ -304,36 +382,23 @@ class Daemon:
         """Stop accepting, finish requests in flight, let running handler calls finish (up
         to ``[dispatch] drain_timeout``), leave everything else pending in the spool, then
         shut the plugins down and close the spool."""
-        assert self.app is not None, "not started"
-        assert self._runner is not None, "not started"
-        assert self.spool is not None, "not started"
-        assert self.dispatcher is not None, "not started"
-        state = self.app[STATE]
-        state.stopping = True
-        log.info("stopping", in_flight=state.in_flight, running=self.dispatcher.running)
-        for site in self._runner.sites:
-            await site.stop()
-        # aiohttp stops reading from every connection once runner.cleanup() begins, so a
-        # request whose body is still arriving would stall there: let those finish first.
+        listener = self.listener
+        if listener is None:
+            raise RuntimeError("not started")
+        receiver, dispatcher = self.receiver, self.dispatcher
+        receiver.stop_accepting()
+        log.info("stopping", in_flight=receiver.in_flight, running=dispatcher.running)
+        listener.stop_listening()
+        # aiohttp stops reading from every connection once its runner's cleanup begins, so
+        # a request whose body is still arriving would stall there: let those finish first.
         try:
             async with asyncio.timeout(SHUTDOWN_TIMEOUT):
-                await state.drain()
+                await receiver.drain()
         except TimeoutError:
-            log.warning("requests still in flight at shutdown", in_flight=state.in_flight)
-        await self._runner.cleanup()
-        cut = await self.dispatcher.stop(self.config.dispatch.drain_timeout)
-        if cut:
-            log.warning("handler calls cut short at shutdown; they will run again", count=cut)
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, *self._observers, return_exceptions=True)
-        try:
-            async with asyncio.timeout(self.config.dispatch.drain_timeout):
-                await state.actions.drain()
-        except TimeoutError:
-            log.warning("custom-action handlers still running at shutdown are cut short")
-        await self._close_resources()
-        log.info("stopped", handler_calls=self.dispatcher.calls)
+            log.warning("requests still in flight at shutdown", in_flight=receiver.in_flight)
+        # Closes the connections, then runs the cleanup_ctx steps in reverse.
+        await listener.cleanup()
+        log.info("stopped", handler_calls=dispatcher.calls)
 
 
 def _dispatch_rates(config: Config) -> dict[str, float]:
@@ -362,82 +427,3 @@ def _needs_restart(old: Config, new: Config) -> list[str]:
         if getattr(old, table) != getattr(new, table)
     ]
     return keys
-
-
-async def serve(config: Config, plugins: PluginHost | None = None) -> int:
-    """Run the daemon until SIGTERM or SIGINT; return the process exit status."""
-    # Signals first: a SIGTERM that arrives while starting must still mean a clean stop.
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    daemon = Daemon(config, plugins)
-
-    reloads: set[asyncio.Task[None]] = set()
-
-    async def reload() -> None:
-        systemd.reloading()
-        await daemon.reload()
-        systemd.ready(daemon.summary())
-
-    def on_sighup() -> None:
-        # Ignored until started: the operator's `systemctl reload` must never kill it.
-        if daemon.app is not None:
-            task = asyncio.create_task(reload(), name="frameiod-reload")
-            reloads.add(task)  # the loop keeps only a weak reference to a task
-            task.add_done_callback(reloads.discard)
-
-    loop.add_signal_handler(signal.SIGHUP, on_sighup)
-    try:
-        await daemon.start()
-    except SpoolError as exc:
-        log.error("cannot open the spool", error=str(exc))
-        return 1
-    except ConfigError as exc:
-        for problem in exc.problems:
-            log.error("cannot start", problem=problem)
-        return 2
-    except OSError as exc:
-        log.error(
-            "cannot listen",
-            host=config.server.host,
-            port=config.server.port,
-            error=exc.strerror or str(exc),
-        )
-        return 1
-    _tune_gc()
-    # Only now: the port is bound and the spool is open.
-    systemd.ready(daemon.summary())
-    watchdog = asyncio.create_task(_watchdog(systemd.watchdog_period()), name="frameiod-watchdog")
-    await stop.wait()
-    systemd.stopping()
-    watchdog.cancel()
-    for task in reloads:  # a reload that has not applied yet is of no use to a stopping daemon
-        task.cancel()
-    await asyncio.gather(*reloads, return_exceptions=True)
-    await daemon.stop()
-    return 0
-
-
-def _tune_gc() -> None:
-    """Make the cyclic garbage collector cheaper for the rest of the process's life.
-
-    Start-up's objects (modules, plugins, configuration) live as long as the process:
-    frozen, they are never scanned again. A larger first generation means one collection
-    per ~10,000 new container objects rather than per 700, which a request's handful of
-    models and dicts reached every few requests. Together ~6 % of ingest (bench/).
-    """
-    gc.collect()
-    gc.freeze()
-    _, older, oldest = gc.get_threshold()
-    gc.set_threshold(10_000, older, oldest)
-
-
-async def _watchdog(period: float | None) -> None:
-    """Ping systemd's watchdog from the event loop: a blocked loop stops the pings, and
-    systemd restarts the daemon."""
-    if period is None:
-        return
-    while True:
-        systemd.watchdog_ping()
-        await asyncio.sleep(period)

@@ -4,15 +4,15 @@ Plugins' loggers are structlog's; frameiod's own (`get_logger`) go through struc
 except in the daemon, where they take the same chain directly. Records from the standard
 library (aiohttp, asyncio) are rendered by the same steps, so the whole stream is one format.
 
-structlog is configured with one fixed chain whose steps read `_output` at every line:
-`configure_logging` changes the level, format and stream in place. So a reload reaches
-every logger, including those a plugin bound at start-up and, in the daemon, loggers
-cached on first use (building a logger per line cost ~3 % of ingest).
+structlog is configured with one processor, a `_Chain` that holds the level, format and
+stream and is also the logger lines are written to. `configure_logging` changes those
+settings in the chain already configured rather than configuring a new one, so a reload
+reaches every logger, including those a plugin bound at start-up and, in the daemon,
+loggers cached on first use. Only structlog's public configuration is used.
 
 Every accepted event logs two lines (accepted, handler finished), so a line's cost shows in
-throughput (each line, at 13 µs of the event loop's time, was a sixth of an event's cost
-end to end). So JSON is encoded with orjson; `_Logger` runs the chain in one call; and in
-the daemon, frameiod's own modules (`get_logger`) skip structlog's per-call layers too.
+throughput: JSON is encoded with orjson, the chain is one call, and in the daemon
+frameiod's own modules (`Logger`) skip structlog's per-call layers.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any, Literal, TextIO
 
 import orjson
@@ -72,7 +71,7 @@ _encode_stdlib = json.JSONEncoder(default=_fallback).encode
 
 def _encode(event_dict: EventDict) -> str:
     try:
-        # A tenth of the stdlib's cost per line; end to end, about 5 % more events a second.
+        # orjson: every accepted event writes lines, and the stdlib's encoder is the slow part.
         return orjson.dumps(event_dict, default=_fallback).decode()
     except (orjson.JSONEncodeError, TypeError):
         # What orjson refuses and the stdlib takes: integers beyond 64 bits, lone
@@ -85,103 +84,94 @@ def _render_json(logger: WrappedLogger, method: str, event_dict: EventDict) -> s
     return _encode(structlog.processors.format_exc_info(logger, method, event_dict))
 
 
-@dataclass
-class _Output:
-    """The settings every logger reads at each line (see the module docstring)."""
+class _Chain:
+    """The whole chain as structlog's one processor, the settings it reads at each line,
+    and the logger it writes to (see the module docstring)."""
 
-    level: int = logging.INFO
-    render: Processor = _render_json
-    stream: TextIO = field(default_factory=lambda: sys.stdout)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    direct: bool = False  # frameiod's own loggers write without structlog (see `Logger`)
+    def __init__(self) -> None:
+        self.level = logging.INFO
+        self.render: Processor = _render_json
+        self.stream: TextIO = sys.stdout
+        self.lock = threading.Lock()
+        self.direct = False
+        """frameiod's own loggers write without structlog (see `Logger`)."""
+        self._timestamp = _Timestamp()
+
+    def stamped(self, logger: WrappedLogger, method: str, event_dict: EventDict) -> EventDict:
+        """Add what every line carries: bound context variables, the level, the time."""
+        structlog.contextvars.merge_contextvars(logger, method, event_dict)
+        event_dict["level"] = _METHOD_LEVELS.get(method, method)
+        return self._timestamp(logger, method, event_dict)
+
+    def rendered(self, logger: WrappedLogger, method: str, event_dict: EventDict) -> Any:
+        """The line in the format in force."""
+        return self.render(logger, method, event_dict)
+
+    def line(self, method: str, event_dict: EventDict) -> Any:
+        """The rendered line, or None below the level."""
+        if _LEVELS.get(method, logging.INFO) < self.level:
+            return None
+        return self.render(self, method, self.stamped(self, method, event_dict))
+
+    def __call__(self, logger: WrappedLogger, method: str, event_dict: EventDict) -> Any:
+        """The chain as structlog's processor."""
+        line = self.line(method, event_dict)
+        if line is None:
+            raise structlog.DropEvent
+        return line
+
+    def emit(self, method: str, event_dict: EventDict) -> None:
+        """The chain and the write, without structlog."""
+        line = self.line(method, event_dict)
+        if line is not None:
+            self.msg(line)
+
+    def msg(self, message: str) -> None:
+        """Write one line and flush it (a crash must not swallow the last lines), whole,
+        from any thread."""
+        with self.lock:
+            self.stream.write(message + "\n")
+            self.stream.flush()
+
+    debug = info = warning = warn = error = critical = exception = fatal = log = msg
 
 
-_output = _Output()
+def _configured_chain() -> _Chain | None:
+    """The chain structlog is configured with, if it is (not, e.g., under capture_logs)."""
+    processors = structlog.get_config()["processors"]
+    if len(processors) == 1 and isinstance(processors[0], _Chain):
+        return processors[0]
+    return None
 
 
-def _below_level(method: str) -> bool:
-    return _LEVELS.get(method, logging.INFO) < _output.level
-
-
-_timestamp = _Timestamp()
-# As structlog's add_log_level names them: ``warn`` is the stdlib's old alias.
 _METHOD_LEVELS = {"warn": "warning", "exception": "error"}
-
-
-def _stamped(logger: WrappedLogger, method: str, event_dict: EventDict) -> EventDict:
-    """Add what every line carries: bound context variables, the level, the time."""
-    structlog.contextvars.merge_contextvars(logger, method, event_dict)
-    event_dict["level"] = _METHOD_LEVELS.get(method, method)
-    return _timestamp(logger, method, event_dict)
-
-
-def _render(logger: WrappedLogger, method: str, event_dict: EventDict) -> Any:
-    return _output.render(logger, method, event_dict)
-
-
-def _line(logger: WrappedLogger, method: str, event_dict: EventDict) -> Any:
-    """The whole chain: the rendered line, or None below the level."""
-    if _below_level(method):
-        return None
-    return _render(logger, method, _stamped(logger, method, event_dict))
-
-
-def _process(logger: WrappedLogger, method: str, event_dict: EventDict) -> Any:
-    """The chain as structlog's one processor."""
-    line = _line(logger, method, event_dict)
-    if line is None:
-        raise structlog.DropEvent
-    return line
-
-
-def _emit(method: str, event_dict: EventDict) -> None:
-    """The chain and the write, without structlog: what `_process` and `_Sink` do."""
-    line = _line(_SINK, method, event_dict)
-    if line is not None:
-        _SINK.msg(line)
-
-
-class _Logger(structlog.make_filtering_bound_logger(logging.DEBUG)):  # type: ignore[misc]
-    """structlog's bound logger, running `_process` and `_Sink` in one step.
-
-    structlog's generic path copies the context twice, calls the processors, inspects what
-    the last one returned: about 0.8 of a line's 6 µs. While the chain is `_process`
-    alone, this does the same steps in one call; under any other chain it leaves the work
-    to structlog. (Tests' ``structlog.testing.capture_logs`` swaps the chain by changing
-    the configured list in place: what it holds is what counts, not which list it is.)
-    """
-
-    def _proxy_to_logger(self, method_name: str, event: str | None = None, **event_kw: Any) -> Any:
-        processors = self._processors
-        if len(processors) != 1 or processors[0] is not _process:
-            return super()._proxy_to_logger(method_name, event, **event_kw)
-        event_dict = {**self._context, **event_kw}
-        if event is not None:
-            event_dict["event"] = event
-        _emit(method_name, event_dict)
-        return None
+"""Method names as structlog's add_log_level names them: ``warn`` is the stdlib's old alias."""
 
 
 class Logger:
     """What frameiod's own modules log with: ``info``, ``warning``, ``error``, ``exception``.
 
-    In the daemon (``configure_logging(cache=True)``) a line goes straight to `_emit`,
-    skipping structlog's lazy proxy and bound-logger layers, another 1.7 µs of a line's
-    5; the line is the same. Elsewhere it goes through structlog, so that tests'
-    ``capture_logs`` sees it.
+    In the daemon (``configure_logging(cache=True)``) a line goes straight to the
+    configured chain, skipping structlog's lazy proxy and bound-logger layers; the line is
+    the same. Elsewhere it goes through structlog, so that tests' ``capture_logs`` sees it.
     """
 
-    __slots__ = ("_structlog",)
+    __slots__ = ("_chain", "_structlog")
 
     def __init__(self, name: str) -> None:
         self._structlog = structlog.get_logger(name)
+        self._chain: _Chain | None = None
 
     def _log(self, method: str, event: str, fields: dict[str, Any]) -> None:
-        if _output.direct:
-            fields["event"] = event
-            _emit(method, fields)
-        else:
-            getattr(self._structlog, method)(event, **fields)
+        chain = self._chain
+        if chain is None or not chain.direct:
+            # Looked up again only while not direct: then each line costs a lookup anyway.
+            chain = self._chain = _configured_chain()
+            if chain is None or not chain.direct:
+                getattr(self._structlog, method)(event, **fields)
+                return
+        fields["event"] = event
+        chain.emit(method, fields)
 
     def debug(self, event: str, **fields: Any) -> None:
         """Log ``event`` with ``fields`` at debug level."""
@@ -274,21 +264,6 @@ class LastingFault:
         self.failures = 0
 
 
-class _Sink:
-    """Writes each rendered line to the current stream, whole, from any thread."""
-
-    def msg(self, message: str) -> None:
-        """Write one line and flush it (a crash must not swallow the last lines)."""
-        with _output.lock:
-            _output.stream.write(message + "\n")
-            _output.stream.flush()
-
-    debug = info = warning = warn = error = critical = exception = fatal = log = msg
-
-
-_SINK = _Sink()
-
-
 def configure_logging(
     level: str = "info",
     fmt: Literal["auto", "json", "console"] = "auto",
@@ -309,11 +284,12 @@ def configure_logging(
         cache = bool(structlog.get_config()["cache_logger_on_first_use"])
     stream = stream or sys.stdout
     as_json = fmt == "json" or (fmt == "auto" and not stream.isatty())
-    with _output.lock:
-        _output.level = _LEVELS[level]
-        _output.direct = cache
-        _output.stream = stream
-        _output.render = (
+    chain = _configured_chain() or _Chain()
+    with chain.lock:
+        chain.level = _LEVELS[level]
+        chain.direct = cache
+        chain.stream = stream
+        chain.render = (
             _render_json
             if as_json
             # plain_traceback: with `rich` installed, the default would print local
@@ -323,20 +299,20 @@ def configure_logging(
             )
         )
     structlog.configure(
-        processors=[_process],
-        # Levels are filtered by `_below_level`, which a reload can change.
-        wrapper_class=_Logger,
-        logger_factory=lambda *args: _SINK,
+        processors=[chain],
+        # Levels are filtered by the chain, whose level a reload can change.
+        wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG),
+        logger_factory=lambda *args: chain,
         cache_logger_on_first_use=cache,
     )
 
     handler = logging.StreamHandler(stream)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
-            foreign_pre_chain=[_stamped, structlog.stdlib.add_logger_name],
-            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, _render],
+            foreign_pre_chain=[chain.stamped, structlog.stdlib.add_logger_name],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, chain.rendered],
         )
     )
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(_output.level)
+    root.setLevel(chain.level)

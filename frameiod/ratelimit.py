@@ -31,7 +31,7 @@ __all__ = [
     "client_address",
     "is_within",
     "networks",
-    "retry_after",
+    "retry_after_header",
 ]
 
 Clock = Callable[[], float]
@@ -92,7 +92,7 @@ class TokenBucket:
         return waiting
 
 
-def retry_after(seconds: float) -> str:
+def retry_after_header(seconds: float) -> str:
     """A ``Retry-After`` value: whole seconds, at least 1."""
     return str(max(1, math.ceil(seconds)))
 

@@ -6,13 +6,15 @@
         assert sent.status == 202
         assert [o.status for o in sent.outcomes] == ["ok"]
 
-`frameiod_daemon` starts a real daemon in the test's event loop on a free loopback port,
+`frameiod_daemon` starts a real daemon in the test's event loop on a free loopback port
+(a test using it runs on the event loop the daemon runs on in production),
 with only the plugin objects you give it (no entry points), and a temporary config.
 ``send`` posts a correctly signed event and waits until its handlers have finished.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import tempfile
 import time
@@ -29,6 +31,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from frameiod.config import Config, load_config
 from frameiod.daemon import Daemon
 from frameiod.events import example_action, example_payload
+from frameiod.idle import new_event_loop
 from frameiod.plugins.handlers import Outcome
 from frameiod.plugins.host import PluginHost, make_plugin_manager
 from frameiod.signature import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
@@ -220,6 +223,18 @@ async def run_daemon(
 
 
 DaemonFactory = Callable[..., Awaitable[RunningDaemon]]
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> Mapping[str, Callable[[], asyncio.AbstractEventLoop]]:
+    """Tests that use `frameiod_daemon` run on the daemon's production event loop; other
+    tests on the one the event loop policy makes, as without this hook (pytest-asyncio's
+    hook; its releases before the hook run every test on the policy's loop)."""
+    if "frameiod_daemon" in getattr(item, "fixturenames", ()):
+        return {"frameiod": new_event_loop}
+    return {"asyncio": asyncio.new_event_loop}
 
 
 async def _frameiod_daemon(tmp_path: Path) -> AsyncIterator[DaemonFactory]:

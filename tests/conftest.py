@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+from collections.abc import Callable, Iterator, Mapping
 
 import pytest
 import structlog
 from redis_support import RedisServer
+
+from frameiod.idle import new_event_loop
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> Mapping[str, Callable[[], asyncio.AbstractEventLoop]]:
+    """Every async test runs on the event loop the daemon runs on (`frameiod.idle`), so
+    the spool's idle hand-over is what the tests exercise. (pytest-asyncio's hook: the
+    releases before it have none, and run the default loop.)"""
+    return {"frameiod": new_event_loop}
 
 
 @pytest.fixture(autouse=True)

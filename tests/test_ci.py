@@ -21,11 +21,22 @@ def _target(name: str) -> str:
 
 def test_ci_runs_the_suite_on_newest_lowest_and_every_python() -> None:
     run = (ROOT / ".ci" / "run").read_text()
-    assert re.search(r"for target in test test-lowest test-pythons", run)
+    assert re.search(r"for target in test test-lowest test-newest test-pythons", run)
     assert "exit 1" in run  # one failed run fails CI
     lowest = _target("test-lowest")
     assert "--resolution lowest-direct" in lowest
     assert "pytest" in lowest
+
+
+def test_ci_runs_the_suite_on_the_newest_releases_beyond_our_pins() -> None:
+    """aiohttp's request handler is subclassed (frameiod/http/aiohttp_hooks.py) under a
+    minor-version pin: its newest release is tried anyway, so a break shows the day it ships."""
+    newest = _target("test-newest")
+    assert "--override" in newest
+    assert "pytest" in newest
+    listed = re.search(r"^NEWEST *[:?]?= *(.*)$", (ROOT / "Makefile").read_text(), re.MULTILINE)
+    assert listed
+    assert set(listed.group(1).split()) >= {"aiohttp", "structlog", "pluggy", "prometheus-client"}
 
 
 def test_every_python_pyproject_claims_is_tested() -> None:

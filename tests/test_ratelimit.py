@@ -12,7 +12,7 @@ from frameiod.ratelimit import (
     TokenBucket,
     client_address,
     networks,
-    retry_after,
+    retry_after_header,
 )
 from frameiod.testing import TEST_SECRET, RunningDaemon, config_toml, run_daemon
 
@@ -43,7 +43,13 @@ class TestTokenBucket:
         assert [bucket.take(clock()) == 0.0 for _ in range(3)] == [True, True, False]
 
     def test_retry_after_is_whole_seconds_and_at_least_one(self):
-        assert [retry_after(s) for s in (0.001, 0.5, 1.0, 1.01, 59.2)] == ["1", "1", "1", "2", "60"]
+        assert [retry_after_header(s) for s in (0.001, 0.5, 1.0, 1.01, 59.2)] == [
+            "1",
+            "1",
+            "1",
+            "2",
+            "60",
+        ]
 
 
 class TestSourceLimiter:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import sqlite3
 import uuid
@@ -11,14 +12,16 @@ from pathlib import Path
 
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient
+from aiohttp.test_utils import TestClient, make_mocked_request
 from prometheus_client.parser import text_string_to_metric_families
 from structlog.testing import capture_logs
 from support import SECRET, event_body, make_config, signed_headers
 
 from frameiod import __version__
 from frameiod.config import Config
-from frameiod.http.server import STATE, create_app
+from frameiod.http.probes import readyz
+from frameiod.http.receiver import RECEIVER, Receiver
+from frameiod.http.server import receiver_app
 from frameiod.metrics import Metrics
 from frameiod.plugins.handlers import WebhookHandler
 from frameiod.plugins.routing import Routes
@@ -38,8 +41,8 @@ class Daemon:
     def __init__(self, client: TestClient, app: web.Application) -> None:
         self.client = client
         self.app = app
-        self.state = app[STATE]
-        self.spool: Spool = self.state.spool
+        self.receiver: Receiver = app[RECEIVER]
+        self.spool: Spool = self.receiver.spool
         self._sent = 0
 
     async def post(
@@ -108,7 +111,7 @@ async def daemon(
     aiohttp_client: ClientFactory, config: Config, routes: Routes, tmp_path: Path
 ) -> AsyncIterator[Daemon]:
     spool = await Spool.open(tmp_path / "spool.db")
-    app = create_app(
+    app = receiver_app(
         config,
         spool=spool,
         metrics=Metrics(config.sources, __version__),
@@ -116,7 +119,6 @@ async def daemon(
         clock=lambda: NOW,
     )
     client = await aiohttp_client(app)
-    app[STATE].ready = True
     yield Daemon(client, app)
     await spool.close()
 
@@ -168,7 +170,7 @@ class TestAccepted:
         assert (await daemon.post(raw, headers=headers))[0] == 202
 
     async def test_body_of_exactly_the_limit_is_accepted(self, daemon: Daemon):
-        limit = daemon.state.config.server.max_body_bytes
+        limit = daemon.receiver.config.server.max_body_bytes
         raw = event_body(padding="")
         raw = event_body(padding="x" * (limit - len(raw)))
         assert len(raw) == limit
@@ -198,7 +200,7 @@ secrets = ["old-secret", "new-secret"]
 
 class TestTooLarge:
     async def test_content_length_over_the_limit_is_refused_before_reading(self, daemon: Daemon):
-        limit = daemon.state.config.server.max_body_bytes
+        limit = daemon.receiver.config.server.max_body_bytes
         raw = event_body(padding="x" * limit)
         with capture_logs() as logs:
             status, body = await daemon.post(raw)
@@ -208,7 +210,7 @@ class TestTooLarge:
         assert logs[-1]["reason"] == "too_large"
 
     async def test_chunked_body_over_the_limit_is_cut_off_while_reading(self, daemon: Daemon):
-        limit = daemon.state.config.server.max_body_bytes
+        limit = daemon.receiver.config.server.max_body_bytes
 
         async def trickle() -> AsyncIterator[bytes]:
             for _ in range(limit // 1000 + 2):
@@ -221,7 +223,7 @@ class TestTooLarge:
         assert f"body exceeds {limit} bytes" in (await response.json())["detail"]
 
     async def test_size_is_checked_before_the_source(self, daemon: Daemon):
-        raw = b"x" * (daemon.state.config.server.max_body_bytes + 1)
+        raw = b"x" * (daemon.receiver.config.server.max_body_bytes + 1)
         assert (await daemon.post(raw, source="nosuch"))[0] == 413
 
 
@@ -346,7 +348,7 @@ class TestUnavailable:
 
     async def test_stopping_daemon_refuses_with_503_and_is_not_ready(self, daemon: Daemon):
         assert (await daemon.client.get("/readyz")).status == 200
-        daemon.state.stopping = True
+        daemon.receiver.stop_accepting()
         status, body = await daemon.post(event_body())
         assert (status, body["error"]) == (503, "shutting_down")
         readyz = await daemon.client.get("/readyz")
@@ -356,11 +358,16 @@ class TestUnavailable:
 
 
 class TestProbes:
-    async def test_readyz_is_503_until_started(self, daemon: Daemon):
-        daemon.state.ready = False
-        response = await daemon.client.get("/readyz")
+    async def test_readyz_is_503_until_started(self, config: Config, tmp_path: Path):
+        """Before the application has run its start-up, the probe says so."""
+        spool = await Spool.open(tmp_path / "unstarted.db")
+        try:
+            app = receiver_app(config, spool=spool, metrics=Metrics(config.sources, __version__))
+            response = await readyz(make_mocked_request("GET", "/readyz", app=app))
+        finally:
+            await spool.close()
         assert response.status == 503
-        assert (await response.json())["status"] == "starting"
+        assert json.loads(response.text or "")["status"] == "starting"
 
     async def test_readyz_is_503_naming_a_closed_spool_logged_once_for_many_probes(
         self, daemon: Daemon

@@ -107,7 +107,9 @@ class TestConnections:
             writer.close()
             for _, held_writer in held:
                 held_writer.close()
-            server = daemon.daemon._runner.server  # type: ignore[union-attr]
+            assert daemon.daemon.listener is not None
+            server = daemon.daemon.listener.runner.server
+            assert server is not None
             async with asyncio.timeout(5):
                 while len(server.connections) > 0:  # noqa: ASYNC110 - aiohttp has no event
                     await asyncio.sleep(0.01)

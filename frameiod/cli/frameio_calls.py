@@ -21,8 +21,8 @@ from frameiod.config import Config, FrameioConfig
 if TYPE_CHECKING:
     from frameio import AsyncFrameio
 
-    from frameiod.plugins.handlers import Routes
     from frameiod.plugins.host import PluginHost
+    from frameiod.plugins.routing import Routes
 
 __all__ = [
     "ACTION",

@@ -25,8 +25,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     """Run the daemon until it is stopped; its exit status."""
     # Only the daemon needs these: `check` and `--version` start without them.
     from frameiod import idle
-    from frameiod.daemon import serve
     from frameiod.logs import configure_logging
+    from frameiod.service import serve
 
     config = load(args)
     if config is None:

@@ -37,6 +37,7 @@ from frameiod.plugins.routing import Routes
 from frameiod.plugins.runner import call_handler
 from frameiod.ratelimit import TokenBucket
 from frameiod.store.base import Claimed, DeliveryId, SpoolBackend, SpoolUnavailable
+from frameiod.tasks import TaskSet
 
 __all__ = ["Dispatcher", "Notify", "RetryPolicy"]
 
@@ -125,9 +126,9 @@ class Dispatcher:
         # written, so the worker is free for the next call meanwhile.
         self._running: dict[DeliveryId, tuple[Claimed, asyncio.Task[None]]] = {}
         # Delivery tasks: calls in progress, and outcomes being written after them.
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = TaskSet()
         # ``notify`` calls about finished deliveries (observer plugins), beside the tasks.
-        self._observers: set[asyncio.Task[None]] = set()
+        self._observers = TaskSet()
         self._busy = dict.fromkeys(self._handlers, 0)
         self._wake = asyncio.Event()
         self._rates: dict[str, TokenBucket] = {}
@@ -322,12 +323,8 @@ class Dispatcher:
 
     def _start(self, item: Claimed) -> None:
         self._busy[item.handler] += 1
-        task = asyncio.create_task(
-            self._deliver(item), name=f"frameiod-delivery-{item.delivery_id}"
-        )
+        task = self._tasks.spawn(self._deliver(item), name=f"frameiod-delivery-{item.delivery_id}")
         self._running[item.delivery_id] = (item, task)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     # --- one delivery ------------------------------------------------------------
 
@@ -490,7 +487,7 @@ class Dispatcher:
         if self._notify is not None:
             final = Outcome("dead", outcome.seconds, outcome.error) if finished.dead else outcome
             # A task of its own: a slow observer holds neither this delivery nor a stop.
-            task = asyncio.create_task(
+            self._observers.spawn(
                 self._notify(
                     "frameiod_delivery_finished",
                     event=finished.event,
@@ -498,8 +495,6 @@ class Dispatcher:
                     outcome=final,
                 )
             )
-            self._observers.add(task)
-            task.add_done_callback(self._observers.discard)
 
     # --- waiting and stopping ------------------------------------------------------
 

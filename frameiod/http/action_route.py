@@ -1,0 +1,50 @@
+"""``POST /actions/{source}``: verified like a webhook, then answered by the action's
+handler (`frameiod.http.actions`)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import web
+
+from frameiod.events import PayloadError, parse_action
+from frameiod.http.checks import Rejection, guarded, verify_request
+from frameiod.http.live import Live
+from frameiod.http.receiver import Receiver
+from frameiod.ids import new_event_id
+
+__all__ = ["receive_action"]
+
+
+async def receive_action(request: web.Request) -> web.Response:
+    """``POST /actions/{source}``: verified like a webhook, then answered by the action's
+    handler: 200 with its `Message` or `Form` as JSON, or an empty 200."""
+
+    async def act(
+        receiver: Receiver, live: Live, source_name: str, deadline: asyncio.Timeout
+    ) -> web.Response:
+        checked = await verify_request(request, receiver, live, source_name, deadline)
+        deadline.reschedule(None)  # the action's own deadline governs its handler
+        try:
+            event = parse_action(checked.body, checked.verified.timestamp)
+        except PayloadError as exc:
+            raise Rejection(exc.status, "malformed", exc.reason, exc.detail) from None
+        handler = receiver.routes.action(source_name, event.type)
+        if handler is None:
+            # Only now, after the signature: a forged request learns nothing.
+            receiver.metrics.action(source_name, "unknown", "unknown_action")
+            raise Rejection(404, "", "unknown_action", f"no handler for action {event.type!r}")
+        source = live.config.source(source_name)
+        answer = await receiver.actions.run(
+            handler,
+            event,
+            request_id=new_event_id(),
+            deadline=source.action_deadline,
+            late_message=source.action_late_message,
+        )
+        receiver.metrics.action(source_name, handler.action, answer.outcome)
+        if answer.body is None:
+            return web.Response(status=200)
+        return web.json_response(answer.body)
+
+    return await guarded(request, "action", act)

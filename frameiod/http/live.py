@@ -1,0 +1,86 @@
+"""What a reload replaces: the sources with their secrets, the limiters, the proxies trusted.
+
+A request takes the `Live` in force once, at its start, so it never sees half of an old
+configuration and half of a new one.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from frameiod.config import Config
+from frameiod.plugins.routing import Routes
+from frameiod.ratelimit import (
+    AddressLimiter,
+    Clock,
+    Limits,
+    Networks,
+    SourceLimiter,
+    SourceLimits,
+    networks,
+)
+from frameiod.secret_ids import secret_id
+
+__all__ = ["Live", "SourceKeys", "source_keys"]
+
+
+@dataclass(frozen=True)
+class SourceKeys:
+    """What verifying a source's deliveries takes: its secrets (configured ones first, then
+    those declared on its handlers), their routing tags, and the clock tolerance."""
+
+    secrets: tuple[str, ...]
+    ids: tuple[str, ...]
+    tolerance: float
+
+
+def source_keys(config: Config, routes: Routes) -> dict[str, SourceKeys]:
+    """Every source the daemon accepts: configured ones, plus any a handler's secret implies."""
+    configured = {name: source.secret_values() for name, source in config.sources.items()}
+    return {
+        name: SourceKeys(
+            secrets=tuple(secrets),
+            ids=tuple(secret_id(secret) for secret in secrets),
+            tolerance=config.source(name).tolerance,
+        )
+        for name, secrets in routes.merged_secrets(configured).items()
+    }
+
+
+@dataclass(frozen=True)
+class Live:
+    """What a reload replaces, as one object (see the module docstring)."""
+
+    config: Config
+    sources: Mapping[str, SourceKeys]
+    limiter: SourceLimits
+    addresses: AddressLimiter
+    proxies: Networks
+    """``[server] trusted_proxies``, parsed once (every request asks who sent it)."""
+
+    @classmethod
+    def build(
+        cls,
+        config: Config,
+        routes: Routes,
+        clock: Clock = time.monotonic,
+        limiter: Callable[[Limits], SourceLimits] | None = None,
+    ) -> Live:
+        """Everything derived from ``config`` (and the secrets ``routes`` declare).
+
+        ``limiter`` builds the per-source limiter (default: in memory, on ``clock``).
+        """
+        sources = source_keys(config, routes)
+        limits = {name: (config.source(name).rate, config.source(name).burst) for name in sources}
+        server = config.server
+        return cls(
+            config=config,
+            sources=sources,
+            limiter=limiter(limits) if limiter else SourceLimiter(limits, clock),
+            addresses=AddressLimiter(
+                server.unauthenticated_failures, server.max_tracked_addresses, clock
+            ),
+            proxies=networks(server.trusted_proxies),
+        )
