@@ -43,6 +43,9 @@ DEFAULT_COALESCE_SECONDS = 660.0
 
 _ERROR_LIMIT = 2000
 _PURGE_BATCH = 500
+# Unread stream entries `next_due` looks at per source: what one take-in reads, so more
+# than a claim leaves behind when receivers keep up.
+_UNREAD_SCAN = 256
 
 
 def _parts(delivery_id: DeliveryId) -> list[str]:
@@ -81,6 +84,7 @@ class RedisSpool:
         self._claim = client.register_script(scripts.CLAIM)
         self._finish = client.register_script(scripts.FINISH)
         self._release = client.register_script(scripts.RELEASE)
+        self._next_due = client.register_script(scripts.NEXT_DUE)
         self._purge_done = client.register_script(scripts.PURGE_DONE)
         self._purge_seen = client.register_script(scripts.PURGE_SEEN)
 
@@ -264,17 +268,20 @@ class RedisSpool:
                 await self._release(args=args)
 
     async def next_due(self, handlers: Iterable[str]) -> float | None:
-        """The earliest score in the handlers' due sets (a retry, or a lease running out)."""
+        """The earliest due time of the handlers' deliveries: the first score in their due
+        sets (a retry, or a lease running out), or of one accepted but not yet taken in."""
         names = list(handlers)
         if not names:
             return None
+        return await self._earliest(names, unread_of_any=False)
+
+    async def _earliest(self, handlers: list[str], *, unread_of_any: bool) -> float | None:
+        """When the first delivery of ``handlers`` is due; with ``unread_of_any``, also of
+        any handler's in stream entries no receiver has read yet."""
+        args = [self._prefix, GROUP, _UNREAD_SCAN, int(unread_of_any), *handlers]
         with redis_errors(self._url):
-            async with self._client.pipeline(transaction=False) as pipe:
-                for handler in names:
-                    pipe.zrange(f"{self._prefix}:due:{handler}", 0, 0, withscores=True)
-                answers = await pipe.execute()
-        scores = [rows[0][1] for rows in answers if rows]
-        return min(scores) if scores else None
+            due = await self._next_due(args=args)
+        return float(due) if due is not None else None
 
     async def deliveries_of(self, event_id: str) -> list[EventDelivery]:
         """Every delivery of one event, in the order they were accepted."""
@@ -283,12 +290,13 @@ class RedisSpool:
         return actions.delivery_rows(event_id, raw)
 
     async def gauges(self, now: float | None = None) -> tuple[dict[str, int], float]:
-        """Deliveries per state (kept by the scripts), and the age of the oldest due one."""
+        """Deliveries per state (kept by the scripts), and the age of the oldest due one: of
+        the handlers this receiver runs, or of any in entries no receiver has read yet (all
+        workers busy, or every receiver stuck)."""
         moment = time.time() if now is None else now
         with redis_errors(self._url):
             counts = await self._client.hgetall(f"{self._prefix}:counts")
-            due = [await self.next_due(self._timeouts), *await self._intake.oldest_unread()]
-        due = min((when for when in due if when is not None), default=None)
+        due = await self._earliest(list(self._timeouts), unread_of_any=True)
         states = dict.fromkeys(STATES, 0)
         for state, value in counts.items():
             if (name := str(text(state))) in states:
