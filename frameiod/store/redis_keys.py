@@ -40,7 +40,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from frameiod.store.base import SpoolUnavailable
 
-__all__ = ["GROUP", "LUA_PRELUDE", "connect", "redis_errors", "safe_url"]
+__all__ = ["GROUP", "LUA_PRELUDE", "closed_error", "connect", "redis_errors", "safe_url"]
 
 GROUP = "frameiod"
 """The consumer group every receiver reads the source streams in."""
@@ -99,6 +99,12 @@ def connect(
         retry=Retry(NoBackoff(), 1),
         client_name=name,
     )
+
+
+def closed_error() -> SpoolUnavailable:
+    """What every call on a closed spool raises, as on SQLite: the client would otherwise
+    open a new connection and carry on."""
+    return SpoolUnavailable("spool_closed", "the spool is closed")
 
 
 @contextmanager
