@@ -162,13 +162,6 @@ class Backend:
         return redis.Redis.from_url(self.server.url, decode_responses=True)
 
 
-def diverges(request: pytest.FixtureRequest, backend: Backend, kind: str, why: str) -> None:
-    """Expect this test to fail on backend ``kind``, which does not hold this promise yet
-    (``why``); strict, so the day it does, the test says so and the mark must go."""
-    if backend.kind == kind:
-        request.applymarker(pytest.mark.xfail(reason=why, strict=True))
-
-
 def _json(result: subprocess.CompletedProcess[str]) -> Any:
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
@@ -1417,10 +1410,7 @@ class TestQueuePurge:
         assert json_of("stats")["deliveries"] == counts(pending=3)
         assert json_of("purge", "--dead") == {"purged": 0}
 
-    async def test_a_purged_dead_letter_is_no_delivery_of_its_event_any_more(
-        self, filled: Filled, request: pytest.FixtureRequest
-    ):
-        diverges(request, filled.backend, "redis", 'deliveries_of gives it in state "purged"')
+    async def test_a_purged_dead_letter_is_no_delivery_of_its_event_any_more(self, filled: Filled):
         assert filled.backend.json("purge", "--dead", "--older-than", "7d") == {"purged": 1}
         assert await filled.deliveries(filled.old) == {LOG: ("done", 1)}
 
