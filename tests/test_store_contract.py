@@ -634,7 +634,7 @@ class TestPurgeDone:
                 error="e" if dies else None,
                 dead=dies,
             )
-        # Finished just now: a day's retention keeps them all.
+        # Received an hour ago: a day's retention keeps them all.
         assert await store.purge_done(older_than=DAY) == 0
         assert backend.event_ids() == {e.id for e in (done, empty, waiting, dead, mixed)}
 
@@ -649,6 +649,31 @@ class TestPurgeDone:
         await finish_ok(store, last)
         assert await store.purge_done(older_than=0) == 1
         assert backend.event_ids() == {dead.id, mixed.id}
+
+    async def test_retention_counts_from_when_an_event_was_received_not_when_it_settled(
+        self, store: SpoolBackend, backend: Backend
+    ):
+        now = time.time()
+        old, young = incoming(received_at=now - 7200), incoming(received_at=now - 600)
+        # Settled by the purge of its dead letter, not by a delivery ending.
+        buried = incoming(received_at=now - 7200)
+        for event in (old, young, buried):
+            await store.accept(event, ["a", "b"])
+        for claimed in await claim_confirmed(store, 10, {"a": 10, "b": 10}):
+            dies = claimed.event_id == buried.id and claimed.handler == "b"
+            await store.finish(
+                claimed.delivery_id,
+                outcome="error" if dies else "ok",
+                seconds=0.1,
+                error="e" if dies else None,
+                dead=dies,
+            )
+        assert await store.purge_dead(older_than=0) == 1
+
+        # All three settled just now: an hour's retention takes the two received before it.
+        assert await store.purge_done(older_than=3600) == 2
+        assert backend.event_ids() == {young.id}
+        assert await store.purge_done(older_than=3600) == 0
 
     async def test_a_request_signed_inside_the_replay_window_is_a_duplicate_after_purge(
         self, store: SpoolBackend, backend: Backend

@@ -116,8 +116,9 @@ for _, item in ipairs(redis.call('XRANGE', P .. ':dead', '-', '+')) do
         end
       end
       if not open and done > 0 then
-        -- Nothing left to run: the daemons' purge_done deletes it after keep_done.
-        redis.call('ZADD', P .. ':settled', now, id)
+        -- Nothing left to run: the daemons' purge_done deletes it once keep_done has
+        -- passed since it was received.
+        redis.call('ZADD', P .. ':settled', redis.call('HGET', ek, 'received_at'), id)
       elseif not open then
         -- Nothing of it was ever done: gone now, as the SQLite spool drops events left
         -- without deliveries.

@@ -242,7 +242,8 @@ if outcome == 'ok' then
     -- 'purged': a dead letter `frameiod queue purge` removed; nothing left to run there.
     if other_state ~= 'done' and other_state ~= 'purged' then return 1 end
   end
-  redis.call('ZADD', P .. ':settled', ARGV[10], id)
+  -- Scored by arrival, as every event in P:settled: keep_done counts from there.
+  redis.call('ZADD', P .. ':settled', redis.call('HGET', ek, 'received_at'), id)
 elseif ARGV[9] == '1' then
   local ev = redis.call('HMGET', ek, 'source', 'type')
   local entry = redis.call('XADD', P .. ':dead', '*', 'event_id', id, 'handler', h,
@@ -279,11 +280,13 @@ return released
 """
 )
 
-# ARGV: P, cutoff, limit. Deletes events settled before cutoff, with their stream entries.
+# ARGV: P, cutoff, limit. Deletes settled events received before cutoff, with their stream
+# entries. Returns how many.
 PURGE_DONE = (
     LUA_PRELUDE
     + r"""
-local ids = redis.call('ZRANGEBYSCORE', P .. ':settled', '-inf', ARGV[2], 'LIMIT', 0, ARGV[3])
+local ids = redis.call('ZRANGEBYSCORE', P .. ':settled', '-inf', '(' .. ARGV[2],
+  'LIMIT', 0, ARGV[3])
 for _, id in ipairs(ids) do
   local ek = event_key(id)
   local ev = redis.call('HMGET', ek, 'source', 'entry')

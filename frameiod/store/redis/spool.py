@@ -327,8 +327,9 @@ class RedisSpool:
         return states, age
 
     async def purge_done(self, older_than: float, replay_window: float = 0.0) -> int:
-        """Delete events (and their stream entries) all done more than ``older_than`` ago,
-        and forget requests signed more than ``replay_window`` ago."""
+        """Delete events (and their stream entries) all of whose deliveries are done,
+        received more than ``older_than`` seconds ago, and forget requests signed more than
+        ``replay_window`` seconds ago."""
         if self._closed:
             raise closed_error()
         now = time.time()
