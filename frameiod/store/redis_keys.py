@@ -14,7 +14,8 @@ Every key starts with ``[spool] stream_prefix`` (``P`` below):
   due; while a delivery runs, its score is the end of the lease of the receiver running it.
 - ``P:dead``: a stream of dead letters (event, handler, error, attempts).
 - ``P:events`` (event ids by arrival), ``P:settled`` (events all of whose deliveries are
-  done, by when), ``P:sources`` (every source seen), ``P:counts`` (deliveries per state).
+  done, by arrival too: ``keep_done`` counts from there), ``P:sources`` (every source
+  seen), ``P:counts`` (deliveries per state).
 - ``P:seen:<source>:<timestamp>:<signature>``: a request seen (the event id it became), and
   ``P:seen_at``, those requests by timestamp: each is kept until its timestamp is older than
   the largest tolerance in force (`frameiod.store.base.replay_window`), then purged.
@@ -40,7 +41,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from frameiod.store.base import SpoolUnavailable
 
-__all__ = ["GROUP", "LUA_PRELUDE", "connect", "redis_errors", "safe_url"]
+__all__ = ["GROUP", "LUA_PRELUDE", "closed_error", "connect", "redis_errors", "safe_url"]
 
 GROUP = "frameiod"
 """The consumer group every receiver reads the source streams in."""
@@ -99,6 +100,12 @@ def connect(
         retry=Retry(NoBackoff(), 1),
         client_name=name,
     )
+
+
+def closed_error() -> SpoolUnavailable:
+    """What every call on a closed spool raises, as on SQLite: the client would otherwise
+    open a new connection and carry on."""
+    return SpoolUnavailable("spool_closed", "the spool is closed")
 
 
 @contextmanager

@@ -116,8 +116,9 @@ for _, item in ipairs(redis.call('XRANGE', P .. ':dead', '-', '+')) do
         end
       end
       if not open and done > 0 then
-        -- Nothing left to run: the daemons' purge_done deletes it after keep_done.
-        redis.call('ZADD', P .. ':settled', now, id)
+        -- Nothing left to run: the daemons' purge_done deletes it once keep_done has
+        -- passed since it was received.
+        redis.call('ZADD', P .. ':settled', redis.call('HGET', ek, 'received_at'), id)
       elseif not open then
         -- Nothing of it was ever done: gone now, as the SQLite spool drops events left
         -- without deliveries.
@@ -143,11 +144,14 @@ def _str(value: bytes | str | None) -> str | None:
 
 
 def delivery_rows(event_id: str, raw: dict[Any, Any]) -> list[EventDelivery]:
-    """The deliveries in an event hash, in the order they were accepted."""
+    """The deliveries in an event hash, in the order they were accepted; a dead letter
+    `frameiod queue purge` removed is none of them any more."""
     fields = {str(_str(k)): _str(v) for k, v in raw.items() if k != b"body"}
     rows: list[EventDelivery] = []
     for handler in (fields.get("handlers") or "").split("\n"):
-        if not handler:
+        # A purged dead letter stays in its event's hash (state "purged") until purge_done
+        # deletes the event: what is left of the event must still be settled.
+        if not handler or fields.get(f"{handler}|state") not in STATES:
             continue
 
         def get(name: str, handler: str = handler) -> str | None:
@@ -199,11 +203,6 @@ async def _events(client: aioredis.Redis, prefix: str) -> AsyncIterator[tuple[st
         bound = repr(last)
 
 
-def _visible(rows: list[EventDelivery]) -> list[EventDelivery]:
-    # A purged dead letter stays in its event's hash until purge_done deletes the event.
-    return [row for row in rows if row["state"] in STATES]
-
-
 async def stats(client: aioredis.Redis, prefix: str, now: float) -> QueueStats:
     """Deliveries per state (``P:counts``) and per handler, and the age of the oldest due
     pending one."""
@@ -216,7 +215,7 @@ async def stats(client: aioredis.Redis, prefix: str, now: float) -> QueueStats:
     handlers: dict[str, dict[str, int]] = {}
     oldest: float | None = None
     async for event_id, raw in _events(client, prefix):
-        for row in _visible(delivery_rows(event_id, raw)):
+        for row in delivery_rows(event_id, raw):
             handlers.setdefault(row["handler"], dict.fromkeys(STATES, 0))[row["state"]] += 1
             due = row["next_attempt_at"]
             # From the hash, not P:due:<handler>: a pending delivery's |due is its score
@@ -242,7 +241,7 @@ async def list_deliveries(
     async for event_id, raw in _events(client, prefix):
         event = {str(_str(k)): _str(v) for k, v in raw.items()}
         # Newest first within an event too, as numbered delivery ids would order them.
-        for row in reversed(_visible(delivery_rows(event_id, raw))):
+        for row in reversed(delivery_rows(event_id, raw)):
             if (state and row["state"] != state) or (handler and row["handler"] != handler):
                 continue
             rows.append(
@@ -279,7 +278,7 @@ async def show(client: aioredis.Redis, prefix: str, event_id: str) -> EventDetai
         body = fields.get(b"body")
         payload = json.loads(body) if body else None
     deliveries: list[Delivery] = []
-    for row in _visible(delivery_rows(event_id, raw)):
+    for row in delivery_rows(event_id, raw):
         one = dict(row)
         del one["event_id"]  # the rows of one event do not repeat it
         deliveries.append(cast(Delivery, one))

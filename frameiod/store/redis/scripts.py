@@ -9,7 +9,16 @@ from __future__ import annotations
 
 from frameiod.store.redis_keys import LUA_PRELUDE
 
-__all__ = ["ACCEPT", "CLAIM", "FINISH", "PURGE_DONE", "PURGE_SEEN", "RELEASE", "SCHEDULE"]
+__all__ = [
+    "ACCEPT",
+    "CLAIM",
+    "FINISH",
+    "NEXT_DUE",
+    "PURGE_DONE",
+    "PURGE_SEEN",
+    "RELEASE",
+    "SCHEDULE",
+]
 
 # ARGV: P, event_id, source, type, body, timestamp, signature, secret_id, received_at,
 # body key ttl, body digest, group, handlers... Returns {event id, 1 if duplicate else 0}.
@@ -157,6 +166,60 @@ return claimed
 """
 )
 
+# ARGV: P, group, how many unread entries to look at per stream, '1' if an unread entry's
+# deliveries count whatever their handler (else '0'), then handlers. Returns the earliest
+# due time (or lease end) of their deliveries as text, or false if none.
+NEXT_DUE = (
+    LUA_PRELUDE
+    + r"""
+local group, scan, any = ARGV[2], tonumber(ARGV[3]), ARGV[4] == '1'
+local wanted, earliest, text = {}, nil, false
+-- Kept as the text it was stored as: Python reads it back to the same float.
+local function consider(stored)
+  local when = tonumber(stored)
+  if when and (earliest == nil or when < earliest) then earliest, text = when, stored end
+end
+for i = 5, #ARGV do
+  local h = ARGV[i]
+  wanted[h] = true
+  local rows = redis.call('ZRANGE', due_key(h), 0, 0, 'WITHSCORES')
+  if rows[2] then consider(rows[2]) end
+end
+-- An entry no receiver has read yet is in no due set: its event's hash says when its
+-- deliveries are due. Entries are read in order, so the unread are those after the
+-- group's last delivered id, and the oldest of them come first.
+for _, source in ipairs(redis.call('SMEMBERS', P .. ':sources')) do
+  local stream = stream_key(source)
+  local after = nil
+  if redis.call('EXISTS', stream) == 1 then
+    after = '0-0'  -- no group yet: the first take-in reads the stream from its start
+    for _, g in ipairs(redis.call('XINFO', 'GROUPS', stream)) do
+      local f = {}
+      for k = 1, #g, 2 do f[g[k]] = g[k + 1] end
+      if f['name'] == group then after = f['last-delivered-id'] end
+    end
+  end
+  if after then
+    for _, item in ipairs(redis.call('XRANGE', stream, '(' .. after, '+', 'COUNT', scan)) do
+      local id = nil
+      for k = 1, #item[2], 2 do
+        if item[2][k] == 'id' then id = item[2][k + 1] end
+      end
+      if id then
+        local ek = event_key(id)
+        for _, h in ipairs(handlers_of(ek)) do
+          if (any or wanted[h]) and redis.call('HGET', ek, h .. '|state') == 'pending' then
+            consider(redis.call('HGET', ek, h .. '|due'))
+          end
+        end
+      end
+    end
+  end
+end
+return text
+"""
+)
+
 # ARGV: P, event id, handler, attempt, outcome, error, seconds, next attempt ('' if none),
 # dead ('1' or '0'), now. Returns 1 if recorded, 0 if a newer attempt owns the delivery.
 FINISH = (
@@ -179,7 +242,8 @@ if outcome == 'ok' then
     -- 'purged': a dead letter `frameiod queue purge` removed; nothing left to run there.
     if other_state ~= 'done' and other_state ~= 'purged' then return 1 end
   end
-  redis.call('ZADD', P .. ':settled', ARGV[10], id)
+  -- Scored by arrival, as every event in P:settled: keep_done counts from there.
+  redis.call('ZADD', P .. ':settled', redis.call('HGET', ek, 'received_at'), id)
 elseif ARGV[9] == '1' then
   local ev = redis.call('HMGET', ek, 'source', 'type')
   local entry = redis.call('XADD', P .. ':dead', '*', 'event_id', id, 'handler', h,
@@ -216,11 +280,13 @@ return released
 """
 )
 
-# ARGV: P, cutoff, limit. Deletes events settled before cutoff, with their stream entries.
+# ARGV: P, cutoff, limit. Deletes settled events received before cutoff, with their stream
+# entries. Returns how many.
 PURGE_DONE = (
     LUA_PRELUDE
     + r"""
-local ids = redis.call('ZRANGEBYSCORE', P .. ':settled', '-inf', ARGV[2], 'LIMIT', 0, ARGV[3])
+local ids = redis.call('ZRANGEBYSCORE', P .. ':settled', '-inf', '(' .. ARGV[2],
+  'LIMIT', 0, ARGV[3])
 for _, id in ipairs(ids) do
   local ek = event_key(id)
   local ev = redis.call('HMGET', ek, 'source', 'entry')

@@ -22,13 +22,14 @@ from frameiod.store.base import (
     Incoming,
     ListedDelivery,
     Listeners,
+    QueueError,
     QueueStats,
     Role,
 )
 from frameiod.store.redis import actions, connection, scripts
 from frameiod.store.redis.connection import text
 from frameiod.store.redis.streams import Intake
-from frameiod.store.redis_keys import GROUP, redis_errors, safe_url
+from frameiod.store.redis_keys import GROUP, closed_error, redis_errors, safe_url
 
 __all__ = ["DEFAULT_COALESCE_SECONDS", "DEFAULT_HANDLER_TIMEOUT", "LEASE_GRACE", "RedisSpool"]
 
@@ -43,6 +44,9 @@ DEFAULT_COALESCE_SECONDS = 660.0
 
 _ERROR_LIMIT = 2000
 _PURGE_BATCH = 500
+# Unread stream entries `next_due` looks at per source: what one take-in reads, so more
+# than a claim leaves behind when receivers keep up.
+_UNREAD_SCAN = 256
 
 
 def _parts(delivery_id: DeliveryId) -> list[str]:
@@ -73,6 +77,7 @@ class RedisSpool:
         self._body_ttl = int(coalesce_seconds)
         self.node = connection.node_name()
         self._listeners = Listeners()
+        self._closed = False
         self._timeouts: dict[str, float] = {}
         self.forget_consumers_after = 3600.0
         """Seconds a consumer with nothing pending may be idle before it is dropped."""
@@ -81,6 +86,7 @@ class RedisSpool:
         self._claim = client.register_script(scripts.CLAIM)
         self._finish = client.register_script(scripts.FINISH)
         self._release = client.register_script(scripts.RELEASE)
+        self._next_due = client.register_script(scripts.NEXT_DUE)
         self._purge_done = client.register_script(scripts.PURGE_DONE)
         self._purge_seen = client.register_script(scripts.PURGE_SEEN)
 
@@ -113,10 +119,12 @@ class RedisSpool:
             coalesce_seconds=coalesce_seconds,
         )
 
-    async def _operate(self, action: Awaitable[T]) -> T:
-        """Await one of the operator's actions; every Redis failure a `QueueError`."""
+    async def _operate(self, action: Callable[[], Awaitable[T]]) -> T:
+        """Run one of the operator's actions; every Redis failure a `QueueError`."""
+        if self._closed:
+            raise QueueError(f"cannot use Redis at {safe_url(self._url)}: the spool is closed")
         try:
-            return await action
+            return await action()
         except (RedisError, OSError) as exc:
             raise connection.operator_error(self._url, exc) from None
 
@@ -138,6 +146,8 @@ class RedisSpool:
         """Raise `SpoolUnavailable` if Redis refuses a small write, or does not answer."""
         # A write, not a PING: a read-only replica (after a failover) and a full Redis
         # under noeviction both answer PING, and refuse every delivery.
+        if self._closed:
+            raise closed_error()
         with redis_errors(self._url):
             await self._client.set(f"{self._prefix}:ready:{self.node}", 1, px=10_000)
 
@@ -154,6 +164,8 @@ class RedisSpool:
 
     async def accept(self, incoming: Incoming, handlers: Sequence[str]) -> Accepted:
         """``XADD`` the event with one pending delivery per handler, unless a duplicate."""
+        if self._closed:
+            raise closed_error()
         digest = hashlib.sha256(incoming.body).hexdigest()
         with redis_errors(self._url):
             event_id, duplicate = await self._accept(
@@ -192,6 +204,8 @@ class RedisSpool:
 
         Due times and leases are compared with Redis's clock unless ``now`` is given.
         """
+        if self._closed:
+            raise closed_error()
         if limit <= 0 or not caps:
             return []
         moment = time.time() if now is None else now
@@ -221,6 +235,8 @@ class RedisSpool:
 
     async def confirm(self, item: Claimed) -> bool:
         """True: the claim script counted the attempt and set the lease before it returned."""
+        if self._closed:
+            raise closed_error()
         return True
 
     async def finish(
@@ -234,6 +250,8 @@ class RedisSpool:
         dead: bool = False,
     ) -> None:
         """Record how a call ended (ignored if a newer attempt already owns the delivery)."""
+        if self._closed:
+            raise closed_error()
         event_id, handler, attempt = _parts(delivery_id)
         now = time.time()
         with redis_errors(self._url):
@@ -256,6 +274,8 @@ class RedisSpool:
 
     async def release(self, delivery_ids: Iterable[DeliveryId]) -> None:
         """Make deliveries cut short by a stop due now, for any receiver."""
+        if self._closed:
+            raise closed_error()
         args: list[Any] = [self._prefix, repr(time.time())]
         for delivery_id in delivery_ids:
             args += _parts(delivery_id)
@@ -264,31 +284,41 @@ class RedisSpool:
                 await self._release(args=args)
 
     async def next_due(self, handlers: Iterable[str]) -> float | None:
-        """The earliest score in the handlers' due sets (a retry, or a lease running out)."""
+        """The earliest due time of the handlers' deliveries: the first score in their due
+        sets (a retry, or a lease running out), or of one accepted but not yet taken in."""
         names = list(handlers)
         if not names:
             return None
+        return await self._earliest(names, unread_of_any=False)
+
+    async def _earliest(self, handlers: list[str], *, unread_of_any: bool) -> float | None:
+        """When the first delivery of ``handlers`` is due; with ``unread_of_any``, also of
+        any handler's in stream entries no receiver has read yet."""
+        if self._closed:
+            raise closed_error()
+        args = [self._prefix, GROUP, _UNREAD_SCAN, int(unread_of_any), *handlers]
         with redis_errors(self._url):
-            async with self._client.pipeline(transaction=False) as pipe:
-                for handler in names:
-                    pipe.zrange(f"{self._prefix}:due:{handler}", 0, 0, withscores=True)
-                answers = await pipe.execute()
-        scores = [rows[0][1] for rows in answers if rows]
-        return min(scores) if scores else None
+            due = await self._next_due(args=args)
+        return float(due) if due is not None else None
 
     async def deliveries_of(self, event_id: str) -> list[EventDelivery]:
         """Every delivery of one event, in the order they were accepted."""
+        if self._closed:
+            raise closed_error()
         with redis_errors(self._url):
             raw = await self._client.hgetall(f"{self._prefix}:event:{event_id}")
         return actions.delivery_rows(event_id, raw)
 
     async def gauges(self, now: float | None = None) -> tuple[dict[str, int], float]:
-        """Deliveries per state (kept by the scripts), and the age of the oldest due one."""
+        """Deliveries per state (kept by the scripts), and the age of the oldest due one: of
+        the handlers this receiver runs, or of any in entries no receiver has read yet (all
+        workers busy, or every receiver stuck)."""
         moment = time.time() if now is None else now
+        if self._closed:
+            raise closed_error()
         with redis_errors(self._url):
             counts = await self._client.hgetall(f"{self._prefix}:counts")
-            due = [await self.next_due(self._timeouts), *await self._intake.oldest_unread()]
-        due = min((when for when in due if when is not None), default=None)
+        due = await self._earliest(list(self._timeouts), unread_of_any=True)
         states = dict.fromkeys(STATES, 0)
         for state, value in counts.items():
             if (name := str(text(state))) in states:
@@ -297,8 +327,11 @@ class RedisSpool:
         return states, age
 
     async def purge_done(self, older_than: float, replay_window: float = 0.0) -> int:
-        """Delete events (and their stream entries) all done more than ``older_than`` ago,
-        and forget requests signed more than ``replay_window`` ago."""
+        """Delete events (and their stream entries) all of whose deliveries are done,
+        received more than ``older_than`` seconds ago, and forget requests signed more than
+        ``replay_window`` seconds ago."""
+        if self._closed:
+            raise closed_error()
         now = time.time()
         with redis_errors(self._url):
             purged = await self._in_batches(self._purge_done, now - older_than)
@@ -319,28 +352,36 @@ class RedisSpool:
         """Deliveries per state (``P:counts``) and per handler, and the age of the oldest
         due pending one."""
         moment = time.time() if now is None else now
-        return await self._operate(actions.stats(self._client, self._prefix, moment))
+        return await self._operate(lambda: actions.stats(self._client, self._prefix, moment))
 
     async def list_deliveries(
         self, state: str | None, handler: str | None, limit: int
     ) -> list[ListedDelivery]:
         """Deliveries, newest event first; their ids are ``"<event id> <handler>"``."""
         return await self._operate(
-            actions.list_deliveries(self._client, self._prefix, state, handler, limit)
+            lambda: actions.list_deliveries(self._client, self._prefix, state, handler, limit)
         )
 
     async def show(self, event_id: str) -> EventDetail | None:
         """One event, its payload (from its stream entry) and its deliveries."""
-        return await self._operate(actions.show(self._client, self._prefix, event_id))
+        return await self._operate(lambda: actions.show(self._client, self._prefix, event_id))
 
     async def replay(self, ids: Sequence[str], all_dead: bool) -> int:
         """Make dead deliveries (of event ids, or ``"<event id> <handler>"``) pending again."""
-        return await self._operate(actions.replay(self._client, self._prefix, ids, all_dead))
+        return await self._operate(
+            lambda: actions.replay(self._client, self._prefix, ids, all_dead)
+        )
 
     async def purge_dead(self, older_than: float) -> int:
         """Purge dead letters that died more than ``older_than`` seconds ago."""
-        return await self._operate(actions.purge_dead(self._client, self._prefix, older_than))
+        return await self._operate(
+            lambda: actions.purge_dead(self._client, self._prefix, older_than)
+        )
 
     async def close(self) -> None:
-        """Close the connections (everything is already in Redis)."""
+        """Close the connections (everything is already in Redis); every call after this is
+        refused. Closing twice is harmless."""
+        if self._closed:
+            return
+        self._closed = True
         await self._client.aclose()

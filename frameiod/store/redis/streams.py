@@ -108,26 +108,6 @@ class Intake:
         self.sources |= {str(text(member)) for member in members}
         return self.sources
 
-    async def oldest_unread(self) -> list[float]:
-        """When the oldest stream entry no receiver has read yet arrived, per source: those
-        wait too (all workers busy, or every receiver stuck), and are in no due set yet."""
-        oldest = []
-        for source in sorted(await self.read_sources()):
-            stream = f"{self._prefix}:stream:{source}"
-            try:
-                groups = await self._client.xinfo_groups(stream)
-            except ResponseError:  # no such stream (yet)
-                continue
-            for group in groups:
-                if text(group.get("name")) != GROUP:
-                    continue
-                after = text(group.get("last-delivered-id")) or "0-0"
-                entries = await self._client.xrange(stream, f"({after}", "+", count=1)
-                if entries:
-                    entry_id = str(text(entries[0][0]))
-                    oldest.append(int(entry_id.split("-", 1)[0]) / 1000)
-        return oldest
-
     async def forget_gone_consumers(self, idle_after: float) -> None:
         """Drop consumers with nothing pending that were idle for more than ``idle_after``
         seconds: every restart joins the group under a new name, and XINFO should not list
