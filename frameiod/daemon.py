@@ -19,7 +19,8 @@ from aiohttp import web
 from frameiod import __version__, idle
 from frameiod.client import FrameioClient
 from frameiod.config import Config, ConfigError, dev_secret_problem, load_config
-from frameiod.dispatch.dispatcher import Dispatcher, RetryPolicy
+from frameiod.dispatch.dispatcher import Dispatcher
+from frameiod.dispatch.retry import RetryPolicy
 from frameiod.events import WebhookEvent
 from frameiod.http.checks import answer_malformed
 from frameiod.http.connections import Listener, ServedTls, tls_context

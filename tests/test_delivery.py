@@ -15,7 +15,8 @@ from structlog.testing import capture_logs
 from support import run_cli
 
 from frameiod import App, WebhookEvent
-from frameiod.dispatch.dispatcher import Dispatcher, RetryPolicy
+from frameiod.dispatch.dispatcher import Dispatcher
+from frameiod.dispatch.retry import RetryPolicy
 from frameiod.plugins.handlers import WebhookHandler
 from frameiod.plugins.routing import Routes
 from frameiod.store.base import Incoming

@@ -3,17 +3,16 @@
 One scheduler loop claims due deliveries (oldest first) while workers are free, and runs
 each as its own task, bounded by its handler's timeout: one that raises or hangs never
 stops its siblings, and a handler that succeeded is never run again because a sibling
-failed. Deadlines are checked by one sweep while calls run, not a timer per call (arming
-and cancelling one cost about 3 % of an event's CPU end to end): a call is cut off at most
-a tenth of its timeout, and never more than a second, after its deadline.
+failed. Deadlines are checked by one sweep while calls run (`frameiod.dispatch.deadlines`).
 
 A failure is retried after an exponential backoff with full jitter; after ``max_attempts``
 the delivery is dead (kept for ``frameiod queue replay``).
 
 A handler is called only once its claim is on record (`SpoolBackend.confirm`). While the
 spool refuses writes (a full disk, a read-only file, Redis out of memory), the dispatcher
-pauses: it claims nothing, keeps the outcomes it could not write, and probes the spool with
-a growing interval; once a probe succeeds it writes those outcomes and claims again. So a
+pauses (`frameiod.dispatch.pause`): it claims nothing, keeps the outcomes it could not
+write, and probes the spool with a growing interval; once a probe succeeds it writes those
+outcomes and claims again. So a
 fault never turns into the same side effect repeated: each call is one attempt on record.
 
 Plain (non-async) handlers run in a daemon thread (`frameiod.plugins.runner.call_handler`).
@@ -23,14 +22,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
+from frameiod.dispatch.deadlines import Deadlines
+from frameiod.dispatch.outcomes import Finished, settle
+from frameiod.dispatch.pause import WritePause
+from frameiod.dispatch.retry import RetryPolicy
 from frameiod.events import PayloadError, WebhookEvent, parse_webhook
-from frameiod.logs import LastingFault, get_logger
+from frameiod.logs import get_logger
 from frameiod.metrics import Metrics
 from frameiod.plugins.handlers import Outcome, WebhookHandler
 from frameiod.plugins.routing import Routes
@@ -39,7 +40,7 @@ from frameiod.ratelimit import TokenBucket
 from frameiod.store.base import Claimed, DeliveryId, SpoolBackend, SpoolUnavailable
 from frameiod.tasks import TaskSet
 
-__all__ = ["Dispatcher", "Notify", "RetryPolicy"]
+__all__ = ["Dispatcher", "Notify"]
 
 log = get_logger("frameiod.dispatch")
 
@@ -49,58 +50,8 @@ _POLL_SECONDS = 2.0
 _SWEEP_SECONDS = 1.0
 # While the spool refuses writes, it is probed after this long, then twice as long each
 # time, up to the cap: work resumes soon after a short fault and costs little in a long one.
-_PROBE_FIRST_SECONDS = 0.5
-_PROBE_MAX_SECONDS = 30.0
 
 Notify = Callable[..., Awaitable[None]]
-
-
-@dataclass(frozen=True)
-class _Finished:
-    """A call's outcome, as it is to be written to the spool."""
-
-    item: Claimed
-    handler: WebhookHandler
-    event: WebhookEvent
-    outcome: Outcome
-    dead: bool
-    next_attempt_at: float | None
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """``[dispatch]`` settings a handler may override (``timeout=``, ``max_attempts=``)."""
-
-    handler_timeout: float = 30.0
-    max_attempts: int = 8
-    backoff_initial: float = 5.0
-    backoff_max: float = 3600.0
-
-    def delay(self, attempts: int) -> float:
-        """Seconds to wait after the ``attempts``-th failure: full jitter over an
-        exponentially growing cap, so retries of many deliveries spread out."""
-        cap = min(self.backoff_max, self.backoff_initial * 2 ** (attempts - 1))
-        return random.uniform(0, cap)  # noqa: S311 - jitter, not cryptography
-
-
-def retry_after(error: BaseException | None) -> float | None:
-    """Seconds a 429 answer asked to wait (``Retry-After`` or ``retry-after-ms``), or None.
-
-    Reads the frameio SDK's ``TooManyRequestsError`` (an ``ApiError`` with ``status_code``
-    and ``headers``) without importing the SDK.
-    """
-    if getattr(error, "status_code", None) != 429:
-        return None
-    headers: Any = getattr(error, "headers", None) or {}
-    lowered = {str(key).lower(): str(value) for key, value in dict(headers).items()}
-    try:
-        if "retry-after-ms" in lowered:
-            return max(0.0, float(lowered["retry-after-ms"]) / 1000)
-        if "retry-after" in lowered:
-            return max(0.0, float(lowered["retry-after"]))
-    except ValueError:
-        return None  # an HTTP date, which Frame.io does not send: the usual backoff applies
-    return None
 
 
 class Dispatcher:
@@ -142,18 +93,12 @@ class Dispatcher:
             key: h.timeout or self._policy.handler_timeout for key, h in self._handlers.items()
         }
         spool.expect_handlers(timeouts)
-        # Deadlines (event-loop time) of calls in progress, and calls the sweep cut off.
-        self._deadlines: dict[DeliveryId, float] = {}
-        self._expired: set[DeliveryId] = set()
-        self._sweep_period = min([_SWEEP_SECONDS, *(t / 10 for t in timeouts.values())])
-        self._sweeper: asyncio.TimerHandle | None = None
+        self._deadlines = Deadlines(min([_SWEEP_SECONDS, *(t / 10 for t in timeouts.values())]))
         self.calls = 0
-        # While the spool refuses writes: the pause (its log lines), the outcomes kept until
-        # they can be written, and the wait before the next probe.
-        self._paused = LastingFault(log, "dispatch paused: the spool refuses writes")
-        self._unrecorded: list[_Finished] = []
-        self._probe_in = _PROBE_FIRST_SECONDS
-        self._resumed_at = float("-inf")
+        # While the spool refuses writes: the pause, and the outcomes kept until they can
+        # be written.
+        self._paused = WritePause(metrics)
+        self._unrecorded: list[Finished] = []
         self._stop_requested = asyncio.Event()
 
     # --- the scheduler -----------------------------------------------------------
@@ -206,27 +151,16 @@ class Dispatcher:
                     bucket.spend(len(got), time.monotonic())
                 claimed += got
         except SpoolUnavailable as exc:
-            self._pause(exc)
+            self._paused.begin(exc)
         return claimed
 
     # --- while the spool refuses writes ------------------------------------------------
-
-    def _pause(self, exc: SpoolUnavailable) -> None:
-        """Claim nothing more until a probe of the spool succeeds (logged when it begins,
-        then at most once a minute while it lasts)."""
-        # A full disk can take a small write now and then (SQLite reuses WAL space a failed
-        # write left): a pause soon after a resume is the same fault, and keeps its pace.
-        if not self._paused.active and time.monotonic() - self._resumed_at > _PROBE_MAX_SECONDS:
-            self._probe_in = _PROBE_FIRST_SECONDS
-        self._paused.failed("error", reason=exc.reason, detail=exc.detail)
-        if self._metrics is not None:
-            self._metrics.dispatch_paused.set(1)
 
     async def _probe(self) -> None:
         """Wait, then try the spool: on success write the outcomes kept meanwhile and
         resume; on failure wait longer next time."""
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(self._probe_in):
+            async with asyncio.timeout(self._paused.probe_in):
                 await self._stop_requested.wait()
         if self._stopping:
             return
@@ -234,13 +168,9 @@ class Dispatcher:
             await self._spool.check()
             written = await self._write_unrecorded()
         except SpoolUnavailable as exc:
-            self._probe_in = min(self._probe_in * 2, _PROBE_MAX_SECONDS)
-            self._paused.failed("error", reason=exc.reason, detail=exc.detail)
+            self._paused.probe_failed(exc)
             return
-        self._resumed_at = time.monotonic()
-        self._paused.cleared("dispatch resumed", outcomes_written=written)
-        if self._metrics is not None:
-            self._metrics.dispatch_paused.set(0)
+        self._paused.resumed(written)
 
     async def _write_unrecorded(self) -> int:
         """Write the outcomes the spool refused, oldest first; how many were written."""
@@ -355,7 +285,7 @@ class Dispatcher:
         except SpoolUnavailable as exc:
             # Its claim could not be recorded (so it was not called), or the stored event's
             # burial could not: either way it is still due, and runs once writes succeed.
-            self._pause(exc)
+            self._paused.begin(exc)
         finally:
             self._free_worker(item)
             if self._watchers:  # tests and tooling; a daemon's dispatcher has none
@@ -368,14 +298,11 @@ class Dispatcher:
         timeout = handler.timeout or self._policy.handler_timeout
         started = time.perf_counter()
         self.calls += 1
-        loop = asyncio.get_running_loop()
-        self._deadlines[delivery_id] = loop.time() + timeout
-        if self._sweeper is None:
-            self._sweeper = loop.call_later(self._sweep_period, self._sweep)
+        self._deadlines.arm(delivery_id, timeout)
         try:
             await call_handler(handler.func, event)
         except asyncio.CancelledError:
-            if not self._cut_by_deadline(delivery_id):
+            if not self._deadlines.cut(delivery_id):
                 raise  # a stop, or the sweep's cancel and a stop's together
             seconds = time.perf_counter() - started
             return Outcome("timeout", seconds, f"no answer within {timeout:g}s"), None
@@ -383,32 +310,8 @@ class Dispatcher:
             seconds = time.perf_counter() - started
             return Outcome("error", seconds, f"{type(exc).__name__}: {exc}"), exc
         finally:
-            del self._deadlines[delivery_id]
-            # A handler that swallowed the sweep's cancel and returned keeps its outcome.
-            self._cut_by_deadline(delivery_id)
+            self._deadlines.disarm(delivery_id)
         return Outcome("ok", time.perf_counter() - started), None
-
-    def _cut_by_deadline(self, delivery_id: DeliveryId) -> bool:
-        """Take back the sweep's cancel of this call, if it made one; True if that was the
-        only cancel (as `asyncio.timeout` decides)."""
-        if delivery_id not in self._expired:
-            return False
-        self._expired.discard(delivery_id)
-        task = asyncio.current_task()
-        return task is not None and task.uncancel() == 0
-
-    def _sweep(self) -> None:
-        """Cancel the calls past their deadline; come back while any call runs."""
-        loop = asyncio.get_running_loop()
-        now = loop.time()
-        for delivery_id, deadline in self._deadlines.items():
-            running = self._running.get(delivery_id)
-            if deadline <= now and running is not None and delivery_id not in self._expired:
-                self._expired.add(delivery_id)
-                running[1].cancel()
-        self._sweeper = (
-            loop.call_later(self._sweep_period, self._sweep) if self._deadlines else None
-        )
 
     async def _record(
         self,
@@ -418,40 +321,8 @@ class Dispatcher:
         outcome: Outcome,
         error: BaseException | None,
     ) -> None:
-        max_attempts = handler.max_attempts or self._policy.max_attempts
-        dead = outcome.status != "ok" and item.attempts >= max_attempts
-        retry_in = None
-        if outcome.status != "ok" and not dead:
-            # A 429 says when to come back; never sooner than that.
-            retry_in = max(self._policy.delay(item.attempts), retry_after(error) or 0.0)
-        fields = {
-            "event_id": item.event_id,
-            "event_type": event.type,
-            "plugin": handler.plugin,
-            "handler": handler.name,
-            "attempt": item.attempts,
-            "outcome": "dead" if dead else outcome.status,
-            "duration_ms": round(outcome.seconds * 1000, 3),
-        }
-        if outcome.status == "ok":
-            log.info("handler finished", **fields)
-        elif dead:
-            log.error("handler gave up", **fields, error=outcome.error, exc_info=error)
-        else:
-            log.warning(
-                "handler failed",
-                **fields,
-                error=outcome.error,
-                retry_in_s=round(retry_in or 0, 3),
-                exc_info=error,
-            )
-        finished = _Finished(
-            item,
-            handler,
-            event,
-            outcome,
-            dead,
-            time.time() + retry_in if retry_in is not None else None,
+        finished = settle(
+            self._policy, item, handler=handler, event=event, outcome=outcome, error=error
         )
         try:
             await self._write(finished)
@@ -466,9 +337,9 @@ class Dispatcher:
                 handler=item.handler,
                 reason=exc.reason,
             )
-            self._pause(exc)
+            self._paused.begin(exc)
 
-    async def _write(self, finished: _Finished) -> None:
+    async def _write(self, finished: Finished) -> None:
         """Write one outcome to the spool, then count it and tell observers."""
         handler, outcome = finished.handler, finished.outcome
         # Never cancelled (`stop` cancels only calls): the write is not cut off halfway.
