@@ -84,3 +84,10 @@ class RedisServer:
             self.process.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
             self.process.wait(15)
         self.process = None
+
+
+def redis_spool_lines(url: str, prefix: str | None = None) -> str:
+    """The ``[spool]`` lines of a config whose spool is on Redis at ``url`` (under
+    ``prefix``, if given): what `frameiod.testing.config_toml` takes as ``spool``."""
+    lines = f'backend = "redis"\nredis_url = "{url}"'
+    return lines + (f'\nstream_prefix = "{prefix}"' if prefix is not None else "")

@@ -14,8 +14,9 @@ from unittest import mock
 
 import pytest
 import redis
-from redis_support import RedisServer, free_port
+from redis_support import RedisServer, free_port, redis_spool_lines
 from support import (
+    JSON_LOG,
     SECRET,
     incoming,
     make_config,
@@ -28,6 +29,7 @@ from frameiod.store.base import Incoming
 from frameiod.store.open import open_spool
 from frameiod.store.redis import actions as redis_admin
 from frameiod.store.redis import spool as redis_spool
+from frameiod.testing import config_toml
 
 DAY = 86400.0
 LOG, NOTIFY = "log:write", "notify:post"
@@ -35,23 +37,9 @@ LOG, NOTIFY = "log:write", "notify:post"
 
 def config_text(url: str, prefix: str) -> str:
     """The suite's usual config, with the spool on Redis under ``prefix``."""
-    return f"""
-[server]
-host = "127.0.0.1"
-port = 0
-
-[log]
-format = "json"
-
-[sources.default]
-secrets = ["{SECRET}"]
-tolerance = "5m"
-
-[spool]
-backend = "redis"
-redis_url = "{url}"
-stream_prefix = "{prefix}"
-"""
+    return config_toml(
+        secret=SECRET, log=JSON_LOG, spool=redis_spool_lines(url, prefix), source='tolerance = "5m"'
+    )
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from typing import Any, cast
 
 import pytest
 import redis.asyncio as aioredis
-from redis_support import RedisServer, free_port
+from redis_support import RedisServer, free_port, redis_spool_lines
 from structlog.testing import capture_logs
 from support import SECRET, incoming, make_config
 
@@ -23,23 +23,18 @@ from frameiod.store.open import open_spool
 from frameiod.store.redis import LEASE_GRACE, RedisSpool
 from frameiod.store.redis_keys import GROUP
 from frameiod.store.redis_ratelimit import RedisSourceLimiter
+from frameiod.testing import config_toml
 
 OpenNode = Callable[..., Awaitable[RedisSpool]]
 
 
 def config_text(url: str, prefix: str, handler_timeout: str = "30s") -> str:
-    return f"""
-[spool]
-backend = "redis"
-redis_url = "{url}"
-stream_prefix = "{prefix}"
-
-[dispatch]
-handler_timeout = "{handler_timeout}"
-
-[sources.default]
-secrets = ["{SECRET}"]
-"""
+    """A config with the spool on Redis under ``prefix``."""
+    return config_toml(
+        secret=SECRET,
+        spool=redis_spool_lines(url, prefix),
+        dispatch=f'handler_timeout = "{handler_timeout}"',
+    )
 
 
 def counts(pending: int = 0, running: int = 0, done: int = 0, dead: int = 0) -> dict[str, int]:

@@ -23,20 +23,23 @@ import httpx
 import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
-from redis_support import RedisServer
+from redis_support import RedisServer, redis_spool_lines
 from support import (
     FRAMEIOD,
+    JSON_LOG,
     SECRET,
     DaemonProcess,
     event_body,
     incoming,
     install_plugin,
     wait_until,
+    write_config,
 )
 from support import signed_headers as sign_headers
 
 from frameiod.signature import SIGNATURE_HEADER
 from frameiod.store.sqlite import Spool
+from frameiod.testing import config_toml
 
 APPLICATION_ID = int.from_bytes(b"fiod", "big")  # written out: the test runs against older code too
 
@@ -56,20 +59,14 @@ def ok(event):
 
 
 def _config(folder: Path, spool: Path, *, extra: str = "", tolerance: str = "5m") -> Path:
-    path = folder / "config.toml"
-    path.write_text(f"""
-[server]
-host = "127.0.0.1"
-port = 0
-[log]
-format = "json"
-[spool]
-path = "{spool}"
-{extra}
-[sources.default]
-secrets = ["{SECRET}"]
-tolerance = "{tolerance}"
-""")
+    """A readable config with the spool at ``spool``; ``extra`` is more TOML after it."""
+    text = config_toml(
+        secret=SECRET,
+        log=JSON_LOG,
+        spool=f'path = "{spool}"\n{extra}',
+        source=f'tolerance = "{tolerance}"',
+    )
+    path = write_config(folder, text)
     path.chmod(0o644)
     return path
 
@@ -412,7 +409,7 @@ class TestReplayOnRedisAfterAReload:
     ):
         prefix = f"t{uuid.uuid4().hex[:8]}"
         env = install_plugin(tmp_path / "site", "ok", OK_HANDLER)
-        spool = f'backend = "redis"\nredis_url = "{redis_server.url}"\nstream_prefix = "{prefix}"'
+        spool = redis_spool_lines(redis_server.url, prefix)
         config = _config(
             tmp_path, tmp_path / "unused.db", extra=f'keep_done = "1ms"\n{spool}', tolerance="10s"
         )
