@@ -131,7 +131,7 @@ class Backend:
         if self.kind == "sqlite":
             with closing(sqlite3.connect(self.directory / "frameiod.db")) as db:
                 return {row[0] for row in db.execute("SELECT id FROM events")}
-        with self._redis() as client:
+        with self.redis_client() as client:
             return set(client.zrange(f"{self.prefix}:events", 0, -1))
 
     def dead_letters(self) -> list[tuple[str, str]]:
@@ -140,7 +140,7 @@ class Backend:
             with closing(sqlite3.connect(self.directory / "frameiod.db")) as db:
                 rows = db.execute("SELECT event_id, handler FROM deliveries WHERE state = 'dead'")
                 return sorted(rows)
-        with self._redis() as client:
+        with self.redis_client() as client:
             entries = client.xrange(f"{self.prefix}:dead")
         return sorted((fields["event_id"], fields["handler"]) for _, fields in entries)
 
@@ -151,7 +151,7 @@ class Backend:
         to do; a claim's time is the caller's.)"""
         if self.kind == "sqlite":
             return
-        with self._redis() as client:
+        with self.redis_client() as client:
             for stream in client.scan_iter(f"{self.prefix}:stream:*"):
                 for entry in client.xpending_range(stream, "frameiod", "-", "+", 1000):
                     client.xclaim(
@@ -159,7 +159,8 @@ class Backend:
                         idle=int(LATER * 1000),
                     )  # fmt: skip
 
-    def _redis(self) -> redis.Redis:
+    def redis_client(self) -> redis.Redis:
+        """A client of the Redis server this backend keeps its keys on."""
         assert self.server is not None
         return redis.Redis.from_url(self.server.url, decode_responses=True)
 
