@@ -33,12 +33,13 @@ from unittest import mock
 
 import pytest
 import redis
-from redis_support import RedisServer
-from support import SECRET, incoming, run_cli
+from redis_support import RedisServer, redis_spool_lines
+from support import JSON_LOG, SECRET, incoming, run_cli, write_config
 
 from frameiod.config import load_config
 from frameiod.store.base import Claimed, Incoming, SpoolBackend
 from frameiod.store.open import open_backend
+from frameiod.testing import config_toml
 
 BACKENDS = ["sqlite", "redis"]
 DAY = 86400.0
@@ -97,14 +98,10 @@ class Backend:
             spool = f'path = "{self.directory / "frameiod.db"}"'
         else:
             assert self.server is not None
-            spool = (
-                f'backend = "redis"\nredis_url = "{self.server.url}"\n'
-                f'stream_prefix = "{self.prefix}"'
-            )
-        self.config = self.directory / "config.toml"
-        self.config.write_text(
-            f'[log]\nformat = "json"\n\n[sources.default]\nsecrets = ["{SECRET}"]\n'
-            f'tolerance = "5m"\n\n[spool]\n{spool}\n'
+            spool = redis_spool_lines(self.server.url, self.prefix)
+        self.config = write_config(
+            self.directory,
+            config_toml(secret=SECRET, log=JSON_LOG, spool=spool, source='tolerance = "5m"'),
         )
 
     async def open(self) -> SpoolBackend:
