@@ -67,8 +67,7 @@ async def actions_create(ctx: Context) -> int:
         f'created custom action {action.id} "{action.name}" (event {action.event}) → {action.url}'
     )
     _handler_line(handler, args.event, source)
-    reference, path = await keep_secret(ctx, ACTION, action, destination)
-    print(f"  secret  saved to {path} (mode 0600; Frame.io shows it only once)")
+    reference = await keep_secret(ctx, ACTION, action, destination)
     print_table(ctx, source, reference, f"custom action {action.id}")
     print_apply()
     return 0

@@ -82,13 +82,9 @@ def secret_file_option(text: str | None) -> Path | None:
     return path
 
 
-async def keep_secret(
-    ctx: Context, kind: Kind, created: Any, destination: Path | None
-) -> tuple[str, Path]:
-    """Save the secret of what was just created; undo the creation if that fails.
-
-    Returns the ``file:`` reference for the config and the file written.
-    """
+async def keep_secret(ctx: Context, kind: Kind, created: Any, destination: Path | None) -> str:
+    """Save the secret of what was just created, and say where; undo the creation if saving
+    fails. Returns the ``file:`` reference for the config."""
     base = ctx.config.base_dir
     secret = getattr(created, "secret", None)
     path = destination or base / SECRETS_FOLDER / f"{kind.file}-{_safe(created.id)}.secret"
@@ -109,8 +105,9 @@ async def keep_secret(
         raise Failure(f"cannot save the secret to {path}: {why}; {undo}") from None
     if ctx.args.show_secret:
         print(f"  secret  {secret}")
+    print(f"  secret  saved to {path} (mode 0600; Frame.io shows it only once)")
     reference = f"file:{path.relative_to(base).as_posix()}" if destination is None else None
-    return reference or f"file:{path}", path
+    return reference or f"file:{path}"
 
 
 def secret_of(ctx: Context, kind: Kind, identifier: str) -> tuple[str, str] | None:

@@ -78,8 +78,7 @@ async def webhooks_create(ctx: Context) -> int:
     webhook = answer.data
     print(f'created webhook {webhook.id} "{webhook.name}" → {webhook.url}')
     print(f"  events  {compact_events(events)}" + (f": {origin}" if origin else ""))
-    reference, path = await keep_secret(ctx, WEBHOOK, webhook, destination)
-    print(f"  secret  saved to {path} (mode 0600; Frame.io shows it only once)")
+    reference = await keep_secret(ctx, WEBHOOK, webhook, destination)
     print_table(ctx, source, reference, f"webhook {webhook.id}")
     print_apply()
     return 0
@@ -172,8 +171,7 @@ async def webhooks_rotate(ctx: Context) -> int:
     print(f"  events  {compact_events(list(new.events))}")
     if old.active is False:
         print(f"  note    {old.id} is inactive; its replacement is active")
-    reference, path = await keep_secret(ctx, WEBHOOK, new, destination)
-    print(f"  secret  saved to {path} (mode 0600; Frame.io shows it only once)")
+    reference = await keep_secret(ctx, WEBHOOK, new, destination)
     found = secret_of(ctx, WEBHOOK, old.id)
     old_reference = found[1] if found and found[0] == source else None
     notes = {old_reference: f"webhook {old.id}: remove once it is deleted"} if old_reference else {}
