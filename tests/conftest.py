@@ -19,8 +19,8 @@ def pytest_asyncio_loop_factories(
     config: pytest.Config, item: pytest.Item
 ) -> Mapping[str, Callable[[], asyncio.AbstractEventLoop]]:
     """Every async test runs on the event loop the daemon runs on (`frameiod.idle`), so
-    the spool's idle hand-over is what the tests exercise. (pytest-asyncio's hook: the
-    releases before it have none, and run the default loop.)"""
+    the spool's idle hand-over is what the tests exercise. (pytest-asyncio's hook, since
+    1.4: the test extra requires it.)"""
     return {"frameiod": new_event_loop}
 
 
