@@ -49,6 +49,12 @@ class SourceLimits(Protocol):
         """
         ...
 
+    def taken_on_accept(self, source: str) -> tuple[float, int] | None:
+        """The source's limit when the store takes a webhook's token in the same write as
+        the accept (`frameiod.store.base.Incoming.limit`), and the server must not call
+        `take` for it; None when the server calls `take`."""
+        ...
+
 
 @dataclass(slots=True)
 class TokenBucket:
@@ -111,6 +117,9 @@ class SourceLimiter:
         """0 if this delivery may pass, else the seconds until the source may send again."""
         bucket = self._buckets.get(source)
         return bucket.take(self._clock()) if bucket else 0.0
+
+    def taken_on_accept(self, source: str) -> None:
+        """None: in memory, `take` costs nothing worth folding into the accept."""
 
 
 class AddressLimiter:

@@ -25,7 +25,7 @@ from frameiod.ratelimit import client_address, is_within, retry_after_header
 from frameiod.signature import SignatureError, Verified, verify
 from frameiod.store.base import SpoolUnavailable
 
-__all__ = ["Rejection", "answer_malformed", "guarded", "verify_request"]
+__all__ = ["Rejection", "answer_malformed", "guarded", "over_rate", "verify_request"]
 
 log = get_logger("frameiod.server")
 
@@ -127,8 +127,13 @@ async def verify_request(
     live: Live,
     source_name: str,
     deadline: asyncio.Timeout,
+    *,
+    take_token: bool = True,
 ) -> _Verified:
     """The checks webhooks and custom actions share, in order; raise `Rejection`.
+
+    ``take_token=False``: the source's token is taken later, by the store in the accept
+    (`frameiod.ratelimit.SourceLimits.taken_on_accept`), which answers `over_rate`'s 429.
 
     Once the body has arrived, ``deadline`` is armed at ``[server] ack_deadline``: the
     calls to the store that follow (the shared rate limit here, the commit after) must end
@@ -151,19 +156,13 @@ async def verify_request(
         raise Rejection(401, outcome, exc.reason, exc.detail, public="unauthorized") from None
 
     # Only verified deliveries spend a source's budget: forgeries cannot exhaust it.
-    try:
-        wait = await live.limiter.take(source_name)
-    except SpoolUnavailable as exc:
-        raise Rejection(503, "unavailable", exc.reason, exc.detail) from None
-    if wait:
-        receiver.metrics.rate_limited.labels(source=source_name).inc()
-        raise Rejection(
-            429,
-            "rate_limited",
-            "source_rate_limited",
-            f"source {source_name!r} is over its rate",
-            retry_after=retry_after_header(wait),
-        )
+    if take_token:
+        try:
+            wait = await live.limiter.take(source_name)
+        except SpoolUnavailable as exc:
+            raise Rejection(503, "unavailable", exc.reason, exc.detail) from None
+        if wait:
+            raise over_rate(receiver, source_name, wait)
 
     if "Content-Type" in request.headers and not _is_json(request.content_type):
         raise Rejection(
@@ -173,6 +172,18 @@ async def verify_request(
             f"Content-Type {request.content_type!r} is not JSON",
         )
     return _Verified(source, verified, body)
+
+
+def over_rate(receiver: Receiver, source_name: str, wait: float) -> Rejection:
+    """The 429 for a source over its rate, counted; ``wait`` is its Retry-After."""
+    receiver.metrics.rate_limited.labels(source=source_name).inc()
+    return Rejection(
+        429,
+        "rate_limited",
+        "source_rate_limited",
+        f"source {source_name!r} is over its rate",
+        retry_after=retry_after_header(wait),
+    )
 
 
 # Refusals that count against the sender's address (the issue: 401, 400, 413).

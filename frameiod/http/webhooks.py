@@ -9,12 +9,12 @@ import time
 from aiohttp import web
 
 from frameiod.events import PayloadError, WebhookEvent, check_webhook, parse_webhook
-from frameiod.http.checks import Rejection, guarded, verify_request
+from frameiod.http.checks import Rejection, guarded, over_rate, verify_request
 from frameiod.http.live import Live
 from frameiod.http.receiver import Receiver
 from frameiod.ids import new_event_id
 from frameiod.logs import get_logger
-from frameiod.store.base import Incoming, SpoolUnavailable
+from frameiod.store.base import Incoming, RateLimited, SpoolUnavailable
 
 __all__ = ["receive_webhook"]
 
@@ -29,7 +29,11 @@ async def receive_webhook(request: web.Request) -> web.Response:
     async def accept(
         receiver: Receiver, live: Live, source_name: str, deadline: asyncio.Timeout
     ) -> web.Response:
-        checked = await verify_request(request, receiver, live, source_name, deadline)
+        # On Redis the accept takes the source's token itself: one call to Redis, not two.
+        limit = live.limiter.taken_on_accept(source_name)
+        checked = await verify_request(
+            request, receiver, live, source_name, deadline, take_token=limit is None
+        )
         event_id = new_event_id()
         observe = receiver.observe
         event: WebhookEvent | None = None
@@ -51,6 +55,7 @@ async def receive_webhook(request: web.Request) -> web.Response:
             signature=checked.verified.signature,
             secret_id=checked.source.ids[checked.verified.secret_index],
             received_at=receiver.clock(),
+            limit=limit,
         )
         handlers = receiver.routes.for_delivery(source_name, event_type, incoming.secret_id)
         # An accept is one transaction (one script on Redis): cut off at the deadline, it
@@ -59,6 +64,8 @@ async def receive_webhook(request: web.Request) -> web.Response:
             accepted = await receiver.spool.accept(incoming, [h.key for h in handlers])
         except SpoolUnavailable as exc:
             raise Rejection(503, "unavailable", exc.reason, exc.detail) from None
+        except RateLimited as exc:
+            raise over_rate(receiver, source_name, exc.wait) from None
         deadline.reschedule(None)  # committed: the answer goes out whatever the time
         if observe is not None and event is not None and not accepted.duplicate:
             observe(event, source_name)

@@ -28,6 +28,7 @@ __all__ = [
     "Listeners",
     "QueueError",
     "QueueStats",
+    "RateLimited",
     "Role",
     "SpoolBackend",
     "SpoolError",
@@ -71,6 +72,15 @@ class SpoolUnavailable(Exception):
         self.detail = detail
 
 
+class RateLimited(Exception):
+    """The source is over its rate: nothing was committed; ``wait`` is the seconds until it
+    may send again (the answer is 429 with Retry-After)."""
+
+    def __init__(self, wait: float) -> None:
+        super().__init__(f"over its rate for {wait:.3f} s")
+        self.wait = wait
+
+
 @dataclass(frozen=True, slots=True)
 class Incoming:
     """A verified, validated delivery, as the server hands it to the spool."""
@@ -83,6 +93,10 @@ class Incoming:
     signature: str
     secret_id: str
     received_at: float
+    limit: tuple[float, int] | None = None
+    """The source's rate limit (per second, burst) when the store takes the request's
+    token in the accept itself, in the same write (`frameiod.ratelimit.SourceLimits`
+    says when); then `SpoolBackend.accept` may raise `RateLimited`. None: it was taken."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,7 +220,10 @@ class SpoolBackend(Protocol):
         ...
 
     async def accept(self, incoming: Incoming, handlers: Sequence[str]) -> Accepted:
-        """Store ``incoming`` with one pending delivery per handler, unless a duplicate."""
+        """Store ``incoming`` with one pending delivery per handler, unless a duplicate.
+
+        Raises `SpoolUnavailable` if it cannot be written, and `RateLimited` if
+        ``incoming.limit`` is set and the source's bucket is empty (nothing is stored)."""
         ...
 
     async def claim(

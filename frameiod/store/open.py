@@ -48,7 +48,7 @@ async def open_spool(
     `frameiod.store.base.SpoolError` (or, for the operator, `QueueError`) if it cannot be
     used. ``handover`` is the event loop's idle call-back the SQLite spool batches on."""
     if config.spool.backend == "redis":
-        return await _open_redis(config, role)
+        return await _open_redis(config, role, handover)
     return await _open_sqlite(config, role, handover)
 
 
@@ -57,7 +57,7 @@ async def _open_sqlite(config: Config, role: Role, handover: HandOver | None) ->
     return await Spool.open(path, config.spool.synchronous, handover=handover, role=role)
 
 
-async def _open_redis(config: Config, role: Role) -> RedisSpool:
+async def _open_redis(config: Config, role: Role, handover: HandOver | None) -> RedisSpool:
     # Imported only here: redis is an optional dependency (frameiod[redis]).
     from frameiod.store.redis import RedisSpool  # noqa: PLC0415
 
@@ -67,6 +67,7 @@ async def _open_redis(config: Config, role: Role) -> RedisSpool:
         role=role,
         handler_timeout=config.dispatch.handler_timeout,
         coalesce_seconds=coalesce_seconds(s.tolerance for s in config.sources.values()),
+        handover=handover,
     )
 
 
@@ -78,11 +79,11 @@ async def open_backend(config: Config, handover: HandOver | None = None) -> Back
         # Imported only here: redis is an optional dependency (frameiod[redis]).
         from frameiod.store.redis_ratelimit import RedisSourceLimiter  # noqa: PLC0415
 
-        redis_spool = await _open_redis(config, "daemon")
+        redis_spool = await _open_redis(config, "daemon", handover)
         url, prefix = config.spool.redis_url.reveal(), config.spool.stream_prefix
         # The receivers that share the spool share their rate limits too, in the same Redis.
         limiter = functools.partial(RedisSourceLimiter, redis_spool.client, url, prefix)
-        return Backend(redis_spool, limiter)
+        return Backend(redis_spool, limiter, handover="loop idle" if handover else "immediate")
     spool = await _open_sqlite(config, "daemon", handover)
     return Backend(spool, handover=spool.handover)
 

@@ -8,9 +8,11 @@ the rest are and what it returns.
 from __future__ import annotations
 
 from frameiod.store.redis_keys import LUA_PRELUDE
+from frameiod.store.redis_ratelimit import BUCKET_LUA
 
 __all__ = [
     "ACCEPT",
+    "ACCEPT_FIELDS",
     "CLAIM",
     "FINISH",
     "NEXT_DUE",
@@ -20,67 +22,119 @@ __all__ = [
     "SCHEDULE",
 ]
 
-# ARGV: P, event_id, source, type, body, timestamp, signature, secret_id, received_at,
-# body key ttl, body digest, group, handlers... Returns {event id, 1 if duplicate else 0}.
+ACCEPT_FIELDS = 12
+"""Arguments per request in `ACCEPT`, before its handlers."""
+
+# ARGV: P, group, body key ttl, then per request: event id, source, type, body, timestamp,
+# signature, secret id, received_at, body digest, rate and burst ('' if the source's token
+# was taken already, or it has no limit), how many handlers, the handlers.
+# Returns two values per request: the event id and 'new' or 'duplicate'; or '' and the
+# seconds until the source may send again (as text), when its bucket was empty.
 # A seen request's key has no TTL: `PURGE_SEEN` forgets it once its timestamp is older than
 # the replay window in force then, which a reload may have widened since it was written.
 ACCEPT = (
     LUA_PRELUDE
+    + BUCKET_LUA
     + r"""
-local id, source = ARGV[2], ARGV[3]
-local request = source .. ':' .. ARGV[6] .. ':' .. ARGV[7]
-local seen_key = P .. ':seen:' .. request
-local function remember(event)
-  redis.call('SET', seen_key, event)
-  redis.call('ZADD', P .. ':seen_at', ARGV[6], request)
+local group, ttl = ARGV[2], ARGV[3]
+local replies, buckets, bucket_order, now = {}, {}, {}, nil
+local known, pending, arrivals, signed = {}, 0, {}, {}
+
+local function remember(request, timestamp, event)
+  redis.call('SET', P .. ':seen:' .. request, event)
+  table.insert(signed, timestamp)
+  table.insert(signed, request)
 end
-local body_key = P .. ':body:' .. source .. ':' .. ARGV[8] .. ':' .. ARGV[11]
-local seen = redis.call('GET', seen_key)
-if seen then return {seen, 1} end
--- An identical body none of whose deliveries has started: that run will see the latest.
-local twin = redis.call('GET', body_key)
-if twin then
-  local handlers = handlers_of(event_key(twin))
-  local waiting = #handlers > 0
-  for _, h in ipairs(handlers) do
-    if redis.call('HGET', event_key(twin), h .. '|attempts') ~= '0' then
-      waiting = false
-      break
+
+-- The request's event id, and whether it is a duplicate.
+local function accept(a, handlers)
+  local id, source, timestamp, secret = ARGV[a], ARGV[a + 1], ARGV[a + 4], ARGV[a + 6]
+  local request = source .. ':' .. timestamp .. ':' .. ARGV[a + 5]
+  local seen = redis.call('GET', P .. ':seen:' .. request)
+  if seen then return seen, 'duplicate' end
+  local body_key = P .. ':body:' .. source .. ':' .. secret .. ':' .. ARGV[a + 8]
+  -- An identical body none of whose deliveries has started: that run will see the latest.
+  local twin = redis.call('GET', body_key)
+  if twin then
+    local twins = handlers_of(event_key(twin))
+    local waiting = #twins > 0
+    for _, h in ipairs(twins) do
+      if redis.call('HGET', event_key(twin), h .. '|attempts') ~= '0' then
+        waiting = false
+        break
+      end
+    end
+    if waiting then
+      remember(request, timestamp, twin)
+      return twin, 'duplicate'
     end
   end
-  if waiting then
-    remember(twin)
-    return {twin, 1}
+  local stream = stream_key(source)
+  if not known[source] then
+    known[source] = true
+    if redis.call('SADD', P .. ':sources', source) == 1 then
+      redis.pcall('XGROUP', 'CREATE', stream, group, '0', 'MKSTREAM')
+    end
   end
-end
-local stream = stream_key(source)
-if redis.call('SADD', P .. ':sources', source) == 1 then
-  redis.pcall('XGROUP', 'CREATE', stream, ARGV[12], '0', 'MKSTREAM')
-end
-local entry = redis.call('XADD', stream, '*', 'id', id, 'type', ARGV[4], 'body', ARGV[5],
-  'timestamp', ARGV[6], 'received_at', ARGV[9])
-local fields = {'source', source, 'type', ARGV[4], 'entry', entry, 'timestamp', ARGV[6],
-  'signature', ARGV[7], 'secret_id', ARGV[8], 'received_at', ARGV[9]}
-local handlers = {}
-for i = 13, #ARGV do
-  local h = ARGV[i]
-  table.insert(handlers, h)
-  for _, v in ipairs({h .. '|state', 'pending', h .. '|attempts', '0', h .. '|due', ARGV[9]}) do
-    table.insert(fields, v)
+  local received = ARGV[a + 7]
+  local entry = redis.call('XADD', stream, '*', 'id', id, 'type', ARGV[a + 2],
+    'body', ARGV[a + 3], 'timestamp', timestamp, 'received_at', received)
+  local fields = {'source', source, 'type', ARGV[a + 2], 'entry', entry,
+    'timestamp', timestamp, 'signature', ARGV[a + 5], 'secret_id', secret,
+    'received_at', received}
+  for _, h in ipairs(handlers) do
+    for _, v in ipairs({h .. '|state', 'pending', h .. '|attempts', '0', h .. '|due', received}) do
+      table.insert(fields, v)
+    end
   end
+  table.insert(fields, 'handlers')
+  table.insert(fields, table.concat(handlers, '\n'))
+  redis.call('HSET', event_key(id), unpack(fields))
+  table.insert(arrivals, received)
+  table.insert(arrivals, id)
+  if #handlers > 0 then
+    pending = pending + #handlers
+  else
+    redis.call('ZADD', P .. ':settled', received, id)
+  end
+  remember(request, timestamp, id)
+  redis.call('SET', body_key, id, 'EX', ttl)
+  return id, 'new'
 end
-table.insert(fields, 'handlers')
-table.insert(fields, table.concat(handlers, '\n'))
-redis.call('HSET', event_key(id), unpack(fields))
-redis.call('ZADD', P .. ':events', ARGV[9], id)
-if #handlers > 0 then
-  count(nil, 'pending', #handlers)
-else
-  redis.call('ZADD', P .. ':settled', ARGV[9], id)
+
+local a = 4
+while a <= #ARGV do
+  local source, rate, count_at = ARGV[a + 1], ARGV[a + 9], a + 11
+  local handlers = {}
+  for i = count_at + 1, count_at + tonumber(ARGV[count_at]) do
+    table.insert(handlers, ARGV[i])
+  end
+  local wait = 0
+  if rate ~= '' then
+    local b = buckets[source]
+    if not b then
+      now = now or redis_now()
+      b = bucket_read(source, tonumber(rate), tonumber(ARGV[a + 10]), now)
+      buckets[source] = b
+      table.insert(bucket_order, source)
+    end
+    wait = bucket_take(b)
+  end
+  if wait > 0 then
+    table.insert(replies, '')
+    table.insert(replies, fmt(wait))
+  else
+    local event, outcome = accept(a, handlers)
+    table.insert(replies, event)
+    table.insert(replies, outcome)
+  end
+  a = count_at + 1 + #handlers
 end
-remember(id)
-redis.call('SET', body_key, id, 'EX', ARGV[10])
-return {id, 0}
+for _, source in ipairs(bucket_order) do bucket_write(source, buckets[source]) end
+if #arrivals > 0 then redis.call('ZADD', P .. ':events', unpack(arrivals)) end
+if #signed > 0 then redis.call('ZADD', P .. ':seen_at', unpack(signed)) end
+count(nil, 'pending', pending)
+return replies
 """
 )
 

@@ -3,7 +3,6 @@ script (`frameiod.store.redis.scripts`) or a few commands."""
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, TypeVar
@@ -19,14 +18,17 @@ from frameiod.store.base import (
     DeliveryId,
     EventDelivery,
     EventDetail,
+    HandOver,
     Incoming,
     ListedDelivery,
     Listeners,
     QueueError,
     QueueStats,
+    RateLimited,
     Role,
 )
 from frameiod.store.redis import actions, connection, scripts
+from frameiod.store.redis.accepts import Accepts
 from frameiod.store.redis.connection import text
 from frameiod.store.redis.streams import Intake
 from frameiod.store.redis_keys import GROUP, closed_error, redis_errors, safe_url
@@ -69,6 +71,7 @@ class RedisSpool:
         *,
         handler_timeout: float = DEFAULT_HANDLER_TIMEOUT,
         coalesce_seconds: float = DEFAULT_COALESCE_SECONDS,
+        handover: HandOver | None = None,
     ) -> None:
         self._client = client
         self._url = url
@@ -82,7 +85,9 @@ class RedisSpool:
         self.forget_consumers_after = 3600.0
         """Seconds a consumer with nothing pending may be idle before it is dropped."""
         self._intake = Intake(client, prefix, self.node, client.register_script(scripts.SCHEDULE))
-        self._accept = client.register_script(scripts.ACCEPT)
+        self._accepts = Accepts(
+            client.register_script(scripts.ACCEPT), url, prefix, self._body_ttl, handover
+        )
         self._claim = client.register_script(scripts.CLAIM)
         self._finish = client.register_script(scripts.FINISH)
         self._release = client.register_script(scripts.RELEASE)
@@ -99,12 +104,14 @@ class RedisSpool:
         role: Role = "daemon",
         handler_timeout: float = DEFAULT_HANDLER_TIMEOUT,
         coalesce_seconds: float = DEFAULT_COALESCE_SECONDS,
+        handover: HandOver | None = None,
     ) -> RedisSpool:
         """Connect to the Redis at ``url`` and use its keys under ``prefix``; raise
         `SpoolError` if Redis cannot be used.
 
         ``handler_timeout`` is the lease of a handler `expect_handlers` did not name;
-        ``coalesce_seconds`` how long an identical body may still join a pending twin.
+        ``coalesce_seconds`` how long an identical body may still join a pending twin;
+        ``handover`` when to send a batch of accepts (see `frameiod.store.base.HandOver`).
         Warns when Redis's persistence settings could lose an acknowledged event. With
         ``role="operator"``, for the operator's actions: no warnings, a longer wait for
         Redis's answers, and `QueueError` if it cannot be reached.
@@ -117,6 +124,7 @@ class RedisSpool:
             prefix,
             handler_timeout=handler_timeout,
             coalesce_seconds=coalesce_seconds,
+            handover=handover,
         )
 
     async def _operate(self, action: Callable[[], Awaitable[T]]) -> T:
@@ -163,33 +171,17 @@ class RedisSpool:
         return max(self._timeouts.values(), default=self._default_timeout) + LEASE_GRACE
 
     async def accept(self, incoming: Incoming, handlers: Sequence[str]) -> Accepted:
-        """``XADD`` the event with one pending delivery per handler, unless a duplicate."""
+        """``XADD`` the event with one pending delivery per handler, unless a duplicate; in
+        a batch with the other requests of this loop turn (`frameiod.store.redis.accepts`).
+        With ``incoming.limit``, the source's token is taken in the same script."""
         if self._closed:
             raise closed_error()
-        digest = hashlib.sha256(incoming.body).hexdigest()
-        with redis_errors(self._url):
-            event_id, duplicate = await self._accept(
-                args=[
-                    self._prefix,
-                    incoming.id,
-                    incoming.source,
-                    incoming.type,
-                    incoming.body,
-                    incoming.timestamp,
-                    incoming.signature,
-                    incoming.secret_id,
-                    repr(incoming.received_at),
-                    self._body_ttl,
-                    digest,
-                    GROUP,
-                    *handlers,
-                ]
-            )
-        event_id = text(event_id)
-        assert event_id is not None
+        event_id, answer = await self._accepts.submit(incoming, handlers)
+        if not event_id:
+            raise RateLimited(float(answer))
         # Our own id back means the first try did land and a retry of the script after a
         # dropped connection saw it: that is this request's event, not a duplicate.
-        if duplicate and event_id != incoming.id:
+        if answer == "duplicate" and event_id != incoming.id:
             return Accepted(event_id, duplicate=True, deliveries=0)
         self._intake.sources.add(incoming.source)
         if handlers:
@@ -384,4 +376,5 @@ class RedisSpool:
         if self._closed:
             return
         self._closed = True
+        await self._accepts.drain()
         await self._client.aclose()

@@ -1,0 +1,138 @@
+"""Accepts on Redis in batches: the requests that arrive while the event loop is busy go to
+Redis as one call of the accept script, as the SQLite spool's writer commits them in one
+transaction (see `frameiod.idle`).
+
+A call to Redis costs the receiver far more CPU in redis-py than the script costs Redis,
+and with ``appendfsync always`` every call that writes waits for an fsync: one call per
+batch shares both among its requests. One batch is in flight at a time; requests that
+arrive meanwhile form the next, sent as soon as it returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Sequence
+from typing import Any
+
+from redis.commands.core import AsyncScript
+
+from frameiod.store.base import HandOver, Incoming, SpoolUnavailable
+from frameiod.store.redis.connection import text
+from frameiod.store.redis_keys import GROUP, redis_errors
+
+__all__ = ["Accepts"]
+
+_BATCH_LIMIT = 128
+"""Requests per script call at most: Redis runs a script alone, and other receivers'
+requests wait for it."""
+_HOLD_AT_MOST = 0.0015
+"""Seconds a request may wait for the loop to run out of work before its batch goes."""
+
+Reply = tuple[str, str]
+"""The script's answer for one request: the event id and ``new`` or ``duplicate``; or an
+empty id and the seconds its source must wait."""
+
+
+class Accepts:
+    """Gathers accepts and sends them to Redis in batches, one script call each."""
+
+    def __init__(
+        self,
+        script: AsyncScript,
+        url: str,
+        prefix: str,
+        body_ttl: int,
+        handover: HandOver | None,
+    ) -> None:
+        self._script = script
+        self._url = url
+        self._head = [prefix, GROUP, body_ttl]
+        self._handover = handover
+        self._waiting: list[tuple[list[Any], asyncio.Future[Reply]]] = []
+        self._sending: asyncio.Task[None] | None = None
+        self._scheduled = False
+
+    def submit(self, incoming: Incoming, handlers: Sequence[str]) -> asyncio.Future[Reply]:
+        """Queue ``incoming`` for the next batch; the future gets its `Reply`, or
+        `SpoolUnavailable` if Redis failed."""
+        rate, burst = incoming.limit if incoming.limit is not None else ("", "")
+        arguments = [
+            incoming.id,
+            incoming.source,
+            incoming.type,
+            incoming.body,
+            incoming.timestamp,
+            incoming.signature,
+            incoming.secret_id,
+            repr(incoming.received_at),
+            hashlib.sha256(incoming.body).hexdigest(),
+            repr(rate) if rate != "" else "",
+            burst,
+            len(handlers),
+            *handlers,
+        ]
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Reply] = loop.create_future()
+        self._waiting.append((arguments, future))
+        if self._sending is None and not self._scheduled:
+            self._schedule(loop)
+        return future
+
+    def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._scheduled = True
+        if self._handover is None or not self._handover(loop, self._send, _HOLD_AT_MOST):
+            loop.call_soon(self._send)
+
+    def _send(self) -> None:
+        self._scheduled = False
+        # A request answered 503 at its deadline meanwhile cancelled its future: it is not
+        # sent at all.
+        waiting = [(args, future) for args, future in self._waiting if not future.done()]
+        if self._sending is not None or not waiting:
+            self._waiting = waiting
+            return
+        batch, self._waiting = waiting[:_BATCH_LIMIT], waiting[_BATCH_LIMIT:]
+        self._sending = asyncio.get_running_loop().create_task(self._run(batch))
+
+    async def _run(self, batch: list[tuple[list[Any], asyncio.Future[Reply]]]) -> None:
+        futures = [future for _, future in batch]
+        try:
+            arguments = list(self._head)
+            for item, _ in batch:
+                arguments += item
+            with redis_errors(self._url):
+                replies = await self._script(args=arguments)
+        except SpoolUnavailable as exc:
+            _fail(futures, exc.reason, exc.detail)
+        except BaseException as exc:
+            # Cancelled by a close, or a failure of redis-py itself: the requests get a
+            # 503 (what reached Redis is kept whole; a resend is answered duplicate).
+            _fail(futures, "redis_error", str(exc) or "the spool is closed")
+            if not isinstance(exc, Exception):
+                raise
+        else:
+            for index, future in enumerate(futures):
+                if not future.done():
+                    event_id, answer = replies[2 * index], replies[2 * index + 1]
+                    future.set_result((text(event_id) or "", text(answer) or ""))
+        finally:
+            self._sending = None
+            if self._waiting and not self._scheduled:
+                self._schedule(asyncio.get_running_loop())
+
+    async def drain(self) -> None:
+        """Wait until every request queued so far has its answer."""
+        while self._sending is not None or self._waiting:
+            if self._sending is None:
+                self._send()  # not waiting for the hand-over: nothing else will come
+            if self._sending is not None:
+                await asyncio.wait([self._sending])
+
+
+def _fail(futures: list[asyncio.Future[Reply]], reason: str, detail: str) -> None:
+    # One exception each: raised in several requests' tasks, one would gather all their
+    # tracebacks.
+    for future in futures:
+        if not future.done():
+            future.set_exception(SpoolUnavailable(reason, detail))
