@@ -18,7 +18,7 @@ from support import SECRET, incoming, make_config
 
 from frameiod.http.server import READY_CHECK_SECONDS
 from frameiod.store import redis_keys as redis_store
-from frameiod.store.base import Accepted, Claimed, SpoolError, SpoolUnavailable
+from frameiod.store.base import Accepted, Claimed, RateLimited, SpoolError, SpoolUnavailable
 from frameiod.store.open import open_spool
 from frameiod.store.redis import LEASE_GRACE, RedisSpool
 from frameiod.store.redis_keys import GROUP
@@ -703,3 +703,66 @@ class TestSourceLimiter:
             assert [await limiter.take("unconfigured") for _ in range(10)] == [0.0] * 10
         assert await raw.exists(f"{prefix}:rate:unconfigured") == 0
         assert await raw.exists(f"{prefix}:rate:default") == 1
+
+    async def test_a_batch_of_accepts_takes_its_tokens_from_the_bucket_takes_use(
+        self, node: OpenNode, raw: aioredis.Redis, prefix: str, redis_server: RedisServer
+    ):
+        spool = await node()
+        limiter = RedisSourceLimiter(spool.client, redis_server.url, prefix, {"default": (1.0, 4)})
+        assert limiter.taken_on_accept("default") == (1.0, 4)
+        assert limiter.taken_on_accept("unconfigured") is None
+        assert await limiter.take("default") == 0.0  # one of the four tokens, spent apart
+        events = [incoming(limit=(1.0, 4)) for _ in range(6)]
+
+        answers = await asyncio.gather(
+            *(spool.accept(event, ["a"]) for event in events), return_exceptions=True
+        )
+
+        accepted = [a for a in answers if isinstance(a, Accepted)]
+        limited = [a for a in answers if isinstance(a, RateLimited)]
+        assert [a.id for a in accepted] == [e.id for e in events[:3]], "first come, first served"
+        assert len(limited) == 3
+        assert all(0 < a.wait <= 1.0 for a in limited), [a.wait for a in limited]
+        assert await raw.zcard(f"{prefix}:events") == 3, "a refused request stores nothing"
+        assert (await spool.gauges())[0] == counts(pending=3)
+        assert await limiter.take("default") > 0, "the batch emptied the shared bucket"
+
+
+class TestBatches:
+    async def test_the_accepts_of_one_loop_turn_are_one_script_call(
+        self, node: OpenNode, raw: aioredis.Redis, prefix: str
+    ):
+        spool = await node()
+        await spool.accept(incoming(), ["a"])  # loads the script into Redis
+        await raw.config_resetstat()
+        twin = incoming()
+        events = [incoming() for _ in range(20)] + [twin, incoming(body=twin.body)]
+
+        answers = await asyncio.gather(*(spool.accept(event, ["a"]) for event in events))
+
+        calls = (await raw.info("commandstats"))["cmdstat_evalsha"]["calls"]
+        assert calls == 1, f"{calls} script calls for {len(events)} accepts"
+        assert answers[:21] == [Accepted(e.id, duplicate=False, deliveries=1) for e in events[:21]]
+        assert answers[21] == Accepted(twin.id, duplicate=True, deliveries=0), (
+            "a twin later in the same batch joins the pending one"
+        )
+        assert await raw.zcard(f"{prefix}:events") == 22
+        assert (await spool.gauges())[0] == counts(pending=22)
+
+    async def test_a_batch_redis_refuses_fails_every_request_in_it(
+        self, node: OpenNode, raw: aioredis.Redis, prefix: str
+    ):
+        spool = await node()
+        await raw.config_set("min-replicas-to-write", 1)  # a primary without its replica
+        try:
+            answers = await asyncio.gather(
+                *(spool.accept(incoming(), ["a"]) for _ in range(5)), return_exceptions=True
+            )
+        finally:
+            await raw.config_set("min-replicas-to-write", 0)
+        assert [type(a) for a in answers] == [SpoolUnavailable] * 5
+        assert {a.reason for a in answers if isinstance(a, SpoolUnavailable)} == {"redis_refused"}
+        assert len({id(a) for a in answers}) == 5, "one exception per request"
+        assert await raw.zcard(f"{prefix}:events") == 0
+        # Nothing is left waiting: the next requests go through.
+        assert (await spool.accept(incoming(), ["a"])).deliveries == 1

@@ -4,8 +4,8 @@ transaction (see `frameiod.idle`).
 
 A call to Redis costs the receiver far more CPU in redis-py than the script costs Redis,
 and with ``appendfsync always`` every call that writes waits for an fsync: one call per
-batch shares both among its requests. One batch is in flight at a time; requests that
-arrive meanwhile form the next, sent as soon as it returns.
+batch shares both among its requests. Requests that arrive while `_IN_FLIGHT` batches
+await their answers form the next, sent as soon as one returns.
 """
 
 from __future__ import annotations
@@ -26,6 +26,9 @@ __all__ = ["Accepts"]
 _BATCH_LIMIT = 128
 """Requests per script call at most: Redis runs a script alone, and other receivers'
 requests wait for it."""
+_IN_FLIGHT = 2
+"""Batches sent and not yet answered at most: with one, the receiver would sit idle while
+Redis runs the script and fsyncs; with many, batches would shrink to a request each."""
 _HOLD_AT_MOST = 0.0015
 """Seconds a request may wait for the loop to run out of work before its batch goes."""
 
@@ -50,7 +53,7 @@ class Accepts:
         self._head = [prefix, GROUP, body_ttl]
         self._handover = handover
         self._waiting: list[tuple[list[Any], asyncio.Future[Reply]]] = []
-        self._sending: asyncio.Task[None] | None = None
+        self._sending: set[asyncio.Task[None]] = set()
         self._scheduled = False
 
     def submit(self, incoming: Incoming, handlers: Sequence[str]) -> asyncio.Future[Reply]:
@@ -75,7 +78,7 @@ class Accepts:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Reply] = loop.create_future()
         self._waiting.append((arguments, future))
-        if self._sending is None and not self._scheduled:
+        if len(self._sending) < _IN_FLIGHT and not self._scheduled:
             self._schedule(loop)
         return future
 
@@ -89,11 +92,13 @@ class Accepts:
         # A request answered 503 at its deadline meanwhile cancelled its future: it is not
         # sent at all.
         waiting = [(args, future) for args, future in self._waiting if not future.done()]
-        if self._sending is not None or not waiting:
+        if len(self._sending) >= _IN_FLIGHT or not waiting:
             self._waiting = waiting
             return
         batch, self._waiting = waiting[:_BATCH_LIMIT], waiting[_BATCH_LIMIT:]
-        self._sending = asyncio.get_running_loop().create_task(self._run(batch))
+        task = asyncio.get_running_loop().create_task(self._run(batch))
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
 
     async def _run(self, batch: list[tuple[list[Any], asyncio.Future[Reply]]]) -> None:
         futures = [future for _, future in batch]
@@ -117,17 +122,19 @@ class Accepts:
                     event_id, answer = replies[2 * index], replies[2 * index + 1]
                     future.set_result((text(event_id) or "", text(answer) or ""))
         finally:
-            self._sending = None
+            # Out of the way before the next batch is sent, not when the task has ended.
+            if (this := asyncio.current_task()) is not None:
+                self._sending.discard(this)
             if self._waiting and not self._scheduled:
                 self._schedule(asyncio.get_running_loop())
 
     async def drain(self) -> None:
         """Wait until every request queued so far has its answer."""
-        while self._sending is not None or self._waiting:
-            if self._sending is None:
+        while self._sending or self._waiting:
+            if self._waiting and len(self._sending) < _IN_FLIGHT:
                 self._send()  # not waiting for the hand-over: nothing else will come
-            if self._sending is not None:
-                await asyncio.wait([self._sending])
+            if self._sending:
+                await asyncio.wait(self._sending)
 
 
 def _fail(futures: list[asyncio.Future[Reply]], reason: str, detail: str) -> None:
