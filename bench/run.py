@@ -70,6 +70,7 @@ sys.path.insert(0, str(BENCH.parent))
 sys.path.insert(0, str(BENCH.parent / "tests"))
 
 import noop_plugin  # noqa: E402 - after the path tweak above
+import scaleout  # noqa: E402
 from redis_support import REDIS_SERVER, RedisServer  # noqa: E402 - shared with the tests
 
 from frameiod.config import DispatchConfig  # noqa: E402
@@ -95,6 +96,10 @@ class Round:
     """The part of ``cpu_us_64`` on the main thread (the event loop)."""
     cpu_us_8: float
     loop_us_8: float
+    redis_us_64: float
+    """Redis's CPU time per request at 64 connections, µs (NaN for targets without)."""
+    wrk_us_64: float
+    """wrk's CPU time per request at 64 connections, µs: the load's own cost."""
 
 
 @dataclass
@@ -249,12 +254,19 @@ def think_ms(connections: int, rate: float) -> float:
 
 
 def _wrk(
-    url: str, script: Path, connections: int, seconds: int, start: int = 0, *, pause_ms: float = 0
+    url: str,
+    script: Path,
+    connections: int,
+    seconds: int,
+    start: int = 0,
+    *,
+    pause_ms: float = 0,
+    cpu: int | None = 1,
 ) -> dict[str, float]:
-    """Run wrk; ``pause_ms`` is the paced script's think time per connection (see
-    `write_script`)."""
+    """Run wrk on ``cpu`` (None: wherever); ``pause_ms`` is the paced script's think time
+    per connection (see `write_script`). ``wrk_us`` is wrk's own CPU time per request."""
     command = [
-        *pin(1),
+        *(pin(cpu) if cpu is not None else []),
         "wrk",
         "-t1",
         f"-c{connections}",
@@ -267,10 +279,21 @@ def _wrk(
         str(start),
         *([f"{pause_ms:.3f}"] if pause_ms else []),
     ]
-    done = subprocess.run(command, capture_output=True, text=True, check=True)  # noqa: S603
+    with tempfile.TemporaryFile("w+") as stderr:
+        process = subprocess.Popen(  # noqa: S603 - wrk, with our own script
+            command, stdout=subprocess.PIPE, stderr=stderr, text=True
+        )
+        assert process.stdout is not None
+        out = process.stdout.read()
+        # Reaped here, for its own CPU time: several wrk may run at once.
+        _, status, usage = os.wait4(process.pid, 0)
+        process.returncode = os.waitstatus_to_exitcode(status)
+        stderr.seek(0)
+        done = subprocess.CompletedProcess(command, process.returncode, out, stderr.read())
+    if done.returncode:
+        raise subprocess.CalledProcessError(done.returncode, command, out, done.stderr)
     if "request = function" in done.stderr or "error" in done.stderr.lower():
         raise RuntimeError(f"wrk's script failed: {done.stderr.strip()}")
-    out = done.stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out)[1])
     requests = int(re.search(r"(\d+) requests in", out)[1])
 
@@ -291,6 +314,7 @@ def _wrk(
         "p50": latency("50"),
         "p99": latency("99"),
         "errors": errors,
+        "wrk_us": (usage.ru_utime + usage.ru_stime) * 1e6 / max(requests, 1),
     }
 
 
@@ -323,9 +347,10 @@ def start_frameiod(
     *,
     plugins: str | None = "",
     entry: Sequence[str] = ("-m", "frameiod"),
+    cpu: int = 0,
     **popen: object,
 ) -> subprocess.Popen[bytes]:
-    """``frameiod run`` on CPU 0 with ``config``. ``plugins`` is $FRAMEIOD_PLUGINS (None:
+    """``frameiod run`` on ``cpu`` with ``config``. ``plugins`` is $FRAMEIOD_PLUGINS (None:
     every installed plugin loads); ``env`` is added to the environment; ``entry`` is what
     the interpreter runs (``floor.py`` for the durable floor)."""
     environ = {**os.environ, **(env or {})}
@@ -335,58 +360,78 @@ def start_frameiod(
     popen.setdefault("stdout", subprocess.DEVNULL)
     popen.setdefault("stderr", subprocess.DEVNULL)
     return subprocess.Popen(  # noqa: S603 - our own interpreter and files
-        [*pin(0), sys.executable, *entry, "run", "--config", str(config)],
+        [*pin(cpu), sys.executable, *entry, "run", "--config", str(config)],
         env=environ,
         **popen,
     )
 
 
-def _serve(
-    target: str, port: int, folder: Path, stack: contextlib.ExitStack
-) -> subprocess.Popen[bytes]:
+@dataclass
+class Served:
+    """A target's server process, and the Redis it uses, if any."""
+
+    process: subprocess.Popen[bytes]
+    redis: RedisServer | None = None
+
+
+def _redis_server(state: Path, stack: contextlib.ExitStack, cpu: int | None = 1) -> RedisServer:
+    """A fresh Redis, appendfsync always (the SQLite FULL promise), by default on the load
+    generator's core: the other machine, as it would be in production."""
+    redis = RedisServer(state / "redis", prefix=pin(cpu) if cpu is not None else [])
+    redis.start()
+    stack.callback(redis.stop)
+    return redis
+
+
+def _serve(target: str, port: int, folder: Path, stack: contextlib.ExitStack) -> Served:
     if target == "baseline":
-        return subprocess.Popen(  # noqa: S603 - our own interpreter and files
-            [*pin(0), sys.executable, str(BENCH / "baseline.py"), str(port), SECRET],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+        return Served(
+            subprocess.Popen(  # noqa: S603 - our own interpreter and files
+                [*pin(0), sys.executable, str(BENCH / "baseline.py"), str(port), SECRET],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
         )
     state = folder / target
     shutil.rmtree(state, ignore_errors=True)
     if target == "frameiod-redis":
-        # A fresh Redis per load, appendfsync always (the SQLite FULL promise), on the
-        # load generator's core: the other machine, as it would be in production.
-        redis = RedisServer(state / "redis", prefix=pin(1))
-        redis.start()
-        stack.callback(redis.stop)
+        redis = _redis_server(state, stack)
         extra = f'backend = "redis"\nredis_url = "{redis.url}"'
-        return start_frameiod(frameiod_config(state, port, "FULL", extra))
+        return Served(start_frameiod(frameiod_config(state, port, "FULL", extra)), redis)
     if target == "durable-floor":
         floor = [str(BENCH / "floor.py"), str(state / "floor.log")]
-        return start_frameiod(frameiod_config(state, port), entry=floor)
-    return start_frameiod(frameiod_config(state, port, target.removeprefix("frameiod-").upper()))
+        return Served(start_frameiod(frameiod_config(state, port), entry=floor))
+    synchronous = target.removeprefix("frameiod-").upper()
+    return Served(start_frameiod(frameiod_config(state, port, synchronous)))
 
 
 def _load(
     target: str, folder: Path, script: Path, *, connections: int, seconds: int, warm_up_at: int
 ) -> tuple[dict[str, float], float]:
     """A fresh server (and spool) per load, so no request is ever seen twice. The figures
-    gain ``cpu_us`` and ``loop_us``: the server's CPU per request (see `Round`)."""
+    gain ``cpu_us`` and ``loop_us``: the server's CPU per request (see `Round`), and
+    ``redis_us``: its Redis's (NaN without)."""
     port = free_port()
     with contextlib.ExitStack() as stack:
-        process = _serve(target, port, folder, stack)
+        served = _serve(target, port, folder, stack)
+        process = served.process
+        redis_pid = served.redis.process.pid if served.redis and served.redis.process else None
         try:
             wait_listening(port, process)
             url = f"http://127.0.0.1:{port}"
             _wrk(url, script, connections, 1, start=warm_up_at)
             before = cpu_seconds(process.pid)
+            redis_before = cpu_seconds(redis_pid)[0] if redis_pid else math.nan
             figures = _wrk(url, script, connections, seconds)
             after = cpu_seconds(process.pid)
+            redis_after = cpu_seconds(redis_pid)[0] if redis_pid else math.nan
             rss = proc_status(process.pid, "VmHWM") / 1024
         finally:
             _stop(process)
     per_request = 1e6 / max(figures["requests"], 1)
     figures["cpu_us"] = (after[0] - before[0]) * per_request
     figures["loop_us"] = (after[1] - before[1]) * per_request
+    figures["redis_us"] = (redis_after - redis_before) * per_request
     return figures, rss
 
 
@@ -408,6 +453,8 @@ def measure(target: str, folder: Path, seconds: int, script: Path, warm_up_at: i
         wide["loop_us"],
         narrow["cpu_us"],
         narrow["loop_us"],
+        wide["redis_us"],
+        wide["wrk_us"],
     )
 
 
@@ -440,22 +487,66 @@ def measure_fsync(folder: Path, count: int = 2000) -> dict[str, float]:
 # --- end to end --------------------------------------------------------------------------
 
 
-def _unfinished(spool: Path) -> int:
-    """Deliveries pending or running, read beside the daemon (WAL lets a reader in)."""
-    try:
-        with contextlib.closing(sqlite3.connect(f"file:{spool}?mode=ro", uri=True)) as conn:
-            return conn.execute(
-                "SELECT COUNT(*) FROM deliveries WHERE state IN ('pending', 'running')"
-            ).fetchone()[0]
-    except sqlite3.Error:
-        return -1  # busy or not created yet: ask again
+class SqliteView:
+    """What the end-to-end loads read of a SQLite spool, beside the daemon (WAL lets a
+    reader in)."""
+
+    def __init__(self, spool: Path) -> None:
+        self.spool = spool
+
+    def _query(self, sql: str, *args: object) -> list[tuple[Any, ...]]:
+        with contextlib.closing(sqlite3.connect(f"file:{self.spool}?mode=ro", uri=True)) as conn:
+            return conn.execute(sql, args).fetchall()
+
+    def unfinished(self) -> int:
+        """Deliveries pending or running; -1 if the spool cannot be read yet."""
+        try:
+            sql = "SELECT COUNT(*) FROM deliveries WHERE state IN ('pending', 'running')"
+            return self._query(sql)[0][0]
+        except sqlite3.Error:
+            return -1  # busy or not created yet: ask again
+
+    def received(self, after: float = 0.0) -> dict[str, float]:
+        """Event id → received_at, for events received after ``after``."""
+        return dict(self._query("SELECT id, received_at FROM events WHERE received_at > ?", after))
+
+    def last_done(self) -> float:
+        """When the last delivery was updated."""
+        return self._query("SELECT MAX(updated_at) FROM deliveries")[0][0] or 0.0
 
 
-def _wait_drained(spool: Path, timeout: float) -> float:
+class RedisView:
+    """The same, of a Redis spool (the default key prefix)."""
+
+    def __init__(self, url: str, prefix: str = "frameiod") -> None:
+        import redis  # noqa: PLC0415 - only where the Redis rows run
+
+        self.client = redis.Redis.from_url(url, decode_responses=True)
+        self.prefix = prefix
+
+    def unfinished(self) -> int:
+        """Deliveries pending or running (the spool's own counters)."""
+        counts = self.client.hgetall(f"{self.prefix}:counts")
+        return int(counts.get("pending", 0)) + int(counts.get("running", 0))
+
+    def received(self, after: float = 0.0) -> dict[str, float]:
+        """Event id → received_at, for events received after ``after``."""
+        key = f"{self.prefix}:events"
+        return dict(self.client.zrangebyscore(key, f"({after}", "+inf", withscores=True))
+
+    def last_done(self) -> float:
+        """Now: asked right after the spool drained (to a tenth of a second)."""
+        return time.time()
+
+
+SpoolView = SqliteView | RedisView
+
+
+def _wait_drained(view: SpoolView, timeout: float) -> float:
     """Seconds until no delivery is pending or running (``timeout`` if never)."""
     began = time.monotonic()
     while time.monotonic() - began < timeout:
-        if _unfinished(spool) == 0:
+        if view.unfinished() == 0:
             return time.monotonic() - began
         time.sleep(0.1)
     return timeout
@@ -467,18 +558,6 @@ def percentile(values: list[float], pct: int) -> float:
         return math.nan
     ordered = sorted(values)
     return ordered[max(0, math.ceil(pct / 100 * len(ordered)) - 1)]
-
-
-def _received(spool: Path, after: float = 0.0) -> dict[str, float]:
-    """Event id → received_at, for events received after ``after``."""
-    with contextlib.closing(sqlite3.connect(f"file:{spool}?mode=ro", uri=True)) as conn:
-        rows = conn.execute("SELECT id, received_at FROM events WHERE received_at > ?", (after,))
-        return dict(rows.fetchall())
-
-
-def _last_done(spool: Path) -> float:
-    with contextlib.closing(sqlite3.connect(f"file:{spool}?mode=ro", uri=True)) as conn:
-        return conn.execute("SELECT MAX(updated_at) FROM deliveries").fetchone()[0] or 0.0
 
 
 class _Phase:
@@ -524,34 +603,57 @@ def measure_e2e(
     seconds: int,
     region: int,
     workers: int | None = None,
+    redis: bool = False,
 ) -> EndToEnd:
     """frameiod with the no-op handler: wrk at 64 connections for ``seconds`` at full speed
     (requests ``[0, region)`` of ``script``), drained; then paced at 80 % of what that
-    achieved end to end (``[region, 2 * region)``), drained. Warm-up from ``2 * region``."""
-    state = folder / f"e2e-{synchronous.lower()}"
+    achieved end to end (``[region, 2 * region)``), drained. Warm-up from ``2 * region``.
+    With ``redis``, the spool is on a fresh Redis as in the ``frameiod-redis`` target."""
+    state = folder / ("e2e-redis" if redis else f"e2e-{synchronous.lower()}")
     shutil.rmtree(state, ignore_errors=True)
     port = free_port()
-    extra = f"[dispatch]\nworkers = {workers}" if workers else ""
-    config = frameiod_config(state, port, synchronous, extra)
+    with contextlib.ExitStack() as stack:
+        # `frameiod_config` puts ``extra`` in [spool]: its own lines first, then [dispatch].
+        extra = f"\n[dispatch]\nworkers = {workers}" if workers else ""
+        view: SpoolView = SqliteView(state / "frameiod.db")
+        if redis:
+            server = _redis_server(state, stack)
+            extra = f'backend = "redis"\nredis_url = "{server.url}"{extra}'
+            view = RedisView(server.url)
+        config = frameiod_config(state, port, synchronous, extra)
+        return _end_to_end(config, state, view, script, paced, seconds=seconds, region=region)
+
+
+def _end_to_end(
+    config: Path,
+    state: Path,
+    spool: SpoolView,
+    script: Path,
+    paced: Path,
+    *,
+    seconds: int,
+    region: int,
+) -> EndToEnd:
+    folder = state.parent
+    port = int(re.search(r"port = (\d+)", config.read_text())[1])
     record = state / "handler-starts.txt"
     site = noop_plugin.install(folder / "site")
     env = {"PYTHONPATH": site["PYTHONPATH"], "BENCH_RECORD": str(record), "BENCH_RECORD_EACH": ""}
     process = start_frameiod(config, env, plugins=site["FRAMEIOD_PLUGINS"])
-    spool = state / "frameiod.db"
     try:
         wait_listening(port, process)
         url = f"http://127.0.0.1:{port}"
         warm = _wrk(url, script, 64, 1, start=2 * region)
         _wait_drained(spool, 60)
-        if not (warmed := _received(spool)):
+        if not (warmed := spool.received()):
             raise RuntimeError(f"the warm-up left no event in the spool: {warm}")
         mark = max(warmed.values())
         load = _wrk(url, script, 64, seconds)
         _wait_drained(spool, 600)
-        first = _received(spool, mark)
+        first = spool.received(mark)
         # The handler's own records are read at the end; the spool's last update is close
         # enough to size the paced load.
-        rate = 0.8 * len(first) / (_last_done(spool) - min(first.values()))
+        rate = 0.8 * len(first) / (spool.last_done() - min(first.values()))
         mark = max(first.values())
         steady = _wrk(url, paced, 64, seconds, region, pause_ms=think_ms(64, rate))
         _wait_drained(spool, 600)
@@ -562,7 +664,7 @@ def measure_e2e(
     for line in record.read_text().splitlines():
         event_id, moment = line.split()
         starts.setdefault(event_id, float(moment))  # a retry would be a second line
-    everything = _received(spool)
+    everything = spool.received()
     full = _Phase(first, starts, seconds)
     slow = _Phase(
         {event_id: at for event_id, at in everything.items() if at > mark}, starts, seconds
@@ -722,7 +824,7 @@ def profile(folder: Path, seconds: int) -> int:
     script = folder / "requests.lua"
     write_script(script, count=per_run * len(runs))
     port = free_port()
-    process = _serve("frameiod-full", port, folder, contextlib.ExitStack())
+    process = _serve("frameiod-full", port, folder, contextlib.ExitStack()).process
     rates = []
     try:
         wait_listening(port, process)
@@ -769,7 +871,8 @@ TARGETS = ["baseline", "frameiod-full", "frameiod-normal"] + (
 # frameiod with its spool's SQL replaced by one append and fdatasync per batch (floor.py):
 # the least a durable acknowledgement costs here, for reading frameiod-full's figures by.
 TARGETS.append("durable-floor")
-MODES = ["FULL", "NORMAL"]
+# End to end: the SQLite spool at both settings, and Redis where the ingest target runs.
+E2E_TARGETS = ["frameiod-full", "frameiod-normal"] + [t for t in TARGETS if t == "frameiod-redis"]
 # Each ingest figure of the other targets also as a ratio to the baseline's: the ratios
 # are what carries over between machines and runs.
 RATIOS = {
@@ -782,17 +885,22 @@ RATIOS = {
 }
 
 
-def collect(
-    args: argparse.Namespace,
-) -> tuple[
-    dict[str, list[Round]],
-    dict[str, list[EndToEnd]],
-    dict[str, dict[str, float]],
-    dict[str, float],
-]:
+@dataclass
+class Collected:
+    """Every figure of a run, before medians."""
+
+    results: dict[str, list[Round]]
+    ends: dict[str, list[EndToEnd]]
+    pairs: list[dict[str, float]]
+    starts: dict[str, dict[str, float]]
+    disk: dict[str, float]
+
+
+def collect(args: argparse.Namespace) -> Collected:
     """Every load of every round, then the starts; first, the disk's fsync."""
     results: dict[str, list[Round]] = {target: [] for target in TARGETS}
-    ends: dict[str, list[EndToEnd]] = {mode: [] for mode in MODES}
+    ends: dict[str, list[EndToEnd]] = {target: [] for target in E2E_TARGETS}
+    pairs: list[dict[str, float]] = []
     with tempfile.TemporaryDirectory(prefix="frameiod-bench-") as scratch:
         folder = Path(scratch)
         disk = measure_fsync(folder)
@@ -806,6 +914,7 @@ def collect(
         # warm-up: it never sees a request twice (the baseline does not care).
         measured = 20_000 * args.seconds
         e2e_script = folder / "e2e.lua"
+        pair_script = folder / "pair.lua"
         region = 0
         for number in range(args.rounds):
             # Signed afresh for every round and every end-to-end load: a request older than
@@ -828,25 +937,36 @@ def collect(
                 # wrk ever came round to a request again all the same.
                 fastest = max(r.rps_64 for t in TARGETS[1:3] for r in results[t])
                 region = int(fastest * 1.5 * args.e2e_seconds) + 10_000
-            for mode in MODES:
+            for target in E2E_TARGETS:
                 paced = write_script(e2e_script, count=2 * region + 20_000)
                 end = measure_e2e(
-                    mode,
+                    "FULL" if target == "frameiod-redis" else target[len("frameiod-") :].upper(),
                     folder,
                     e2e_script,
                     paced,
                     seconds=args.e2e_seconds,
                     region=region,
                     workers=args.workers,
+                    redis=target == "frameiod-redis",
                 )
-                ends[mode].append(end)
+                ends[target].append(end)
                 print(
-                    f"round {number + 1} e2e-{mode.lower():12} {end.calls_per_s:6.0f} calls/s; "
+                    f"round {number + 1} e2e {target:12} {end.calls_per_s:6.0f} calls/s; "
                     f"under full load {end.load_calls_per_s:.0f} calls/s, "
                     f"{end.load_acks_per_s:.0f} acks/s, backlog {end.load_backlog}; "
                     f"paced at {end.paced_rate:.0f}/s: {end.paced_calls_per_s:.0f} calls/s, "
                     f"backlog {end.paced_backlog}, receipt->start p50 {end.p50_ms:.1f} ms "
                     f"p99 {end.p99_ms:.1f} ms; errors {end.errors}, wrapped {end.wrapped}",
+                    flush=True,
+                )
+            if "frameiod-redis" in TARGETS:
+                spread = 12_000 * args.seconds
+                write_script(pair_script, count=4 * spread)
+                pair = scaleout.measure_pair(folder, pair_script, args.seconds, spread)
+                pairs.append(pair)
+                print(
+                    f"round {number + 1} frameiod-redis-x2 {pair['rps']:9.0f} req/s  "
+                    f"p99 {pair['p99_ms']:6.2f} ms (64 connections)  errors {pair['errors']:.0f}",
                     flush=True,
                 )
         starts = measure_starts(folder, args.starts)
@@ -856,17 +976,13 @@ def collect(
                 f"idle rss {figures['idle_rss_mib']:.1f} MiB",
                 flush=True,
             )
-    return results, ends, starts, disk
+    return Collected(results, ends, pairs, starts, disk)
 
 
-def summarise(
-    args: argparse.Namespace,
-    results: dict[str, list[Round]],
-    ends: dict[str, list[EndToEnd]],
-    starts: dict[str, dict[str, float]],
-    disk: dict[str, float],
-) -> dict[str, object]:
+def summarise(args: argparse.Namespace, collected: Collected) -> dict[str, object]:
     """Medians, ratios to the baseline and the issue's targets, as results.json holds them."""
+    results, ends, pairs = collected.results, collected.ends, collected.pairs
+    starts, disk = collected.starts, collected.disk
 
     def median(target: str, field: str) -> float:
         return statistics.median(getattr(r, field) for r in results[target])
@@ -881,6 +997,8 @@ def summarise(
             "loop_us_per_request_64_connections": median(target, "loop_us_64"),
             "cpu_us_per_request_8_connections": median(target, "cpu_us_8"),
             "loop_us_per_request_8_connections": median(target, "loop_us_8"),
+            "redis_us_per_request_64_connections": median(target, "redis_us_64"),
+            "wrk_us_per_request_64_connections": median(target, "wrk_us_64"),
             "errors": sum(r.errors for r in results[target]),
         }
         for target in TARGETS
@@ -891,17 +1009,27 @@ def summarise(
         for ratio, figure in RATIOS.items():
             figures[ratio] = _ratio(figures[figure], base[figure])
     end_to_end = {}
-    for mode in MODES:
+    for target in E2E_TARGETS:
         figures = {
-            key: round(statistics.median(getattr(e, key) for e in ends[mode]), 3)
-            for key in asdict(ends[mode][0])
+            key: round(statistics.median(getattr(e, key) for e in ends[target]), 3)
+            for key in asdict(ends[target][0])
         }
-        figures["errors"] = sum(e.errors for e in ends[mode])
-        figures["wrapped"] = sum(e.wrapped for e in ends[mode])
+        figures["errors"] = sum(e.errors for e in ends[target])
+        figures["wrapped"] = sum(e.wrapped for e in ends[target])
         figures["seconds"] = args.e2e_seconds
         figures["workers"] = args.workers or DispatchConfig.model_fields["workers"].default
         figures["calls_ratio"] = _ratio(figures["calls_per_s"], base["rps_64_connections"])
-        end_to_end[f"frameiod-{mode.lower()}"] = figures
+        end_to_end[target] = figures
+    scale_out: dict[str, float] = {}
+    if pairs:
+        pair = {key: statistics.median(p[key] for p in pairs) for key in pairs[0]}
+        pair["errors"] = sum(p["errors"] for p in pairs)
+        scale_out = {
+            **scaleout.model(targets["frameiod-redis"], pair),
+            "two_receivers_rps_ratio": _ratio(pair["rps"], base["rps_64_connections"]),
+            "two_receivers_p99_ms": pair["p99_ms"],
+            "errors": pair["errors"],
+        }
     full, full_e2e = targets["frameiod-full"], end_to_end["frameiod-full"]
     examples = starts["example_plugins"]
     return {
@@ -911,15 +1039,28 @@ def summarise(
         "pinned": TWO_CORES,
         "targets": targets,
         "end_to_end": end_to_end,
+        "scale_out": scale_out,
         "start": {**starts, "starts": args.starts},
         "disk_fsync": disk,
         "issue_targets": {
             "ingest_full_rps_ratio >= 0.5": full["rps_ratio"] >= 0.5,
             "ingest_full_p99_ratio <= 2": full["p99_ratio"] <= 2,
-            "e2e_full_calls_ratio >= 0.35": full_e2e["calls_ratio"] >= 0.35,
+            "e2e_full_calls_ratio >= 0.5": full_e2e["calls_ratio"] >= 0.5,
+            **_redis_targets(targets, full),
             "idle_rss_mib <= 60": examples["idle_rss_mib"] <= 60,
             "ready_s <= 1": examples["ready_s"] <= 1,
         },
+    }
+
+
+def _redis_targets(targets: dict[str, Any], full: dict[str, Any]) -> dict[str, bool]:
+    redis = targets.get("frameiod-redis")
+    if redis is None:
+        return {}
+    p99_over_full = redis["p99_ms_8_connections"] / full["p99_ms_8_connections"]
+    return {
+        "ingest_redis_rps_ratio >= 0.5": redis["rps_ratio"] >= 0.5,
+        "ingest_redis_p99 <= 2 x ingest_full_p99": p99_over_full <= 2,
     }
 
 
@@ -977,17 +1118,34 @@ def report(summary: dict[str, Any]) -> int:
             f"{f['load_calls_per_s']:.0f} | {f['load_acks_per_s']:.0f} | "
             f"{f['paced_calls_per_s']:.0f} | {f['p50_ms']:.1f} | {f['p99_ms']:.1f} |"
         )
+    if model := summary["scale_out"]:
+        print(
+            "\nScale-out on Redis, from the frameiod-redis load's parts: a receiver spends "
+            f"{model['receiver_us_per_event']:.0f} µs of CPU per event and Redis "
+            f"{model['redis_us_per_event']:.0f} µs, so one Redis core takes "
+            f"{model['one_redis_core_events_per_s']:,} events/s: "
+            f"{model['receivers_one_redis_serves']:.1f} receivers of "
+            f"{model['one_receiver_rps']:,} req/s each, on machines of their own. Two "
+            f"receivers here (sharing two cores with Redis and wrk): predicted "
+            f"{model['two_receivers_here_predicted_rps']:,} req/s, measured "
+            f"{model['two_receivers_here_measured_rps']:,} "
+            f"({model['measured_over_predicted']:.2f} of the prediction, "
+            f"{model['two_receivers_rps_ratio']:.2f} times the baseline), "
+            f"p99 {model['two_receivers_p99_ms']:.2f} ms at 64 connections."
+        )
     starts = summary["start"]
     print(f"\nStart, median of {starts['starts']}:\n| plugins | start → READY=1 s | idle RSS MiB |")
     print("| --- | --- | --- |")
     for name in ("example_plugins", "no_plugins"):
         f = starts[name]
         print(f"| {name.replace('_', ' ')} | {f['ready_s']:.2f} | {f['idle_rss_mib']:.1f} |")
-    print("\nIssue 7 targets:")
+    print("\nTargets (issues 7 and 23):")
     for name, met in summary["issue_targets"].items():
         print(f"  {'met   ' if met else 'MISSED'}  {name}")
     invalid = [t for t, f in summary["targets"].items() if f["errors"]]
     invalid += [t for t, f in summary["end_to_end"].items() if f["errors"] or f["wrapped"]]
+    if summary["scale_out"].get("errors"):
+        invalid.append("frameiod-redis-x2")
     if invalid:
         print(
             "INVALID: non-2xx answers, socket errors, unhandled events or repeated requests in "
@@ -1022,7 +1180,7 @@ def main() -> int:
     if args.profile:
         with tempfile.TemporaryDirectory(prefix="frameiod-bench-") as scratch:
             return profile(Path(scratch), args.profile_seconds)
-    summary = summarise(args, *collect(args))
+    summary = summarise(args, collect(args))
     args.output.write_text(json.dumps(summary, indent=2) + "\n")
     return report(summary)
 
