@@ -10,11 +10,11 @@ it stays busy), operations are handed to the writer together then: a request tha
 already here does not miss the commit and wait for the next one. Without one, or on a loop
 the hand-over cannot serve, each operation goes to the writer at once.
 
-Claims read due deliveries on a second, read-only connection (WAL lets it read while the
-writer commits) and queue the "running" mark behind them without waiting for it: under a
-full ingest load the writer's queue is long, and a dispatcher that waited in it for every
-claim started its calls far behind the ingest. Until its outcome is written, a claimed
-delivery is kept out of later claims in memory (this process is the only dispatcher).
+A claim finds due deliveries and marks them "running" (their attempt counted) in one
+operation of the writer's batch, so a handler is called only once its claim is on record,
+and no thread beyond the writer is woken for it; the dispatcher's other reads (when the
+next delivery is due) join the batch too. A second, read-only connection (WAL lets it read
+while the writer commits) serves the operator's actions.
 
 The modules: `spool` (the `Spool` API), `schema` (the file's schema, its upgrades and its
 connections), `files` (permissions), `writer` (the writer thread), `checkpointer` (the

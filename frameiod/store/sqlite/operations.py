@@ -20,12 +20,11 @@ from frameiod.store.sqlite.schema import (
 
 __all__ = [
     "accept",
+    "claim",
     "count_states",
     "deliveries_of",
-    "due",
     "finish",
     "gauges",
-    "mark_running",
     "next_due",
     "probe",
     "purge",
@@ -130,30 +129,31 @@ def purge(conn: sqlite3.Connection, received_before: float, signed_before: float
     ).rowcount
 
 
-def due(
-    conn: sqlite3.Connection,
-    limit: int,
-    caps: dict[str, int],
-    now: float,
-    taken: frozenset[DeliveryId],
-) -> list[Claimed]:
+def claim(conn: sqlite3.Connection, limit: int, caps: dict[str, int], now: float) -> list[Claimed]:
+    """Mark up to ``limit`` due deliveries ``running`` (at most ``caps[h]`` of handler
+    ``h``), oldest first, counting their attempt; return them."""
     # One indexed query per handler, each taking at most what that handler may start: a
-    # backlog of one capped handler can never hide the due deliveries of the others. Rows
-    # already claimed but not yet marked are skipped, so each query reads that many more.
+    # backlog of one capped handler can never hide the due deliveries of the others.
     rows = []
     for handler, room in caps.items():
         if room <= 0:  # SQLite would read a negative LIMIT as "no limit"
             continue
-        found = conn.execute(
+        rows += conn.execute(
             "SELECT d.next_attempt_at, d.id, d.event_id, d.handler, d.attempts, e.source,"
             " e.body, e.timestamp, e.received_at FROM deliveries d"
             " JOIN events e ON e.id = d.event_id WHERE d.state = 'pending' AND d.handler = ?"
             " AND d.next_attempt_at <= ? ORDER BY d.next_attempt_at, d.id LIMIT ?",
-            (handler, now, min(room, limit) + len(taken)),
+            (handler, now, min(room, limit)),
         ).fetchall()
-        rows += [row for row in found if row[1] not in taken][: min(room, limit)]
     rows.sort()  # oldest first across handlers
-    return [Claimed(row[1], row[2], row[3], row[4] + 1, *row[5:]) for row in rows[:limit]]
+    claimed = [Claimed(row[1], row[2], row[3], row[4] + 1, *row[5:]) for row in rows[:limit]]
+    if claimed:
+        conn.executemany(
+            "UPDATE deliveries SET state = 'running', attempts = attempts + 1, updated_at = ?"
+            " WHERE id = ?",
+            [(now, item.delivery_id) for item in claimed],
+        )
+    return claimed
 
 
 def finish(conn: sqlite3.Connection, row: tuple[Any, ...]) -> None:
@@ -176,16 +176,13 @@ def release(conn: sqlite3.Connection, ids: list[tuple[float, DeliveryId]]) -> No
     )
 
 
-def next_due(
-    conn: sqlite3.Connection, handlers: list[str], taken: list[DeliveryId]
-) -> float | None:
-    """When the earliest pending delivery of ``handlers`` not in ``taken`` is due."""
+def next_due(conn: sqlite3.Connection, handlers: list[str]) -> float | None:
+    """When the earliest pending delivery of ``handlers`` is due."""
     sql = (
         "SELECT MIN(next_attempt_at) FROM deliveries WHERE state = 'pending'"
         f" AND handler IN ({','.join('?' * len(handlers))})"
-        f" AND id NOT IN ({','.join('?' * len(taken))})"
     )
-    return conn.execute(sql, [*handlers, *taken]).fetchone()[0]
+    return conn.execute(sql, handlers).fetchone()[0]
 
 
 def deliveries_of(conn: sqlite3.Connection, event_id: str) -> list[EventDelivery]:
@@ -196,18 +193,6 @@ def deliveries_of(conn: sqlite3.Connection, event_id: str) -> list[EventDelivery
         (event_id,),
     )
     return cast(list[EventDelivery], rows(cursor))
-
-
-def mark_running(
-    conn: sqlite3.Connection, now: float, ids: list[DeliveryId]
-) -> frozenset[DeliveryId]:
-    """Mark the claimed deliveries that are still pending ``running``; return which."""
-    cursor = conn.execute(
-        "UPDATE deliveries SET state = 'running', attempts = attempts + 1, updated_at = ?"
-        f" WHERE state = 'pending' AND id IN ({','.join('?' * len(ids))}) RETURNING id",
-        (now, *ids),
-    )
-    return frozenset(row[0] for row in cursor)
 
 
 def probe(conn: sqlite3.Connection) -> None:

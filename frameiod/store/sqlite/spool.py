@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from frameiod.store.base import (
     Accepted,
@@ -60,10 +60,6 @@ class Spool:
         self._reader = reader
         # One thread: the reader connection is used by one thread at a time.
         self._reads = ThreadPoolExecutor(1, thread_name_prefix="frameiod-spool-read")
-        self._claimed: set[DeliveryId] = set()
-        # Each claimed delivery's pending "running" mark (one write per claim), until
-        # `confirm` has seen it.
-        self._marks: dict[DeliveryId, asyncio.Future[frozenset[DeliveryId]]] = {}
         self._checkpointer: Checkpointer | None = None
         self._listeners = Listeners()
         self._closed = False
@@ -152,15 +148,6 @@ class Spool:
             jobs, self._held = self._held, []
             self._writer.submit(jobs)
 
-    async def _read(self, query: Callable[[sqlite3.Connection], T]) -> T:
-        if self._closed:
-            raise closed_error()
-        loop = asyncio.get_running_loop()
-        try:
-            return await loop.run_in_executor(self._reads, query, self._reader)
-        except sqlite3.Error as exc:
-            raise unavailable(exc) from None
-
     def describe(self) -> str:
         """The spool file."""
         return str(self.path)
@@ -199,47 +186,26 @@ class Spool:
     async def claim(
         self, limit: int, caps: dict[str, int], now: float | None = None
     ) -> list[Claimed]:
-        """Mark up to ``limit`` due deliveries ``running``, oldest first, and return them.
+        """Mark up to ``limit`` due deliveries ``running``, oldest first, and return them
+        once the mark is committed.
 
         ``caps`` maps each handler that may run to how many more calls it may start now;
-        handlers not in it (not loaded, or at their concurrency limit) are skipped. The mark
-        is queued, not awaited (see the module docstring): `confirm` waits for it, in each
-        delivery's own task, before its handler is called.
+        handlers not in it (not loaded, or at their concurrency limit) are skipped. Found
+        and marked in one operation of the writer's next batch: no thread of its own is
+        woken, and an identical body accepted in a later batch no longer coalesces into a
+        started delivery, while one accepted before is seen by the call.
         """
         if limit <= 0 or not caps:
             return []
         moment = time.time() if now is None else now
-        taken = frozenset(self._claimed)
         room = dict(caps)
-        claimed = await self._read(lambda conn: operations.due(conn, limit, room, moment, taken))
-        if claimed:
-            # Queued before the calls start: an identical body accepted after this point is
-            # queued behind the mark and no longer coalesces into a started delivery; one
-            # queued before it arrived before the call started, which then sees it.
-            ids = [item.delivery_id for item in claimed]
-            self._claimed.update(ids)
-            mark = self.run(lambda conn: operations.mark_running(conn, moment, ids))
-            mark.add_done_callback(_retrieve)  # a stop may release them all unconfirmed
-            self._marks.update(dict.fromkeys(ids, mark))
-        return claimed
+        return await self.run(lambda conn: operations.claim(conn, limit, room, moment))
 
     async def confirm(self, item: Claimed) -> bool:
-        """Wait until the claim's mark is committed; False if the delivery was no longer
-        pending when it was (replayed or purged meanwhile)."""
-        mark = self._marks.pop(item.delivery_id, None)
-        if mark is None:
-            return False  # not claimed by this process, or already confirmed
-        try:
-            # Shared by the whole claim: one delivery's cancelled task must not cancel it.
-            marked = await asyncio.shield(mark)
-        except BaseException:
-            # Not on record, so not running: it may be claimed again once writes succeed.
-            self._claimed.discard(item.delivery_id)
-            raise
-        if item.delivery_id in marked:
-            return True
-        self._claimed.discard(item.delivery_id)
-        return False
+        """True: `claim` returns deliveries whose mark is committed."""
+        if self._closed:
+            raise closed_error()
+        return True
 
     async def finish(
         self,
@@ -263,32 +229,23 @@ class Spool:
             time.time(),
             delivery_id,
         )
-        try:
-            await self.run(lambda conn: operations.finish(conn, row))
-        finally:
-            # Written, or failed (then it stays as the claim's mark left it): either way
-            # the database, not this set, now says whether it may be claimed.
-            self._claimed.discard(delivery_id)
+        # Failed, it stays as the claim's mark left it: running, its attempt counted.
+        await self.run(lambda conn: operations.finish(conn, row))
         if state == "pending":
             self._listeners.notify()
 
     async def release(self, delivery_ids: Iterable[DeliveryId]) -> None:
         """Put deliveries that were running back to ``pending`` (a call cut short by stop)."""
         ids = [(time.time(), delivery_id) for delivery_id in delivery_ids]
-        for _, delivery_id in ids:
-            self._marks.pop(delivery_id, None)
-        try:
-            await self.run(lambda conn: operations.release(conn, ids))
-        finally:
-            self._claimed.difference_update(delivery_id for _, delivery_id in ids)
+        await self.run(lambda conn: operations.release(conn, ids))
 
     async def next_due(self, handlers: Iterable[str]) -> float | None:
         """When the earliest pending delivery of ``handlers`` is due, or None."""
         names = list(handlers)
         if not names:
             return None
-        taken = list(self._claimed)  # claimed, their mark perhaps not written yet
-        return await self._read(lambda conn: operations.next_due(conn, names, taken))
+        # On the writer, in its next batch: claims change what is pending there.
+        return await self.run(lambda conn: operations.next_due(conn, names))
 
     async def deliveries_of(self, event_id: str) -> list[EventDelivery]:
         """Every delivery of one event, in the order they were accepted."""
@@ -392,9 +349,3 @@ def _in_transaction(action: Callable[[sqlite3.Connection], T], conn: sqlite3.Con
 
 def _nothing() -> None:
     """A hand-over's callback with nothing to hand over."""
-
-
-def _retrieve(future: asyncio.Future[Any]) -> None:
-    # Marks the failure as seen; whoever confirms still gets it.
-    if not future.cancelled():
-        future.exception()

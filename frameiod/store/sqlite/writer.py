@@ -57,7 +57,8 @@ class Writer(threading.Thread):
         self.batches = 0
         self.fault: SpoolUnavailable | None = None
         """Why the last batch could not be written, if the storage refused it (a full
-        disk, a read-only file, a lock held elsewhere); None once a batch commits."""
+        disk, a read-only file, a lock held elsewhere); None once a batch commits a
+        change."""
 
     def submit(self, jobs: list[Job]) -> None:
         """Queue ``jobs`` for the next batch."""
@@ -95,6 +96,7 @@ class Writer(threading.Thread):
         # Fast path: the whole batch in one transaction. Only if something fails is it
         # rolled back and run again with a savepoint per operation, so that one failing
         # operation fails alone. (Operations only touch the database: a rerun is safe.)
+        changes = self.conn.total_changes
         try:
             self.conn.execute("BEGIN IMMEDIATE")
             results = [_run_unless_abandoned(job, self.conn) for job in batch]
@@ -105,7 +107,8 @@ class Writer(threading.Thread):
             self._run_batch_carefully(batch)
             return
         self.batches += 1
-        self.fault = None
+        if self.conn.total_changes != changes:  # a batch of reads says nothing of writes
+            self.fault = None
         self._settle(batch, results)
 
     def _run_batch_carefully(self, batch: list[Job]) -> None:
