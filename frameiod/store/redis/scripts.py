@@ -12,7 +12,6 @@ from frameiod.store.redis_ratelimit import BUCKET_LUA
 
 __all__ = [
     "ACCEPT",
-    "ACCEPT_FIELDS",
     "CLAIM",
     "FINISH",
     "NEXT_DUE",
@@ -21,9 +20,6 @@ __all__ = [
     "RELEASE",
     "SCHEDULE",
 ]
-
-ACCEPT_FIELDS = 12
-"""Arguments per request in `ACCEPT`, before its handlers."""
 
 # ARGV: P, group, body key ttl, then per request: event id, source, type, body, timestamp,
 # signature, secret id, received_at, body digest, rate and burst ('' if the source's token
@@ -274,43 +270,53 @@ return text
 """
 )
 
-# ARGV: P, event id, handler, attempt, outcome, error, seconds, next attempt ('' if none),
-# dead ('1' or '0'), now. Returns 1 if recorded, 0 if a newer attempt owns the delivery.
+# ARGV: P, then per outcome: event id, handler, attempt, outcome, error, seconds, next
+# attempt ('' if none), dead ('1' or '0'), now. Returns per outcome 1 if recorded, 0 if a
+# newer attempt owns the delivery.
 FINISH = (
     LUA_PRELUDE
     + r"""
-local id, h, outcome = ARGV[2], ARGV[3], ARGV[5]
-local ek = event_key(id)
-local state = redis.call('HGET', ek, h .. '|state')
-if state ~= 'running' and state ~= 'pending' then return 0 end
--- A success always counts (the work is done); a failure only from the latest attempt.
-if outcome ~= 'ok' and redis.call('HGET', ek, h .. '|attempts') ~= ARGV[4] then return 0 end
-redis.call('HSET', ek, h .. '|outcome', outcome, h .. '|error', ARGV[6],
-  h .. '|seconds', ARGV[7], h .. '|updated', ARGV[10])
-if outcome == 'ok' then
-  redis.call('HSET', ek, h .. '|state', 'done')
-  redis.call('ZREM', due_key(h), id)
-  count(state, 'done', 1)
-  for _, other in ipairs(handlers_of(ek)) do
-    local other_state = redis.call('HGET', ek, other .. '|state')
-    -- 'purged': a dead letter `frameiod queue purge` removed; nothing left to run there.
-    if other_state ~= 'done' and other_state ~= 'purged' then return 1 end
+local function finish(a)
+  local id, h, outcome = ARGV[a], ARGV[a + 1], ARGV[a + 3]
+  local ek = event_key(id)
+  local state = redis.call('HGET', ek, h .. '|state')
+  if state ~= 'running' and state ~= 'pending' then return 0 end
+  -- A success always counts (the work is done); a failure only from the latest attempt.
+  if outcome ~= 'ok' and redis.call('HGET', ek, h .. '|attempts') ~= ARGV[a + 2] then
+    return 0
   end
-  -- Scored by arrival, as every event in P:settled: keep_done counts from there.
-  redis.call('ZADD', P .. ':settled', redis.call('HGET', ek, 'received_at'), id)
-elseif ARGV[9] == '1' then
-  local ev = redis.call('HMGET', ek, 'source', 'type')
-  local entry = redis.call('XADD', P .. ':dead', '*', 'event_id', id, 'handler', h,
-    'source', ev[1], 'type', ev[2], 'error', ARGV[6], 'attempts', ARGV[4], 'at', ARGV[10])
-  redis.call('HSET', ek, h .. '|state', 'dead', h .. '|dead_entry', entry)
-  redis.call('ZREM', due_key(h), id)
-  count(state, 'dead', 1)
-else
-  redis.call('HSET', ek, h .. '|state', 'pending', h .. '|due', ARGV[8])
-  redis.call('ZADD', due_key(h), ARGV[8], id)
-  count(state, 'pending', 1)
+  local error, now = ARGV[a + 4], ARGV[a + 8]
+  redis.call('HSET', ek, h .. '|outcome', outcome, h .. '|error', error,
+    h .. '|seconds', ARGV[a + 5], h .. '|updated', now)
+  if outcome == 'ok' then
+    redis.call('HSET', ek, h .. '|state', 'done')
+    redis.call('ZREM', due_key(h), id)
+    count(state, 'done', 1)
+    for _, other in ipairs(handlers_of(ek)) do
+      local other_state = redis.call('HGET', ek, other .. '|state')
+      -- 'purged': a dead letter `frameiod queue purge` removed; nothing left to run there.
+      if other_state ~= 'done' and other_state ~= 'purged' then return 1 end
+    end
+    -- Scored by arrival, as every event in P:settled: keep_done counts from there.
+    redis.call('ZADD', P .. ':settled', redis.call('HGET', ek, 'received_at'), id)
+  elseif ARGV[a + 7] == '1' then
+    local ev = redis.call('HMGET', ek, 'source', 'type')
+    local entry = redis.call('XADD', P .. ':dead', '*', 'event_id', id, 'handler', h,
+      'source', ev[1], 'type', ev[2], 'error', error, 'attempts', ARGV[a + 2], 'at', now)
+    redis.call('HSET', ek, h .. '|state', 'dead', h .. '|dead_entry', entry)
+    redis.call('ZREM', due_key(h), id)
+    count(state, 'dead', 1)
+  else
+    local due = ARGV[a + 6]
+    redis.call('HSET', ek, h .. '|state', 'pending', h .. '|due', due)
+    redis.call('ZADD', due_key(h), due, id)
+    count(state, 'pending', 1)
+  end
+  return 1
 end
-return 1
+local recorded = {}
+for a = 2, #ARGV, 9 do table.insert(recorded, finish(a)) end
+return recorded
 """
 )
 

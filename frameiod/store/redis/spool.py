@@ -3,6 +3,7 @@ script (`frameiod.store.redis.scripts`) or a few commands."""
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, TypeVar
@@ -28,7 +29,7 @@ from frameiod.store.base import (
     Role,
 )
 from frameiod.store.redis import actions, connection, scripts
-from frameiod.store.redis.accepts import Accepts
+from frameiod.store.redis.batches import Batches
 from frameiod.store.redis.connection import text
 from frameiod.store.redis.streams import Intake
 from frameiod.store.redis_keys import GROUP, closed_error, redis_errors, safe_url
@@ -85,11 +86,13 @@ class RedisSpool:
         self.forget_consumers_after = 3600.0
         """Seconds a consumer with nothing pending may be idle before it is dropped."""
         self._intake = Intake(client, prefix, self.node, client.register_script(scripts.SCHEDULE))
-        self._accepts = Accepts(
-            client.register_script(scripts.ACCEPT), url, prefix, self._body_ttl, handover
+        accept, finish = (
+            client.register_script(scripts.ACCEPT),
+            client.register_script(scripts.FINISH),
         )
+        self._accepts = Batches(accept, url, [prefix, GROUP, self._body_ttl], 2, handover)
+        self._outcomes = Batches(finish, url, [prefix], 1, handover)
         self._claim = client.register_script(scripts.CLAIM)
-        self._finish = client.register_script(scripts.FINISH)
         self._release = client.register_script(scripts.RELEASE)
         self._next_due = client.register_script(scripts.NEXT_DUE)
         self._purge_done = client.register_script(scripts.PURGE_DONE)
@@ -172,13 +175,30 @@ class RedisSpool:
 
     async def accept(self, incoming: Incoming, handlers: Sequence[str]) -> Accepted:
         """``XADD`` the event with one pending delivery per handler, unless a duplicate; in
-        a batch with the other requests of this loop turn (`frameiod.store.redis.accepts`).
+        a batch with the other requests of this loop turn (`frameiod.store.redis.batches`).
         With ``incoming.limit``, the source's token is taken in the same script."""
         if self._closed:
             raise closed_error()
-        event_id, answer = await self._accepts.submit(incoming, handlers)
+        rate, burst = incoming.limit if incoming.limit is not None else (None, "")
+        arguments = [
+            incoming.id,
+            incoming.source,
+            incoming.type,
+            incoming.body,
+            incoming.timestamp,
+            incoming.signature,
+            incoming.secret_id,
+            repr(incoming.received_at),
+            hashlib.sha256(incoming.body).hexdigest(),
+            "" if rate is None else repr(rate),
+            burst,
+            len(handlers),
+            *handlers,
+        ]
+        reply = await self._accepts.submit(arguments)
+        event_id, answer = text(reply[0]) or "", text(reply[1])
         if not event_id:
-            raise RateLimited(float(answer))
+            raise RateLimited(float(answer or 0))
         # Our own id back means the first try did land and a retry of the script after a
         # dropped connection saw it: that is this request's event, not a duplicate.
         if answer == "duplicate" and event_id != incoming.id:
@@ -245,22 +265,20 @@ class RedisSpool:
         if self._closed:
             raise closed_error()
         event_id, handler, attempt = _parts(delivery_id)
-        now = time.time()
-        with redis_errors(self._url):
-            await self._finish(
-                args=[
-                    self._prefix,
-                    event_id,
-                    handler,
-                    attempt,
-                    outcome,
-                    (error or "")[:_ERROR_LIMIT],
-                    repr(seconds),
-                    repr(next_attempt_at) if next_attempt_at is not None else repr(now),
-                    "1" if dead else "0",
-                    repr(now),
-                ]
-            )
+        now = repr(time.time())
+        await self._outcomes.submit(
+            [
+                event_id,
+                handler,
+                attempt,
+                outcome,
+                (error or "")[:_ERROR_LIMIT],
+                repr(seconds),
+                repr(next_attempt_at) if next_attempt_at is not None else now,
+                "1" if dead else "0",
+                now,
+            ]
+        )
         if outcome != "ok" and not dead:
             self._listeners.notify()
 
@@ -377,4 +395,5 @@ class RedisSpool:
             return
         self._closed = True
         await self._accepts.drain()
+        await self._outcomes.drain()
         await self._client.aclose()

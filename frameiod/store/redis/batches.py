@@ -1,80 +1,67 @@
-"""Accepts on Redis in batches: the requests that arrive while the event loop is busy go to
-Redis as one call of the accept script, as the SQLite spool's writer commits them in one
-transaction (see `frameiod.idle`).
+"""Calls of one Lua script in batches: the calls made while the event loop is busy go to
+Redis as one call of the script, as the SQLite spool's writer commits them in one
+transaction (see `frameiod.idle`). The spool sends its accepts and its handlers' outcomes
+this way.
 
 A call to Redis costs the receiver far more CPU in redis-py than the script costs Redis,
 and with ``appendfsync always`` every call that writes waits for an fsync: one call per
-batch shares both among its requests. Requests that arrive while `_IN_FLIGHT` batches
-await their answers form the next, sent as soon as one returns.
+batch shares both among its items. Items that arrive while `_IN_FLIGHT` batches await
+their answers form the next, sent as soon as one returns.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 from collections.abc import Sequence
 from typing import Any
 
 from redis.commands.core import AsyncScript
 
-from frameiod.store.base import HandOver, Incoming, SpoolUnavailable
-from frameiod.store.redis.connection import text
-from frameiod.store.redis_keys import GROUP, redis_errors
+from frameiod.store.base import HandOver, SpoolUnavailable
+from frameiod.store.redis_keys import redis_errors
 
-__all__ = ["Accepts"]
+__all__ = ["Batches"]
 
 _BATCH_LIMIT = 128
-"""Requests per script call at most: Redis runs a script alone, and other receivers'
-requests wait for it."""
+"""Items per script call at most: Redis runs a script alone, and other receivers' calls
+wait for it."""
 _IN_FLIGHT = 2
 """Batches sent and not yet answered at most: with one, the receiver would sit idle while
-Redis runs the script and fsyncs; with many, batches would shrink to a request each."""
+Redis runs the script and fsyncs; with many, batches would shrink to an item each."""
 _HOLD_AT_MOST = 0.0015
-"""Seconds a request may wait for the loop to run out of work before its batch goes."""
+"""Seconds an item may wait for the loop to run out of work before its batch goes."""
 
-Reply = tuple[str, str]
-"""The script's answer for one request: the event id and ``new`` or ``duplicate``; or an
-empty id and the seconds its source must wait."""
+Reply = list[Any]
+"""The script's answer for one item: ``width`` values of its reply."""
 
 
-class Accepts:
-    """Gathers accepts and sends them to Redis in batches, one script call each."""
+class Batches:
+    """Gathers the items of one script's calls and sends them in batches, one call each.
+
+    The script takes ``head`` (the same for every call), then each item's arguments in
+    turn, and answers ``width`` values per item, in order.
+    """
 
     def __init__(
         self,
         script: AsyncScript,
         url: str,
-        prefix: str,
-        body_ttl: int,
+        head: Sequence[Any],
+        width: int,
         handover: HandOver | None,
     ) -> None:
         self._script = script
         self._url = url
-        self._head = [prefix, GROUP, body_ttl]
+        self._head = list(head)
+        self._width = width
         self._handover = handover
         self._waiting: list[tuple[list[Any], asyncio.Future[Reply]]] = []
         self._sending: set[asyncio.Task[None]] = set()
         self._scheduled = False
 
-    def submit(self, incoming: Incoming, handlers: Sequence[str]) -> asyncio.Future[Reply]:
-        """Queue ``incoming`` for the next batch; the future gets its `Reply`, or
-        `SpoolUnavailable` if Redis failed."""
-        rate, burst = incoming.limit if incoming.limit is not None else ("", "")
-        arguments = [
-            incoming.id,
-            incoming.source,
-            incoming.type,
-            incoming.body,
-            incoming.timestamp,
-            incoming.signature,
-            incoming.secret_id,
-            repr(incoming.received_at),
-            hashlib.sha256(incoming.body).hexdigest(),
-            repr(rate) if rate != "" else "",
-            burst,
-            len(handlers),
-            *handlers,
-        ]
+    def submit(self, arguments: list[Any]) -> asyncio.Future[Reply]:
+        """Queue one item for the next batch; the future gets its `Reply`, or
+        `SpoolUnavailable` if Redis failed (then none of its batch was done)."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Reply] = loop.create_future()
         self._waiting.append((arguments, future))
@@ -111,16 +98,16 @@ class Accepts:
         except SpoolUnavailable as exc:
             _fail(futures, exc.reason, exc.detail)
         except BaseException as exc:
-            # Cancelled by a close, or a failure of redis-py itself: the requests get a
-            # 503 (what reached Redis is kept whole; a resend is answered duplicate).
+            # Cancelled by a close, or a failure of redis-py itself: the callers get a
+            # SpoolUnavailable (a script runs whole or not at all).
             _fail(futures, "redis_error", str(exc) or "the spool is closed")
             if not isinstance(exc, Exception):
                 raise
         else:
+            width = self._width
             for index, future in enumerate(futures):
                 if not future.done():
-                    event_id, answer = replies[2 * index], replies[2 * index + 1]
-                    future.set_result((text(event_id) or "", text(answer) or ""))
+                    future.set_result(replies[width * index : width * (index + 1)])
         finally:
             # Out of the way before the next batch is sent, not when the task has ended.
             if (this := asyncio.current_task()) is not None:
@@ -129,7 +116,7 @@ class Accepts:
                 self._schedule(asyncio.get_running_loop())
 
     async def drain(self) -> None:
-        """Wait until every request queued so far has its answer."""
+        """Wait until every item queued so far has its answer."""
         while self._sending or self._waiting:
             if self._waiting and len(self._sending) < _IN_FLIGHT:
                 self._send()  # not waiting for the hand-over: nothing else will come
@@ -138,7 +125,7 @@ class Accepts:
 
 
 def _fail(futures: list[asyncio.Future[Reply]], reason: str, detail: str) -> None:
-    # One exception each: raised in several requests' tasks, one would gather all their
+    # One exception each: raised in several callers' tasks, one would gather all their
     # tracebacks.
     for future in futures:
         if not future.done():
