@@ -749,6 +749,23 @@ class TestBatches:
         assert await raw.zcard(f"{prefix}:events") == 22
         assert (await spool.gauges())[0] == counts(pending=22)
 
+    async def test_the_outcomes_of_one_loop_turn_are_one_script_call(
+        self, node: OpenNode, raw: aioredis.Redis
+    ):
+        spool = await node()
+        spool.expect_handlers({"a": 30.0})
+        await asyncio.gather(*(spool.accept(incoming(), ["a"]) for _ in range(10)))
+        claimed = await spool.claim(10, {"a": 10})
+        assert len(claimed) == 10
+        await finish_ok(spool, claimed[0])  # loads the script into Redis
+        await raw.config_resetstat()
+
+        await asyncio.gather(*(finish_ok(spool, item) for item in claimed[1:]))
+
+        calls = (await raw.info("commandstats"))["cmdstat_evalsha"]["calls"]
+        assert calls == 1, f"{calls} script calls for 9 outcomes"
+        assert (await spool.gauges())[0] == counts(done=10)
+
     async def test_a_batch_redis_refuses_fails_every_request_in_it(
         self, node: OpenNode, raw: aioredis.Redis, prefix: str
     ):
