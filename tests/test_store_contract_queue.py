@@ -47,6 +47,7 @@ class TestQueueStats:
                 LOG: {"pending": 3, "running": 0, "done": 1, "dead": 0},
                 NOTIFY: {"pending": 0, "running": 0, "done": 0, "dead": 3},
             },
+            "sources": {"default": {"pending": 3, "running": 0, "done": 1, "dead": 3}},
         }
         # "waiting" has been due for 2 minutes, though never claimed; "mixed" and "later"
         # are not due, so they do not count.
