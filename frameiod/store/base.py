@@ -20,6 +20,7 @@ __all__ = [
     "REPLAY_MARGIN",
     "STATES",
     "Accepted",
+    "BadCursor",
     "Claimed",
     "Delivery",
     "DeliveryFilter",
@@ -65,6 +66,10 @@ class SpoolError(Exception):
 
 class QueueError(Exception):
     """An operator's action on the store failed; the message is what the user reads."""
+
+
+class BadCursor(QueueError):
+    """A page cursor the store did not make (or from another store)."""
 
 
 class SpoolUnavailable(Exception):
@@ -392,9 +397,9 @@ def decode_cursor(cursor: str) -> list[Any]:
         padded = cursor + "=" * (-len(cursor) % 4)
         position = json.loads(base64.urlsafe_b64decode(padded.encode("ascii")))
     except (ValueError, UnicodeError, binascii.Error):
-        raise QueueError("not a cursor this store made") from None
+        raise BadCursor("not a cursor this store made") from None
     if not isinstance(position, list):
-        raise QueueError("not a cursor this store made")
+        raise BadCursor("not a cursor this store made")
     return position
 
 

@@ -19,6 +19,7 @@ import redis.asyncio as aioredis
 
 from frameiod.store.base import (
     STATES,
+    BadCursor,
     Delivery,
     DeliveryFilter,
     DeliveryPage,
@@ -26,7 +27,6 @@ from frameiod.store.base import (
     EventDetail,
     ItemResult,
     ListedDelivery,
-    QueueError,
     QueueStats,
     decode_cursor,
     encode_cursor,
@@ -323,7 +323,7 @@ def _position(cursor: str) -> tuple[float, str, str]:
         score, event_id, handler = decode_cursor(cursor)
         return float(score), str(event_id), str(handler)
     except (TypeError, ValueError):
-        raise QueueError("not a cursor this store made") from None
+        raise BadCursor("not a cursor this store made") from None
 
 
 async def list_page(

@@ -18,6 +18,7 @@ from typing import Any, cast
 
 from frameiod.store.base import (
     STATES,
+    BadCursor,
     Delivery,
     DeliveryFilter,
     DeliveryPage,
@@ -137,7 +138,7 @@ def list_page(
         try:
             received, last = (float(part) for part in decode_cursor(cursor))
         except (TypeError, ValueError):
-            raise QueueError("not a cursor this store made") from None
+            raise BadCursor("not a cursor this store made") from None
         clauses.append("(e.received_at < ? OR (e.received_at = ? AND d.id < ?))")
         args += [received, received, int(last)]
     where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
