@@ -187,6 +187,15 @@ class AdminConfig(_Table):
     metrics: bool = False
     """True: ``/metrics`` is served on this listener instead of the webhook listener."""
 
+    @model_validator(mode="before")
+    @classmethod
+    def _token_only_when_enabled(cls, data: Any) -> Any:
+        # A disabled listener's token is not resolved: the shipped config names an
+        # environment variable that is set only where the console is wanted.
+        if isinstance(data, dict) and data.get("enabled") is not True and "token" in data:
+            return {key: value for key, value in data.items() if key != "token"}
+        return data
+
     @model_validator(mode="after")
     def _token_when_enabled(self) -> AdminConfig:
         if not self.enabled:
