@@ -209,6 +209,17 @@ class TestPages:
             everything = await admin.get("/api/deliveries?event_type=file.ready&limit=6")
             assert ids == [item["id"] for item in everything["items"]]
 
+    async def test_dead_letters_page_newest_first(self, tmp_path: Path, spool: str):
+        async with admin_daemon(tmp_path, spool, Handlers()) as (daemon, admin):
+            events = [await _dead_letter(daemon) for _ in range(3)]
+            await daemon.send("file.ready", wait=False)  # not dead: never listed here
+            seen, cursor = [], ""
+            while cursor is not None and len(seen) < 10:
+                page = await admin.get(f"/api/deliveries?state=dead&limit=1&cursor={cursor}")
+                seen += [(item["event_id"], item["state"]) for item in page["items"]]
+                cursor = page["cursor"]
+            assert seen == [(event_id, "dead") for event_id in events[::-1]]
+
 
 class TestReplayAndPurge:
     async def test_replay_by_ids_reports_running_and_unknown_ones(self, tmp_path: Path, spool: str):

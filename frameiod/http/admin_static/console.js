@@ -135,12 +135,18 @@
     refresh();
   }
 
+  let refreshing = false;
   async function refresh() {
+    // One refresh at a time: on a large queue a refresh can outlast the interval.
+    if (refreshing) return;
+    refreshing = true;
     try {
       await Promise.all([loadStats(), dead.load(), all.load(), openId ? showDelivery(openId) : null]);
       if (!$("status").classList.contains("error")) say("updated " + when(Date.now() / 1000));
     } catch (error) {
       if (error.message !== "401") say("cannot reach the API: " + error.message, "error");
+    } finally {
+      refreshing = false;
     }
   }
 

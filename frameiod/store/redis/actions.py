@@ -189,8 +189,10 @@ async def list_page(
     """Up to ``limit`` deliveries ``wanted``, newest event first (within an event, the last
     handler first, as numbered ids would order them), after ``cursor``: the score, event
     and handler of the last row of the page before."""
-    items: list[tuple[ListedDelivery, float]] = []
     position = _position(cursor) if cursor is not None else None
+    if wanted.state == "dead":
+        return await _dead_page(client, prefix, wanted, limit, position)
+    items: list[tuple[ListedDelivery, float]] = []
     after = position[:2] if position is not None else None
     async for event_id, raw, score in _events(client, prefix, after):
         event = {str(_str(k)): _str(v) for k, v in raw.items()}
@@ -226,6 +228,79 @@ async def list_page(
             }
             items.append((listed, score))
     return {"items": [item for item, _ in items], "cursor": None}
+
+
+async def _dead_page(
+    client: aioredis.Redis,
+    prefix: str,
+    wanted: DeliveryFilter,
+    limit: int,
+    position: tuple[float, str, str] | None,
+) -> DeliveryPage:
+    """`list_page` of dead letters, from ``P:dead`` rather than every event: there are few
+    of them, and a queue of many events would be walked whole to find them. Ordered and
+    paged as `list_page` orders every delivery."""
+    named: set[str] = set()
+    start = "-"
+    while True:
+        entries = await client.xrange(f"{prefix}:dead", start, "+", count=_PAGE)
+        named.update(str(_str(fields.get(b"event_id"))) for _, fields in entries)
+        if len(entries) < _PAGE:
+            break
+        start = "(" + str(_str(entries[-1][0]))
+    ids = sorted(named, reverse=True)
+    async with client.pipeline(transaction=False) as pipe:
+        for event_id in ids:
+            pipe.hgetall(f"{prefix}:event:{event_id}")
+        hashes = await pipe.execute()
+    rows: list[tuple[tuple[float, str, int], ListedDelivery]] = []
+    orders: dict[str, list[str]] = {}
+    for event_id, raw in zip(ids, hashes, strict=True):
+        if not raw:
+            continue
+        event = {str(_str(k)): _str(v) for k, v in raw.items()}
+        kind, source = event.get("type") or "", event.get("source") or ""
+        received = float(event.get("received_at") or 0)
+        orders[event_id] = order = list(reversed((event.get("handlers") or "").split("\n")))
+        for row in delivery_rows(event_id, raw):
+            if not wanted.matches(row["state"], source, row["handler"], kind):
+                continue
+            key = (received, event_id, -order.index(row["handler"]))
+            rows.append((key, _listed(row, event_id, kind, source, received)))
+    rows.sort(key=lambda pair: pair[0], reverse=True)
+    if position is not None:
+        score, last_event, last_handler = position
+        order = orders.get(last_event, [])
+        seen = order.index(last_handler) if last_handler in order else -1
+        rows = [
+            (key, row)
+            for key, row in rows
+            if (key[0], key[1]) < (score, last_event)
+            or ((key[0], key[1]) == (score, last_event) and -key[2] > seen)
+        ]
+    page = [row for _, row in rows[:limit]]
+    if len(rows) <= limit or not page:
+        return {"items": page, "cursor": None}
+    at, last = rows[limit - 1][0][0], page[-1]
+    return {"items": page, "cursor": encode_cursor([at, last["event_id"], last["handler"]])}
+
+
+def _listed(
+    row: EventDelivery, event_id: str, kind: str, source: str, received: float
+) -> ListedDelivery:
+    return {
+        "id": row["id"],
+        "event_id": event_id,
+        "type": kind,
+        "source": source,
+        "handler": row["handler"],
+        "state": row["state"],
+        "attempts": row["attempts"],
+        "next_attempt_at": row["next_attempt_at"],
+        "last_outcome": row["last_outcome"],
+        "last_error": row["last_error"],
+        "received_at": received,
+    }
 
 
 async def event_of(client: aioredis.Redis, prefix: str, delivery_id: str) -> str | None:
