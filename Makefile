@@ -31,11 +31,14 @@ lint: $(VENV)/.test-installed
 	$(BIN)/ruff format --check .
 
 # The systemd unit is checked with systemd-analyze (Debian's systemd package); the Redis
-# backend's tests start their own redis-server (Debian's redis-server package).
+# backend's tests start their own redis-server (Debian's redis-server package); the
+# console's browser test drives Debian's chromium through chromium-driver.
 system-deps:
 	@missing=""; \
 	command -v systemd-analyze >/dev/null || missing="$$missing systemd"; \
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	command -v chromedriver >/dev/null || missing="$$missing chromium-driver"; \
 	if [ -n "$$missing" ]; then \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	fi

@@ -22,6 +22,7 @@ from frameiod.config import Config, ConfigError, dev_secret_problem, load_config
 from frameiod.dispatch.dispatcher import Dispatcher
 from frameiod.dispatch.retry import RetryPolicy
 from frameiod.events import WebhookEvent
+from frameiod.http.admin import admin_app
 from frameiod.http.checks import answer_malformed
 from frameiod.http.connections import Listener, ServedTls, tls_context
 from frameiod.http.live import Live
@@ -221,6 +222,8 @@ class Daemon:
         self.app = create_app(config, self.plugins, self.metrics)
         self.listener: Listener | None = None
         """The runner and sockets, once started."""
+        self.admin: Listener | None = None
+        """The admin listener's runner and sockets, once started (``[admin] enabled``)."""
         self._tls: ServedTls | None = None
         self._reloading = asyncio.Lock()
 
@@ -253,6 +256,13 @@ class Daemon:
     def port(self) -> int:
         """The port the daemon listens on (useful when the config says 0)."""
         return self.addresses[0][1]
+
+    @property
+    def admin_port(self) -> int:
+        """The port the admin listener listens on (raises if it does not)."""
+        if self.admin is None:
+            raise RuntimeError("the admin listener is not running")
+        return self.admin.addresses[0][1]
 
     async def start(self) -> None:
         """Open the spool, start plugins, start dispatching, bind the port.
@@ -294,6 +304,7 @@ class Daemon:
             # Judged on the sockets themselves: a name like "localhost" binds whatever it
             # resolves to.
             self._check_dev_secret(self.config)
+            await self._start_admin()
         except (ConfigError, OSError):
             await listener.cleanup()
             self.listener = None
@@ -310,6 +321,31 @@ class Daemon:
             spool=self.spool.describe(),
             handover=self.app[STORE].handover,
         )
+
+    async def _start_admin(self) -> None:
+        """Serve the admin listener (``[admin]``) on its own socket, if enabled: the same
+        connection limits and TLS as the webhook listener. Raises OSError."""
+        admin, server = self.config.admin, self.config.server
+        if not admin.enabled:
+            return
+        self.admin = listener = await Listener.start(
+            admin_app(self.receiver),
+            read_timeout=server.read_timeout,
+            max_connections=server.max_connections,
+            max_connections_per_address=server.max_connections_per_address,
+            shutdown_timeout=SHUTDOWN_TIMEOUT,
+            access_log=None,
+            keepalive_timeout=server.keepalive_timeout,
+        )
+        listener.guard.trust(self.receiver.live.proxies)
+        try:
+            await listener.bind(admin.host, admin.port, self._tls.listening if self._tls else None)
+        except OSError:
+            await listener.cleanup()
+            self.admin = None
+            raise
+        host, port = listener.addresses[0]
+        log.info("admin listening", host=host, port=port, metrics=admin.metrics)
 
     def _check_dev_secret(self, config: Config) -> None:
         """Raise `ConfigError` if ``config`` would accept the development secret on a
@@ -366,8 +402,9 @@ class Daemon:
         receiver.reload(live)  # one assignment: every request sees the old config or the new
         if self._tls is not None and renewed is not None:
             self._tls.use(renewed)
-        if self.listener is not None:
-            self.listener.guard.trust(live.proxies)
+        for each in (self.listener, self.admin):
+            if each is not None:
+                each.guard.trust(live.proxies)
         self.config = new
         self.dispatcher.set_dispatch_rates(_dispatch_rates(new))
         self.metrics.config_reloads.labels(outcome="ok").inc()
@@ -390,6 +427,10 @@ class Daemon:
         receiver.stop_accepting()
         log.info("stopping", in_flight=receiver.in_flight, running=dispatcher.running)
         listener.stop_listening()
+        if self.admin is not None:
+            # Before the spool closes under it: its requests end first.
+            await self.admin.cleanup()
+            self.admin = None
         # aiohttp stops reading from every connection once its runner's cleanup begins, so
         # a request whose body is still arriving would stall there: let those finish first.
         try:
@@ -419,6 +460,12 @@ def _needs_restart(old: Config, new: Config) -> list[str]:
             "max_connections_per_address",
         )
         if getattr(old.server, key) != getattr(new.server, key)
+    ]
+    # The admin token applies at once; where and whether it listens, at restart.
+    keys += [
+        f"admin.{key}"
+        for key in ("enabled", "host", "port", "metrics")
+        if getattr(old.admin, key) != getattr(new.admin, key)
     ]
     if (old.tls_files() is None) != (new.tls_files() is None):  # HTTPS switched on or off
         keys.append("server.tls_certificate")

@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 __all__ = [
     "ACTION_OUTCOMES",
     "ACTION_REJECTIONS",
+    "ADMIN_ACTIONS",
+    "ADMIN_OUTCOMES",
     "CONNECTION_REFUSALS",
     "HANDLER_OUTCOMES",
     "RECEIVE_OUTCOMES",
@@ -51,7 +53,17 @@ RECEIVE_OUTCOMES = (
     "unavailable",
 )
 HANDLER_OUTCOMES = ("ok", "error", "timeout", "dead")
-UNAUTHENTICATED_REASONS = ("bad_signature", "stale", "malformed", "too_large", "address_limited")
+UNAUTHENTICATED_REASONS = (
+    "bad_signature",
+    "stale",
+    "malformed",
+    "too_large",
+    "address_limited",
+    "admin_token",
+)
+# The admin API's requests: what was asked, and how it was answered.
+ADMIN_ACTIONS = ("stats", "list", "show", "replay", "purge")
+ADMIN_OUTCOMES = ("ok", "bad_request", "unauthorized", "not_found", "rate_limited", "unavailable")
 ACTION_OUTCOMES = ("ok", "error", "late", "unsupported_resource", "unknown_action")
 # Why a request to /actions/{source} was refused before its action was known: the
 # webhook route's refusals, counted apart so that series stays webhooks only.
@@ -226,6 +238,12 @@ class Metrics:
         )
         for reason in UNAUTHENTICATED_REASONS:
             self.unauthenticated_rejected.labels(reason=reason)
+        self.admin_requests = Counter(
+            "frameiod_admin_requests",
+            "Requests to the admin API ([admin]), by action and how they were answered",
+            ["action", "outcome"],
+            registry=self.registry,
+        )
         self.connections_refused = Counter(
             "frameiod_connections_refused",
             "Connections closed before a request was served: over max_connections or "

@@ -47,6 +47,7 @@ class TestQueueStats:
                 LOG: {"pending": 3, "running": 0, "done": 1, "dead": 0},
                 NOTIFY: {"pending": 0, "running": 0, "done": 0, "dead": 3},
             },
+            "sources": {"default": {"pending": 3, "running": 0, "done": 1, "dead": 3}},
         }
         # "waiting" has been due for 2 minutes, though never claimed; "mixed" and "later"
         # are not due, so they do not count.
@@ -236,7 +237,15 @@ class TestQueueReplay:
         data = filled.backend.json(
             "replay", filled.later.id, *not_dead, "no-such-event", "x y", "123456"
         )
-        assert data == {"replayed": 0}
+        # Nothing replayed, and each id said: not dead (its state), or naming nothing.
+        assert data["replayed"] == 0
+        assert {item["id"]: item["state"] for item in data["refused"]} == {
+            filled.later.id: "pending",
+            **{delivery: row["state"] for delivery, row in zip(not_dead, [
+                row for row in filled.backend.json("list") if row["state"] != "dead"
+            ], strict=True)},
+        }  # fmt: skip
+        assert data["unknown"] == ["no-such-event", "x y", "123456"]
         assert await filled.deliveries(filled.old) == {LOG: ("done", 1), NOTIFY: ("dead", 1)}
         assert await filled.deliveries(filled.later) == {LOG: ("pending", 1)}
         assert len(filled.backend.dead_letters()) == 3
@@ -266,7 +275,7 @@ class TestQueuePurge:
         ]
         assert [d["handler"] for d in json_of("show", filled.old.id)["deliveries"]] == [LOG]
         # A purged dead letter cannot be replayed.
-        assert json_of("replay", filled.old.id) == {"replayed": 0}
+        assert json_of("replay", filled.old.id)["replayed"] == 0
         # The old event still has its done delivery: the daemons' purge of done events takes it.
         assert await filled.purge_done() == 1
         assert queue("show", filled.old.id).returncode == 1

@@ -1,7 +1,8 @@
 """``frameiod queue``: look into the spool and act on it, while the daemon runs or not.
 
 Opens the configured spool for the operator (`frameiod.store.open.open_for_operator`) and
-calls the store's protocol; which backend it is does not matter here.
+carries out `frameiod.store.operator`'s operations, the ones the admin API carries out
+too; which backend it is does not matter here.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from collections.abc import Callable
 from typing import Any
 
 from frameiod.config import Config, parse_duration
-from frameiod.store.base import STATES, QueueError, SpoolBackend, SpoolError
+from frameiod.store import operator
+from frameiod.store.base import STATES, DeliveryFilter, QueueError, SpoolBackend, SpoolError
 from frameiod.store.open import open_for_operator
 from frameiod.terminal import printable, say
 
@@ -67,20 +69,54 @@ def _print_show(data: dict[str, Any]) -> None:
     print(json.dumps(data, indent=2))
 
 
+def _printer(line: str) -> Callable[[dict[str, Any]], None]:
+    """How a replay's or purge's answer is printed: ``line`` with the count, then each id
+    not acted on, and why, on stderr."""
+
+    def show(data: dict[str, Any]) -> None:
+        print(line.format(**data))
+        for refused in data.get("refused", ()):
+            say(f"{refused['id']}: {refused['state']}: {refused['reason']}", file=sys.stderr)
+        for unknown in data.get("unknown", ()):
+            say(f"{unknown}: no such delivery or event", file=sys.stderr)
+
+    return show
+
+
+def _filter(args: argparse.Namespace, state: str | None) -> DeliveryFilter:
+    return operator.parse_filter(
+        {
+            "state": state,
+            "source": args.source,
+            "handler": args.handler,
+            "event_type": args.event_type,
+        }
+    )
+
+
 async def _act(args: argparse.Namespace, store: SpoolBackend) -> tuple[Any, Callable[[Any], None]]:
     """Carry out the action on ``store``: what it found or did, and how to print it."""
     command = args.queue_command
     if command == "stats":
-        return await store.stats(), _print_stats
+        return await operator.stats(store), _print_stats
     if command == "list":
-        return await store.list_deliveries(args.state, args.handler, args.limit), _print_list
+        wanted = _filter(args, args.state)
+        page = await operator.list_page(store, wanted, args.limit, args.cursor)
+        if page["cursor"] is not None and not args.json:
+            say(f"more: --cursor {page['cursor']}", file=sys.stderr)
+        return page["items"], _print_list
     if command == "show":
-        return await store.show(args.id), _print_show
+        # An event id, or one delivery's id.
+        found = await store.show(args.id) or await operator.delivery(store, args.id)
+        return found, _print_show
     if command == "replay":
-        replayed = await store.replay(args.ids, args.all_dead)
-        return {"replayed": replayed}, lambda d: print(f"replayed {d['replayed']} deliveries")
-    purged = await store.purge_dead(args.older_than)
-    return {"purged": purged}, lambda d: print(f"purged {d['purged']} dead deliveries")
+        if args.all_dead:
+            answer = await operator.replay(store, wanted=_filter(args, "dead"))
+        else:
+            answer = await operator.replay(store, ids=args.ids)
+        return answer, _printer("replayed {replayed} deliveries")
+    answer = await operator.purge(store, wanted=_filter(args, "dead"), older_than=args.older_than)
+    return answer, _printer("purged {purged} dead deliveries")
 
 
 async def _run(args: argparse.Namespace, config: Config) -> int:
@@ -138,14 +174,20 @@ def add_queue_commands(commands: Any, common: argparse.ArgumentParser) -> argpar
     verbs.add_parser(
         "stats", parents=[common, output], help="counts per state and handler, oldest pending age"
     )
-    listing = verbs.add_parser("list", parents=[common, output], help="list deliveries")
+    narrow = argparse.ArgumentParser(add_help=False)
+    narrow.add_argument("--handler", help="plugin:handler, as frameiod queue stats shows")
+    narrow.add_argument("--source", help="deliveries of events from this source only")
+    narrow.add_argument("--event-type", help="deliveries of events of this type only")
+    listing = verbs.add_parser("list", parents=[common, output, narrow], help="list deliveries")
     listing.add_argument("--state", choices=STATES)
-    listing.add_argument("--handler", help="plugin:handler, as frameiod queue stats shows")
     listing.add_argument("--limit", type=int, default=50)
-    one = verbs.add_parser("show", parents=[common, output], help="an event and its deliveries")
-    one.add_argument("id", metavar="EVENT_ID")
+    listing.add_argument("--cursor", help="where the page before ended (printed on stderr)")
+    one = verbs.add_parser(
+        "show", parents=[common, output], help="an event and its deliveries, or one delivery"
+    )
+    one.add_argument("id", metavar="ID", help="an event id or a delivery id")
     again = verbs.add_parser(
-        "replay", parents=[common, output], help="make dead deliveries pending again"
+        "replay", parents=[common, output, narrow], help="make dead deliveries pending again"
     )
     again.add_argument(
         "ids",
@@ -153,8 +195,14 @@ def add_queue_commands(commands: Any, common: argparse.ArgumentParser) -> argpar
         metavar="ID",
         help='event ids or delivery ids (on Redis "<event id> <handler>", one quoted argument)',
     )
-    again.add_argument("--all-dead", action="store_true", help="every dead delivery")
-    purge = verbs.add_parser("purge", parents=[common, output], help="delete dead deliveries")
+    again.add_argument(
+        "--all-dead",
+        action="store_true",
+        help="every dead delivery (of --handler, --source, --event-type, if given)",
+    )
+    purge = verbs.add_parser(
+        "purge", parents=[common, output, narrow], help="delete dead deliveries"
+    )
     purge.add_argument(
         "--dead",
         action="store_true",

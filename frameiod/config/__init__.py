@@ -13,6 +13,8 @@ from frameiod.config.dev_secret import DEV_SECRET, dev_secret_problem
 from frameiod.config.durations import Duration, format_duration, parse_duration
 from frameiod.config.loading import DEFAULT_CONFIG_PATHS, find_config, load_config
 from frameiod.config.models import (
+    ADMIN_TOKEN_MIN_CHARS,
+    AdminConfig,
     Config,
     DispatchConfig,
     FrameioConfig,
@@ -29,8 +31,10 @@ from frameiod.config.problems import ConfigError, validation_problems
 from frameiod.config.secret_refs import Secret, SecretRef
 
 __all__ = [
+    "ADMIN_TOKEN_MIN_CHARS",
     "DEFAULT_CONFIG_PATHS",
     "DEV_SECRET",
+    "AdminConfig",
     "Config",
     "ConfigError",
     "DispatchConfig",

@@ -26,6 +26,8 @@ from frameiod.config.durations import Duration
 from frameiod.config.secret_refs import ResolveContext, Secret, SecretRef
 
 __all__ = [
+    "ADMIN_TOKEN_MIN_CHARS",
+    "AdminConfig",
     "Config",
     "DispatchConfig",
     "FrameioConfig",
@@ -164,6 +166,56 @@ class MetricsConfig(_Table):
     path: str = Field(default="/metrics", pattern=r"^/[A-Za-z0-9/_.-]*$")
 
 
+ADMIN_TOKEN_MIN_CHARS = 32
+"""The shortest ``[admin] token`` accepted when the admin listener is beyond loopback."""
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+class AdminConfig(_Table):
+    """``[admin]``: the operator's listener (the queue's API and page), off by default."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = Field(default=8081, ge=0, le=65535)
+    token: SecretRef | None = None
+    metrics: bool = False
+    """True: ``/metrics`` is served on this listener instead of the webhook listener."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _token_only_when_enabled(cls, data: Any) -> Any:
+        # A disabled listener's token is not resolved: the shipped config names an
+        # environment variable that is set only where the console is wanted.
+        if isinstance(data, dict) and data.get("enabled") is not True and "token" in data:
+            return {key: value for key, value in data.items() if key != "token"}
+        return data
+
+    @model_validator(mode="after")
+    def _token_when_enabled(self) -> AdminConfig:
+        if not self.enabled:
+            return self
+        if self.token is None:
+            raise PydanticCustomError(
+                "admin_token",
+                'the admin listener needs a token: token = "env:FRAMEIOD_ADMIN_TOKEN" '
+                "(any secret reference)",
+            )
+        if not _is_loopback(self.host) and len(self.token.reveal()) < ADMIN_TOKEN_MIN_CHARS:
+            raise PydanticCustomError(
+                "admin_token",
+                "host {host} is not a loopback address: the token must be at least "
+                "{chars} characters (e.g. from: openssl rand -hex 32)",
+                {"host": json.dumps(self.host), "chars": ADMIN_TOKEN_MIN_CHARS},
+            )
+        return self
+
+
 class SpoolConfig(_Table):
     """``[spool]``: where accepted events wait for their handlers."""
 
@@ -235,10 +287,23 @@ class Config(_Table):
     log: LogConfig = Field(default_factory=LogConfig)
     sources: dict[SourceName, SourceConfig] = Field(min_length=1)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    admin: AdminConfig = Field(default_factory=AdminConfig)
     frameio: FrameioConfig = Field(default_factory=FrameioConfig)
     spool: SpoolConfig = Field(default_factory=SpoolConfig)
     dispatch: DispatchConfig = Field(default_factory=DispatchConfig)
     plugins: PluginsConfig = Field(default_factory=PluginsConfig)
+
+    @model_validator(mode="after")
+    def _admin_apart(self) -> Config:
+        admin = self.admin
+        if admin.enabled and admin.port and admin.port == self.server.port:
+            raise PydanticCustomError(
+                "admin_port",
+                "admin.port is server.port ({port}): the admin listener never shares the "
+                "webhook listener's port",
+                {"port": admin.port},
+            )
+        return self
 
     # Set by load_config, not by the file: where it was read from, and the folder that
     # relative paths resolve against.

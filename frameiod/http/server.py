@@ -41,7 +41,8 @@ def add_routes(app: web.Application, config: Config, metrics: Metrics) -> None:
     app.router.add_post("/actions/{source}", receive_action)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
-    if config.metrics.enabled:
+    # With [admin] metrics, /metrics is served on the admin listener only.
+    if config.metrics.enabled and not (config.admin.enabled and config.admin.metrics):
         app.router.add_get(config.metrics.path, make_aiohttp_handler(metrics.exposed))
     # After every cleanup_ctx step: aiohttp runs those first, as the first startup signal.
     app.on_startup.append(_started)

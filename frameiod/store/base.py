@@ -9,6 +9,9 @@ protection's window.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
+import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, TypedDict
@@ -17,13 +20,17 @@ __all__ = [
     "REPLAY_MARGIN",
     "STATES",
     "Accepted",
+    "BadCursor",
     "Claimed",
     "Delivery",
+    "DeliveryFilter",
     "DeliveryId",
+    "DeliveryPage",
     "EventDelivery",
     "EventDetail",
     "HandOver",
     "Incoming",
+    "ItemResult",
     "ListedDelivery",
     "Listeners",
     "QueueError",
@@ -33,6 +40,8 @@ __all__ = [
     "SpoolBackend",
     "SpoolError",
     "SpoolUnavailable",
+    "decode_cursor",
+    "encode_cursor",
     "replay_window",
 ]
 
@@ -58,6 +67,10 @@ class SpoolError(Exception):
 
 class QueueError(Exception):
     """An operator's action on the store failed; the message is what the user reads."""
+
+
+class BadCursor(QueueError):
+    """A page cursor the store did not make (or from another store)."""
 
 
 class SpoolUnavailable(Exception):
@@ -185,9 +198,51 @@ class QueueStats(TypedDict):
     deliveries: dict[str, int]
     """Deliveries per state, every one of `STATES` present."""
     handlers: dict[str, dict[str, int]]
-    """Per handler (sorted by name), its deliveries per state."""
+    """Per handler (sorted by name), its deliveries per state (its dead letters too)."""
+    sources: dict[str, dict[str, int]]
+    """Per source (sorted by name), the deliveries of its events per state."""
     oldest_pending_seconds: float | None
     """Age of the oldest due pending delivery (rounded to ms), None if none is due."""
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryFilter:
+    """Which deliveries an operator means: each field set narrows them (None: any)."""
+
+    state: str | None = None
+    """One of `STATES`."""
+    source: str | None = None
+    handler: str | None = None
+    event_type: str | None = None
+
+    def matches(self, state: str, source: str, handler: str, event_type: str) -> bool:
+        """Whether a delivery with these attributes is one of those meant."""
+        return (
+            (self.state is None or self.state == state)
+            and (self.source is None or self.source == source)
+            and (self.handler is None or self.handler == handler)
+            and (self.event_type is None or self.event_type == event_type)
+        )
+
+
+class DeliveryPage(TypedDict):
+    """One page of `SpoolBackend.list_page`, newest event first."""
+
+    items: list[ListedDelivery]
+    cursor: str | None
+    """Where the next page starts (URL-safe, opaque), None after the last page."""
+
+
+class ItemResult(TypedDict):
+    """What `SpoolBackend.replay_items` or `purge_items` did with one id it was given."""
+
+    id: str
+    """As given: a delivery id, or an event id (all its deliveries)."""
+    count: int
+    """Deliveries replayed (or purged) for it."""
+    state: str | None
+    """When ``count`` is 0, why: the state its deliveries are in (the first one not dead),
+    or None if there is no such delivery or event."""
 
 
 class SpoolBackend(Protocol):
@@ -312,9 +367,57 @@ class SpoolBackend(Protocol):
         events left with nothing of theirs; returns how many deliveries went."""
         ...
 
+    async def list_page(
+        self, wanted: DeliveryFilter, limit: int, cursor: str | None
+    ) -> DeliveryPage:
+        """Up to ``limit`` deliveries ``wanted``, newest event first, from ``cursor`` (a
+        page's ``cursor``; None: the newest). Events arriving meanwhile never shift a later
+        page: it goes on from where the previous one ended. Raises `QueueError` for a cursor
+        this store did not make."""
+        ...
+
+    async def event_of(self, delivery_id: str) -> str | None:
+        """The event id of a delivery (an id as `list_page` gives it), None if none."""
+        ...
+
+    async def replay_items(self, ids: Sequence[str]) -> list[ItemResult]:
+        """`replay` for each of ``ids`` on its own, in order: what each replayed, or why not."""
+        ...
+
+    async def purge_items(self, ids: Sequence[str]) -> list[ItemResult]:
+        """Delete the dead deliveries of each of ``ids`` (delivery or event ids), and events
+        left with nothing of theirs, as `purge_dead` does: what each purged, or why not."""
+        ...
+
+    async def replay_matching(self, wanted: DeliveryFilter) -> int:
+        """`replay` every dead delivery ``wanted`` matches (its ``state`` is ignored)."""
+        ...
+
+    async def purge_matching(self, wanted: DeliveryFilter, older_than: float) -> int:
+        """`purge_dead` the dead deliveries ``wanted`` matches (its ``state`` is ignored)."""
+        ...
+
     async def close(self) -> None:
         """Finish what is queued and let go of the store."""
         ...
+
+
+def encode_cursor(position: list[Any]) -> str:
+    """A page's position (JSON values) as an opaque, URL-safe cursor."""
+    text = json.dumps(position, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(text).rstrip(b"=").decode()
+
+
+def decode_cursor(cursor: str) -> list[Any]:
+    """The position `encode_cursor` made; raise `QueueError` for anything else."""
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        position = json.loads(base64.urlsafe_b64decode(padded.encode("ascii")))
+    except (ValueError, UnicodeError, binascii.Error):
+        raise BadCursor("not a cursor this store made") from None
+    if not isinstance(position, list):
+        raise BadCursor("not a cursor this store made")
+    return position
 
 
 def replay_window(tolerances: Iterable[float]) -> float:

@@ -3,7 +3,8 @@ the daemon read out of an event hash.
 
 Reads walk the event hashes (listed in ``P:events``) one page at a time: a snapshot per page,
 not of the whole queue, which is fine for looking and what an admin tool can afford. The
-writes (replay, purge) are each one Lua script, atomic against the receivers' own scripts.
+writes (replay, purge) are each one Lua script (`frameiod.store.redis.operator_lua`),
+atomic against the receivers' own scripts.
 The key layout and the state machine are those of `frameiod.store.redis`, whose scripts
 write them; `frameiod.store.redis_keys` describes every key.
 """
@@ -19,19 +20,31 @@ import redis.asyncio as aioredis
 
 from frameiod.store.base import (
     STATES,
+    BadCursor,
     Delivery,
+    DeliveryFilter,
+    DeliveryPage,
     EventDelivery,
     EventDetail,
+    ItemResult,
     ListedDelivery,
     QueueStats,
+    decode_cursor,
+    encode_cursor,
 )
-from frameiod.store.redis_keys import LUA_PRELUDE
+from frameiod.store.redis.operator_lua import ITEMS, PURGE_DEAD, REPLAY
 
 __all__ = [
     "delivery_rows",
+    "event_of",
     "list_deliveries",
+    "list_page",
     "purge_dead",
+    "purge_items",
+    "purge_matching",
     "replay",
+    "replay_items",
+    "replay_matching",
     "show",
     "stats",
 ]
@@ -40,101 +53,9 @@ __all__ = [
 # that no single reply is large.
 _PAGE = 200
 
-# ARGV: P, now, then (event id, handler) pairs; an empty handler means every dead delivery
-# of the event, an empty ARGV tail (no pairs) every dead letter in P:dead.
-# Returns how many deliveries went from dead to pending.
-_REPLAY = (
-    LUA_PRELUDE
-    + r"""
--- The time as the client wrote it, not fmt(): rounded, it could land just after a claim's now.
-local now = ARGV[2]
-local replayed = 0
-local function revive(id, h)
-  local ek = event_key(id)
-  if redis.call('HGET', ek, h .. '|state') ~= 'dead' then return end
-  local entry = redis.call('HGET', ek, h .. '|dead_entry')
-  if entry then redis.call('XDEL', P .. ':dead', entry) end
-  redis.call('HSET', ek, h .. '|state', 'pending', h .. '|attempts', '0', h .. '|due', now,
-    h .. '|updated', now)
-  redis.call('HDEL', ek, h .. '|dead_entry')
-  redis.call('ZADD', due_key(h), now, id)
-  count('dead', 'pending', 1)
-  replayed = replayed + 1
-end
-if #ARGV == 2 then
-  for _, item in ipairs(redis.call('XRANGE', P .. ':dead', '-', '+')) do
-    local f = {}
-    for k = 1, #item[2], 2 do f[item[2][k]] = item[2][k + 1] end
-    if f['event_id'] and f['handler'] then revive(f['event_id'], f['handler']) end
-  end
-  return replayed
-end
-for i = 3, #ARGV, 2 do
-  local id, h = ARGV[i], ARGV[i + 1]
-  if h == '' then
-    for _, each in ipairs(handlers_of(event_key(id))) do revive(id, each) end
-  else
-    revive(id, h)
-  end
-end
-return replayed
-"""
-)
-
-# ARGV: P, now, cutoff. Purges the dead letters that died before cutoff (by the entry's
-# 'at', else its id's milliseconds). Returns how many deliveries were purged.
-_PURGE_DEAD = (
-    LUA_PRELUDE
-    + r"""
-local now, cutoff = ARGV[2], tonumber(ARGV[3])
-local purged = 0
--- 'at' is the receiver's clock, the one |updated uses; the entry id has Redis's, so no
--- range of ids can stand in for the cutoff: walk every dead letter (there are few).
-for _, item in ipairs(redis.call('XRANGE', P .. ':dead', '-', '+')) do
-  local entry = item[1]
-  local f = {}
-  for k = 1, #item[2], 2 do f[item[2][k]] = item[2][k + 1] end
-  local at = tonumber(f['at'] or '') or tonumber(string.match(entry, '^(%d+)')) / 1000
-  if at < cutoff then
-    local id, h = f['event_id'] or '', f['handler'] or ''
-    local ek = event_key(id)
-    -- An entry that is not its delivery's current dead letter names nothing: drop it only.
-    if redis.call('HGET', ek, h .. '|state') == 'dead'
-        and redis.call('HGET', ek, h .. '|dead_entry') == entry then
-      redis.call('HSET', ek, h .. '|state', 'purged', h .. '|updated', now)
-      redis.call('HDEL', ek, h .. '|dead_entry')
-      count('dead', nil, 1)
-      purged = purged + 1
-      local open, done = false, 0
-      for _, other in ipairs(handlers_of(ek)) do
-        local s = redis.call('HGET', ek, other .. '|state')
-        if s == 'pending' or s == 'running' or s == 'dead' then
-          open = true
-          break
-        elseif s == 'done' then
-          done = done + 1
-        end
-      end
-      if not open and done > 0 then
-        -- Nothing left to run: the daemons' purge_done deletes it once keep_done has
-        -- passed since it was received.
-        redis.call('ZADD', P .. ':settled', redis.call('HGET', ek, 'received_at'), id)
-      elseif not open then
-        -- Nothing of it was ever done: gone now, as the SQLite spool drops events left
-        -- without deliveries.
-        local ev = redis.call('HMGET', ek, 'source', 'entry')
-        if ev[1] and ev[2] then redis.call('XDEL', stream_key(ev[1]), ev[2]) end
-        redis.call('DEL', ek)
-        redis.call('ZREM', P .. ':events', id)
-        redis.call('ZREM', P .. ':settled', id)
-      end
-    end
-    redis.call('XDEL', P .. ':dead', entry)
-  end
-end
-return purged
-"""
-)
+# Pairs per call of ITEMS: a script blocks Redis while it runs, so a large selection goes
+# in several.
+_ITEMS_BATCH = 200
 
 
 def _str(value: bytes | str | None) -> str | None:
@@ -175,13 +96,16 @@ def delivery_rows(event_id: str, raw: dict[Any, Any]) -> list[EventDelivery]:
     return rows
 
 
-async def _events(client: aioredis.Redis, prefix: str) -> AsyncIterator[tuple[str, dict[Any, Any]]]:
-    """(event id, raw hash) for every event in ``P:events``, newest first, a page per
-    round trip."""
+async def _events(
+    client: aioredis.Redis, prefix: str, after: tuple[float, str] | None = None
+) -> AsyncIterator[tuple[str, dict[Any, Any], float]]:
+    """(event id, raw hash, arrival score) for every event in ``P:events``, newest first
+    (ties: greatest id first, as Redis orders them), a page per round trip; with ``after``
+    (a score and an event id), only that event and those after it."""
     key = f"{prefix}:events"
     # Paged by score, not by rank: events arriving or purged meanwhile shift ranks, which
     # would repeat or skip rows. ``skip`` steps over those of the boundary score already seen.
-    bound, skip = "+inf", 0
+    bound, skip = ("+inf", 0) if after is None else (repr(after[0]), 0)
     while True:
         rows = await client.zrevrangebyscore(
             key, bound, "-inf", start=skip, num=_PAGE, withscores=True
@@ -192,9 +116,12 @@ async def _events(client: aioredis.Redis, prefix: str) -> AsyncIterator[tuple[st
             for event_id, _ in rows:
                 pipe.hgetall(f"{prefix}:event:{_str(event_id)}")
             hashes = await pipe.execute()
-        for (event_id, _), raw in zip(rows, hashes, strict=True):
+        for (event_id, score), raw in zip(rows, hashes, strict=True):
+            name = str(_str(event_id))
+            if after is not None and score == after[0] and name > after[1]:
+                continue  # on the page before
             if raw:  # else purge_done deleted it since the page was read
-                yield str(_str(event_id)), raw
+                yield name, raw, score
         if len(rows) < _PAGE:
             return
         last = rows[-1][1]
@@ -213,10 +140,13 @@ async def stats(client: aioredis.Redis, prefix: str, now: float) -> QueueStats:
             # its data halfway (no AOF) can leave them below zero.
             states[name] = max(0, int(value))
     handlers: dict[str, dict[str, int]] = {}
+    sources: dict[str, dict[str, int]] = {}
     oldest: float | None = None
-    async for event_id, raw in _events(client, prefix):
+    async for event_id, raw, _ in _events(client, prefix):
+        source = _str(raw.get(b"source")) or ""
         for row in delivery_rows(event_id, raw):
             handlers.setdefault(row["handler"], dict.fromkeys(STATES, 0))[row["state"]] += 1
+            sources.setdefault(source, dict.fromkeys(STATES, 0))[row["state"]] += 1
             due = row["next_attempt_at"]
             # From the hash, not P:due:<handler>: a pending delivery's |due is its score
             # there, and an entry no receiver has taken in yet is in no due set at all.
@@ -226,6 +156,7 @@ async def stats(client: aioredis.Redis, prefix: str, now: float) -> QueueStats:
         "events": int(await client.zcard(f"{prefix}:events")),
         "deliveries": states,
         "handlers": dict(sorted(handlers.items())),
+        "sources": dict(sorted(sources.items())),
         "oldest_pending_seconds": round(now - oldest, 3) if oldest is not None else None,
     }
 
@@ -235,33 +166,150 @@ async def list_deliveries(
 ) -> list[ListedDelivery]:
     """Deliveries, newest event first, optionally of one state and one handler; their ids
     are ``"<event id> <handler>"``."""
-    rows: list[ListedDelivery] = []
-    if limit <= 0:
-        return rows
-    async for event_id, raw in _events(client, prefix):
+    wanted = DeliveryFilter(state=state, handler=handler)
+    return (await list_page(client, prefix, wanted, limit, None))["items"]
+
+
+def _position(cursor: str) -> tuple[float, str, str]:
+    """The arrival score, event id and handler of the last row of the page before."""
+    try:
+        score, event_id, handler = decode_cursor(cursor)
+        return float(score), str(event_id), str(handler)
+    except (TypeError, ValueError):
+        raise BadCursor("not a cursor this store made") from None
+
+
+async def list_page(
+    client: aioredis.Redis,
+    prefix: str,
+    wanted: DeliveryFilter,
+    limit: int,
+    cursor: str | None,
+) -> DeliveryPage:
+    """Up to ``limit`` deliveries ``wanted``, newest event first (within an event, the last
+    handler first, as numbered ids would order them), after ``cursor``: the score, event
+    and handler of the last row of the page before."""
+    position = _position(cursor) if cursor is not None else None
+    if wanted.state == "dead":
+        return await _dead_page(client, prefix, wanted, limit, position)
+    items: list[tuple[ListedDelivery, float]] = []
+    after = position[:2] if position is not None else None
+    async for event_id, raw, score in _events(client, prefix, after):
         event = {str(_str(k)): _str(v) for k, v in raw.items()}
-        # Newest first within an event too, as numbered delivery ids would order them.
-        for row in reversed(delivery_rows(event_id, raw)):
-            if (state and row["state"] != state) or (handler and row["handler"] != handler):
+        kind, source = event.get("type") or "", event.get("source") or ""
+        rows = list(reversed(delivery_rows(event_id, raw)))
+        if position is not None and event_id == position[1] and score == position[0]:
+            # The event the page before ended in: only its handlers after that row.
+            order = list(reversed((event.get("handlers") or "").split("\n")))
+            seen = order.index(position[2]) if position[2] in order else len(order)
+            rows = [row for row in rows if order.index(row["handler"]) > seen]
+        for row in rows:
+            if not wanted.matches(row["state"], source, row["handler"], kind):
                 continue
-            rows.append(
-                {
-                    "id": row["id"],
-                    "event_id": event_id,
-                    "type": event.get("type") or "",
-                    "source": event.get("source") or "",
-                    "handler": row["handler"],
-                    "state": row["state"],
-                    "attempts": row["attempts"],
-                    "next_attempt_at": row["next_attempt_at"],
-                    "last_outcome": row["last_outcome"],
-                    "last_error": row["last_error"],
-                    "received_at": float(event.get("received_at") or 0),
+            if len(items) == limit:
+                last, at = items[-1]
+                handler = last["handler"]
+                return {
+                    "items": [item for item, _ in items],
+                    "cursor": encode_cursor([at, last["event_id"], handler]),
                 }
-            )
-            if len(rows) >= limit:
-                return rows
-    return rows
+            listed: ListedDelivery = {
+                "id": row["id"],
+                "event_id": event_id,
+                "type": kind,
+                "source": source,
+                "handler": row["handler"],
+                "state": row["state"],
+                "attempts": row["attempts"],
+                "next_attempt_at": row["next_attempt_at"],
+                "last_outcome": row["last_outcome"],
+                "last_error": row["last_error"],
+                "received_at": float(event.get("received_at") or 0),
+            }
+            items.append((listed, score))
+    return {"items": [item for item, _ in items], "cursor": None}
+
+
+async def _dead_page(
+    client: aioredis.Redis,
+    prefix: str,
+    wanted: DeliveryFilter,
+    limit: int,
+    position: tuple[float, str, str] | None,
+) -> DeliveryPage:
+    """`list_page` of dead letters, from ``P:dead`` rather than every event: there are few
+    of them, and a queue of many events would be walked whole to find them. Ordered and
+    paged as `list_page` orders every delivery."""
+    named: set[str] = set()
+    start = "-"
+    while True:
+        entries = await client.xrange(f"{prefix}:dead", start, "+", count=_PAGE)
+        named.update(str(_str(fields.get(b"event_id"))) for _, fields in entries)
+        if len(entries) < _PAGE:
+            break
+        start = "(" + str(_str(entries[-1][0]))
+    ids = sorted(named, reverse=True)
+    async with client.pipeline(transaction=False) as pipe:
+        for event_id in ids:
+            pipe.hgetall(f"{prefix}:event:{event_id}")
+        hashes = await pipe.execute()
+    rows: list[tuple[tuple[float, str, int], ListedDelivery]] = []
+    orders: dict[str, list[str]] = {}
+    for event_id, raw in zip(ids, hashes, strict=True):
+        if not raw:
+            continue
+        event = {str(_str(k)): _str(v) for k, v in raw.items()}
+        kind, source = event.get("type") or "", event.get("source") or ""
+        received = float(event.get("received_at") or 0)
+        orders[event_id] = order = list(reversed((event.get("handlers") or "").split("\n")))
+        for row in delivery_rows(event_id, raw):
+            if not wanted.matches(row["state"], source, row["handler"], kind):
+                continue
+            key = (received, event_id, -order.index(row["handler"]))
+            rows.append((key, _listed(row, event_id, kind, source, received)))
+    rows.sort(key=lambda pair: pair[0], reverse=True)
+    if position is not None:
+        score, last_event, last_handler = position
+        order = orders.get(last_event, [])
+        seen = order.index(last_handler) if last_handler in order else -1
+        rows = [
+            (key, row)
+            for key, row in rows
+            if (key[0], key[1]) < (score, last_event)
+            or ((key[0], key[1]) == (score, last_event) and -key[2] > seen)
+        ]
+    page = [row for _, row in rows[:limit]]
+    if len(rows) <= limit or not page:
+        return {"items": page, "cursor": None}
+    at, last = rows[limit - 1][0][0], page[-1]
+    return {"items": page, "cursor": encode_cursor([at, last["event_id"], last["handler"]])}
+
+
+def _listed(
+    row: EventDelivery, event_id: str, kind: str, source: str, received: float
+) -> ListedDelivery:
+    return {
+        "id": row["id"],
+        "event_id": event_id,
+        "type": kind,
+        "source": source,
+        "handler": row["handler"],
+        "state": row["state"],
+        "attempts": row["attempts"],
+        "next_attempt_at": row["next_attempt_at"],
+        "last_outcome": row["last_outcome"],
+        "last_error": row["last_error"],
+        "received_at": received,
+    }
+
+
+async def event_of(client: aioredis.Redis, prefix: str, delivery_id: str) -> str | None:
+    """The event id of delivery ``"<event id> <handler>"``, None if there is none."""
+    event_id, _, handler = delivery_id.strip().partition(" ")
+    if not handler:
+        return None
+    state = await client.hget(f"{prefix}:event:{event_id}", f"{handler.strip()}|state")
+    return event_id if _str(state) in STATES else None
 
 
 async def show(client: aioredis.Redis, prefix: str, event_id: str) -> EventDetail | None:
@@ -306,7 +354,7 @@ async def replay(client: aioredis.Redis, prefix: str, ids: Sequence[str], all_de
         for item in ids:
             event_id, _, handler = item.strip().partition(" ")
             args += [event_id, handler.strip()]
-    return int(await client.register_script(_REPLAY)(args=args))
+    return int(await client.register_script(REPLAY)(args=args))
 
 
 async def purge_dead(client: aioredis.Redis, prefix: str, older_than: float) -> int:
@@ -315,5 +363,94 @@ async def purge_dead(client: aioredis.Redis, prefix: str, older_than: float) -> 
     daemons delete it after ``keep_done``), or deleted now if none of it was done.
     Returns how many deliveries went."""
     now = time.time()
-    script = client.register_script(_PURGE_DEAD)
+    script = client.register_script(PURGE_DEAD)
     return int(await script(args=[prefix, repr(now), repr(now - older_than)]))
+
+
+def _pairs(ids: Sequence[str]) -> list[str]:
+    """ARGV pairs of (event id, handler) for operator ids: an event id alone, or a
+    delivery id ``"<event id> <handler>"``."""
+    args: list[str] = []
+    for item in ids:
+        event_id, _, handler = item.strip().partition(" ")
+        args += [event_id, handler.strip()]
+    return args
+
+
+async def _items(
+    client: aioredis.Redis, prefix: str, action: str, ids: Sequence[str]
+) -> list[ItemResult]:
+    """Run `ITEMS` (``action``: "replay" or "purge") over ``ids``, a batch per call."""
+    script = client.register_script(ITEMS)
+    results: list[ItemResult] = []
+    for start in range(0, len(ids), _ITEMS_BATCH):
+        batch = list(ids[start : start + _ITEMS_BATCH])
+        args = [prefix, repr(time.time()), action, *_pairs(batch)]
+        out = await script(args=args)
+        for index, item in enumerate(batch):
+            count, state = int(out[2 * index]), _str(out[2 * index + 1]) or None
+            results.append({"id": item, "count": count, "state": state})
+    return results
+
+
+async def replay_items(client: aioredis.Redis, prefix: str, ids: Sequence[str]) -> list[ItemResult]:
+    """`replay` each of ``ids`` on its own: what each replayed, or why not."""
+    return await _items(client, prefix, "replay", ids)
+
+
+async def purge_items(client: aioredis.Redis, prefix: str, ids: Sequence[str]) -> list[ItemResult]:
+    """Purge the dead deliveries of each of ``ids``: what each purged, or why not."""
+    return await _items(client, prefix, "purge", ids)
+
+
+async def _dead_letters(
+    client: aioredis.Redis, prefix: str, wanted: DeliveryFilter, cutoff: float | None
+) -> list[str]:
+    """The delivery ids of the dead letters in ``P:dead`` that ``wanted`` matches (and that
+    died before ``cutoff``), read a page at a time; the scripts check each is still dead."""
+    found: list[str] = []
+    start = "-"
+    while True:
+        entries = await client.xrange(f"{prefix}:dead", start, "+", count=_PAGE)
+        letters = []
+        for entry, fields in entries:
+            named = {str(_str(k)): _str(v) or "" for k, v in fields.items()}
+            stamp = str(_str(entry))
+            at = float(named.get("at") or int(stamp.partition("-")[0]) / 1000)
+            if cutoff is None or at < cutoff:
+                letters.append((named.get("event_id") or "", named.get("handler") or ""))
+        async with client.pipeline(transaction=False) as pipe:
+            for event_id, _ in letters:
+                pipe.hmget(f"{prefix}:event:{event_id}", "source", "type")
+            kinds = await pipe.execute()
+        for (event_id, handler), (source, kind) in zip(letters, kinds, strict=True):
+            if wanted.matches("dead", _str(source) or "", handler, _str(kind) or ""):
+                found.append(f"{event_id} {handler}")
+        if len(entries) < _PAGE:
+            return found
+        start = "(" + str(_str(entries[-1][0]))
+
+
+def _any_dead(wanted: DeliveryFilter) -> DeliveryFilter:
+    """``wanted`` without its state: the actions on dead letters ignore it."""
+    return DeliveryFilter(
+        source=wanted.source, handler=wanted.handler, event_type=wanted.event_type
+    )
+
+
+async def replay_matching(client: aioredis.Redis, prefix: str, wanted: DeliveryFilter) -> int:
+    """`replay` every dead delivery ``wanted`` matches."""
+    if _any_dead(wanted) == DeliveryFilter():
+        return await replay(client, prefix, (), all_dead=True)
+    ids = await _dead_letters(client, prefix, _any_dead(wanted), None)
+    return sum(item["count"] for item in await replay_items(client, prefix, ids))
+
+
+async def purge_matching(
+    client: aioredis.Redis, prefix: str, wanted: DeliveryFilter, older_than: float
+) -> int:
+    """`purge_dead` of the dead deliveries ``wanted`` matches."""
+    if _any_dead(wanted) == DeliveryFilter():
+        return await purge_dead(client, prefix, older_than)
+    ids = await _dead_letters(client, prefix, _any_dead(wanted), time.time() - older_than)
+    return sum(item["count"] for item in await purge_items(client, prefix, ids))

@@ -16,11 +16,14 @@ from frameiod.store.base import (
     STATES,
     Accepted,
     Claimed,
+    DeliveryFilter,
     DeliveryId,
+    DeliveryPage,
     EventDelivery,
     EventDetail,
     HandOver,
     Incoming,
+    ItemResult,
     ListedDelivery,
     Listeners,
     QueueError,
@@ -387,6 +390,36 @@ class RedisSpool:
         return await self._operate(
             lambda: actions.purge_dead(self._client, self._prefix, older_than)
         )
+
+    async def list_page(
+        self, wanted: DeliveryFilter, limit: int, cursor: str | None
+    ) -> DeliveryPage:
+        """Deliveries ``wanted``, newest event first, a page from ``cursor`` on."""
+        c, p = self._client, self._prefix
+        return await self._operate(lambda: actions.list_page(c, p, wanted, limit, cursor))
+
+    async def event_of(self, delivery_id: str) -> str | None:
+        """The event id of delivery ``"<event id> <handler>"``, None if none."""
+        c, p = self._client, self._prefix
+        return await self._operate(lambda: actions.event_of(c, p, delivery_id))
+
+    async def replay_items(self, ids: Sequence[str]) -> list[ItemResult]:
+        """`replay` each of ``ids`` on its own: what each replayed, or why not."""
+        return await self._operate(lambda: actions.replay_items(self._client, self._prefix, ids))
+
+    async def purge_items(self, ids: Sequence[str]) -> list[ItemResult]:
+        """Purge the dead deliveries of each of ``ids``: what each purged, or why not."""
+        return await self._operate(lambda: actions.purge_items(self._client, self._prefix, ids))
+
+    async def replay_matching(self, wanted: DeliveryFilter) -> int:
+        """Make every dead delivery ``wanted`` matches pending again."""
+        c, p = self._client, self._prefix
+        return await self._operate(lambda: actions.replay_matching(c, p, wanted))
+
+    async def purge_matching(self, wanted: DeliveryFilter, older_than: float) -> int:
+        """Purge the dead deliveries ``wanted`` matches, dead longer than ``older_than``."""
+        c, p = self._client, self._prefix
+        return await self._operate(lambda: actions.purge_matching(c, p, wanted, older_than))
 
     async def close(self) -> None:
         """Close the connections (everything is already in Redis); every call after this is

@@ -14,11 +14,14 @@ from typing import TypeVar
 from frameiod.store.base import (
     Accepted,
     Claimed,
+    DeliveryFilter,
     DeliveryId,
+    DeliveryPage,
     EventDelivery,
     EventDetail,
     HandOver,
     Incoming,
+    ItemResult,
     ListedDelivery,
     Listeners,
     QueueError,
@@ -302,6 +305,36 @@ class Spool:
     async def purge_dead(self, older_than: float) -> int:
         """Delete dead deliveries last touched more than ``older_than`` seconds ago."""
         return await self._operate(lambda conn: actions.purge_dead(conn, older_than), write=True)
+
+    async def list_page(
+        self, wanted: DeliveryFilter, limit: int, cursor: str | None
+    ) -> DeliveryPage:
+        """Deliveries ``wanted``, newest first, a page from ``cursor`` on."""
+        return await self._operate(lambda conn: actions.list_page(conn, wanted, limit, cursor))
+
+    async def event_of(self, delivery_id: str) -> str | None:
+        """The event id of a delivery (a number), None if none."""
+        return await self._operate(lambda conn: actions.event_of(conn, delivery_id))
+
+    async def replay_items(self, ids: Sequence[str]) -> list[ItemResult]:
+        """`replay` each of ``ids`` on its own: what each replayed, or why not."""
+        wanted = list(ids)
+        return await self._operate(lambda conn: actions.replay_items(conn, wanted), write=True)
+
+    async def purge_items(self, ids: Sequence[str]) -> list[ItemResult]:
+        """Delete the dead deliveries of each of ``ids``: what each purged, or why not."""
+        wanted = list(ids)
+        return await self._operate(lambda conn: actions.purge_items(conn, wanted), write=True)
+
+    async def replay_matching(self, wanted: DeliveryFilter) -> int:
+        """Make every dead delivery ``wanted`` matches pending again."""
+        return await self._operate(lambda conn: actions.replay_matching(conn, wanted), write=True)
+
+    async def purge_matching(self, wanted: DeliveryFilter, older_than: float) -> int:
+        """Delete the dead deliveries ``wanted`` matches, dead longer than ``older_than``."""
+        return await self._operate(
+            lambda conn: actions.purge_matching(conn, wanted, older_than), write=True
+        )
 
     async def _operate(self, action: Callable[[sqlite3.Connection], T], write: bool = False) -> T:
         """Run one of the operator's actions: a daemon's writes in its writer's next batch,
