@@ -13,6 +13,7 @@ from frameiod.secret_ids import secret_id
 
 if TYPE_CHECKING:
     import structlog
+    from aiohttp import web
     from pydantic import BaseModel
 
     from frameiod.config import Config
@@ -20,8 +21,10 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_SOURCE",
     "ActionHandler",
+    "HandlerTimeout",
     "Outcome",
     "PluginContext",
+    "Reception",
     "WebhookHandler",
 ]
 
@@ -144,3 +147,26 @@ class PluginContext:
     """A logger bound with ``plugin=<name>``."""
     client: Any | None = None
     """The shared Frame.io API client, or None when no ``[frameio] token`` is configured."""
+
+
+class HandlerTimeout(TimeoutError):
+    """A handler ran past its timeout: what wrappers of ``frameiod_call_handler`` see."""
+
+
+@dataclass(slots=True)
+class Reception:
+    """One ``POST /webhooks/{source}`` or ``/actions/{source}``, as ``frameiod_receive``
+    wrappers see it."""
+
+    request: web.Request
+    """The aiohttp request: its headers and path (its body is the route's to read)."""
+    kind: Literal["webhook", "action"]
+    source: str
+    """The source's name, from the path (it may not be a configured one)."""
+    event: Any = None
+    """The verified `WebhookEvent` or `ActionEvent` once the route has parsed it; None if
+    the request was refused first."""
+    duplicate: bool = False
+    """A webhook answered 200 as a duplicate of an event already in the spool."""
+    trace_context: str | None = None
+    """A W3C ``traceparent`` a wrapper sets before the route runs: stored with the event."""
