@@ -11,7 +11,7 @@ coroutine the call returned (the host awaits it afterwards).
 
 The three hooks "around" a call (``frameiod_call_handler``, ``frameiod_call_action``,
 ``frameiod_receive``) are the exception: they are called once for all plugins, wrappers
-nested as pluggy nests them (the first registered outermost, ``tryfirst`` outside), and
+nested as pluggy nests them (the last registered outermost, ``tryfirst`` outside), and
 what they return is an awaitable: a wrapper's ``call = yield`` gets the awaitable of
 everything inside it, not yet started, and returns an awaitable in its place, usually its
 own coroutine awaiting ``call``. That coroutine sees the result, or the exception::
