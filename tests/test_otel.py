@@ -1,4 +1,5 @@
-"""frameiod-otel on a real daemon, exporting to a local OTLP/HTTP receiver."""
+"""frameiod-otel (plugins/frameiod-otel) on a real daemon, exporting to a local OTLP/HTTP
+receiver that decodes the export requests with opentelemetry-proto."""
 
 from __future__ import annotations
 
@@ -10,6 +11,9 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+
+pytest.importorskip("frameiod_otel", reason="plugins/frameiod-otel is not installed")
+
 from aiohttp import web
 from frameio.comments import CreateCommentParamsData
 from frameiod_otel import OtelConfig, OtelPlugin
