@@ -26,7 +26,7 @@ from pydantic import ValidationError
 from structlog.testing import capture_logs
 from support import wait_until
 
-from frameiod import App, WebhookEvent
+from frameiod import App, Message, WebhookEvent
 from frameiod.events import example_payload
 from frameiod.testing import config_toml, run_daemon
 
@@ -222,6 +222,27 @@ class TestOneEventOneTrace:
         assert received.trace_id.hex() == SENDER_TRACE
         assert received.parent_span_id.hex() == "00f067aa0ba902b7"
         assert handled.trace_id.hex() == SENDER_TRACE
+
+    async def test_a_custom_action_is_a_server_span_with_its_handler_call_inside(
+        self, collector: Collector
+    ):
+        app = App()
+
+        @app.on_action("acme.go")
+        async def go(event: Any) -> Message:
+            return Message("Done", "ran")
+
+        plugins = {"app": app, "otel": OtelPlugin()}
+        async with run_daemon(plugins, config_text=settings(collector.url)) as daemon:
+            status, answer = await daemon.act("acme.go")
+        assert (status, answer["title"]) == (200, "Done")
+        [received] = collector.named("POST /actions/{source}")
+        [called] = collector.named("action acme.go")
+        assert received.kind == Span.SPAN_KIND_SERVER
+        assert attributes(received)["http.response.status_code"] == 200
+        assert attributes(received)["frameio.event.type"] == "acme.go"
+        assert (called.trace_id, called.parent_span_id) == (received.trace_id, received.span_id)
+        assert attributes(called)["frameiod.outcome"] == "ok"
 
     async def test_a_refused_request_is_a_span_with_its_status_and_no_event(
         self, collector: Collector
