@@ -295,6 +295,7 @@ class Receiving:
 
     def __init__(self) -> None:
         self.seen: list[tuple[str, int, str | None, bool]] = []
+        self.ids: list[str | None] = []
         self.handed: list[str | None] = []
 
     @hookimpl(wrapper=True)
@@ -304,8 +305,9 @@ class Receiving:
         async def around() -> Any:
             reception.trace_context = TRACE
             response = await call
-            event_type = reception.event.type if reception.event is not None else None
+            event_type = reception.payload["type"] if reception.payload is not None else None
             self.seen.append((reception.kind, response.status, event_type, reception.duplicate))
+            self.ids.append(reception.event_id)
             return response
 
         return around()
@@ -341,4 +343,5 @@ class TestWrappingTheReceive:
             ("action", 200, "acme.go", False),
             ("webhook", 401, None, False),
         ]
+        assert receiving.ids == [sent.id, None, None]
         assert receiving.handed == [TRACE]

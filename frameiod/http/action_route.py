@@ -38,7 +38,7 @@ async def _receive(request: web.Request, reception: Reception | None) -> web.Res
         except PayloadError as exc:
             raise Rejection(exc.status, "malformed", exc.reason, exc.detail) from None
         if reception is not None:
-            reception.event = event
+            reception.payload = event.model_dump(exclude_none=True)
         handler = receiver.routes.action(source_name, event.type)
         if handler is None:
             # Only now, after the signature: a forged request learns nothing.

@@ -8,7 +8,13 @@ import time
 
 from aiohttp import web
 
-from frameiod.events import PayloadError, WebhookEvent, check_webhook, parse_webhook
+from frameiod.events import (
+    PayloadError,
+    WebhookEvent,
+    check_webhook,
+    parse_webhook,
+    webhook_payload,
+)
 from frameiod.http.checks import Rejection, guarded, over_rate, verify_request
 from frameiod.http.live import Live
 from frameiod.http.receiver import RECEIVER, Receiver
@@ -48,9 +54,13 @@ async def _receive(request: web.Request, reception: Reception | None) -> web.Res
         event: WebhookEvent | None = None
         try:
             # The event itself is built only for observers; handlers get theirs at dispatch.
-            if observe is None and reception is None:
+            if reception is not None:
+                # The same check, its result kept: what a tracing wrapper reads ids from.
+                reception.payload = payload = webhook_payload(checked.body)
+                event_type = payload["type"]
+            elif observe is None:
                 event_type = check_webhook(checked.body)
-            else:
+            if observe is not None:
                 event = parse_webhook(checked.body, checked.verified.timestamp, event_id)
                 event_type = event.type
         except PayloadError as exc:
@@ -80,7 +90,7 @@ async def _receive(request: web.Request, reception: Reception | None) -> web.Res
         if observe is not None and event is not None and not accepted.duplicate:
             observe(event, source_name)
         if reception is not None:
-            reception.event, reception.duplicate = event, accepted.duplicate
+            reception.event_id, reception.duplicate = accepted.id, accepted.duplicate
 
         seconds = time.perf_counter() - started
         outcome, status = ("duplicate", 200) if accepted.duplicate else ("accepted", 202)

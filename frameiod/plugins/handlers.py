@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, Literal
@@ -163,10 +163,14 @@ class Reception:
     kind: Literal["webhook", "action"]
     source: str
     """The source's name, from the path (it may not be a configured one)."""
-    event: Any = None
-    """The verified `WebhookEvent` or `ActionEvent` once the route has parsed it; None if
-    the request was refused first."""
-    duplicate: bool = False
-    """A webhook answered 200 as a duplicate of an event already in the spool."""
     trace_context: str | None = None
     """A W3C ``traceparent`` a wrapper sets before the route runs: stored with the event."""
+    payload: Mapping[str, Any] | None = None
+    """The verified body as plain data (``type``, ``resource``, ...) once the route has
+    checked its shape; None if the request was refused first. No event model is built for
+    it: a webhook's handlers get theirs at dispatch."""
+    event_id: str | None = None
+    """The id of the webhook's event in the spool once it is there (the original's for a
+    duplicate)."""
+    duplicate: bool = False
+    """A webhook answered 200 as a duplicate of an event already in the spool."""

@@ -5,7 +5,7 @@ its hook wrappers."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Mapping
 from typing import Any
 
 from opentelemetry import trace
@@ -16,7 +16,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from frameiod import ActionEvent, ActionHandler, HandlerTimeout, Reception, WebhookHandler
 from frameiod.events import WebhookEvent
 
-__all__ = ["Spans", "event_attributes"]
+__all__ = ["Spans", "event_attributes", "payload_attributes"]
 
 _PROPAGATOR = TraceContextTextMapPropagator()
 
@@ -31,6 +31,35 @@ def event_attributes(event: WebhookEvent | ActionEvent) -> dict[str, str]:
         "frameio.project.id": event.project.id if event.project else None,
     }
     return {key: value for key, value in ids.items() if value}
+
+
+def payload_attributes(payload: Mapping[str, Any]) -> dict[str, str]:
+    """The ``frameio.*`` attributes of a request's verified body (webhook or action)."""
+
+    def ref(name: str) -> Any:
+        value = payload.get(name)
+        return value.get("id") if isinstance(value, Mapping) else None
+
+    ids = {
+        "frameio.event.type": payload.get("type"),
+        "frameio.resource.id": ref("resource"),
+        "frameio.account.id": ref("account") or payload.get("account_id"),
+        "frameio.workspace.id": ref("workspace"),
+        "frameio.project.id": ref("project"),
+    }
+    return {key: value for key, value in ids.items() if value and isinstance(value, str)}
+
+
+def _answered(reception: Reception, status: int) -> dict[str, Any]:
+    """What the receive span learns once the route answered."""
+    attributes: dict[str, Any] = {"http.response.status_code": status}
+    if reception.payload is not None:
+        attributes.update(payload_attributes(reception.payload))
+    if reception.event_id is not None:
+        attributes["frameiod.event_id"] = reception.event_id
+    if reception.duplicate:
+        attributes["frameiod.duplicate"] = True
+    return attributes
 
 
 def _traceparent(context: trace.SpanContext) -> str:
@@ -52,10 +81,12 @@ class Spans:
     async def receive(self, reception: Reception, call: Awaitable[Any]) -> Any:
         """A SERVER span around one request; a webhook's context is stored with its event."""
         request = reception.request
+        headers = request.headers
         route = f"/{reception.kind}s/{{source}}"
-        with self._tracer.start_as_current_span(
+        span = self._tracer.start_span(
             f"POST {route}",
-            context=_PROPAGATOR.extract(request.headers),
+            # A sender's traceparent continues its trace; most requests come without one.
+            context=_PROPAGATOR.extract(headers) if "traceparent" in headers else None,
             kind=SpanKind.SERVER,
             attributes={
                 "http.request.method": "POST",
@@ -64,21 +95,27 @@ class Spans:
                 "url.scheme": request.scheme,
                 "frameiod.source": reception.source,
             },
-        ) as span:
-            reception.trace_context = _traceparent(span.get_span_context())
-            response = await call
-            span.set_attribute("http.response.status_code", response.status)
+        )
+        reception.trace_context = _traceparent(span.get_span_context())
+        try:
+            if reception.kind == "action":
+                # Current while its handler runs: the action's span and API calls go inside.
+                with trace.use_span(span, record_exception=False, set_status_on_exception=False):
+                    response = await call
+            else:
+                # Nothing inside a webhook's receive makes spans: no need to make it current.
+                response = await call
+        except BaseException as exc:
+            span.record_exception(exc)
+            span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+            span.end()
+            raise
+        if span.is_recording():
+            span.set_attributes(_answered(reception, response.status))
             if response.status >= 500:
                 span.set_status(Status(StatusCode.ERROR))
-            event = reception.event
-            if event is not None and span.is_recording():
-                span.set_attributes(event_attributes(event))
-                event_id = getattr(event, "event_id", None)
-                if reception.duplicate:
-                    span.set_attribute("frameiod.duplicate", True)
-                elif event_id:
-                    span.set_attribute("frameiod.event_id", event_id)
-            return response
+        span.end()
+        return response
 
     async def handler_call(
         self,
