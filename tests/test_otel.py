@@ -244,6 +244,20 @@ class TestOneEventOneTrace:
         assert (called.trace_id, called.parent_span_id) == (received.trace_id, received.span_id)
         assert attributes(called)["frameiod.outcome"] == "ok"
 
+    async def test_a_duplicate_names_the_original_event(self, collector: Collector):
+        plugins = {"otel": OtelPlugin()}
+        async with run_daemon(plugins, config_text=settings(collector.url)) as daemon:
+            payload = json.dumps({"type": "file.ready", **IDS}).encode()
+            stamp = int(time.time())
+            first, accepted = await daemon.post(payload, timestamp=stamp)
+            again, duplicate = await daemon.post(payload, timestamp=stamp)
+        assert (first, again) == (202, 200)
+        assert duplicate["id"] == accepted["id"]
+        spans = collector.named("POST /webhooks/{source}")
+        assert [attributes(span).get("frameiod.duplicate") for span in spans] == [None, True]
+        assert [attributes(span)["frameiod.event_id"] for span in spans] == [accepted["id"]] * 2
+        assert attributes(spans[1])["frameio.workspace.id"] == "ws-1"
+
     async def test_a_refused_request_is_a_span_with_its_status_and_no_event(
         self, collector: Collector
     ):

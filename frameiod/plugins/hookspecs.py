@@ -203,8 +203,9 @@ def frameiod_receive(reception: Reception) -> Awaitable[web.StreamResponse]:
     it. ``reception.request`` is the aiohttp request (read its headers, never its body),
     ``reception.kind`` ``"webhook"`` or ``"action"``, ``reception.source`` the source's
     name from the path. frameiod's implementation runs the route; by the time its
-    awaitable is done, ``reception.event`` holds the verified event (None if refused) and
-    ``reception.duplicate`` says whether a webhook was one. A wrapper may set
+    awaitable is done, ``reception.payload`` holds the verified body as plain data (None
+    if refused before), ``reception.event_id`` a webhook's id in the spool and
+    ``reception.duplicate`` whether it was a duplicate. A wrapper may set
     ``reception.trace_context`` (a W3C ``traceparent``) before awaiting the route: a
     webhook's is stored with the event and handed to ``frameiod_call_handler``. The
     awaitable gives the response (its ``status`` is the answer's). A wrapper must not
