@@ -17,6 +17,7 @@ pytest.importorskip("frameiod_otel", reason="plugins/frameiod-otel is not instal
 from aiohttp import web
 from frameio.comments import CreateCommentParamsData
 from frameiod_otel import OtelConfig, OtelPlugin
+from multidict import CIMultiDict
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
@@ -46,13 +47,13 @@ class Collector:
     def __init__(self) -> None:
         self.spans: list[Span] = []
         self.resources: list[dict[str, Any]] = []
-        self.headers: list[dict[str, str]] = []
+        self.headers: list[CIMultiDict[str]] = []
         self.url = ""
         self.arrived = asyncio.Event()
 
     async def traces(self, request: web.Request) -> web.Response:
         export = ExportTraceServiceRequest.FromString(await request.read())
-        self.headers.append(dict(request.headers))
+        self.headers.append(request.headers.copy())
         for resource_spans in export.resource_spans:
             self.resources.append(
                 {a.key: _value(a.value) for a in resource_spans.resource.attributes}
@@ -313,6 +314,22 @@ class TestCollectorUnreachable:
         failed = [line for line in logs if line["event"] == "spans cannot be exported"]
         assert len(failed) == 1
         assert failed[0]["endpoint"] == f"{nowhere}/v1/traces"
+
+
+class TestEnvironment:
+    async def test_the_otlp_variables_fill_in_headers_and_compression(
+        self, collector: Collector, monkeypatch: pytest.MonkeyPatch
+    ):
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_HEADERS", "x-team=post%20production")
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "gzip")
+        text = config_toml(dispatch=FAST, extra=f'[plugins.otel]\nendpoint = "{collector.url}"\n')
+        async with run_daemon({"otel": OtelPlugin()}, config_text=text) as daemon:
+            sent = await daemon.send("file.ready", wait=False)
+        assert sent.status == 202
+        assert collector.headers[0]["x-team"] == "post production"
+        assert collector.headers[0]["content-encoding"] == "gzip"
+        [received] = collector.named("POST /webhooks/{source}")
+        assert attributes(received)["frameiod.event_id"] == sent.id
 
 
 class TestConfig:

@@ -5,28 +5,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import os
 import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 
 from frameiod_otel.config import OtelConfig
+from frameiod_otel.otlp import OtlpHttpExporter
 
 __all__ = ["ReportingExporter", "make_provider", "stop_provider"]
 
 # While exports keep failing, one line this often says how many spans were lost.
 _REPORT_EVERY_SECONDS = 60.0
-# The exporter logs each failed batch itself, with a traceback; ReportingExporter says it
-# once instead.
-_EXPORTER_LOGGER = "opentelemetry.exporter.otlp.proto.http"
 
 
 class ReportingExporter(SpanExporter):
@@ -108,8 +104,7 @@ def make_provider(config: OtelConfig, log: Any) -> TracerProvider:
     provider = TracerProvider(resource=Resource.create({SERVICE_NAME: name}), sampler=sampler)
     endpoint = _endpoint(config)
     headers = {key: secret.reveal() for key, secret in config.headers.items()}
-    exporter = OTLPSpanExporter(endpoint=endpoint, headers=headers or None)
-    logging.getLogger(_EXPORTER_LOGGER).setLevel(logging.CRITICAL)
+    exporter = OtlpHttpExporter(endpoint, headers or None)
     provider.add_span_processor(BatchSpanProcessor(ReportingExporter(exporter, log, endpoint)))
     return provider
 
