@@ -146,6 +146,30 @@ class TestWrappingHandlerCalls:
         assert [line["plugin"] for line in blamed] == ["broken"] * 3
         assert blamed[0]["handler"] == "app:handle"
 
+    async def test_a_wrapper_failing_in_a_helper_class_is_named_by_its_package(self):
+        class Helper:
+            async def run(self, call: Any) -> Any:
+                await call
+                raise RuntimeError("helper broke")
+
+        class Delegating:
+            @hookimpl(wrapper=True)
+            def frameiod_call_handler(self) -> Generator[None, Any, Any]:
+                return Helper().run((yield))
+
+        app = App()
+
+        @app.on_webhook("file.ready", max_attempts=1)
+        async def handle(event: WebhookEvent) -> None:
+            pass
+
+        with capture_logs() as logs:
+            async with run_daemon({"app": app, "helped": Delegating()}) as daemon:
+                sent = await daemon.send("file.ready")
+        assert [o.status for o in sent.outcomes] == ["dead"]
+        blamed = [line for line in logs if line["event"] == "handler wrapper failed"]
+        assert [line["plugin"] for line in blamed] == ["helped"]
+
     async def test_a_handler_past_its_timeout_raises_handler_timeout_in_the_wrapper(self):
         log: list[Any] = []
         app = App()

@@ -132,10 +132,14 @@ class Around:
         }
         """Whether any plugin implements each hook (else it is not worth calling)."""
         self._code_owners: dict[types.CodeType, list[tuple[object, str]]] = {}
+        self._packages: dict[str, set[str]] = {}
         for hook in AROUND_HOOKS:
             for impl in getattr(pm.hook, hook).get_hookimpls():
                 if impl.plugin_name == CORE_NAME:
                     continue
+                package = _package(impl.function.__module__)
+                if package != "frameiod":  # an App's middleware: its code is found above
+                    self._packages.setdefault(package, set()).add(impl.plugin_name)
                 owner = getattr(impl.function, "__self__", impl.plugin)
                 for code in _impl_codes(impl.function):
                     owners = self._code_owners.setdefault(code, [])
@@ -205,8 +209,19 @@ class Around:
 
     def _blame(self, exc: BaseException) -> str:
         """The plugin whose wrapper raised ``exc``: the innermost frame of its traceback
-        that runs a wrapper's code (or a function defined in it)."""
+        that runs a wrapper's code (or a function defined in it); failing that, the
+        innermost in the package a wrapper comes from (a helper class's coroutine)."""
         frames = [frame for frame, _ in traceback_frames(exc)]
+        return self._blame_code(frames) or self._blame_package(frames) or "unknown"
+
+    def _blame_package(self, frames: list[types.FrameType]) -> str | None:
+        for frame in reversed(frames):
+            names = self._packages.get(_package(frame.f_globals.get("__name__", "")))
+            if names:
+                return ",".join(sorted(names))
+        return None
+
+    def _blame_code(self, frames: list[types.FrameType]) -> str | None:
         for frame in reversed(frames):
             owners = self._code_owners.get(frame.f_code)
             if not owners:
@@ -218,7 +233,11 @@ class Around:
                 if plugin is this:
                     return name
             return ",".join(name for _, name in owners)
-        return "unknown"
+        return None
+
+
+def _package(module: str) -> str:
+    return module.partition(".")[0]
 
 
 def traceback_frames(exc: BaseException) -> Iterator[tuple[types.FrameType, int]]:
