@@ -104,6 +104,8 @@ bench: $(VENV)/.run-installed
 	@command -v redis-server >/dev/null || { apt-get update -qq && apt-get install -y -qq redis-server; }
 	@$(BIN)/python -c 'import redis' 2>/dev/null || $(BIN)/python -m pip install --quiet -e '.[redis]'
 	$(BIN)/python bench/run.py
+	@# The otel plugin's cost: the same loads without and with it (docs/performance.md).
+	$(BIN)/python bench/otel.py
 
 fix: $(VENV)/.test-installed
 	$(BIN)/ruff check --fix .

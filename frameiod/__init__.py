@@ -10,8 +10,16 @@ __version__ = "0.1.0"
 
 from frameiod.events import ActionEvent, WebhookEvent
 from frameiod.plugins.app import App, NoClientError
-from frameiod.plugins.handlers import ActionHandler, Outcome, PluginContext, WebhookHandler
+from frameiod.plugins.handlers import (
+    ActionHandler,
+    HandlerTimeout,
+    Outcome,
+    PluginContext,
+    Reception,
+    WebhookHandler,
+)
 from frameiod.plugins.hookspecs import hookimpl
+from frameiod.plugins.middleware import Middleware
 from frameiod.responses import (
     CheckboxField,
     Form,
@@ -29,11 +37,14 @@ __all__ = [
     "App",
     "CheckboxField",
     "Form",
+    "HandlerTimeout",
     "LinkField",
     "Message",
+    "Middleware",
     "NoClientError",
     "Outcome",
     "PluginContext",
+    "Reception",
     "SelectField",
     "SelectOption",
     "TextField",

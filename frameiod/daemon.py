@@ -128,6 +128,7 @@ class _Steps:
             metrics=self.metrics,
             # Without observers, no task per accepted event.
             observe=observe if plugins.observes("frameiod_event_accepted") else None,
+            around=plugins.around(),
         )
         yield
         await observers.wait()
@@ -154,6 +155,7 @@ class _Steps:
             notify=(
                 self.plugins.notify if self.plugins.observes("frameiod_delivery_finished") else None
             ),
+            around=self.plugins.around(),
         )
         dispatcher.set_dispatch_rates(_dispatch_rates(self.config))
         task = asyncio.create_task(dispatcher.run(), name="frameiod-dispatch")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Annotated, Any, NotRequired, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, TypeAdapter, ValidationError
@@ -28,6 +28,7 @@ __all__ = [
     "example_payload",
     "parse_action",
     "parse_webhook",
+    "webhook_payload",
 ]
 
 # The 30 V4 event types a webhook can subscribe to (frameio SDK, webhooks.create docstring).
@@ -256,6 +257,12 @@ def check_webhook(body: bytes) -> str:
     """Validate a raw webhook body exactly as `parse_webhook` would, without building the
     event; return its type, or raise `PayloadError` (400 or 422)."""
     return _validated(_WEBHOOK_SHAPE.validate_json, body)["type"]
+
+
+def webhook_payload(body: bytes) -> Mapping[str, Any]:
+    """Validate a raw webhook body as `check_webhook` does; return it as plain data
+    (``type``, ``resource``, ``account``, ... as sent), or raise `PayloadError` (400 or 422)."""
+    return _validated(_WEBHOOK_SHAPE.validate_json, body)
 
 
 def parse_webhook(

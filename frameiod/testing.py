@@ -143,19 +143,22 @@ class RunningDaemon:
         secret: str | None = None,
         timestamp: int | None = None,
         path: str = "webhooks",
+        headers: Mapping[str, str] | None = None,
     ) -> tuple[int, Any]:
         """POST ``body`` to ``/<path>/<source>``, signed with ``secret`` (default: the
-        source's first configured secret); return the status and JSON answer (None when
-        the answer is empty)."""
+        source's first configured secret), with more ``headers`` if given (a sender's
+        ``traceparent``); return the status and JSON answer (None when the answer is
+        empty)."""
         secret = secret or self.config.sources[source].secrets[0].reveal()
         ts = str(int(time.time()) if timestamp is None else timestamp)
-        headers = {
+        sent = {
+            **(headers or {}),
             "Content-Type": "application/json",
             TIMESTAMP_HEADER: ts,
             SIGNATURE_HEADER: sign(secret, body, ts),
         }
         async with self._session.post(
-            self.url(f"/{path}/{source}"), data=body, headers=headers
+            self.url(f"/{path}/{source}"), data=body, headers=sent
         ) as response:
             text = await response.text()
             return response.status, json.loads(text) if text else None

@@ -71,7 +71,7 @@ class TestShippedConfig:
         assert list(config.sources) == ["default"]
         assert config.sources["default"].secret_values() == [DEV_SECRET]
         assert config.sources["default"].tolerance == 300.0
-        assert config.plugins.disable == ["notify", "comment_on_ready"]
+        assert config.plugins.disable == ["notify", "comment_on_ready", "otel"]
         assert config.plugins.tables == {
             "event_log": {"path": "events.jsonl", "max_bytes": 10485760, "backups": 5}
         }

@@ -21,6 +21,7 @@ from frameiod import (
     Message,
     Outcome,
     PluginContext,
+    Reception,
     WebhookEvent,
     WebhookHandler,
     hookimpl,
@@ -263,9 +264,46 @@ class AllHooks:
     ) -> None:
         self._record("frameiod_delivery_finished", event=event, handler=handler, outcome=outcome)
 
+    @hookimpl(wrapper=True)
+    def frameiod_call_handler(
+        self, event: WebhookEvent, handler: WebhookHandler, attempt: int, trace_context: str | None
+    ) -> Generator[None, Any, Any]:
+        self._record(
+            "frameiod_call_handler",
+            event=event,
+            handler=handler,
+            attempt=attempt,
+            trace_context=trace_context,
+        )
+        return (yield)
+
+    @hookimpl(wrapper=True)
+    def frameiod_call_action(
+        self, event: ActionEvent, handler: ActionHandler
+    ) -> Generator[None, Any, Any]:
+        self._record("frameiod_call_action", event=event, handler=handler)
+        return (yield)
+
+    @hookimpl(wrapper=True)
+    def frameiod_receive(self, reception: Reception) -> Generator[None, Any, Any]:
+        self._record("frameiod_receive", reception=reception)
+        return (yield)
+
 
 def _check_arguments(hook: str, kwargs: dict[str, Any], sent_id: str) -> None:
     """Each argument is what the hookspec's docstring says it is."""
+    if hook == "frameiod_call_action":
+        assert isinstance(kwargs["event"], ActionEvent)
+        assert (kwargs["handler"].plugin, kwargs["handler"].action) == ("rec", "rec.act")
+        return
+    if hook == "frameiod_receive":
+        reception = kwargs["reception"]
+        assert isinstance(reception, Reception)
+        assert (reception.kind, reception.source) in {("webhook", "default"), ("action", "default")}
+        assert reception.request.path == f"/{reception.kind}s/default"
+        return
+    if "attempt" in kwargs:
+        assert (kwargs["attempt"], kwargs["trace_context"]) == (1, None)
     if "context" in kwargs:
         context = kwargs["context"]
         assert isinstance(context, PluginContext)

@@ -83,6 +83,7 @@ class Daemon:
             "secret_id",
             "received_at",
             "request_key",
+            "trace_context",
         ]
         return dict(zip(names, rows[0], strict=True))
 

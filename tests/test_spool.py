@@ -270,18 +270,18 @@ class TestUpgradeFromSchema2:
         with closing(sqlite3.connect(path)) as db:
             db.executescript(
                 "DROP INDEX IF EXISTS seen_requests_key; DROP TABLE IF EXISTS seen_requests;"
-                " PRAGMA user_version = 2;"
+                " ALTER TABLE events DROP COLUMN trace_context; PRAGMA user_version = 2;"
             )
         return event
 
     async def test_the_file_is_upgraded_in_place_and_says_so(self, path: Path, old: Incoming):
         with capture_logs() as logs:
             await (await Spool.open(path)).close()
-        assert query(path, "PRAGMA user_version") == [(SCHEMA_VERSION,)] == [(3,)]
+        assert query(path, "PRAGMA user_version") == [(SCHEMA_VERSION,)] == [(4,)]
         assert query(path, "SELECT name FROM sqlite_master WHERE tbl_name = 'seen_requests'")
         assert states(path, old.id) == {"p.h": "pending"}
         [upgraded] = [line for line in logs if line["event"] == "spool upgraded"]
-        assert (upgraded["schema_from"], upgraded["schema_to"]) == (2, 3)
+        assert (upgraded["schema_from"], upgraded["schema_to"]) == (2, 4)
 
     async def test_an_unmarked_schema_2_spool_opens_and_is_marked(self, path: Path, old: Incoming):
         with closing(sqlite3.connect(path)) as db:
@@ -289,7 +289,7 @@ class TestUpgradeFromSchema2:
             db.commit()
         await (await Spool.open(path)).close()
         assert query(path, "PRAGMA application_id") == [(APPLICATION_ID,)]
-        assert query(path, "PRAGMA user_version") == [(3,)]
+        assert query(path, "PRAGMA user_version") == [(4,)]
         assert query(path, "SELECT name FROM sqlite_master WHERE tbl_name = 'seen_requests'")
 
     async def test_a_request_coalesced_after_the_upgrade_is_remembered(
@@ -305,6 +305,39 @@ class TestUpgradeFromSchema2:
         finally:
             await spool.close()
         assert event_ids(path) == {old.id}
+
+
+class TestUpgradeFromSchema3:
+    TRACE = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+    @pytest.fixture
+    async def old(self, path: Path) -> Incoming:
+        """A version-3 spool at ``path`` (today's, less the trace context column) holding
+        one event whose delivery waits."""
+        spool = await Spool.open(path)
+        event = incoming()
+        await spool.accept(event, ["p.h"])
+        await spool.close()
+        with closing(sqlite3.connect(path)) as db:
+            db.executescript(
+                "ALTER TABLE events DROP COLUMN trace_context; PRAGMA user_version = 3;"
+            )
+        return event
+
+    async def test_events_gain_a_trace_context_and_old_ones_claim_without(
+        self, path: Path, old: Incoming
+    ):
+        with capture_logs() as logs:
+            spool = await Spool.open(path)
+        try:
+            [upgraded] = [line for line in logs if line["event"] == "spool upgraded"]
+            assert (upgraded["schema_from"], upgraded["schema_to"]) == (3, 4)
+            await spool.accept(incoming(trace_context=self.TRACE), ["p.h"])
+            claimed = await spool.claim(2, {"p.h": 2})
+            assert [c.trace_context for c in claimed] == [None, self.TRACE]
+        finally:
+            await spool.close()
+        assert query(path, "PRAGMA user_version") == [(4,)]
 
 
 class TestDuplicates:

@@ -56,6 +56,22 @@ class TestClaim:
         assert await store.claim(10, {"h": 10, "g": 10}, now=now) == [], "all are running"
         assert await store.next_due(["h"]) is None or await store.next_due(["h"]) > now
 
+    async def test_the_trace_context_stored_with_an_event_comes_back_with_each_claim(
+        self, store: SpoolBackend
+    ):
+        trace = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+        now = time.time()
+        traced = incoming(received_at=now - 20, trace_context=trace)
+        plain = incoming(received_at=now - 10)
+        await store.accept(traced, ["h", "g"])
+        await store.accept(plain, ["h"])
+        claimed = await store.claim(10, {"h": 10, "g": 10}, now=now)
+        assert {(c.event_id, c.handler, c.trace_context) for c in claimed} == {
+            (traced.id, "h", trace),
+            (traced.id, "g", trace),
+            (plain.id, "h", None),
+        }
+
     async def test_a_delivery_scheduled_later_is_claimed_only_once_due(self, store: SpoolBackend):
         now = time.time()
         event = incoming(received_at=now - 5)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -33,7 +34,8 @@ from frameiod.dispatch.retry import RetryPolicy
 from frameiod.events import PayloadError, WebhookEvent, parse_webhook
 from frameiod.logs import get_logger
 from frameiod.metrics import Metrics
-from frameiod.plugins.handlers import Outcome, WebhookHandler
+from frameiod.plugins.around import Around
+from frameiod.plugins.handlers import HandlerTimeout, Outcome, WebhookHandler
 from frameiod.plugins.routing import Routes
 from frameiod.plugins.runner import call_handler
 from frameiod.ratelimit import TokenBucket
@@ -66,8 +68,11 @@ class Dispatcher:
         workers: int = 32,
         metrics: Metrics | None = None,
         notify: Notify | None = None,
+        around: Around | None = None,
     ) -> None:
         self._spool = spool
+        # Handler calls go through frameiod_call_handler only when a plugin wraps them.
+        self._around = around if around and around.wrapped["frameiod_call_handler"] else None
         self._policy = policy or RetryPolicy()
         self._workers = workers
         self._metrics = metrics
@@ -278,7 +283,7 @@ class Dispatcher:
                     item.delivery_id, outcome="error", seconds=0.0, error=exc.detail, dead=True
                 )
                 return
-            outcome, error = await self._call(item.delivery_id, handler, event)
+            outcome, error = await self._call(item, handler, event)
             # Writing the outcome waits its turn in the spool's queue: the next call need not.
             self._free_worker(item)
             await self._record(item, handler, event, outcome, error)
@@ -293,17 +298,31 @@ class Dispatcher:
                     self._finished.notify_all()
 
     async def _call(
-        self, delivery_id: DeliveryId, handler: WebhookHandler, event: WebhookEvent
+        self, item: Claimed, handler: WebhookHandler, event: WebhookEvent
     ) -> tuple[Outcome, BaseException | None]:
+        delivery_id = item.delivery_id
         timeout = handler.timeout or self._policy.handler_timeout
         started = time.perf_counter()
         self.calls += 1
         self._deadlines.arm(delivery_id, timeout)
         try:
-            await call_handler(handler.func, event)
+            if self._around is None:
+                await call_handler(handler.func, event)
+            else:
+                await self._around.call_handler(
+                    event,
+                    handler,
+                    item.attempts,
+                    item.trace_context,
+                    cut=functools.partial(self._deadlines.cut, delivery_id),
+                    limit=timeout,
+                )
         except asyncio.CancelledError:
             if not self._deadlines.cut(delivery_id):
                 raise  # a stop, or the sweep's cancel and a stop's together
+            seconds = time.perf_counter() - started
+            return Outcome("timeout", seconds, f"no answer within {timeout:g}s"), None
+        except HandlerTimeout:  # the deadline, as wrappers saw it
             seconds = time.perf_counter() - started
             return Outcome("timeout", seconds, f"no answer within {timeout:g}s"), None
         except Exception as exc:  # a TimeoutError raised by the handler itself included

@@ -10,8 +10,9 @@ from aiohttp import web
 from frameiod.events import PayloadError, parse_action
 from frameiod.http.checks import Rejection, guarded, verify_request
 from frameiod.http.live import Live
-from frameiod.http.receiver import Receiver
+from frameiod.http.receiver import RECEIVER, Receiver
 from frameiod.ids import new_event_id
+from frameiod.plugins.handlers import Reception
 
 __all__ = ["receive_action"]
 
@@ -19,7 +20,14 @@ __all__ = ["receive_action"]
 async def receive_action(request: web.Request) -> web.Response:
     """``POST /actions/{source}``: verified like a webhook, then answered by the action's
     handler: 200 with its `Message` or `Form` as JSON, or an empty 200."""
+    around = request.app[RECEIVER].around_receive
+    if around is None:
+        return await _receive(request, None)
+    reception = Reception(request, "action", request.match_info["source"])
+    return await around.receive(reception, lambda reception: _receive(request, reception))
 
+
+async def _receive(request: web.Request, reception: Reception | None) -> web.Response:
     async def act(
         receiver: Receiver, live: Live, source_name: str, deadline: asyncio.Timeout
     ) -> web.Response:
@@ -29,6 +37,8 @@ async def receive_action(request: web.Request) -> web.Response:
             event = parse_action(checked.body, checked.verified.timestamp)
         except PayloadError as exc:
             raise Rejection(exc.status, "malformed", exc.reason, exc.detail) from None
+        if reception is not None:
+            reception.payload = event.model_dump(exclude_none=True)
         handler = receiver.routes.action(source_name, event.type)
         if handler is None:
             # Only now, after the signature: a forged request learns nothing.

@@ -15,6 +15,7 @@ from typing import Any
 
 from frameiod.events import ActionEvent
 from frameiod.logs import get_logger
+from frameiod.plugins.around import Around
 from frameiod.plugins.handlers import ActionHandler
 from frameiod.plugins.runner import call_handler
 from frameiod.responses import Form, Message
@@ -43,8 +44,10 @@ def _failed(handler: ActionHandler, request_id: str) -> ActionAnswer:
 class ActionRunner:
     """Calls action handlers under a deadline and keeps the late ones alive."""
 
-    def __init__(self) -> None:
+    def __init__(self, around: Around | None = None) -> None:
         self._late: set[asyncio.Task[Any]] = set()
+        self._around = around
+        """Set when a plugin wraps ``frameiod_call_action``: calls then go through it."""
 
     async def run(
         self,
@@ -76,7 +79,10 @@ class ActionRunner:
                 "unsupported_resource",
             )
         started = time.perf_counter()
-        task = asyncio.ensure_future(call_handler(handler.func, event))
+        if self._around is None:
+            task = asyncio.ensure_future(call_handler(handler.func, event))
+        else:
+            task = asyncio.ensure_future(self._around.call_action(event, handler))
         try:
             # shield: at the deadline the handler keeps running; only our wait ends.
             result = await asyncio.wait_for(asyncio.shield(task), deadline)

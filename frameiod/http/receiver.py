@@ -18,6 +18,7 @@ from frameiod.events import WebhookEvent
 from frameiod.http.actions import ActionRunner
 from frameiod.http.live import Live, SourceKeys
 from frameiod.metrics import Metrics
+from frameiod.plugins.around import Around
 from frameiod.plugins.routing import Routes
 from frameiod.store.base import SpoolBackend
 
@@ -34,6 +35,7 @@ class Receiver:
     __slots__ = (
         "_ready",
         "actions",
+        "around_receive",
         "clock",
         "idle",
         "in_flight",
@@ -55,6 +57,7 @@ class Receiver:
         metrics: Metrics,
         clock: Callable[[], float] = time.time,
         observe: Observe | None = None,
+        around: Around | None = None,
     ) -> None:
         self.live = live
         self.routes = routes
@@ -62,7 +65,11 @@ class Receiver:
         self.metrics = metrics
         self.clock = clock
         self.observe = observe
-        self.actions = ActionRunner()
+        self.actions = ActionRunner(
+            around if around and around.wrapped["frameiod_call_action"] else None
+        )
+        self.around_receive = around if around and around.wrapped["frameiod_receive"] else None
+        """Set when a plugin wraps ``frameiod_receive``: the routes then answer through it."""
         self.stopping = False
         self.in_flight = 0
         self.idle = asyncio.Event()

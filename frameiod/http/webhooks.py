@@ -8,12 +8,19 @@ import time
 
 from aiohttp import web
 
-from frameiod.events import PayloadError, WebhookEvent, check_webhook, parse_webhook
+from frameiod.events import (
+    PayloadError,
+    WebhookEvent,
+    check_webhook,
+    parse_webhook,
+    webhook_payload,
+)
 from frameiod.http.checks import Rejection, guarded, over_rate, verify_request
 from frameiod.http.live import Live
-from frameiod.http.receiver import Receiver
+from frameiod.http.receiver import RECEIVER, Receiver
 from frameiod.ids import new_event_id
 from frameiod.logs import get_logger
+from frameiod.plugins.handlers import Reception
 from frameiod.store.base import Incoming, RateLimited, SpoolUnavailable
 
 __all__ = ["receive_webhook"]
@@ -24,6 +31,14 @@ log = get_logger("frameiod.server")
 async def receive_webhook(request: web.Request) -> web.Response:
     """``POST /webhooks/{source}``: 202 with the event id once the event is on disk, or 200
     with the original's id for a duplicate."""
+    around = request.app[RECEIVER].around_receive
+    if around is None:
+        return await _receive(request, None)
+    reception = Reception(request, "webhook", request.match_info["source"])
+    return await around.receive(reception, lambda reception: _receive(request, reception))
+
+
+async def _receive(request: web.Request, reception: Reception | None) -> web.Response:
     started = time.perf_counter()
 
     async def accept(
@@ -39,9 +54,13 @@ async def receive_webhook(request: web.Request) -> web.Response:
         event: WebhookEvent | None = None
         try:
             # The event itself is built only for observers; handlers get theirs at dispatch.
-            if observe is None:
+            if reception is not None:
+                # The same check, its result kept: what a tracing wrapper reads ids from.
+                reception.payload = payload = webhook_payload(checked.body)
+                event_type = payload["type"]
+            elif observe is None:
                 event_type = check_webhook(checked.body)
-            else:
+            if observe is not None:
                 event = parse_webhook(checked.body, checked.verified.timestamp, event_id)
                 event_type = event.type
         except PayloadError as exc:
@@ -56,6 +75,7 @@ async def receive_webhook(request: web.Request) -> web.Response:
             secret_id=checked.source.ids[checked.verified.secret_index],
             received_at=receiver.clock(),
             limit=limit,
+            trace_context=reception.trace_context if reception is not None else None,
         )
         handlers = receiver.routes.for_delivery(source_name, event_type, incoming.secret_id)
         # An accept is one transaction (one script on Redis): cut off at the deadline, it
@@ -69,6 +89,8 @@ async def receive_webhook(request: web.Request) -> web.Response:
         deadline.reschedule(None)  # committed: the answer goes out whatever the time
         if observe is not None and event is not None and not accepted.duplicate:
             observe(event, source_name)
+        if reception is not None:
+            reception.event_id, reception.duplicate = accepted.id, accepted.duplicate
 
         seconds = time.perf_counter() - started
         outcome, status = ("duplicate", 200) if accepted.duplicate else ("accepted", 202)

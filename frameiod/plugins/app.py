@@ -25,6 +25,7 @@ from frameiod.plugins.handlers import (
     WebhookHandler,
 )
 from frameiod.plugins.hookspecs import hookimpl
+from frameiod.plugins.middleware import MiddlewareChain
 from frameiod.plugins.runner import maybe_await
 
 __all__ = ["App", "NoClientError"]
@@ -51,10 +52,16 @@ class App:
     ``config_model`` is a pydantic model for the plugin's ``[plugins.<name>]`` table;
     the validated table is ``app.config``. ``token`` gives this App its own Frame.io API
     client; without it ``app.client`` is the daemon's shared one (``[frameio]``).
+    ``middleware`` wraps every call of this App's handlers (see `frameiod.Middleware`),
+    the first one outermost.
     """
 
     def __init__(
-        self, *, token: str | None = None, config_model: type[BaseModel] | None = None
+        self,
+        *,
+        token: str | None = None,
+        config_model: type[BaseModel] | None = None,
+        middleware: Sequence[Any] = (),
     ) -> None:
         self._handlers: list[WebhookHandler] = []
         self._actions: list[ActionHandler] = []
@@ -64,6 +71,15 @@ class App:
         self._on_startup: list[LifecycleFunc] = []
         self._on_shutdown: list[LifecycleFunc] = []
         self._context: PluginContext | None = None
+        if middleware:
+            # Hook wrappers only for an App that has middleware: without them, handler
+            # calls skip the hooks around each call altogether.
+            chain = MiddlewareChain(middleware, self._handler_funcs)
+            self.frameiod_call_handler = chain.frameiod_call_handler
+            self.frameiod_call_action = chain.frameiod_call_action
+
+    def _handler_funcs(self) -> set[int]:
+        return {id(h.func) for h in self._handlers} | {id(a.func) for a in self._actions}
 
     def on_webhook(
         self,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, Literal
@@ -13,6 +13,7 @@ from frameiod.secret_ids import secret_id
 
 if TYPE_CHECKING:
     import structlog
+    from aiohttp import web
     from pydantic import BaseModel
 
     from frameiod.config import Config
@@ -20,8 +21,10 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_SOURCE",
     "ActionHandler",
+    "HandlerTimeout",
     "Outcome",
     "PluginContext",
+    "Reception",
     "WebhookHandler",
 ]
 
@@ -144,3 +147,30 @@ class PluginContext:
     """A logger bound with ``plugin=<name>``."""
     client: Any | None = None
     """The shared Frame.io API client, or None when no ``[frameio] token`` is configured."""
+
+
+class HandlerTimeout(TimeoutError):
+    """A handler ran past its timeout: what wrappers of ``frameiod_call_handler`` see."""
+
+
+@dataclass(slots=True)
+class Reception:
+    """One ``POST /webhooks/{source}`` or ``/actions/{source}``, as ``frameiod_receive``
+    wrappers see it."""
+
+    request: web.Request
+    """The aiohttp request: its headers and path (its body is the route's to read)."""
+    kind: Literal["webhook", "action"]
+    source: str
+    """The source's name, from the path (it may not be a configured one)."""
+    trace_context: str | None = None
+    """A W3C ``traceparent`` a wrapper sets before the route runs: stored with the event."""
+    payload: Mapping[str, Any] | None = None
+    """The verified body as plain data (``type``, ``resource``, ...) once the route has
+    checked its shape; None if the request was refused first. No event model is built for
+    it: a webhook's handlers get theirs at dispatch."""
+    event_id: str | None = None
+    """The id of the webhook's event in the spool once it is there (the original's for a
+    duplicate)."""
+    duplicate: bool = False
+    """A webhook answered 200 as a duplicate of an event already in the spool."""

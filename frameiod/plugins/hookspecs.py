@@ -8,6 +8,29 @@ documents. Each plugin's implementation is called through its own subset of the 
 one plugin's failure is logged against that plugin only. A wrapper therefore wraps each
 plugin's call on its own, and around an ``async def`` implementation it sees the
 coroutine the call returned (the host awaits it afterwards).
+
+The three hooks "around" a call (``frameiod_call_handler``, ``frameiod_call_action``,
+``frameiod_receive``) are the exception: they are called once for all plugins, wrappers
+nested as pluggy nests them (the last registered outermost, ``tryfirst`` outside), and
+what they return is an awaitable: a wrapper's ``call = yield`` gets the awaitable of
+everything inside it, not yet started, and returns an awaitable in its place, usually its
+own coroutine awaiting ``call``. That coroutine sees the result, or the exception::
+
+    @hookimpl(wrapper=True)
+    def frameiod_call_handler(event, handler, attempt):
+        call = yield
+
+        async def timed():
+            started = time.perf_counter()
+            try:
+                return await call
+            finally:
+                print(handler.name, attempt, time.perf_counter() - started)
+
+        return timed()
+
+When no plugin wraps them, frameiod calls the handler (or route) directly: they cost
+nothing unless used.
 """
 
 from __future__ import annotations
@@ -18,10 +41,19 @@ from typing import TYPE_CHECKING
 import pluggy
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable
+
+    from aiohttp import web
     from pydantic import BaseModel
 
-    from frameiod.events import WebhookEvent
-    from frameiod.plugins.handlers import ActionHandler, Outcome, PluginContext, WebhookHandler
+    from frameiod.events import ActionEvent, WebhookEvent
+    from frameiod.plugins.handlers import (
+        ActionHandler,
+        Outcome,
+        PluginContext,
+        Reception,
+        WebhookHandler,
+    )
 
 __all__ = ["PROJECT", "hookimpl", "hookspec"]
 
@@ -120,6 +152,65 @@ def frameiod_delivery_finished(
     exception text and ``outcome.seconds`` the duration. Called once per handler call,
     after its outcome was recorded in the spool. For alerting and audit; exceptions are
     logged, never passed on. The return value is ignored.
+    """
+
+
+# --- Around each call: wrappers (tracing, middleware) ---------------------------------
+
+
+@hookspec(firstresult=True)
+def frameiod_call_handler(
+    event: WebhookEvent, handler: WebhookHandler, attempt: int, trace_context: str | None
+) -> Awaitable[object]:
+    """Call one webhook handler for one event: return an awaitable of its result.
+
+    Called by the dispatcher for each delivery once its attempt is on record: ``event``
+    is the parsed `WebhookEvent`, ``handler`` the `WebhookHandler` (``handler.name``,
+    ``handler.plugin``), ``attempt`` counts from 1 (a retry is 2, 3, ...), and
+    ``trace_context`` is the W3C ``traceparent`` stored with the event when it was
+    received under a tracing plugin (else None). frameiod's own implementation runs last
+    (``trylast``): it returns the handler's call, ``async def`` handlers on the loop and
+    plain ones in a thread, not started until awaited. A plain implementation that returns
+    an awaitable replaces it; wrap it instead, with ``@hookimpl(wrapper=True)`` (see the
+    module's docstring): the wrapper's coroutine gets the handler's result, or its
+    exception; a handler past its timeout raises `HandlerTimeout` there. The timeout counts
+    from the start of the outermost wrapper's coroutine and cuts it off too. An exception
+    raised by a wrapper itself fails the delivery like the handler's own (it is retried);
+    the log line ``handler wrapper failed`` names that plugin.
+    """
+
+
+@hookspec(firstresult=True)
+def frameiod_call_action(event: ActionEvent, handler: ActionHandler) -> Awaitable[object]:
+    """Call one custom-action handler: return an awaitable of its `Message`, `Form` or None.
+
+    Called by ``POST /actions/{source}`` once the request is verified and the action's
+    handler found: ``event`` is the `ActionEvent`, ``handler`` the `ActionHandler`. As for
+    ``frameiod_call_handler``, frameiod's implementation runs last and wrappers wrap it;
+    what the outermost awaitable gives is the answer. The action's deadline applies to the
+    whole: past it, Frame.io is answered that the work goes on while the call (wrappers
+    included) finishes in the background. An exception raised by a wrapper is answered
+    like a failed handler (a `Message` with a reference), and the log names its plugin.
+    """
+
+
+@hookspec(firstresult=True)
+def frameiod_receive(reception: Reception) -> Awaitable[web.StreamResponse]:
+    """Answer one ``POST /webhooks/{source}`` or ``POST /actions/{source}``: return an
+    awaitable of the response.
+
+    Called for every such request, before anything is read, only when some plugin wraps
+    it. ``reception.request`` is the aiohttp request (read its headers, never its body),
+    ``reception.kind`` ``"webhook"`` or ``"action"``, ``reception.source`` the source's
+    name from the path. frameiod's implementation runs the route; by the time its
+    awaitable is done, ``reception.payload`` holds the verified body as plain data (None
+    if refused before), ``reception.event_id`` a webhook's id in the spool and
+    ``reception.duplicate`` whether it was a duplicate. A wrapper may set
+    ``reception.trace_context`` (a W3C ``traceparent``) before awaiting the route: a
+    webhook's is stored with the event and handed to ``frameiod_call_handler``. The
+    awaitable gives the response (its ``status`` is the answer's). A wrapper must not
+    delay the answer: Frame.io waits 5 seconds. An exception in a wrapper is answered 500
+    by aiohttp and logged with its plugin's name.
     """
 
 

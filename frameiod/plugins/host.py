@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from frameiod.config import Config, ConfigError, validation_problems
 from frameiod.logs import get_logger
 from frameiod.patterns import pattern_problem
+from frameiod.plugins.around import CORE_NAME, Around
 from frameiod.plugins.calls import HookCalls
 from frameiod.plugins.handlers import ActionHandler, PluginContext, WebhookHandler
 from frameiod.plugins.manager import (
@@ -76,7 +77,7 @@ class PluginHost:
             elif found.status != "loaded":
                 self.plugins[name] = found
         for name, plugin in pm.list_name_plugin():
-            if plugin is not None and name not in self.plugins:
+            if plugin is not None and name not in self.plugins and name != CORE_NAME:
                 self._adopt(PluginInfo(name=name), plugin)
 
     def add(self, plugin: object, name: str, distribution: str | None = None) -> PluginInfo:
@@ -250,6 +251,12 @@ class PluginHost:
             except Exception:
                 log.exception("plugin shutdown failed", plugin=name)
         self._started.clear()
+
+    def around(self) -> Around | None:
+        """The hooks around each call, or None when no loaded plugin implements any of
+        them (then handlers and routes are called directly, at no cost)."""
+        around = Around(self.pm)
+        return around if any(around.wrapped.values()) else None
 
     def observes(self, hook: str) -> bool:
         """Whether any loaded plugin implements the observer ``hook`` (a wrapper counts)."""

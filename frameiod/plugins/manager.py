@@ -20,6 +20,7 @@ from pydantic import BaseModel
 
 from frameiod.logs import get_logger
 from frameiod.plugins import hookspecs
+from frameiod.plugins.around import CORE, CORE_NAME
 from frameiod.plugins.handlers import ActionHandler, WebhookHandler
 
 __all__ = [
@@ -97,6 +98,8 @@ class PluginManager(pluggy.PluginManager):
     def __init__(self) -> None:
         super().__init__(hookspecs.PROJECT)
         self.add_hookspecs(hookspecs)
+        # frameiod's own implementations of the hooks around each call, innermost.
+        self.register(CORE, name=CORE_NAME)
         self.found: dict[str, PluginInfo] = {}
         self._block_reasons: dict[str, str] = {}
 

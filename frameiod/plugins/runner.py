@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import inspect
 import threading
 from collections.abc import Awaitable, Callable
@@ -53,5 +54,10 @@ def call_handler(func: Callable[[Any], Any], event: Any) -> Awaitable[Any]:
             hand_back(result, None)
 
     name = getattr(event, "type", "event")
-    threading.Thread(target=run, name=f"frameiod-handler-{name}", daemon=True).start()
+    # In the caller's context, as an async handler would be: what a wrapper set (a span
+    # being the current one) holds in the thread too.
+    context = contextvars.copy_context()
+    threading.Thread(
+        target=context.run, args=(run,), name=f"frameiod-handler-{name}", daemon=True
+    ).start()
     return future

@@ -110,6 +110,9 @@ class Incoming:
     """The source's rate limit (per second, burst) when the store takes the request's
     token in the accept itself, in the same write (`frameiod.ratelimit.SourceLimits`
     says when); then `SpoolBackend.accept` may raise `RateLimited`. None: it was taken."""
+    trace_context: str | None = None
+    """The W3C ``traceparent`` of the span that received it, when a tracing plugin made
+    one: stored with the event so its handler calls join that trace."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +141,8 @@ class Claimed:
     body: bytes
     timestamp: int
     received_at: float
+    trace_context: str | None = None
+    """`Incoming.trace_context` as stored with the event (None for an event without)."""
 
 
 class Delivery(TypedDict):

@@ -23,7 +23,8 @@ __all__ = [
 
 # ARGV: P, group, body key ttl, then per request: event id, source, type, body, timestamp,
 # signature, secret id, received_at, body digest, rate and burst ('' if the source's token
-# was taken already, or it has no limit), how many handlers, the handlers.
+# was taken already, or it has no limit), trace context ('' if none), how many handlers,
+# the handlers.
 # Returns two values per request: the event id and 'new' or 'duplicate'; or '' and the
 # seconds until the source may send again (as text), when its bucket was empty.
 # A seen request's key has no TTL: `PURGE_SEEN` forgets it once its timestamp is older than
@@ -78,6 +79,10 @@ local function accept(a, handlers)
   local fields = {'source', source, 'type', ARGV[a + 2], 'entry', entry,
     'timestamp', timestamp, 'signature', ARGV[a + 5], 'secret_id', secret,
     'received_at', received}
+  if ARGV[a + 11] ~= '' then
+    table.insert(fields, 'trace_context')
+    table.insert(fields, ARGV[a + 11])
+  end
   for _, h in ipairs(handlers) do
     for _, v in ipairs({h .. '|state', 'pending', h .. '|attempts', '0', h .. '|due', received}) do
       table.insert(fields, v)
@@ -100,7 +105,7 @@ end
 
 local a = 4
 while a <= #ARGV do
-  local source, rate, count_at = ARGV[a + 1], ARGV[a + 9], a + 11
+  local source, rate, count_at = ARGV[a + 1], ARGV[a + 9], a + 12
   local handlers = {}
   for i = count_at + 1, count_at + tonumber(ARGV[count_at]) do
     table.insert(handlers, ARGV[i])
@@ -163,7 +168,7 @@ return scheduled
 
 # ARGV: P, now ('' for Redis's clock), limit, then (handler, room, lease seconds) per
 # handler that may start. Returns {event id, handler, attempts, source, body, timestamp,
-# received_at} per claim.
+# received_at, trace context (nil if none)} per claim.
 CLAIM = (
     LUA_PRELUDE
     + r"""
@@ -198,7 +203,8 @@ for _, item in ipairs(due) do
     local attempts = redis.call('HINCRBY', ek, h .. '|attempts', 1)
     redis.call('HSET', ek, h .. '|state', 'running', h .. '|updated', fmt(now))
     if state == 'pending' then count('pending', 'running', 1) end
-    local ev = redis.call('HMGET', ek, 'source', 'entry', 'timestamp', 'received_at')
+    local ev = redis.call('HMGET', ek, 'source', 'entry', 'timestamp', 'received_at',
+      'trace_context')
     local body = ''
     local entries = redis.call('XRANGE', stream_key(ev[1]), ev[2], ev[2])
     if entries[1] then
@@ -207,7 +213,7 @@ for _, item in ipairs(due) do
         if f[k] == 'body' then body = f[k + 1] end
       end
     end
-    table.insert(claimed, {id, h, attempts, ev[1], body, ev[3], ev[4]})
+    table.insert(claimed, {id, h, attempts, ev[1], body, ev[3], ev[4], ev[5]})
   else
     redis.call('ZREM', due_key(h), id)  -- done, dead or purged meanwhile: nothing to run
   end

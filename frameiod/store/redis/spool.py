@@ -195,6 +195,7 @@ class RedisSpool:
             hashlib.sha256(incoming.body).hexdigest(),
             "" if rate is None else repr(rate),
             burst,
+            incoming.trace_context or "",
             len(handlers),
             *handlers,
         ]
@@ -232,7 +233,7 @@ class RedisSpool:
                     args += [handler, room, repr(self._lease(handler))]
             rows = await self._claim(args=args)
         claimed = []
-        for event_id, handler, attempts, source, body, timestamp, received_at in rows:
+        for event_id, handler, attempts, source, body, timestamp, received_at, trace in rows:
             item = Claimed(
                 # The attempt too: a delivery whose lease ran out may be claimed again, by
                 # this receiver as well, while the first call is still finishing.
@@ -244,6 +245,7 @@ class RedisSpool:
                 body=body,
                 timestamp=int(timestamp),
                 received_at=float(received_at),
+                trace_context=str(text(trace)) if trace else None,
             )
             claimed.append(item)
         return claimed

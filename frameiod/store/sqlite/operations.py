@@ -92,7 +92,8 @@ def accept(conn: sqlite3.Connection, incoming: Incoming, handlers: Sequence[str]
         return Accepted(row[0], duplicate=True, deliveries=0)
     conn.execute(
         "INSERT INTO events (id, source, type, body, body_hash, timestamp, signature,"
-        " secret_id, received_at, request_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        " secret_id, received_at, request_key, trace_context)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             incoming.id,
             incoming.source,
@@ -104,6 +105,7 @@ def accept(conn: sqlite3.Connection, incoming: Incoming, handlers: Sequence[str]
             incoming.secret_id,
             incoming.received_at,
             keys[0],
+            incoming.trace_context,
         ),
     )
     if handlers:
@@ -140,7 +142,7 @@ def claim(conn: sqlite3.Connection, limit: int, caps: dict[str, int], now: float
             continue
         rows += conn.execute(
             "SELECT d.next_attempt_at, d.id, d.event_id, d.handler, d.attempts, e.source,"
-            " e.body, e.timestamp, e.received_at FROM deliveries d"
+            " e.body, e.timestamp, e.received_at, e.trace_context FROM deliveries d"
             " JOIN events e ON e.id = d.event_id WHERE d.state = 'pending' AND d.handler = ?"
             " AND d.next_attempt_at <= ? ORDER BY d.next_attempt_at, d.id LIMIT ?",
             (handler, now, min(room, limit)),

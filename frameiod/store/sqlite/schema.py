@@ -33,7 +33,7 @@ __all__ = [
 
 log = get_logger("frameiod.spool")
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 APPLICATION_ID = int.from_bytes(b"fiod", "big")
 """frameiod's mark in a spool file's header (``PRAGMA application_id``)."""
 AUTOCHECKPOINT_PAGES = 10_000
@@ -56,7 +56,8 @@ CREATE TABLE IF NOT EXISTS events (
     signature TEXT NOT NULL,
     secret_id TEXT NOT NULL,
     received_at REAL NOT NULL,
-    request_key INTEGER NOT NULL
+    request_key INTEGER NOT NULL,
+    trace_context TEXT
 );
 CREATE INDEX IF NOT EXISTS events_request_key ON events (timestamp, request_key);
 CREATE INDEX IF NOT EXISTS events_received ON events (received_at);
@@ -100,7 +101,8 @@ CREATE INDEX IF NOT EXISTS seen_requests_key ON seen_requests (timestamp, reques
 # No foreign key: the event may be purged while the request could still be replayed.
 
 # Schema 1 (frameiod before the 64-bit keys) becomes 2 in place, on first open; schema 2
-# becomes 3 as `_SCHEMA` creates the seen_requests table it lacks.
+# becomes 3 as `_SCHEMA` creates the seen_requests table it lacks; schema 3 becomes 4 by
+# `_UPGRADE_TO_4`, in the same transaction (its events simply have no trace context).
 _UPGRADE_FROM_1 = """
 ALTER TABLE events ADD COLUMN request_key INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE deliveries ADD COLUMN body_key INTEGER NOT NULL DEFAULT 0;
@@ -111,6 +113,7 @@ UPDATE deliveries SET body_key = (
 DROP INDEX IF EXISTS events_request;
 DROP INDEX IF EXISTS events_body;
 """
+_UPGRADE_TO_4 = "ALTER TABLE events ADD COLUMN trace_context TEXT;"
 # Every table and index a frameiod spool has held, whatever its schema: how an unmarked
 # spool is known.
 _SPOOL_OBJECTS = frozenset(
@@ -172,8 +175,9 @@ def connect_writer(path: Path, synchronous: Synchronous) -> sqlite3.Connection:
             _upgrade_from_1(conn)
         # One transaction: a crash half-way must not leave a file that looks like no spool.
         # It also creates what an older schema lacks (IF NOT EXISTS leaves the rest alone).
+        upgrade = _UPGRADE_TO_4 if 0 < version < 4 else ""
         conn.executescript(
-            f"BEGIN IMMEDIATE; {_SCHEMA} PRAGMA user_version = {SCHEMA_VERSION};"
+            f"BEGIN IMMEDIATE; {upgrade} {_SCHEMA} PRAGMA user_version = {SCHEMA_VERSION};"
             f" PRAGMA application_id = {APPLICATION_ID}; COMMIT;"
         )
         if 0 < version < SCHEMA_VERSION:
