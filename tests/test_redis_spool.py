@@ -783,3 +783,22 @@ class TestBatches:
         assert await raw.zcard(f"{prefix}:events") == 0
         # Nothing is left waiting: the next requests go through.
         assert (await spool.accept(incoming(), ["a"])).deliveries == 1
+
+
+class TestCancellation:
+    async def test_a_task_cancelled_while_it_waits_for_redis_stops(self, node: OpenNode):
+        # A daemon stopped moments after its start cancels its maintenance task in the
+        # middle of a Redis call: the task must end, or the stop waits for it forever.
+        spool = await node()
+
+        async def poll() -> None:
+            while True:
+                await spool.gauges()
+
+        for attempt in range(30):
+            task = asyncio.create_task(poll())
+            await asyncio.sleep(0.0005 * (attempt % 9))
+            task.cancel()
+            done, _ = await asyncio.wait([task], timeout=5)
+            assert done, f"attempt {attempt}: the cancelled task went on polling"
+            assert task.cancelled()

@@ -28,6 +28,7 @@ a replicated one), not Redis Cluster.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from contextlib import contextmanager
 from urllib.parse import urlsplit, urlunsplit
@@ -115,6 +116,12 @@ def redis_errors(url: str) -> Iterator[None]:
     where = safe_url(url)
     try:
         yield
+        # redis-py (7.4, with a socket timeout) can swallow a cancellation that lands while
+        # it waits for Redis, and return as if nothing happened: a task stopped then would
+        # never stop. Its cancellation is still pending: raise it.
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise asyncio.CancelledError
     except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
         raise SpoolUnavailable(
             "redis_unavailable", f"Redis at {where} cannot be reached: {exc}"
