@@ -21,23 +21,10 @@ from admin_support import (
     spool_table,
 )
 from redis_support import RedisServer
+from store_contract import LIST_KEYS
 
 from frameiod.store.operator import public_id
 from frameiod.testing import TEST_SECRET, RunningDaemon
-
-LIST_ITEM_KEYS = {
-    "id",
-    "event_id",
-    "type",
-    "source",
-    "handler",
-    "state",
-    "attempts",
-    "next_attempt_at",
-    "last_outcome",
-    "last_error",
-    "received_at",
-}
 
 
 @pytest.fixture(params=["sqlite", "redis"])
@@ -131,7 +118,7 @@ class TestRoutes:
             event_id = await _dead_letter(daemon, resource={"id": "f-1", "type": "file"})
             page = await admin.get("/api/deliveries?state=dead")
             [item] = page["items"]
-            assert set(item) == LIST_ITEM_KEYS
+            assert set(item) == LIST_KEYS
             assert (item["event_id"], item["handler"], item["state"]) == (event_id, FAILS, "dead")
             assert len(item["last_error"]) == 300, "cut in lists"
             assert page["cursor"] is None

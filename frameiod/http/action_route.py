@@ -10,7 +10,7 @@ from aiohttp import web
 from frameiod.events import PayloadError, parse_action
 from frameiod.http.checks import Rejection, guarded, verify_request
 from frameiod.http.live import Live
-from frameiod.http.receiver import RECEIVER, Receiver
+from frameiod.http.receiver import Receiver, wrapped_receive
 from frameiod.ids import new_event_id
 from frameiod.plugins.handlers import Reception
 
@@ -20,11 +20,7 @@ __all__ = ["receive_action"]
 async def receive_action(request: web.Request) -> web.Response:
     """``POST /actions/{source}``: verified like a webhook, then answered by the action's
     handler: 200 with its `Message` or `Form` as JSON, or an empty 200."""
-    around = request.app[RECEIVER].around_receive
-    if around is None:
-        return await _receive(request, None)
-    reception = Reception(request, "action", request.match_info["source"])
-    return await around.receive(reception, lambda reception: _receive(request, reception))
+    return await wrapped_receive(request, "action", _receive)
 
 
 async def _receive(request: web.Request, reception: Reception | None) -> web.Response:

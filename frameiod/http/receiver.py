@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
 from aiohttp import web
 
@@ -19,10 +19,11 @@ from frameiod.http.actions import ActionRunner
 from frameiod.http.live import Live, SourceKeys
 from frameiod.metrics import Metrics
 from frameiod.plugins.around import Around
+from frameiod.plugins.handlers import Reception
 from frameiod.plugins.routing import Routes
 from frameiod.store.base import SpoolBackend
 
-__all__ = ["RECEIVER", "Observe", "Receiver"]
+__all__ = ["RECEIVER", "Observe", "Receiver", "wrapped_receive"]
 
 Observe = Callable[[WebhookEvent, str], None]
 """Told of each newly accepted event (the daemon passes it on to observer plugins)."""
@@ -115,3 +116,17 @@ class Receiver:
 
 
 RECEIVER = web.AppKey("receiver", Receiver)
+
+
+Receive = Callable[[web.Request, Reception | None], Awaitable[web.Response]]
+"""A public route's own work, given the `Reception` wrappers see (None without any)."""
+
+
+async def wrapped_receive(request: web.Request, kind: str, receive: Receive) -> web.Response:
+    """Run ``receive`` for ``request`` inside the plugins' ``frameiod_receive`` wrappers,
+    if any implement it; ``kind`` is "webhook" or "action"."""
+    around = request.app[RECEIVER].around_receive
+    if around is None:
+        return await receive(request, None)
+    reception = Reception(request, kind, request.match_info["source"])
+    return await around.receive(reception, lambda reception: receive(request, reception))

@@ -17,7 +17,7 @@ from frameiod.events import (
 )
 from frameiod.http.checks import Rejection, guarded, over_rate, verify_request
 from frameiod.http.live import Live
-from frameiod.http.receiver import RECEIVER, Receiver
+from frameiod.http.receiver import Receiver, wrapped_receive
 from frameiod.ids import new_event_id
 from frameiod.logs import get_logger
 from frameiod.plugins.handlers import Reception
@@ -31,11 +31,7 @@ log = get_logger("frameiod.server")
 async def receive_webhook(request: web.Request) -> web.Response:
     """``POST /webhooks/{source}``: 202 with the event id once the event is on disk, or 200
     with the original's id for a duplicate."""
-    around = request.app[RECEIVER].around_receive
-    if around is None:
-        return await _receive(request, None)
-    reception = Reception(request, "webhook", request.match_info["source"])
-    return await around.receive(reception, lambda reception: _receive(request, reception))
+    return await wrapped_receive(request, "webhook", _receive)
 
 
 async def _receive(request: web.Request, reception: Reception | None) -> web.Response:

@@ -213,20 +213,8 @@ async def list_page(
                     "items": [item for item, _ in items],
                     "cursor": encode_cursor([at, last["event_id"], handler]),
                 }
-            listed: ListedDelivery = {
-                "id": row["id"],
-                "event_id": event_id,
-                "type": kind,
-                "source": source,
-                "handler": row["handler"],
-                "state": row["state"],
-                "attempts": row["attempts"],
-                "next_attempt_at": row["next_attempt_at"],
-                "last_outcome": row["last_outcome"],
-                "last_error": row["last_error"],
-                "received_at": float(event.get("received_at") or 0),
-            }
-            items.append((listed, score))
+            received = float(event.get("received_at") or 0)
+            items.append((_listed(row, event_id, kind, source, received), score))
     return {"items": [item for item, _ in items], "cursor": None}
 
 
