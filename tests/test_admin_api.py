@@ -197,9 +197,12 @@ class TestPages:
             assert ids == [item["id"] for item in everything["items"]]
 
     async def test_dead_letters_page_newest_first(self, tmp_path: Path, spool: str):
-        async with admin_daemon(tmp_path, spool, Handlers()) as (daemon, admin):
+        handlers = Handlers()
+        async with admin_daemon(tmp_path, spool, handlers) as (daemon, admin):
             events = [await _dead_letter(daemon) for _ in range(3)]
-            await daemon.send("file.ready", wait=False)  # not dead: never listed here
+            handlers.failing = False
+            done = await daemon.send("file.ready")  # settled and done: never listed here
+            await daemon.wait_for(done.body["id"], settled=True)
             seen, cursor = [], ""
             while cursor is not None and len(seen) < 10:
                 page = await admin.get(f"/api/deliveries?state=dead&limit=1&cursor={cursor}")
