@@ -495,3 +495,31 @@ class TestDuplicates:
         second = await daemon.post(raw, secret="other-secret")
         assert first[0] == 202
         assert second[0] == 401  # and with a valid other source it would be its own event
+
+
+class TestOutsideTheRoutes:
+    async def test_get_root_says_what_is_listening(self, daemon: Daemon):
+        answer = await daemon.client.get("/")
+        assert answer.status == 200
+        assert await answer.json() == {
+            "name": "frameiod",
+            "version": __version__,
+            "links": {"healthz": "/healthz", "readyz": "/readyz"},
+        }
+
+    async def test_an_unknown_path_is_a_json_404(self, daemon: Daemon):
+        answer = await daemon.client.post("/webhook/default", data=event_body())
+        assert (answer.status, answer.content_type) == (404, "application/json")
+        assert await answer.json() == {"error": "not_found", "path": "/webhook/default"}
+
+    async def test_a_wrong_method_is_a_json_405_naming_the_right_one(self, daemon: Daemon):
+        answer = await daemon.client.get("/webhooks/default")
+        assert (answer.status, answer.content_type) == (405, "application/json")
+        assert await answer.json() == {"error": "method_not_allowed", "allowed": ["POST"]}
+        assert answer.headers["Allow"] == "POST"
+        answer = await daemon.client.post("/healthz")
+        assert (answer.status, (await answer.json())["allowed"]) == (405, ["GET", "HEAD"])
+
+    async def test_the_webhook_route_still_takes_its_requests(self, daemon: Daemon):
+        status, body = await daemon.post(event_body())
+        assert (status, body["status"]) == (202, "accepted")

@@ -15,6 +15,7 @@ from prometheus_client.aiohttp import make_aiohttp_handler
 
 from frameiod.config import Config
 from frameiod.http.action_route import receive_action
+from frameiod.http.fallback import add_fallback_routes
 from frameiod.http.live import Live
 from frameiod.http.probes import READY_CHECK_SECONDS, healthz, readyz
 from frameiod.http.receiver import RECEIVER, Observe, Receiver
@@ -44,6 +45,7 @@ def add_routes(app: web.Application, config: Config, metrics: Metrics) -> None:
     # With [admin] metrics, /metrics is served on the admin listener only.
     if config.metrics.enabled and not (config.admin.enabled and config.admin.metrics):
         app.router.add_get(config.metrics.path, make_aiohttp_handler(metrics.exposed))
+    add_fallback_routes(app)
     # After every cleanup_ctx step: aiohttp runs those first, as the first startup signal.
     app.on_startup.append(_started)
 
