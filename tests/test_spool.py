@@ -439,7 +439,7 @@ class TestHeldForAnIdleLoop:
 
     @pytest.fixture(autouse=True)
     def long_hold(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        monkeypatch.setattr(spool_module, "_HOLD_AT_MOST", self.HOLD)
+        monkeypatch.setattr(spool_module, "HOLD_AT_MOST", self.HOLD)
 
     def test_operations_submitted_while_the_loop_is_busy_share_one_batch(self, path: Path):
         async def scenario() -> int:
@@ -494,7 +494,7 @@ class TestHeldForAnIdleLoop:
     def test_a_loop_that_stays_busy_hands_them_over_after_the_hold(
         self, path: Path, monkeypatch: pytest.MonkeyPatch
     ):
-        monkeypatch.setattr(spool_module, "_HOLD_AT_MOST", 0.05)
+        monkeypatch.setattr(spool_module, "HOLD_AT_MOST", 0.05)
 
         async def scenario() -> tuple[float, int]:
             spool = await Spool.open(path, handover=idle.call_when_idle)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, Protocol, TypedDict
 
 __all__ = [
+    "HOLD_AT_MOST",
     "REPLAY_MARGIN",
     "STATES",
     "Accepted",
@@ -56,6 +57,11 @@ threads and connections), or an operator's command beside a running daemon (none
 HandOver = Callable[[asyncio.AbstractEventLoop, Callable[[], None], float], bool]
 """How a store asks an event loop to call back when it runs out of work, or after at most
 the given seconds; False if that loop cannot (`frameiod.idle.call_when_idle` is one)."""
+
+HOLD_AT_MOST = 0.0015
+"""Seconds a write may wait for a busy loop to run out of work before it is handed over:
+under a load that keeps the loop busy, about how often a batch (and its fsync, on the core
+the event loop needs) begins."""
 
 REPLAY_MARGIN = 60.0
 """Seconds a seen request is remembered beyond the largest tolerance (clock skew)."""

@@ -17,7 +17,7 @@ from typing import Any
 
 from redis.commands.core import AsyncScript
 
-from frameiod.store.base import HandOver, SpoolUnavailable
+from frameiod.store.base import HOLD_AT_MOST, HandOver, SpoolUnavailable
 from frameiod.store.redis_keys import redis_errors
 
 __all__ = ["Batches"]
@@ -28,8 +28,6 @@ wait for it."""
 _IN_FLIGHT = 2
 """Batches sent and not yet answered at most: with one, the receiver would sit idle while
 Redis runs the script and fsyncs; with many, batches would shrink to an item each."""
-_HOLD_AT_MOST = 0.0015
-"""Seconds an item may wait for the loop to run out of work before its batch goes."""
 
 Reply = list[Any]
 """The script's answer for one item: ``width`` values of its reply."""
@@ -71,7 +69,7 @@ class Batches:
 
     def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
         self._scheduled = True
-        if self._handover is None or not self._handover(loop, self._send, _HOLD_AT_MOST):
+        if self._handover is None or not self._handover(loop, self._send, HOLD_AT_MOST):
             loop.call_soon(self._send)
 
     def _send(self) -> None:

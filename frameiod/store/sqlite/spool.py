@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from frameiod.store.base import (
+    HOLD_AT_MOST,
     Accepted,
     Claimed,
     DeliveryFilter,
@@ -40,10 +41,6 @@ __all__ = ["Spool"]
 T = TypeVar("T")
 
 _ERROR_LIMIT = 2000  # characters of the last error kept per delivery
-# How long an operation may wait on a busy event loop before it goes to the writer: under a
-# load that keeps the loop busy, about how often a commit (and its fsync, on the core the
-# event loop needs) begins.
-_HOLD_AT_MOST = 0.0015
 
 
 class Spool:
@@ -109,7 +106,7 @@ class Spool:
         if handover is not None:
             spool._handover = handover
             # Asked once with nothing to run: whether this loop can call back at all.
-            if handover(asyncio.get_running_loop(), _nothing, _HOLD_AT_MOST):
+            if handover(asyncio.get_running_loop(), _nothing, HOLD_AT_MOST):
                 spool.handover = "loop idle"
         return spool
 
@@ -140,7 +137,7 @@ class Spool:
         elif (
             held_for is None
             and self._handover is not None
-            and self._handover(loop, self._hand_over, _HOLD_AT_MOST)
+            and self._handover(loop, self._hand_over, HOLD_AT_MOST)
         ):
             self._held = [job]
         else:
