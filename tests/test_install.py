@@ -340,3 +340,66 @@ class TestWhatIsPassedToPip:
         result = run_cli("uninstall", "frameiod-event-log", env=env)
         assert result.returncode == 0, result.stderr
         assert json.loads(record.read_text()) == ["uninstall", "-y", "frameiod-event-log"]
+
+
+def _systemctl(folder: Path, status: int) -> dict[str, str]:
+    """A folder holding a ``systemctl`` that answers ``is-active`` with ``status`` and
+    records its arguments, as the only thing on PATH (no systemd runs in the tests)."""
+    folder.mkdir()
+    script = folder / "systemctl"
+    script.write_text(f'#!/bin/sh\necho "$@" > "{folder}/argv"\nexit {status}\n')
+    script.chmod(0o755)
+    return {"PATH": str(folder)}
+
+
+class TestAfterPip:
+    """What `frameiod install` and `uninstall` say once pip is done, and when pip is not
+    run at all."""
+
+    @pytest.mark.parametrize(
+        ("systemctl", "hint"),
+        [
+            (0, "Restart frameiod to apply: systemctl restart frameiod"),
+            (3, "Restart frameiod to apply."),
+            (None, "Restart frameiod to apply."),
+        ],
+    )
+    def test_the_restart_hint_names_systemctl_only_when_its_frameiod_unit_is_active(
+        self,
+        tmp_path: Path,
+        fake_pip: tuple[dict[str, str], Path],
+        systemctl: int | None,
+        hint: str,
+    ):
+        env, record = fake_pip
+        path = tmp_path / "bin"
+        env |= _systemctl(path, systemctl) if systemctl is not None else {"PATH": str(tmp_path)}
+        result = run_cli("install", "frameiod-x", env=env)
+        assert result.returncode == 0, result.stderr
+        assert json.loads(record.read_text()) == ["install", "frameiod-x"]
+        assert result.stdout.splitlines()[-1] == hint
+        if systemctl is not None:
+            assert (path / "argv").read_text().split() == ["is-active", "--quiet", "frameiod"]
+
+    def test_uninstalling_what_is_not_installed_says_so_and_runs_no_pip(
+        self, tmp_path: Path, fake_pip: tuple[dict[str, str], Path]
+    ):
+        env, record = fake_pip
+        env |= _systemctl(tmp_path / "bin", 0)
+        result = run_cli("uninstall", "frameiod-event-log", "frameiod-nowhere", env=env)
+        assert result.returncode == 1
+        assert result.stdout == ""
+        assert result.stderr == (
+            "frameiod uninstall: frameiod-nowhere is not installed; nothing was changed\n"
+        )
+        assert not record.exists()
+
+    def test_a_folder_named_without_a_slash_is_installed_editable(
+        self, tmp_path: Path, fake_pip: tuple[dict[str, str], Path]
+    ):
+        """The folder `frameiod new-plugin my-plugin` leaves is what `-e my-plugin` means."""
+        env, record = fake_pip
+        (tmp_path / "my-plugin").mkdir()
+        result = run_cli("install", "-e", "my-plugin[test]", cwd=tmp_path, env=env)
+        assert result.returncode == 0, result.stderr
+        assert json.loads(record.read_text()) == ["install", "--editable=my-plugin[test]"]
