@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 import threading
+import tomllib
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -14,6 +15,8 @@ from typing import Any
 
 import pytest
 from support import SECRET, DaemonProcess, run_cli, wait_until, write_config
+
+from frameiod import __version__
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -54,8 +57,23 @@ def receiver() -> Iterator[Receiver]:
 
 
 @pytest.fixture(scope="module")
-def venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A fresh virtualenv holding frameiod and frameiod-event-log, installed by pip."""
+def dist(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """What `make dist` builds (wheels and sdists of frameiod and each plugin), in a folder
+    of the test's own."""
+    folder = tmp_path_factory.mktemp("dist")
+    subprocess.run(
+        ["make", "-C", str(REPO), "--no-print-directory", "dist", f"DIST={folder}"],
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
+    return folder
+
+
+@pytest.fixture(scope="module")
+def venv(tmp_path_factory: pytest.TempPathFactory, dist: Path) -> Path:
+    """A fresh virtualenv holding frameiod and frameiod-event-log, installed by pip from
+    the wheels `make dist` built."""
     folder = tmp_path_factory.mktemp("venv")
     subprocess.run([sys.executable, "-m", "venv", str(folder)], check=True)
     subprocess.run(
@@ -66,13 +84,33 @@ def venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
             "install",
             "--quiet",
             "--disable-pip-version-check",
-            str(REPO),
-            str(REPO / "plugins" / "frameiod-event-log"),
+            *(str(wheel) for wheel in dist.glob("frameiod-*.whl")),
+            *(str(wheel) for wheel in dist.glob("frameiod_event_log-*.whl")),
         ],
         check=True,
         timeout=600,
     )
     return folder
+
+
+def _distributions() -> dict[str, str]:
+    """Each package of the checkout, frameiod's and each plugin's: its normalised name
+    (as wheel file names spell it) → its version."""
+    found = {"frameiod": __version__}
+    for pyproject in REPO.glob("plugins/*/pyproject.toml"):
+        project = tomllib.loads(pyproject.read_text())["project"]
+        found[project["name"].replace("-", "_")] = project["version"]
+    return found
+
+
+def test_make_dist_builds_a_wheel_and_an_sdist_of_frameiod_and_of_each_plugin(dist: Path):
+    expected = {
+        file
+        for name, version in _distributions().items()
+        for file in (f"{name}-{version}-py3-none-any.whl", f"{name}-{version}.tar.gz")
+    }
+    assert {path.name for path in dist.iterdir()} == expected
+    assert len(expected) >= 10  # frameiod and the four example plugins at least
 
 
 def _lines(path: Path) -> list[dict[str, Any]]:
@@ -113,7 +151,7 @@ def _send(venv: Path, config: Path, daemon: DaemonProcess, event_type: str) -> s
 
 
 def test_installed_plugins_handle_events_and_a_second_one_joins_after_restart(
-    venv: Path, tmp_path: Path, receiver: Receiver
+    venv: Path, dist: Path, tmp_path: Path, receiver: Receiver
 ):
     config = write_config(
         tmp_path,
@@ -145,9 +183,11 @@ template = "{{event_type}} on {{resource_id}}"
     assert listed["event_log"]["handlers"][0]["event_types"] == ["*"]
     assert "notify" not in listed
 
-    # `frameiod install` puts the second plugin into the daemon's own environment.
+    # `frameiod install` puts the second plugin, from its wheel, into the daemon's own
+    # environment.
+    [wheel] = dist.glob("frameiod_notify-*.whl")
     install = subprocess.run(
-        [*frameiod, "install", str(REPO / "plugins" / "frameiod-notify"), "--config", str(config)],
+        [*frameiod, "install", str(wheel), "--config", str(config)],
         capture_output=True,
         text=True,
         check=False,
@@ -403,3 +443,58 @@ class TestAfterPip:
         result = run_cli("install", "-e", "my-plugin[test]", cwd=tmp_path, env=env)
         assert result.returncode == 0, result.stderr
         assert json.loads(record.read_text()) == ["install", "--editable=my-plugin[test]"]
+
+
+def _run(*argv: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, cwd=cwd, capture_output=True, text=True, check=False, timeout=600)
+
+
+def test_a_new_plugin_installed_editable_is_checked_runs_and_passes_its_own_tests(
+    venv: Path, tmp_path: Path
+):
+    """The plugin author's path: `frameiod new-plugin`, `frameiod install -e`, `frameiod
+    check`, a restart, an event; and the scaffold's own test suite passes."""
+    frameiod = [str(venv / "bin" / "frameiod")]
+    made = _run(*frameiod, "new-plugin", "greeter", cwd=tmp_path)
+    assert made.returncode == 0, made.stderr
+    package = tmp_path / "frameiod-greeter"
+    settings = f"""
+[server]
+port = 0
+[sources.default]
+secrets = ["{SECRET}"]
+[plugins]
+disable = ["event_log"]
+"""
+    config = write_config(tmp_path, settings + '[plugins.greeter]\ngreeting = "hi"\n')
+    typo = write_config(tmp_path, settings + '[plugins.greeter]\ngreting = "hi"\n', name="t.toml")
+
+    install = _run(*frameiod, "install", "-e", "frameiod-greeter[test]", cwd=tmp_path)
+    try:
+        assert install.returncode == 0, install.stdout + install.stderr
+        assert "greeter  [loaded]  frameiod-greeter 0.1.0" in install.stdout
+
+        checked = _run(*frameiod, "check", "--config", str(config))
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+        refused = _run(*frameiod, "check", "--config", str(typo))
+        assert refused.returncode != 0
+        assert "plugins.greeter.greting: unknown key" in refused.stdout + refused.stderr
+
+        daemon = DaemonProcess(config, frameiod=frameiod, plugins=None)
+        try:
+            event_id = _send(venv, config, daemon, "file.ready")
+            greeted = daemon.wait_for("greeted", plugin="greeter")
+            assert greeted["greeting"] == "hi"
+            finished = daemon.wait_for("handler finished", event_id=event_id, plugin="greeter")
+            assert finished["outcome"] == "ok"
+        finally:
+            assert daemon.stop() == 0
+
+        # The scaffold's own tests, as its author runs them in their checkout.
+        python = str(venv / "bin" / "python")
+        tests = _run(python, "-m", "pytest", "-q", "-p", "no:cacheprovider", cwd=package)
+        assert tests.returncode == 0, tests.stdout + tests.stderr
+        assert "3 passed" in tests.stdout
+    finally:
+        removed = _run(*frameiod, "uninstall", "frameiod-greeter")
+        assert removed.returncode == 0, removed.stdout + removed.stderr
