@@ -3,9 +3,11 @@ install a second plugin with ``frameiod install``, restart, and see both at work
 
 from __future__ import annotations
 
+import fcntl
 import json
 import subprocess
 import sys
+import tempfile
 import threading
 import tomllib
 from collections.abc import Iterator
@@ -19,6 +21,10 @@ from support import SECRET, DaemonProcess, run_cli, wait_until, write_config
 from frameiod import __version__
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def _run(*argv: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, cwd=cwd, capture_output=True, text=True, check=False, timeout=600)
 
 
 class Receiver:
@@ -61,12 +67,13 @@ def dist(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """What `make dist` builds (wheels and sdists of frameiod and each plugin), in a folder
     of the test's own."""
     folder = tmp_path_factory.mktemp("dist")
-    subprocess.run(
-        ["make", "-C", str(REPO), "--no-print-directory", "dist", f"DIST={folder}"],
-        check=True,
-        capture_output=True,
-        timeout=600,
-    )
+    # Builds write into the checkout (each package's .egg-info): one at a time, whichever
+    # workers run this module's tests.
+    lock = Path(tempfile.gettempdir()) / "frameiod-make-dist.lock"
+    with lock.open("a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        made = _run("make", "-C", str(REPO), "--no-print-directory", "dist", f"DIST={folder}")
+    assert made.returncode == 0, made.stdout + made.stderr
     return folder
 
 
@@ -445,10 +452,6 @@ class TestAfterPip:
         assert json.loads(record.read_text()) == ["install", "--editable=my-plugin[test]"]
 
 
-def _run(*argv: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(argv, cwd=cwd, capture_output=True, text=True, check=False, timeout=600)
-
-
 def test_a_new_plugin_installed_editable_is_checked_runs_and_passes_its_own_tests(
     venv: Path, tmp_path: Path
 ):
@@ -498,3 +501,30 @@ disable = ["event_log"]
     finally:
         removed = _run(*frameiod, "uninstall", "frameiod-greeter")
         assert removed.returncode == 0, removed.stdout + removed.stderr
+
+
+def test_make_run_brings_back_a_plugin_of_the_checkout_that_was_uninstalled(
+    venv: Path, tmp_path: Path
+):
+    """`make run` reinstalls this checkout's packages when one is missing from its venv,
+    though its install stamp is newer than every pyproject.toml. (The venv here stands in
+    for the checkout's .venv; the run stops at once on a missing config.)"""
+    frameiod = str(venv / "bin" / "frameiod")
+    removed = _run(frameiod, "uninstall", "frameiod-event-log")
+    assert removed.returncode == 0, removed.stdout + removed.stderr
+    (venv / ".run-installed").touch()
+    made = _run(
+        "make",
+        "-C",
+        str(REPO),
+        "--no-print-directory",
+        "run",
+        f"VENV={venv}",
+        "PLUGIN_DIRS=plugins/frameiod-event-log",
+        f"CONFIG={tmp_path / 'missing.toml'}",
+    )
+    assert "make: reinstalling frameiod frameiod-event-log" in made.stdout, made.stderr
+    assert "missing.toml" in made.stdout + made.stderr  # then `frameiod run` ran, and stopped
+    assert _run(frameiod, "plugins", "--requirements").stdout.split() == [
+        "frameiod-event-log==0.1.0"
+    ]
