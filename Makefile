@@ -128,10 +128,12 @@ $(VENV)/.dist-tools: | $(BIN)/python
 	@touch $@
 
 # A wheel and an sdist of frameiod and of each plugin under plugins/, into $(DIST); the
-# wheel is built from the sdist, so an sdist missing a file fails here.
+# wheel is built from the sdist, so an sdist missing a file fails here. A stale .egg-info
+# (left by earlier builds) would add the files it lists to the sdist: it goes first.
 dist: $(VENV)/.dist-tools
 	@mkdir -p $(DIST) && rm -f $(DIST)/*.whl $(DIST)/*.tar.gz
 	@for dir in . $(PLUGIN_DIRS); do \
+		rm -rf $$dir/*.egg-info; \
 		$(BIN)/python -m build --quiet --no-isolation --outdir $(DIST) $$dir || exit 1; \
 	done
 	@ls -1 $(DIST)
@@ -141,4 +143,4 @@ fix: $(VENV)/.test-installed
 	$(BIN)/ruff format .
 
 clean:
-	rm -rf $(VENV) $(VENV)-lowest $(VENV)-newest $(foreach v,$(EXTRA_PYTHONS),$(VENV)-$(v)) .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(DIST) $(VENV) $(VENV)-lowest $(VENV)-newest $(foreach v,$(EXTRA_PYTHONS),$(VENV)-$(v)) .pytest_cache .ruff_cache .hypothesis
