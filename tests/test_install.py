@@ -297,15 +297,16 @@ path = "events.jsonl"
 
 @pytest.fixture
 def fake_pip(tmp_path: Path) -> tuple[dict[str, str], Path]:
-    """A stand-in for ``python -m pip`` that records its arguments and changes nothing: the
-    environment that puts it first, and the file it writes. (A refusal that regressed must
-    not uninstall the suite's own packages.)"""
+    """A stand-in for ``python -m pip`` that records its arguments, changes nothing and
+    exits with $FAKE_PIP_STATUS (default 0): the environment that puts it first, and the
+    file it writes. (A refusal that regressed must not uninstall the suite's own packages.)"""
     site = tmp_path / "fake-site"
     (site / "pip").mkdir(parents=True)
     record = tmp_path / "pip-argv.json"
     (site / "pip" / "__init__.py").write_text("")
     (site / "pip" / "__main__.py").write_text(
-        f"import json, sys\nopen({str(record)!r}, 'w').write(json.dumps(sys.argv[1:]))\n"
+        f"import json, os, sys\nopen({str(record)!r}, 'w').write(json.dumps(sys.argv[1:]))\n"
+        "sys.exit(int(os.environ.get('FAKE_PIP_STATUS', '0')))\n"
     )
     return {"PYTHONPATH": str(site)}, record
 
@@ -528,3 +529,20 @@ def test_make_run_brings_back_a_plugin_of_the_checkout_that_was_uninstalled(
     assert _run(frameiod, "plugins", "--requirements").stdout.split() == [
         "frameiod-event-log==0.1.0"
     ]
+
+
+@pytest.mark.parametrize(
+    ("names", "hinted"),
+    [(["frameiod-event-log"], True), (["Frameiod_Notify>=0.1"], True), (["requests"], False)],
+)
+def test_a_failed_install_of_a_frameiod_package_by_name_says_where_to_install_it_from(
+    fake_pip: tuple[dict[str, str], Path], names: list[str], hinted: bool
+):
+    env, record = fake_pip
+    result = run_cli("install", *names, env={**env, "FAKE_PIP_STATUS": "1"})
+    assert result.returncode == 1
+    assert json.loads(record.read_text()) == ["install", *names]
+    lines = result.stderr.splitlines()
+    assert lines[0] == "pip install failed; nothing else was changed"
+    assert ("not on PyPI yet" in result.stderr) is hinted
+    assert len(lines) == 1 + hinted

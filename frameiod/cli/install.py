@@ -64,6 +64,17 @@ def _install_refusal(args: argparse.Namespace) -> str | None:
     return None
 
 
+def _unpublished(names: list[str]) -> bool:
+    """Whether one of the names given to ``frameiod install`` is a frameiod package asked
+    for by name (which pip looks for on an index, where none is published yet)."""
+    return any(
+        (match := _REQUIREMENT.fullmatch(name)) is not None
+        and _distribution(match["name"]).startswith("frameiod")
+        and not Path(name).exists()
+        for name in names
+    )
+
+
 def _not_installed(names: list[str]) -> list[str]:
     """The names given to ``frameiod uninstall`` that no installed distribution carries."""
     missing = []
@@ -158,6 +169,13 @@ def cmd_pip(args: argparse.Namespace) -> int:
     print("$ " + printable(" ".join(command)), flush=True)
     if subprocess.run(command, check=False).returncode != 0:  # noqa: S603 - our own interpreter
         print(f"pip {args.command} failed; nothing else was changed", file=sys.stderr)
+        if args.command == "install" and _unpublished(args.names):
+            print(
+                "frameiod and its plugins are not on PyPI yet: install from a folder "
+                "(frameiod install ./plugins/frameiod-event-log) or from a wheel that "
+                "make dist built (frameiod install dist/frameiod_event_log-*.whl)",
+                file=sys.stderr,
+            )
         return EXIT_FAILED
     # A fresh interpreter: this one cannot see what pip just installed (.pth files, caches).
     listing = [sys.executable, "-m", "frameiod", "plugins"]
