@@ -6,7 +6,7 @@ What a plugin author imports::
 """
 
 # Set before the imports below: modules they load read it.
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 from frameiod.events import ActionEvent, WebhookEvent
 from frameiod.plugins.app import App, NoClientError

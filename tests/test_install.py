@@ -3,10 +3,13 @@ install a second plugin with ``frameiod install``, restart, and see both at work
 
 from __future__ import annotations
 
+import fcntl
 import json
 import subprocess
 import sys
+import tempfile
 import threading
+import tomllib
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -15,7 +18,13 @@ from typing import Any
 import pytest
 from support import SECRET, DaemonProcess, run_cli, wait_until, write_config
 
+from frameiod import __version__
+
 REPO = Path(__file__).resolve().parents[1]
+
+
+def _run(*argv: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, cwd=cwd, capture_output=True, text=True, check=False, timeout=600)
 
 
 class Receiver:
@@ -54,8 +63,24 @@ def receiver() -> Iterator[Receiver]:
 
 
 @pytest.fixture(scope="module")
-def venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A fresh virtualenv holding frameiod and frameiod-event-log, installed by pip."""
+def dist(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """What `make dist` builds (wheels and sdists of frameiod and each plugin), in a folder
+    of the test's own."""
+    folder = tmp_path_factory.mktemp("dist")
+    # Builds write into the checkout (each package's .egg-info): one at a time, whichever
+    # workers run this module's tests.
+    lock = Path(tempfile.gettempdir()) / "frameiod-make-dist.lock"
+    with lock.open("a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        made = _run("make", "-C", str(REPO), "--no-print-directory", "dist", f"DIST={folder}")
+    assert made.returncode == 0, made.stdout + made.stderr
+    return folder
+
+
+@pytest.fixture(scope="module")
+def venv(tmp_path_factory: pytest.TempPathFactory, dist: Path) -> Path:
+    """A fresh virtualenv holding frameiod and frameiod-event-log, installed by pip from
+    the wheels `make dist` built."""
     folder = tmp_path_factory.mktemp("venv")
     subprocess.run([sys.executable, "-m", "venv", str(folder)], check=True)
     subprocess.run(
@@ -66,13 +91,33 @@ def venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
             "install",
             "--quiet",
             "--disable-pip-version-check",
-            str(REPO),
-            str(REPO / "plugins" / "frameiod-event-log"),
+            *(str(wheel) for wheel in dist.glob("frameiod-*.whl")),
+            *(str(wheel) for wheel in dist.glob("frameiod_event_log-*.whl")),
         ],
         check=True,
         timeout=600,
     )
     return folder
+
+
+def _distributions() -> dict[str, str]:
+    """Each package of the checkout, frameiod's and each plugin's: its normalised name
+    (as wheel file names spell it) → its version."""
+    found = {"frameiod": __version__}
+    for pyproject in REPO.glob("plugins/*/pyproject.toml"):
+        project = tomllib.loads(pyproject.read_text())["project"]
+        found[project["name"].replace("-", "_")] = project["version"]
+    return found
+
+
+def test_make_dist_builds_a_wheel_and_an_sdist_of_frameiod_and_of_each_plugin(dist: Path):
+    expected = {
+        file
+        for name, version in _distributions().items()
+        for file in (f"{name}-{version}-py3-none-any.whl", f"{name}-{version}.tar.gz")
+    }
+    assert {path.name for path in dist.iterdir()} == expected
+    assert len(expected) >= 10  # frameiod and the four example plugins at least
 
 
 def _lines(path: Path) -> list[dict[str, Any]]:
@@ -113,7 +158,7 @@ def _send(venv: Path, config: Path, daemon: DaemonProcess, event_type: str) -> s
 
 
 def test_installed_plugins_handle_events_and_a_second_one_joins_after_restart(
-    venv: Path, tmp_path: Path, receiver: Receiver
+    venv: Path, dist: Path, tmp_path: Path, receiver: Receiver
 ):
     config = write_config(
         tmp_path,
@@ -145,9 +190,11 @@ template = "{{event_type}} on {{resource_id}}"
     assert listed["event_log"]["handlers"][0]["event_types"] == ["*"]
     assert "notify" not in listed
 
-    # `frameiod install` puts the second plugin into the daemon's own environment.
+    # `frameiod install` puts the second plugin, from its wheel, into the daemon's own
+    # environment.
+    [wheel] = dist.glob("frameiod_notify-*.whl")
     install = subprocess.run(
-        [*frameiod, "install", str(REPO / "plugins" / "frameiod-notify"), "--config", str(config)],
+        [*frameiod, "install", str(wheel), "--config", str(config)],
         capture_output=True,
         text=True,
         check=False,
@@ -250,15 +297,16 @@ path = "events.jsonl"
 
 @pytest.fixture
 def fake_pip(tmp_path: Path) -> tuple[dict[str, str], Path]:
-    """A stand-in for ``python -m pip`` that records its arguments and changes nothing: the
-    environment that puts it first, and the file it writes. (A refusal that regressed must
-    not uninstall the suite's own packages.)"""
+    """A stand-in for ``python -m pip`` that records its arguments, changes nothing and
+    exits with $FAKE_PIP_STATUS (default 0): the environment that puts it first, and the
+    file it writes. (A refusal that regressed must not uninstall the suite's own packages.)"""
     site = tmp_path / "fake-site"
     (site / "pip").mkdir(parents=True)
     record = tmp_path / "pip-argv.json"
     (site / "pip" / "__init__.py").write_text("")
     (site / "pip" / "__main__.py").write_text(
-        f"import json, sys\nopen({str(record)!r}, 'w').write(json.dumps(sys.argv[1:]))\n"
+        f"import json, os, sys\nopen({str(record)!r}, 'w').write(json.dumps(sys.argv[1:]))\n"
+        "sys.exit(int(os.environ.get('FAKE_PIP_STATUS', '0')))\n"
     )
     return {"PYTHONPATH": str(site)}, record
 
@@ -340,3 +388,161 @@ class TestWhatIsPassedToPip:
         result = run_cli("uninstall", "frameiod-event-log", env=env)
         assert result.returncode == 0, result.stderr
         assert json.loads(record.read_text()) == ["uninstall", "-y", "frameiod-event-log"]
+
+
+def _systemctl(folder: Path, status: int) -> dict[str, str]:
+    """A folder holding a ``systemctl`` that answers ``is-active`` with ``status`` and
+    records its arguments, as the only thing on PATH (no systemd runs in the tests)."""
+    folder.mkdir()
+    script = folder / "systemctl"
+    script.write_text(f'#!/bin/sh\necho "$@" > "{folder}/argv"\nexit {status}\n')
+    script.chmod(0o755)
+    return {"PATH": str(folder)}
+
+
+class TestAfterPip:
+    """What `frameiod install` and `uninstall` say once pip is done, and when pip is not
+    run at all."""
+
+    @pytest.mark.parametrize(
+        ("systemctl", "hint"),
+        [
+            (0, "Restart frameiod to apply: systemctl restart frameiod"),
+            (3, "Restart frameiod to apply."),
+            (None, "Restart frameiod to apply."),
+        ],
+    )
+    def test_the_restart_hint_names_systemctl_only_when_its_frameiod_unit_is_active(
+        self,
+        tmp_path: Path,
+        fake_pip: tuple[dict[str, str], Path],
+        systemctl: int | None,
+        hint: str,
+    ):
+        env, record = fake_pip
+        path = tmp_path / "bin"
+        env |= _systemctl(path, systemctl) if systemctl is not None else {"PATH": str(tmp_path)}
+        result = run_cli("install", "frameiod-x", env=env)
+        assert result.returncode == 0, result.stderr
+        assert json.loads(record.read_text()) == ["install", "frameiod-x"]
+        assert result.stdout.splitlines()[-1] == hint
+        if systemctl is not None:
+            assert (path / "argv").read_text().split() == ["is-active", "--quiet", "frameiod"]
+
+    def test_uninstalling_what_is_not_installed_says_so_and_runs_no_pip(
+        self, tmp_path: Path, fake_pip: tuple[dict[str, str], Path]
+    ):
+        env, record = fake_pip
+        env |= _systemctl(tmp_path / "bin", 0)
+        result = run_cli("uninstall", "frameiod-event-log", "frameiod-nowhere", env=env)
+        assert result.returncode == 1
+        assert result.stdout == ""
+        assert result.stderr == (
+            "frameiod uninstall: frameiod-nowhere is not installed; nothing was changed\n"
+        )
+        assert not record.exists()
+
+    def test_a_folder_named_without_a_slash_is_installed_editable(
+        self, tmp_path: Path, fake_pip: tuple[dict[str, str], Path]
+    ):
+        """The folder `frameiod new-plugin my-plugin` leaves is what `-e my-plugin` means."""
+        env, record = fake_pip
+        (tmp_path / "my-plugin").mkdir()
+        result = run_cli("install", "-e", "my-plugin[test]", cwd=tmp_path, env=env)
+        assert result.returncode == 0, result.stderr
+        assert json.loads(record.read_text()) == ["install", "--editable=my-plugin[test]"]
+
+
+def test_a_new_plugin_installed_editable_is_checked_runs_and_passes_its_own_tests(
+    venv: Path, tmp_path: Path
+):
+    """The plugin author's path: `frameiod new-plugin`, `frameiod install -e`, `frameiod
+    check`, a restart, an event; and the scaffold's own test suite passes."""
+    frameiod = [str(venv / "bin" / "frameiod")]
+    made = _run(*frameiod, "new-plugin", "greeter", cwd=tmp_path)
+    assert made.returncode == 0, made.stderr
+    package = tmp_path / "frameiod-greeter"
+    settings = f"""
+[server]
+port = 0
+[sources.default]
+secrets = ["{SECRET}"]
+[plugins]
+disable = ["event_log"]
+"""
+    config = write_config(tmp_path, settings + '[plugins.greeter]\ngreeting = "hi"\n')
+    typo = write_config(tmp_path, settings + '[plugins.greeter]\ngreting = "hi"\n', name="t.toml")
+
+    install = _run(*frameiod, "install", "-e", "frameiod-greeter[test]", cwd=tmp_path)
+    try:
+        assert install.returncode == 0, install.stdout + install.stderr
+        assert "greeter  [loaded]  frameiod-greeter 0.1.0" in install.stdout
+
+        checked = _run(*frameiod, "check", "--config", str(config))
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+        refused = _run(*frameiod, "check", "--config", str(typo))
+        assert refused.returncode != 0
+        assert "plugins.greeter.greting: unknown key" in refused.stdout + refused.stderr
+
+        daemon = DaemonProcess(config, frameiod=frameiod, plugins=None)
+        try:
+            event_id = _send(venv, config, daemon, "file.ready")
+            greeted = daemon.wait_for("greeted", plugin="greeter")
+            assert greeted["greeting"] == "hi"
+            finished = daemon.wait_for("handler finished", event_id=event_id, plugin="greeter")
+            assert finished["outcome"] == "ok"
+        finally:
+            assert daemon.stop() == 0
+
+        # The scaffold's own tests, as its author runs them in their checkout.
+        python = str(venv / "bin" / "python")
+        tests = _run(python, "-m", "pytest", "-q", "-p", "no:cacheprovider", cwd=package)
+        assert tests.returncode == 0, tests.stdout + tests.stderr
+        assert "3 passed" in tests.stdout
+    finally:
+        removed = _run(*frameiod, "uninstall", "frameiod-greeter")
+        assert removed.returncode == 0, removed.stdout + removed.stderr
+
+
+def test_make_run_brings_back_a_plugin_of_the_checkout_that_was_uninstalled(
+    venv: Path, tmp_path: Path
+):
+    """`make run` reinstalls this checkout's packages when one is missing from its venv,
+    though its install stamp is newer than every pyproject.toml. (The venv here stands in
+    for the checkout's .venv; the run stops at once on a missing config.)"""
+    frameiod = str(venv / "bin" / "frameiod")
+    removed = _run(frameiod, "uninstall", "frameiod-event-log")
+    assert removed.returncode == 0, removed.stdout + removed.stderr
+    (venv / ".run-installed").touch()
+    made = _run(
+        "make",
+        "-C",
+        str(REPO),
+        "--no-print-directory",
+        "run",
+        f"VENV={venv}",
+        "PLUGIN_DIRS=plugins/frameiod-event-log",
+        f"CONFIG={tmp_path / 'missing.toml'}",
+    )
+    assert "make: reinstalling frameiod frameiod-event-log" in made.stdout, made.stderr
+    assert "missing.toml" in made.stdout + made.stderr  # then `frameiod run` ran, and stopped
+    assert _run(frameiod, "plugins", "--requirements").stdout.split() == [
+        "frameiod-event-log==0.1.0"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("names", "hinted"),
+    [(["frameiod-event-log"], True), (["Frameiod_Notify>=0.1"], True), (["requests"], False)],
+)
+def test_a_failed_install_of_a_frameiod_package_by_name_says_where_to_install_it_from(
+    fake_pip: tuple[dict[str, str], Path], names: list[str], hinted: bool
+):
+    env, record = fake_pip
+    result = run_cli("install", *names, env={**env, "FAKE_PIP_STATUS": "1"})
+    assert result.returncode == 1
+    assert json.loads(record.read_text()) == ["install", *names]
+    lines = result.stderr.splitlines()
+    assert lines[0] == "pip install failed; nothing else was changed"
+    assert ("not on PyPI yet" in result.stderr) is hinted
+    assert len(lines) == 1 + hinted

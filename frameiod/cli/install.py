@@ -7,6 +7,7 @@ import argparse
 import collections
 import importlib.metadata
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -40,13 +41,20 @@ def _is_path_or_url(text: str) -> bool:
     return text.isprintable() and not text.startswith("-") and ("/" in text or text[:1] == ".")
 
 
+def _is_folder(text: str) -> bool:
+    """Whether ``text`` (extras aside) names an existing folder: ``-e my-plugin``, as
+    ``frameiod new-plugin my-plugin`` leaves it, is a path even without a slash."""
+    folder = text.split("[", 1)[0]
+    return text.isprintable() and not text.startswith("-") and Path(folder).is_dir()
+
+
 def _install_refusal(args: argparse.Namespace) -> str | None:
     """Why ``frameiod install`` must not run pip with these arguments, or None."""
     for name in args.names:
         if not (_REQUIREMENT.fullmatch(name) or _is_path_or_url(name)):
             return f"refused {name!r}: give package names, paths or URLs"
     for path in args.editable:
-        if not _is_path_or_url(path):
+        if not (_is_path_or_url(path) or _is_folder(path)):
             return f"refused -e {path!r}: -e takes a path or a URL"
     for path in args.requirement:
         if not _is_path_or_url(path) and not Path(path).is_file():
@@ -54,6 +62,46 @@ def _install_refusal(args: argparse.Namespace) -> str | None:
     if not (args.names or args.editable or args.requirement):
         return "name what to install: package names, paths, URLs, -e PATH or -r FILE"
     return None
+
+
+def _unpublished(names: list[str]) -> bool:
+    """Whether one of the names given to ``frameiod install`` is a frameiod package asked
+    for by name (which pip looks for on an index, where none is published yet)."""
+    return any(
+        (match := _REQUIREMENT.fullmatch(name)) is not None
+        and _distribution(match["name"]).startswith("frameiod")
+        and not Path(name).exists()
+        for name in names
+    )
+
+
+def _not_installed(names: list[str]) -> list[str]:
+    """The names given to ``frameiod uninstall`` that no installed distribution carries."""
+    missing = []
+    for name in names:
+        match = _REQUIREMENT.fullmatch(name)
+        try:
+            importlib.metadata.distribution(match["name"] if match else name)
+        except importlib.metadata.PackageNotFoundError:
+            missing.append(name)
+    return missing
+
+
+def _restart_hint() -> str:
+    """How to make a running frameiod load what changed: through systemd when a frameiod
+    unit is active there, otherwise in words (``make run``, a container, another manager)."""
+    systemctl = shutil.which("systemctl")
+    if systemctl is not None:
+        try:
+            active = subprocess.run(  # noqa: S603 - a fixed command line, no user input
+                [systemctl, "is-active", "--quiet", "frameiod"], check=False, timeout=10
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            pass  # a systemctl that cannot answer says nothing about a unit
+        else:
+            if active.returncode == 0:
+                return "Restart frameiod to apply: systemctl restart frameiod"
+    return "Restart frameiod to apply."
 
 
 def _needed_by_frameiod() -> dict[str, list[str]]:
@@ -101,6 +149,14 @@ def cmd_pip(args: argparse.Namespace) -> int:
     if refusal is not None:
         print(f"frameiod {args.command}: {printable(refusal)}", file=sys.stderr)
         return EXIT_CONFIG
+    if args.command == "uninstall" and (missing := _not_installed(args.names)):
+        listed = printable(", ".join(missing))
+        verb = "is" if len(missing) == 1 else "are"
+        print(
+            f"frameiod uninstall: {listed} {verb} not installed; nothing was changed",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
     if args.command == "install":
         options = [
             *(["--upgrade"] if args.upgrade else []),
@@ -113,13 +169,20 @@ def cmd_pip(args: argparse.Namespace) -> int:
     print("$ " + printable(" ".join(command)), flush=True)
     if subprocess.run(command, check=False).returncode != 0:  # noqa: S603 - our own interpreter
         print(f"pip {args.command} failed; nothing else was changed", file=sys.stderr)
+        if args.command == "install" and _unpublished(args.names):
+            print(
+                "frameiod and its plugins are not on PyPI yet: install from a folder "
+                "(frameiod install ./plugins/frameiod-event-log) or from a wheel that "
+                "make dist built (frameiod install dist/frameiod_event_log-*.whl)",
+                file=sys.stderr,
+            )
         return EXIT_FAILED
     # A fresh interpreter: this one cannot see what pip just installed (.pth files, caches).
     listing = [sys.executable, "-m", "frameiod", "plugins"]
     if args.config:
         listing += ["--config", args.config]
     subprocess.run(listing, check=False)  # noqa: S603 - our own interpreter
-    print("Restart frameiod to apply: systemctl restart frameiod")
+    print(_restart_hint())
     return EXIT_OK
 
 

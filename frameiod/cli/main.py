@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from frameiod import __version__
 from frameiod.cli.common import EXIT_CONFIG, load
 from frameiod.cli.install import add_install_commands, refused_options
+from frameiod.cli.new_plugin import add_new_plugin_command
 from frameiod.cli.plugins import add_plugins_command
 from frameiod.cli.queue import add_queue_commands, run_queue
 from frameiod.cli.registration import add_registration_commands
@@ -45,6 +46,7 @@ def _parser() -> argparse.ArgumentParser:
     add_queue_commands(commands, common).set_defaults(func=_cmd_queue)
     add_registration_commands(commands, common)
     add_install_commands(commands, common)
+    add_new_plugin_command(commands, common)
     return parser
 
 
