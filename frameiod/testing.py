@@ -1,4 +1,4 @@
-"""Test helpers for plugin authors, registered with pytest through the ``pytest11`` entry point.
+"""Test helpers for plugin authors, registered with pytest through the ``pytest11`` entry point::
 
     async def test_my_plugin(frameiod_daemon):
         daemon = await frameiod_daemon({"my_plugin": my_app}, settings="[plugins.my_plugin]\\n...")
