@@ -12,7 +12,7 @@ import frameiod
 
 project = "frameiod"
 author = "frameiod contributors"
-copyright = "frameiod contributors"  # noqa: A001 - the name Sphinx reads
+copyright = "frameiod contributors"
 release = frameiod.__version__
 version = release
 
