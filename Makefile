@@ -6,7 +6,8 @@ CONFIG ?= config.toml
 PLUGIN_DIRS := $(patsubst %/pyproject.toml,%,$(wildcard plugins/*/pyproject.toml))
 PLUGIN_ARGS := $(foreach dir,$(PLUGIN_DIRS),-e ./$(dir))
 
-.PHONY: run test test-lowest test-newest test-pythons lint fix bench clean system-deps
+.PHONY: run test test-lowest test-newest test-pythons lint fix bench clean system-deps docs \
+	docs-reference
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
@@ -20,7 +21,7 @@ $(VENV)/.run-installed: pyproject.toml $(wildcard plugins/*/pyproject.toml) | $(
 	@touch $@
 
 $(VENV)/.test-installed: pyproject.toml $(wildcard plugins/*/pyproject.toml) | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[test,redis]' $(PLUGIN_ARGS)
+	$(BIN)/python -m pip install --quiet -e '.[test,redis,docs]' $(PLUGIN_ARGS)
 	@touch $@ $(VENV)/.run-installed
 
 run: $(VENV)/.run-installed
@@ -43,8 +44,25 @@ system-deps:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	fi
 
+# The documentation site, built from scratch (-E: a page that warned last time warns again)
+# with every warning an error: a broken reference or a page missing from a toctree fails.
+# $(1) is the venv's bin folder.
+SPHINX_BUILD = $(1)/sphinx-build -j auto -E -W --keep-going -q -b html docs docs/_build/html
+
 test: lint system-deps
+	$(call SPHINX_BUILD,$(BIN))
 	$(BIN)/pytest -n auto --dist loadfile
+
+# Build the site and serve it on http://127.0.0.1:$(DOCS_PORT)/ (Ctrl-C stops it).
+DOCS_PORT ?= 8000
+docs: $(VENV)/.test-installed
+	$(call SPHINX_BUILD,$(BIN))
+	$(BIN)/python -m http.server --bind 127.0.0.1 --directory docs/_build/html $(DOCS_PORT)
+
+# The generated reference pages (tests/test_docs_reference.py fails while they differ).
+docs-reference: $(VENV)/.run-installed
+	$(BIN)/python -m frameiod.reference config > docs/reference/config.md
+	$(BIN)/python -m frameiod.reference cli > docs/reference/cli.md
 
 # The other environments CI proves, each a venv of its own installed by uv (pip cannot
 # resolve to the lowest versions allowed). pyenv's interpreters are looked for first.
@@ -68,8 +86,9 @@ test-lowest: $(UV) system-deps
 	[ -n "$$python" ] || { echo "test-lowest: no python$(LOWEST_PYTHON) on this machine"; exit 1; }; \
 	rm -rf $(VENV)-lowest && $(UV) venv --quiet --python "$$python" $(VENV)-lowest \
 	&& $(UV) pip install --quiet --python $(VENV)-lowest/bin/python --resolution lowest-direct \
-		-e '.[test,redis]' $(PLUGIN_ARGS) \
+		-e '.[test,redis,docs]' $(PLUGIN_ARGS) \
 	&& $(UV) pip list --python $(VENV)-lowest/bin/python \
+	&& $(call SPHINX_BUILD,$(VENV)-lowest/bin) \
 	&& $(VENV)-lowest/bin/pytest -n auto --dist loadfile
 
 # The libraries frameiod leans on hardest (aiohttp's request handler in
@@ -81,7 +100,7 @@ test-newest: $(UV) system-deps
 	rm -rf $(VENV)-newest && $(UV) venv --quiet --python $(BIN)/python $(VENV)-newest \
 	&& printf '%s\n' $(NEWEST) > $(VENV)-newest/overrides.txt \
 	&& $(UV) pip install --quiet --python $(VENV)-newest/bin/python \
-		--override $(VENV)-newest/overrides.txt -e '.[test,redis]' $(PLUGIN_ARGS) \
+		--override $(VENV)-newest/overrides.txt -e '.[test,redis,docs]' $(PLUGIN_ARGS) \
 	&& $(UV) pip list --python $(VENV)-newest/bin/python \
 	&& $(VENV)-newest/bin/pytest -n auto --dist loadfile
 
@@ -94,7 +113,7 @@ test-pythons: $(UV) system-deps
 		echo "test-pythons: Python $$version ($$python)"; \
 		rm -rf $(VENV)-$$version && $(UV) venv --quiet --python "$$python" $(VENV)-$$version \
 		&& $(UV) pip install --quiet --python $(VENV)-$$version/bin/python \
-			-e '.[test,redis]' $(PLUGIN_ARGS) \
+			-e '.[test,redis,docs]' $(PLUGIN_ARGS) \
 		&& $(VENV)-$$version/bin/pytest -n auto --dist loadfile || status=1; \
 	done; exit $$status
 
@@ -112,4 +131,5 @@ fix: $(VENV)/.test-installed
 	$(BIN)/ruff format .
 
 clean:
-	rm -rf $(VENV) $(VENV)-lowest $(VENV)-newest $(foreach v,$(EXTRA_PYTHONS),$(VENV)-$(v)) .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(VENV)-lowest $(VENV)-newest $(foreach v,$(EXTRA_PYTHONS),$(VENV)-$(v)) .pytest_cache .ruff_cache .hypothesis \
+		docs/_build
