@@ -102,6 +102,7 @@ test-newest: $(UV) system-deps
 	&& $(UV) pip install --quiet --python $(VENV)-newest/bin/python \
 		--override $(VENV)-newest/overrides.txt -e '.[test,redis,docs]' $(PLUGIN_ARGS) \
 	&& $(UV) pip list --python $(VENV)-newest/bin/python \
+	&& $(call SPHINX_BUILD,$(VENV)-newest/bin) \
 	&& $(VENV)-newest/bin/pytest -n auto --dist loadfile
 
 # The suite on each of EXTRA_PYTHONS with the newest dependencies; one missing from this
@@ -114,6 +115,7 @@ test-pythons: $(UV) system-deps
 		rm -rf $(VENV)-$$version && $(UV) venv --quiet --python "$$python" $(VENV)-$$version \
 		&& $(UV) pip install --quiet --python $(VENV)-$$version/bin/python \
 			-e '.[test,redis,docs]' $(PLUGIN_ARGS) \
+		&& $(call SPHINX_BUILD,$(VENV)-$$version/bin) \
 		&& $(VENV)-$$version/bin/pytest -n auto --dist loadfile || status=1; \
 	done; exit $$status
 
