@@ -8,6 +8,8 @@ equal to what the code says.
 
 from __future__ import annotations
 
+from typing import Any
+
 import frameiod
 
 project = "frameiod"
@@ -26,6 +28,9 @@ extensions = [
 # README and tests/test_dashboards.py point at.
 exclude_patterns = ["_build", "grafana-dashboard.json", "prometheus-alerts.yml", "*.png"]
 source_suffix = {".md": "markdown"}
+
+# Option names and quotes stay as typed: "--config", not an en dash.
+smartquotes = False
 
 myst_enable_extensions = ["colon_fence", "deflist", "fieldlist"]
 # Anchors for every heading down to ####, so "page.md#section" links resolve.
@@ -47,3 +52,31 @@ intersphinx_mapping: dict[str, tuple[str, str | None]] = {}
 html_theme = "furo"
 html_title = f"frameiod {release}"
 html_static_path: list[str] = []
+
+
+def _bare_name(app: Any, env: Any, node: Any, contnode: Any) -> Any:
+    """Resolve a docstring's bare `Name` to the one documented object of that name.
+
+    Sphinx looks a bare name up only beside the current module: `WebhookEvent` written in
+    the hookspecs would not find ``frameiod.WebhookEvent``. A name documented twice, or
+    not at all, stays plain text, as without this hook.
+    """
+    target = node.get("reftarget", "")
+    if node.get("refdomain") != "py" or not target or "." in target:
+        return None
+    domain = env.get_domain("py")
+    found = [
+        name
+        for name, entry in domain.objects.items()
+        # autodoc registers each object twice: where it is documented, and aliased where
+        # it is defined.
+        if name.rsplit(".", 1)[-1] == target and not entry.aliased
+    ]
+    if len(found) != 1:
+        return None
+    return domain.resolve_xref(env, node["refdoc"], app.builder, "obj", found[0], node, contnode)
+
+
+def setup(app: Any) -> None:
+    """Sphinx's extension hook for this project's own configuration."""
+    app.connect("missing-reference", _bare_name)

@@ -277,7 +277,10 @@ def _command(parser: argparse.ArgumentParser, summary: str) -> Iterator[str]:
         yield from rows
         yield ""
     if subcommands:
-        names = ", ".join(f"`{sub.prog.rsplit(' ', 1)[-1]}`" for _, sub in subcommands)
+        names = ", ".join(
+            f"[`{sub.prog.rsplit(' ', 1)[-1]}`](#{sub.prog.replace(' ', '-')})"
+            for _, sub in subcommands
+        )
         yield f"Subcommands: {names}.\n"
     if parser.epilog:
         yield " ".join(parser.epilog.split()) + "\n"

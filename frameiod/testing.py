@@ -241,6 +241,9 @@ def pytest_asyncio_loop_factories(
 
 
 async def _frameiod_daemon(tmp_path: Path) -> AsyncIterator[DaemonFactory]:
+    """``await frameiod_daemon(plugins, **options)`` starts a daemon with exactly
+    ``plugins`` and returns its `RunningDaemon`; ``options`` are `run_daemon`'s, its
+    folder the test's ``tmp_path``. Each daemon started stops when the test ends."""
     async with AsyncExitStack() as stack:
 
         async def start(
