@@ -47,7 +47,7 @@ system-deps:
 # The documentation site, built from scratch (-E: a page that warned last time warns again)
 # with every warning an error: a broken reference or a page missing from a toctree fails.
 # $(1) is the venv's bin folder.
-SPHINX_BUILD = $(1)/sphinx-build -j auto -E -W --keep-going -q -b html docs docs/_build/html
+SPHINX_BUILD = $(1)/sphinx-build -E -W --keep-going -q -b html docs docs/_build/html
 
 test: lint system-deps
 	$(call SPHINX_BUILD,$(BIN))
