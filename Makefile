@@ -7,11 +7,12 @@ PLUGIN_DIRS := $(patsubst %/pyproject.toml,%,$(wildcard plugins/*/pyproject.toml
 PLUGIN_ARGS := $(foreach dir,$(PLUGIN_DIRS),-e ./$(dir))
 # Each plugin folder is named after its distribution.
 PACKAGES := frameiod $(notdir $(PLUGIN_DIRS))
-TEST_EXTRAS := '.[test,redis]'
+TEST_EXTRAS := '.[test,redis,docs]'
 # Where `make dist` writes the wheels and sdists.
 DIST ?= dist
 
-.PHONY: run test test-lowest test-newest test-pythons lint fix bench clean system-deps dist
+.PHONY: run test test-lowest test-newest test-pythons lint fix bench clean system-deps dist \
+	docs docs-reference
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
@@ -32,7 +33,7 @@ $(VENV)/.run-installed: pyproject.toml $(wildcard plugins/*/pyproject.toml) | $(
 	@touch $@
 
 $(VENV)/.test-installed: pyproject.toml $(wildcard plugins/*/pyproject.toml) | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[test,redis]' $(PLUGIN_ARGS)
+	$(BIN)/python -m pip install --quiet -e $(TEST_EXTRAS) $(PLUGIN_ARGS)
 	@touch $@ $(VENV)/.run-installed
 
 run: $(VENV)/.run-installed
@@ -57,8 +58,25 @@ system-deps:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	fi
 
+# The documentation site, built from scratch (-E: a page that warned last time warns again)
+# with every warning an error: a broken reference or a page missing from a toctree fails.
+# $(1) is the venv's bin folder.
+SPHINX_BUILD = $(1)/sphinx-build -E -W --keep-going -q -b html docs docs/_build/html
+
 test: lint system-deps
+	$(call SPHINX_BUILD,$(BIN))
 	$(BIN)/pytest -n auto --dist loadfile
+
+# Build the site and serve it on http://127.0.0.1:$(DOCS_PORT)/ (Ctrl-C stops it).
+DOCS_PORT ?= 8000
+docs: $(VENV)/.test-installed
+	$(call SPHINX_BUILD,$(BIN))
+	$(BIN)/python -m http.server --bind 127.0.0.1 --directory docs/_build/html $(DOCS_PORT)
+
+# The generated reference pages (tests/test_docs_reference.py fails while they differ).
+docs-reference: $(VENV)/.run-installed
+	$(BIN)/python -m frameiod.reference config > docs/reference/config.md
+	$(BIN)/python -m frameiod.reference cli > docs/reference/cli.md
 
 # The other environments CI proves, each a venv of its own installed by uv (pip cannot
 # resolve to the lowest versions allowed). pyenv's interpreters are looked for first.
@@ -82,8 +100,9 @@ test-lowest: $(UV) system-deps
 	[ -n "$$python" ] || { echo "test-lowest: no python$(LOWEST_PYTHON) on this machine"; exit 1; }; \
 	rm -rf $(VENV)-lowest && $(UV) venv --quiet --python "$$python" $(VENV)-lowest \
 	&& $(UV) pip install --quiet --python $(VENV)-lowest/bin/python --resolution lowest-direct \
-		-e '.[test,redis]' $(PLUGIN_ARGS) \
+		-e $(TEST_EXTRAS) $(PLUGIN_ARGS) \
 	&& $(UV) pip list --python $(VENV)-lowest/bin/python \
+	&& $(call SPHINX_BUILD,$(VENV)-lowest/bin) \
 	&& $(VENV)-lowest/bin/pytest -n auto --dist loadfile
 
 # The libraries frameiod leans on hardest (aiohttp's request handler in
@@ -95,8 +114,9 @@ test-newest: $(UV) system-deps
 	rm -rf $(VENV)-newest && $(UV) venv --quiet --python $(BIN)/python $(VENV)-newest \
 	&& printf '%s\n' $(NEWEST) > $(VENV)-newest/overrides.txt \
 	&& $(UV) pip install --quiet --python $(VENV)-newest/bin/python \
-		--override $(VENV)-newest/overrides.txt -e '.[test,redis]' $(PLUGIN_ARGS) \
+		--override $(VENV)-newest/overrides.txt -e $(TEST_EXTRAS) $(PLUGIN_ARGS) \
 	&& $(UV) pip list --python $(VENV)-newest/bin/python \
+	&& $(call SPHINX_BUILD,$(VENV)-newest/bin) \
 	&& $(VENV)-newest/bin/pytest -n auto --dist loadfile
 
 # The suite on each of EXTRA_PYTHONS with the newest dependencies; one missing from this
@@ -108,7 +128,8 @@ test-pythons: $(UV) system-deps
 		echo "test-pythons: Python $$version ($$python)"; \
 		rm -rf $(VENV)-$$version && $(UV) venv --quiet --python "$$python" $(VENV)-$$version \
 		&& $(UV) pip install --quiet --python $(VENV)-$$version/bin/python \
-			-e '.[test,redis]' $(PLUGIN_ARGS) \
+			-e $(TEST_EXTRAS) $(PLUGIN_ARGS) \
+		&& $(call SPHINX_BUILD,$(VENV)-$$version/bin) \
 		&& $(VENV)-$$version/bin/pytest -n auto --dist loadfile || status=1; \
 	done; exit $$status
 
@@ -143,4 +164,5 @@ fix: $(VENV)/.test-installed
 	$(BIN)/ruff format .
 
 clean:
-	rm -rf $(DIST) $(VENV) $(VENV)-lowest $(VENV)-newest $(foreach v,$(EXTRA_PYTHONS),$(VENV)-$(v)) .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(DIST) $(VENV) $(VENV)-lowest $(VENV)-newest $(foreach v,$(EXTRA_PYTHONS),$(VENV)-$(v)) \
+		.pytest_cache .ruff_cache .hypothesis docs/_build

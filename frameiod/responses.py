@@ -82,7 +82,7 @@ class SelectOption:
 
 @dataclass(frozen=True)
 class SelectField(_Field):
-    """A drop-down of `SelectOption`s."""
+    """A drop-down list of `SelectOption` choices."""
 
     options: Sequence[SelectOption] = ()
 

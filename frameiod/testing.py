@@ -1,4 +1,4 @@
-"""Test helpers for plugin authors, registered with pytest through the ``pytest11`` entry point.
+"""Test helpers for plugin authors, registered with pytest through the ``pytest11`` entry point::
 
     async def test_my_plugin(frameiod_daemon):
         daemon = await frameiod_daemon({"my_plugin": my_app}, settings="[plugins.my_plugin]\\n...")
@@ -241,6 +241,9 @@ def pytest_asyncio_loop_factories(
 
 
 async def _frameiod_daemon(tmp_path: Path) -> AsyncIterator[DaemonFactory]:
+    """``await frameiod_daemon(plugins, **options)`` starts a daemon with exactly
+    ``plugins`` and returns its `RunningDaemon`; ``options`` are `run_daemon`'s, its
+    folder the test's ``tmp_path``. Each daemon started stops when the test ends."""
     async with AsyncExitStack() as stack:
 
         async def start(

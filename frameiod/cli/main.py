@@ -18,7 +18,7 @@ from frameiod.cli.registration import add_registration_commands
 from frameiod.cli.run import add_run_commands, cmd_run
 from frameiod.cli.send import add_send_command
 
-__all__ = ["main"]
+__all__ = ["build_parser", "main"]
 
 
 def _cmd_queue(args: argparse.Namespace) -> int:
@@ -28,7 +28,7 @@ def _cmd_queue(args: argparse.Namespace) -> int:
     return run_queue(args, config)
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--config",
@@ -52,7 +52,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``frameiod`` command; returns the exit status."""
-    parser = _parser()
+    parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
     if unknown:
         refusal = refused_options(args, unknown)

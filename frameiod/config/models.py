@@ -67,20 +67,88 @@ class _Table(BaseModel):
 class ServerConfig(_Table):
     """``[server]``: where to listen and how much to read."""
 
-    host: str = "127.0.0.1"
-    port: int = Field(default=8080, ge=0, le=65535)
-    max_body_bytes: int = Field(default=65536, gt=0)
-    read_timeout: Duration = 10.0
+    host: str = Field(
+        default="127.0.0.1",
+        description=(
+            "Address to listen on. frameiod refuses the development secret on any non-loopback "
+            "address."
+        ),
+    )
+    port: int = Field(
+        default=8080,
+        ge=0,
+        le=65535,
+        description='Port to listen on; 0 picks a free one (the "listening" log line says which).',
+    )
+    max_body_bytes: int = Field(
+        default=65536,
+        gt=0,
+        description=(
+            "Largest request body read; a larger one is answered 413 (Content-Length is checked "
+            "before reading)."
+        ),
+    )
+    read_timeout: Duration = Field(
+        default=10.0,
+        description=(
+            "A request head is due this long after the connection opens (TLS included) or after "
+            "the last answer, its body after its first byte; else 408."
+        ),
+    )
     # Below Frame.io's 5-s window: a webhook not committed by then is answered 503.
-    ack_deadline: Duration = 4.0
-    keepalive_timeout: Duration = 75.0
-    max_connections: int = Field(default=1024, ge=1)
-    max_connections_per_address: int = Field(default=64, ge=1)
-    unauthenticated_failures: int = Field(default=20, ge=1)
-    trusted_proxies: list[str] = Field(default_factory=list)
-    max_tracked_addresses: int = Field(default=10000, ge=1)
-    tls_certificate: str | None = None
-    tls_key: str | None = None
+    ack_deadline: Duration = Field(
+        default=4.0,
+        description=(
+            "A verified webhook not committed to the spool this long after its body arrived is "
+            "answered 503 spool_busy, inside Frame.io's 5-second window."
+        ),
+    )
+    keepalive_timeout: Duration = Field(
+        default=75.0, description="Idle kept-alive connections are closed after this."
+    )
+    max_connections: int = Field(
+        default=1024, ge=1, description="Connections served at once; more are closed at once."
+    )
+    max_connections_per_address: int = Field(
+        default=64,
+        ge=1,
+        description=(
+            "Connections served at once from one address (trusted_proxies exempt); more are closed "
+            "at once."
+        ),
+    )
+    unauthenticated_failures: int = Field(
+        default=20,
+        ge=1,
+        description=(
+            "Refused requests (401, 400, 413, ...) one address may make per minute before it is "
+            "answered 429."
+        ),
+    )
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Addresses or networks of proxies whose X-Forwarded-For is believed, e.g. "
+            '["127.0.0.1"].'
+        ),
+    )
+    max_tracked_addresses: int = Field(
+        default=10000,
+        ge=1,
+        description=(
+            "Per-address budgets remembered; the least recently seen address is forgotten first."
+        ),
+    )
+    tls_certificate: str | None = Field(
+        default=None,
+        description=(
+            "Certificate chain to serve HTTPS with (TLS 1.2 or newer): a path or credential:NAME; "
+            "re-read on reload. Set with tls_key, or neither."
+        ),
+    )
+    tls_key: str | None = Field(
+        default=None, description="Private key of tls_certificate: a path or credential:NAME."
+    )
 
     @model_validator(mode="after")
     def _tls_pair(self) -> ServerConfig:
@@ -108,21 +176,58 @@ class ServerConfig(_Table):
 class LogConfig(_Table):
     """``[log]``: verbosity and rendering."""
 
-    level: Literal["debug", "info", "warning", "error"] = "info"
-    format: Literal["auto", "json", "console"] = "auto"
+    level: Literal["debug", "info", "warning", "error"] = Field(
+        default="info", description="Lines below this level are not written."
+    )
+    format: Literal["auto", "json", "console"] = Field(
+        default="auto",
+        description="auto: console on a terminal, JSON lines otherwise; json; console.",
+    )
 
 
 class SourceConfig(_Table):
     """``[sources.<name>]``: one sender; the name is the URL segment of ``/webhooks/<name>``
     and ``/actions/<name>``."""
 
-    secrets: list[SecretRef] = Field(min_length=1)
-    tolerance: Duration = 300.0
-    rate: float = Field(default=1000.0, gt=0)
-    burst: int = Field(default=2000, ge=1)
-    dispatch_rate: float = Field(default=0.0, ge=0)
-    action_deadline: Duration = 4.0
-    action_late_message: str = "This is taking longer than usual; it goes on in the background."
+    secrets: list[SecretRef] = Field(
+        min_length=1,
+        description=(
+            "Signing secrets, one or more (several during a rotation): each a literal, env:NAME, "
+            "file:PATH or credential:NAME."
+        ),
+    )
+    tolerance: Duration = Field(
+        default=300.0,
+        description=(
+            "Accepted difference between a request's signed timestamp and this machine's clock, in "
+            "both directions; also how long a request is remembered to answer its replay 200 "
+            "duplicate."
+        ),
+    )
+    rate: float = Field(
+        default=1000.0,
+        gt=0,
+        description="Verified deliveries accepted per second; beyond it, 429 with Retry-After.",
+    )
+    burst: int = Field(
+        default=2000, ge=1, description="Verified deliveries accepted at once above rate."
+    )
+    dispatch_rate: float = Field(
+        default=0.0,
+        ge=0,
+        description="Handler calls per second for this source's events; 0: no limit.",
+    )
+    action_deadline: Duration = Field(
+        default=4.0,
+        description=(
+            "A custom action not answered by then gets action_late_message while its handler goes "
+            "on (Frame.io waits 5 seconds)."
+        ),
+    )
+    action_late_message: str = Field(
+        default="This is taking longer than usual; it goes on in the background.",
+        description="The description of the message answered when action_deadline passes.",
+    )
 
     def secret_values(self) -> list[str]:
         """The secrets in configured order, for `frameiod.signature.verify`."""
@@ -132,20 +237,37 @@ class SourceConfig(_Table):
 class OAuthConfig(_Table):
     """``[frameio.oauth]``: Adobe IMS server-to-server credentials (client credentials grant)."""
 
-    client_id: str = Field(min_length=1)
-    client_secret: SecretRef
-    ims_base_url: str = "https://ims-na1.adobelogin.com"
-    scopes: str = "openid AdobeID frame.s2s.all"
+    client_id: str = Field(min_length=1, description="The Adobe IMS client id.")
+    client_secret: SecretRef = Field(description="The Adobe IMS client secret: a secret reference.")
+    ims_base_url: str = Field(
+        default="https://ims-na1.adobelogin.com", description="Where Adobe IMS issues tokens."
+    )
+    scopes: str = Field(
+        default="openid AdobeID frame.s2s.all",
+        description="The scopes asked for, separated by spaces.",
+    )
 
 
 class FrameioConfig(_Table):
     """``[frameio]``: the API client handlers use (``app.client``)."""
 
-    token: SecretRef | None = None
-    oauth: OAuthConfig | None = None
-    base_url: str = "https://api.frame.io"
-    timeout: Duration = 30.0
-    max_retries: int = Field(default=0, ge=0)
+    token: SecretRef | None = Field(
+        default=None,
+        description="An API token (a secret reference); or [frameio.oauth] instead, not both.",
+    )
+    oauth: OAuthConfig | None = Field(
+        default=None, description="Adobe IMS server-to-server credentials, instead of token."
+    )
+    base_url: str = Field(default="https://api.frame.io", description="Where the Frame.io API is.")
+    timeout: Duration = Field(default=30.0, description="Time allowed for each API request.")
+    max_retries: int = Field(
+        default=0,
+        ge=0,
+        description=(
+            "The SDK's own retries of a failed request; frameiod retries whole handlers, so SDK "
+            "retries could repeat a POST."
+        ),
+    )
 
     @model_validator(mode="after")
     def _one_way_to_authenticate(self) -> FrameioConfig:
@@ -162,8 +284,12 @@ class FrameioConfig(_Table):
 class MetricsConfig(_Table):
     """``[metrics]``: the Prometheus endpoint."""
 
-    enabled: bool = True
-    path: str = Field(default="/metrics", pattern=r"^/[A-Za-z0-9/_.-]*$")
+    enabled: bool = Field(default=True, description="Serve Prometheus metrics.")
+    path: str = Field(
+        default="/metrics",
+        pattern=r"^/[A-Za-z0-9/_.-]*$",
+        description="The path metrics are served on.",
+    )
 
 
 ADMIN_TOKEN_MIN_CHARS = 32
@@ -180,12 +306,33 @@ def _is_loopback(host: str) -> bool:
 class AdminConfig(_Table):
     """``[admin]``: the operator's listener (the queue's API and page), off by default."""
 
-    enabled: bool = False
-    host: str = "127.0.0.1"
-    port: int = Field(default=8081, ge=0, le=65535)
-    token: SecretRef | None = None
-    metrics: bool = False
-    """True: ``/metrics`` is served on this listener instead of the webhook listener."""
+    enabled: bool = Field(
+        default=False,
+        description=(
+            "Start the operator's listener (the queue's API and page); never on the webhook port. "
+            "Takes effect at a restart."
+        ),
+    )
+    host: str = Field(
+        default="127.0.0.1",
+        description=(
+            "Address it listens on; beyond loopback the token must be at least 32 characters."
+        ),
+    )
+    port: int = Field(
+        default=8081, ge=0, le=65535, description="Port it listens on; never server.port."
+    )
+    token: SecretRef | None = Field(
+        default=None,
+        description=(
+            "The bearer token callers send: a secret reference, required when enabled; a reload "
+            "applies a new one."
+        ),
+    )
+    metrics: bool = Field(
+        default=False,
+        description="true: /metrics is served on this listener instead of the webhook listener.",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -219,16 +366,48 @@ class AdminConfig(_Table):
 class SpoolConfig(_Table):
     """``[spool]``: where accepted events wait for their handlers."""
 
-    backend: Literal["sqlite", "redis"] = "sqlite"
-    path: str = "frameiod.db"
-    synchronous: Literal["FULL", "NORMAL"] = "FULL"
-    keep_done: Duration = 86400.0
+    backend: Literal["sqlite", "redis"] = Field(
+        default="sqlite",
+        description=(
+            "sqlite: one file on one host; redis: several receivers sharing one queue on Redis "
+            "Streams (needs frameiod[redis])."
+        ),
+    )
+    path: str = Field(
+        default="frameiod.db",
+        description=(
+            "The SQLite spool file; a relative path is under $STATE_DIRECTORY, else next to the "
+            "config file."
+        ),
+    )
+    synchronous: Literal["FULL", "NORMAL"] = Field(
+        default="FULL",
+        description=(
+            "SQLite's synchronous mode: FULL, an acknowledged event survives power loss; NORMAL, a "
+            "crash of the process only."
+        ),
+    )
+    keep_done: Duration = Field(
+        default=86400.0,
+        description=(
+            "Events whose deliveries are all done are deleted after this; dead letters are kept."
+        ),
+    )
     # For backend = "redis" (several receivers sharing one queue): a secret reference,
     # since the URL may carry a password.
     redis_url: SecretRef = Field(
-        default_factory=lambda: Secret("<default>", "redis://127.0.0.1:6379/0")
+        default_factory=lambda: Secret("<default>", "redis://127.0.0.1:6379/0"),
+        description=(
+            'With backend = "redis": the server, as a secret reference when the URL carries a '
+            "password."
+        ),
     )
-    stream_prefix: str = "frameiod"
+    stream_prefix: str = Field(
+        default="frameiod",
+        description=(
+            'With backend = "redis": the start of every key; receivers sharing a queue share it.'
+        ),
+    )
 
     @field_validator("backend")
     @classmethod
@@ -257,12 +436,39 @@ class DispatchConfig(_Table):
 
     # Fewer let the dispatcher fall behind a full ingest load: each group commit of outcomes
     # holds at most one per worker (bench/, docs/performance.md).
-    workers: int = Field(default=32, ge=1, le=1024)
-    handler_timeout: Duration = 30.0
-    max_attempts: int = Field(default=8, ge=1)
-    backoff_initial: Duration = 5.0
-    backoff_max: Duration = 3600.0
-    drain_timeout: Duration = 20.0
+    workers: int = Field(default=32, ge=1, le=1024, description="Handler calls running at once.")
+    handler_timeout: Duration = Field(
+        default=30.0,
+        description=(
+            "Time allowed for one handler call, unless the handler sets timeout=; past it the call "
+            "is an attempt that timed out."
+        ),
+    )
+    max_attempts: int = Field(
+        default=8,
+        ge=1,
+        description=(
+            "Calls per delivery before it is dead (a dead letter), unless the handler sets "
+            "max_attempts=."
+        ),
+    )
+    backoff_initial: Duration = Field(
+        default=5.0,
+        description=(
+            "The first retry waits up to this long (full jitter); each next one up to twice as "
+            "long."
+        ),
+    )
+    backoff_max: Duration = Field(
+        default=3600.0, description="The longest wait between two attempts."
+    )
+    drain_timeout: Duration = Field(
+        default=20.0,
+        description=(
+            "On SIGTERM, how long running handler calls may finish; the rest stay in the spool and "
+            "run again at the next start."
+        ),
+    )
 
 
 class PluginsConfig(_Table):
@@ -272,7 +478,9 @@ class PluginsConfig(_Table):
     # ``[plugins.<name>]`` tables land here; each plugin's own model validates its table.
     __pydantic_extra__: dict[str, dict[str, Any]] = Field(init=False)
 
-    disable: list[str] = Field(default_factory=list)
+    disable: list[str] = Field(
+        default_factory=list, description="Names of installed plugins not to load."
+    )
 
     @property
     def tables(self) -> dict[str, dict[str, Any]]:

@@ -1,4 +1,4 @@
-"""`App`: the decorator API plugin authors know from frameio-kit, as a frameiod plugin.
+"""`App`: the decorator API plugin authors know from frameio-kit, as a frameiod plugin::
 
     app = App()
 
