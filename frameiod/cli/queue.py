@@ -164,8 +164,7 @@ def _duration(text: str) -> float:
 
 def add_queue_commands(commands: Any, common: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add ``frameiod queue ...`` to the CLI's subcommands; `run_queue` carries them out."""
-    # --config on the actions only: argparse lets a subparser's default overwrite a value
-    # its parent parsed, so `queue --config X stats` would lose X.
+    # --config on the actions here; `frameiod.cli.main` adds it to the group too.
     queue = commands.add_parser("queue", help="inspect and act on the spool")
     verbs = queue.add_subparsers(dest="queue_command", required=True, metavar="ACTION")
     output = argparse.ArgumentParser(add_help=False)
