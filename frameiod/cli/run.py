@@ -16,7 +16,7 @@ from frameiod.cli.common import (
     load_with_plugins,
 )
 from frameiod.config import format_duration
-from frameiod.terminal import say
+from frameiod.terminal import plural, say
 
 __all__ = ["add_run_commands", "cmd_check", "cmd_run"]
 
@@ -51,9 +51,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     say(f"  listen  {server.host}:{server.port} (bodies up to {server.max_body_bytes} bytes)")
     for name, source in sorted(config.sources.items()):
         refs = ", ".join(secret.reference for secret in source.secrets)
-        count = len(source.secrets)
         say(
-            f"  source  {name}: POST /webhooks/{name}, {count} secret{'s' * (count != 1)} "
+            f"  source  {name}: POST /webhooks/{name}, {plural(len(source.secrets), 'secret')} "
             f"({refs}), tolerance {format_duration(source.tolerance)}"
         )
     spool = config.spool
