@@ -127,12 +127,29 @@ class TestBody:
     def test_standard_input_is_the_body_with_a_dash(self, plain: DaemonProcess):
         body = json.dumps({"type": "comment.created", "resource": {"id": "c-7"}}).encode()
         result = subprocess.run(
-            [*FRAMEIOD, "send", "--body", "-", "--config", str(plain.config_path),
+            [*FRAMEIOD, "send", "comment.created", "--body", "-",
+             "--config", str(plain.config_path),
              "--url", plain.url()],
             input=body, capture_output=True, timeout=30, check=False,
         )  # fmt: skip
         assert result.returncode == 0, result.stderr
         assert _accepted_body(plain.config_path, result.stdout.decode().strip()) == body
+
+    def test_an_event_type_given_with_a_body_is_checked_against_its_type(
+        self, plain: DaemonProcess, tmp_path: Path
+    ):
+        path = tmp_path / "payload.json"
+        path.write_text(json.dumps({"type": "file.ready", "resource": {"id": "f-1"}}))
+        argv = ["--body", str(path), "--config", str(plain.config_path), "--url", plain.url()]
+        same = run_cli("send", "file.ready", *argv)
+        assert (same.returncode, same.stderr) == (0, "")
+        other = run_cli("send", "comment.created", *argv)
+        # Sent as it is all the same: the daemon accepts it as the file.ready it is.
+        assert other.returncode == 0, other.stderr
+        assert other.stderr == (
+            f"warning: the type in {path} is 'file.ready', not 'comment.created'; "
+            "sending it as it is\n"
+        )
 
     def test_a_body_that_is_not_json_is_sent_with_a_warning(
         self, plain: DaemonProcess, tmp_path: Path
@@ -153,8 +170,8 @@ class TestBody:
         [
             (["--body", "missing.json"], "cannot read --body missing.json: No such file"),
             (
-                ["file.ready", "--body", "-"],
-                "--body is the whole payload: give no EVENT_TYPE or --data with it",
+                ["--action", "a.b", "--data", "{}", "--body", "-"],
+                "--body is the whole payload: give no --data with it",
             ),
         ],
     )

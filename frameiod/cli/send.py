@@ -56,16 +56,24 @@ def _trust(args: argparse.Namespace, config: Config, url: str) -> ssl.SSLContext
     return context
 
 
-def _read_body(name: str) -> bytes:
-    """The bytes of ``--body`` (standard input for "-"); a warning on stderr when they are
-    not JSON, since the daemon will refuse them (what it answers is the point of sending
-    them anyway). Raise OSError when the file cannot be read."""
+def _read_body(name: str, event_type: str | None) -> bytes:
+    """The bytes of ``--body`` (standard input for "-"), with a warning on stderr when they
+    are not JSON or their type is not ``event_type``: they are sent as they are all the
+    same, since what the daemon answers is the point. Raise OSError when the file cannot
+    be read."""
     body = sys.stdin.buffer.read() if name == "-" else Path(name).read_bytes()
+    where = "standard input" if name == "-" else name
     try:
-        json.loads(body)
+        payload = json.loads(body)
     except ValueError as exc:
-        where = "standard input" if name == "-" else name
         print(f"warning: {where} is not JSON ({exc}); sending it as it is", file=sys.stderr)
+        return body
+    kind = payload.get("type") if isinstance(payload, dict) else None
+    if event_type and kind != event_type:
+        print(
+            f"warning: the type in {where} is {kind!r}, not {event_type!r}; sending it as it is",
+            file=sys.stderr,
+        )
     return body
 
 
@@ -73,10 +81,10 @@ def _payloads(args: argparse.Namespace) -> tuple[str, list[bytes]] | str:
     """The route (webhooks or actions) and the bodies to send, or why not (a usage error)."""
     kind = "actions" if args.action else "webhooks"
     if args.body is not None:
-        if args.event_type or args.data is not None:
-            return "--body is the whole payload: give no EVENT_TYPE or --data with it"
+        if args.data is not None:
+            return "--body is the whole payload: give no --data with it"
         try:
-            return kind, [_read_body(args.body)] * args.count
+            return kind, [_read_body(args.body, args.event_type)] * args.count
         except OSError as exc:
             return f"cannot read --body {args.body}: {exc.strerror or exc}"
     if args.action:
@@ -172,7 +180,8 @@ def add_send_command(commands: Any, common: argparse.ArgumentParser) -> None:
         "--body",
         metavar="FILE",
         help="send this file's payload, signed, instead of a generated one ('-': standard "
-        "input); to the actions route with --action",
+        "input; EVENT_TYPE, if given, is checked against its type); to the actions route "
+        "with --action",
     )
     send.add_argument(
         "--url",
