@@ -29,6 +29,8 @@ import orjson
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
+from frameiod.terminal import printable
+
 __all__ = ["LastingFault", "Logger", "configure_logging", "get_logger"]
 
 _LEVELS = {
@@ -82,6 +84,28 @@ def _encode(event_dict: EventDict) -> str:
 def _render_json(logger: WrappedLogger, method: str, event_dict: EventDict) -> str:
     # ConsoleRenderer pretty-prints exc_info itself; JSON needs it turned into text.
     return _encode(structlog.processors.format_exc_info(logger, method, event_dict))
+
+
+class _Console:
+    """structlog's ConsoleRenderer, with a ``traceback`` field (a traceback already
+    formatted as text, as ``plugin failed`` carries it) written under the line as lines of
+    its own, the way the renderer writes ``exc_info``, instead of one quoted string of
+    ``\\n``. JSON keeps it a field: a log line stays one line."""
+
+    def __init__(self, colors: bool) -> None:
+        # plain_traceback: with `rich` installed, the default would print local
+        # variables, and a local may hold a secret.
+        self._render = structlog.dev.ConsoleRenderer(
+            colors=colors, exception_formatter=structlog.dev.plain_traceback
+        )
+
+    def __call__(self, logger: WrappedLogger, method: str, event_dict: EventDict) -> str:
+        text = event_dict.pop("traceback", None)
+        line = self._render(logger, method, event_dict)
+        if not isinstance(text, str) or not text.strip():
+            return line
+        # Escaped as everything else on the terminal: an exception's message is any text.
+        return "\n".join([line, *(printable(part) for part in text.rstrip().splitlines())])
 
 
 class _Chain:
@@ -289,15 +313,7 @@ def configure_logging(
         chain.level = _LEVELS[level]
         chain.direct = cache
         chain.stream = stream
-        chain.render = (
-            _render_json
-            if as_json
-            # plain_traceback: with `rich` installed, the default would print local
-            # variables, and a local may hold a secret.
-            else structlog.dev.ConsoleRenderer(
-                colors=stream.isatty(), exception_formatter=structlog.dev.plain_traceback
-            )
-        )
+        chain.render = _render_json if as_json else _Console(colors=stream.isatty())
     structlog.configure(
         processors=[chain],
         # Levels are filtered by the chain, whose level a reload can change.

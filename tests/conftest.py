@@ -24,6 +24,15 @@ def pytest_asyncio_loop_factories(
     return {"frameiod": new_event_loop}
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _no_config_path_from_the_environment() -> Iterator[None]:
+    """A $FRAMEIOD_CONFIG the developer exported must not choose the config of what the
+    tests run (in process or as subprocesses, which inherit the environment)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("FRAMEIOD_CONFIG", raising=False)
+        yield
+
+
 @pytest.fixture(autouse=True)
 def _reset_structlog() -> Iterator[None]:
     """Each test starts and ends with structlog's defaults and no bound context."""

@@ -115,7 +115,8 @@ tolerance = "five"
         )
         result = run_cli("check", "--config", str(path))
         assert result.returncode == 2
-        problems = result.stderr.strip().splitlines()
+        *problems, last = result.stderr.strip().splitlines()
+        assert last == "problems found"
         assert problems == [
             f'{path}: server.port: input should be a valid integer, got "eighty"',
             f"{path}: sources.default.secrets[0]: environment variable "
@@ -170,7 +171,7 @@ secrets = ["{SECRET}"]
         result = run_cli("check", "--config", str(path))
         assert result.returncode == 2
         assert "Traceback" not in result.stderr
-        [line] = result.stderr.splitlines()
+        [line, _] = result.stderr.splitlines()
         assert line.startswith(
             f'{path}: sources.default.secrets[0]: cannot read "{reference}" '
             + why.format(folder=tmp_path)

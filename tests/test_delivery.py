@@ -203,7 +203,7 @@ class TestDeadLetters:
             broken["yes"] = False
             replayed = run_cli("queue", "replay", str(sent.id), "--config", config)
             assert replayed.returncode == 0, replayed.stderr
-            assert replayed.stdout.strip() == "replayed 1 deliveries"
+            assert replayed.stdout.strip() == "replayed 1 delivery"
             outcomes = await daemon.wait_for(sent.id, settled=True)
         assert [o.status for o in outcomes] == ["ok"]
         assert ran == [sent.id, sent.id]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import sqlite3
 import subprocess
 import threading
@@ -208,3 +209,134 @@ class TestWhileTheDaemonHoldsTheSpool:
         assert sorted((c.event_id, c.attempts) for c in claimed) == sorted(
             [(filled.old.id, 1), (filled.dead.id, 1)]
         )
+
+
+class TestReplayAndPurgeByIds:
+    async def test_unknown_and_refused_ids_are_named_and_the_exit_status_is_1(self, filled: Filled):
+        done = str(filled.deliveries[filled.old.id, LOG])
+        result = await asyncio.to_thread(
+            filled.queue, "replay", filled.dead.id, done, "no-such-event"
+        )
+        # The dead one was replayed all the same.
+        assert (result.returncode, result.stdout) == (1, "replayed 1 delivery\n")
+        assert result.stderr.splitlines() == [
+            f"{done}: done: its handler succeeded; only dead deliveries are replayed",
+            "no-such-event: no such delivery or event",
+        ]
+
+    async def test_every_id_replayed_is_exit_status_0(self, filled: Filled):
+        result = await asyncio.to_thread(filled.queue, "replay", filled.dead.id, filled.old.id)
+        assert (result.returncode, result.stdout, result.stderr) == (
+            0,
+            "replayed 2 deliveries\n",
+            "",
+        )
+
+    async def test_purge_takes_ids_and_names_those_it_did_not_purge(self, filled: Filled):
+        dead = str(filled.deliveries[filled.dead.id, NOTIFY])
+        result = await asyncio.to_thread(filled.queue, "purge", dead, filled.waiting.id, "42424")
+        assert (result.returncode, result.stdout) == (1, "purged 1 dead delivery\n")
+        assert result.stderr.splitlines() == [
+            f"{filled.waiting.id}: pending: it is waiting for its next attempt; "
+            "only dead deliveries are purged",
+            "42424: no such delivery or event",
+        ]
+        again = await asyncio.to_thread(filled.queue, "purge", dead, "--json")
+        assert again.returncode == 1
+        assert json.loads(again.stdout) == {"purged": 0, "unknown": [dead]}
+
+    @pytest.mark.parametrize(
+        "args", [(), ("--older-than", "1d"), ("123", "--dead"), ("123", "--older-than", "1d")]
+    )
+    async def test_purge_wants_ids_or_dead(self, filled: Filled, args: tuple[str, ...]):
+        result = await asyncio.to_thread(filled.queue, "purge", *args)
+        assert (result.returncode, result.stdout) == (2, "")
+        assert result.stderr == "name event or delivery ids to purge, or --dead [--older-than]\n"
+
+
+ISO = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
+
+
+def _fields(text: str) -> dict[str, str]:
+    """The ``label   value`` lines of ``queue show``'s text (labels of one or two words)."""
+    found = {}
+    for line in text.splitlines():
+        match = re.match(r"^(\w+(?: \w+)?) {2,}(\S.*)$", line)
+        if match:
+            found[match[1]] = match[2]
+    return found
+
+
+class TestShow:
+    async def test_an_event_is_shown_as_fields_with_iso_times_and_its_payload_indented(
+        self, filled: Filled
+    ):
+        result = await asyncio.to_thread(filled.queue, "show", filled.old.id)
+        assert result.returncode == 0, result.stderr
+        fields = _fields(result.stdout)
+        assert fields["event"] == filled.old.id
+        assert fields["type"] == "file.ready"
+        assert fields["source"] == "default"
+        received = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(filled.old.received_at))
+        assert fields["received at"] == received
+        assert ISO.fullmatch(fields["signed at"])
+        lines = result.stdout.splitlines()
+        notify = next(line for line in lines if f"  {NOTIFY}  " in line)
+        assert "dead" in notify
+        assert "1 attempt" in notify
+        assert notify.endswith(": HTTPStatusError: 500 from chat")
+        assert lines[lines.index("deliveries") + 2] == notify
+        payload = lines[lines.index("payload") + 1 :]
+        assert "\n".join(payload) == "\n".join(
+            "  " + line for line in json.dumps(json.loads(filled.old.body), indent=2).splitlines()
+        )
+        # No raw epoch seconds anywhere.
+        assert not re.search(r"\b1\d{9}(\.\d+)?\b", result.stdout)
+
+    async def test_one_delivery_is_shown_with_its_last_attempt_and_its_event(self, filled: Filled):
+        delivery = str(filled.deliveries[filled.later.id, LOG])
+        result = await asyncio.to_thread(filled.queue, "show", delivery)
+        assert result.returncode == 0, result.stderr
+        fields = _fields(result.stdout)
+        assert (fields["delivery"], fields["handler"], fields["state"]) == (
+            delivery,
+            LOG,
+            "pending",
+        )
+        assert fields["attempts"] == "1"
+        assert ISO.fullmatch(fields["next attempt"])
+        assert re.fullmatch(r"error after 0\.50s at " + ISO.pattern, fields["last attempt"])
+        assert fields["last error"] == "OSError: disk busy"
+        assert fields["event"] == filled.later.id
+        assert '    "type": "file.ready",' in result.stdout.splitlines()
+
+    async def test_json_is_printed_only_with_json(self, filled: Filled):
+        text, data = await asyncio.gather(
+            asyncio.to_thread(filled.queue, "show", filled.old.id),
+            asyncio.to_thread(filled.queue, "show", filled.old.id, "--json"),
+        )
+        assert not text.stdout.startswith("{")
+        assert json.loads(data.stdout)["id"] == filled.old.id
+
+
+class TestList:
+    async def test_what_is_cut_ends_with_an_ellipsis(self, tmp_path: Path):
+        config = write_config(tmp_path)
+        error = "ValueError: " + "x" * 80
+        kind = "file.versioned.and.renamed.twice"
+        handler = "a_plugin_with_a_long_name:its_handler"
+        spool = await Spool.open(tmp_path / "frameiod.db")
+        try:
+            event = incoming(event_type=kind)
+            await spool.accept(event, [handler])
+            [claimed] = await spool.claim(10, {handler: 10})
+            await spool.finish(claimed.delivery_id, outcome="error", seconds=0.1, error=error,
+                               dead=True)  # fmt: skip
+        finally:
+            await spool.close()
+        result = await asyncio.to_thread(run_cli, "queue", "list", "--config", str(config))
+        assert result.returncode == 0, result.stderr
+        row = result.stdout.splitlines()[1]
+        assert f"  {kind[:21]}…  " in row
+        assert f"  {handler[:27]}…  " in row
+        assert row.endswith(f"  {error[:59]}…")

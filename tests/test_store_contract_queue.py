@@ -182,7 +182,7 @@ class TestQueueReplay:
     async def test_an_event_id_replays_its_dead_deliveries_only(self, filled: Filled):
         assert await filled.claim(NOTIFY) == [], "nothing of NOTIFY is due before the replay"
         result = filled.backend.queue("replay", filled.mixed.id)
-        assert (result.returncode, result.stdout) == (0, "replayed 1 deliveries\n")
+        assert (result.returncode, result.stdout) == (0, "replayed 1 delivery\n")
         assert await filled.deliveries(filled.mixed) == {
             LOG: ("pending", 1),
             NOTIFY: ("pending", 0),
@@ -234,10 +234,16 @@ class TestQueueReplay:
             for row in filled.backend.json("list")
             if row["state"] != "dead"
         ]  # fmt: skip
-        data = filled.backend.json(
-            "replay", filled.later.id, *not_dead, "no-such-event", "x y", "123456"
+        result = filled.backend.queue(
+            "replay", filled.later.id, *not_dead, "no-such-event", "x y", "123456", "--json"
         )
-        # Nothing replayed, and each id said: not dead (its state), or naming nothing.
+        # Nothing replayed, and each id said: not dead (its state), or naming nothing; the
+        # command failed, naming each on stderr.
+        assert result.returncode == 1
+        data = json.loads(result.stdout)
+        for unknown in ("no-such-event", "x y", "123456"):
+            assert f"{unknown}: no such delivery or event\n" in result.stderr
+        assert f"{filled.later.id}: pending: it is already waiting" in result.stderr
         assert data["replayed"] == 0
         assert {item["id"]: item["state"] for item in data["refused"]} == {
             filled.later.id: "pending",
@@ -261,7 +267,7 @@ class TestQueuePurge:
     async def test_older_than_keeps_young_dead_letters(self, filled: Filled):
         queue, json_of = filled.backend.queue, filled.backend.json
         result = queue("purge", "--dead", "--older-than", "7d")
-        assert (result.returncode, result.stdout) == (0, "purged 1 dead deliveries\n")
+        assert (result.returncode, result.stdout) == (0, "purged 1 dead delivery\n")
         assert filled.backend.dead_letters() == sorted(
             [(filled.mixed.id, NOTIFY), (filled.dead.id, NOTIFY)]
         )
@@ -275,7 +281,9 @@ class TestQueuePurge:
         ]
         assert [d["handler"] for d in json_of("show", filled.old.id)["deliveries"]] == [LOG]
         # A purged dead letter cannot be replayed.
-        assert json_of("replay", filled.old.id)["replayed"] == 0
+        refused = queue("replay", filled.old.id)
+        assert (refused.returncode, refused.stdout) == (1, "replayed 0 deliveries\n")
+        assert refused.stderr.startswith(f"{filled.old.id}: done: its handler succeeded")
         # The old event still has its done delivery: the daemons' purge of done events takes it.
         assert await filled.purge_done() == 1
         assert queue("show", filled.old.id).returncode == 1

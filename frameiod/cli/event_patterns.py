@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from frameiod.events import EVENT_TYPES
 from frameiod.patterns import matches, matching_event_types, pattern_problem
+from frameiod.terminal import plural
 
 __all__ = ["compact_events", "expand_events"]
 
@@ -39,4 +40,4 @@ def compact_events(events: list[str]) -> str:
         else:
             parts.append(name)
     count = len(chosen)
-    return f"{', '.join(parts)} ({count} event{'s' * (count != 1)})"
+    return f"{', '.join(parts)} ({plural(count, 'event')})"

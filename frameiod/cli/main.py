@@ -17,6 +17,7 @@ from frameiod.cli.queue import add_queue_commands, run_queue
 from frameiod.cli.registration import add_registration_commands
 from frameiod.cli.run import add_run_commands, cmd_run
 from frameiod.cli.send import add_send_command
+from frameiod.config.loading import CONFIG_VARIABLE
 
 __all__ = ["build_parser", "main"]
 
@@ -28,25 +29,41 @@ def _cmd_queue(args: argparse.Namespace) -> int:
     return run_queue(args, config)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
+def _add_config_option(parser: argparse.ArgumentParser) -> None:
+    # SUPPRESS: a level where --config is not given sets nothing, so a subcommand's parser
+    # cannot overwrite what a level above it parsed (argparse copies a subparser's
+    # defaults over its parent's values).
+    parser.add_argument(
         "--config",
         metavar="PATH",
-        help="config file (default: ./config.toml, then /etc/frameiod/config.toml)",
+        default=argparse.SUPPRESS,
+        help=(
+            f"config file (default: ${CONFIG_VARIABLE}, then ./config.toml, then "
+            "/etc/frameiod/config.toml); before or after the command"
+        ),
     )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``frameiod`` command's argument parser, every subcommand included."""
+    common = argparse.ArgumentParser(add_help=False)
+    _add_config_option(common)
     parser = argparse.ArgumentParser(
         prog="frameiod", description="Receive, verify and dispatch Frame.io webhooks."
     )
     parser.add_argument("--version", action="version", version=f"frameiod {__version__}")
+    _add_config_option(parser)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_run_commands(commands, common)
     add_send_command(commands, common)
     add_plugins_command(commands, common)
-    add_queue_commands(commands, common).set_defaults(func=_cmd_queue)
-    add_registration_commands(commands, common)
+    groups = [add_queue_commands(commands, common), *add_registration_commands(commands, common)]
+    groups[0].set_defaults(func=_cmd_queue)
     add_install_commands(commands, common)
     add_new_plugin_command(commands, common)
+    # `frameiod queue --config X stats`: the groups take it between group and verb too.
+    for group in groups:
+        _add_config_option(group)
     return parser
 
 
@@ -54,6 +71,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``frameiod`` command; returns the exit status."""
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
+    if not hasattr(args, "config"):
+        args.config = None
     if unknown:
         refusal = refused_options(args, unknown)
         if refusal is not None:

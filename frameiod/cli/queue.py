@@ -11,23 +11,17 @@ import argparse
 import asyncio
 import json
 import sys
-import time
 from collections.abc import Callable
 from typing import Any
 
+from frameiod.cli.queue_show import print_list, print_show
 from frameiod.config import Config, parse_duration
 from frameiod.store import operator
 from frameiod.store.base import STATES, DeliveryFilter, QueueError, SpoolBackend, SpoolError
 from frameiod.store.open import open_for_operator
-from frameiod.terminal import printable, say
+from frameiod.terminal import plural, say
 
 __all__ = ["add_queue_commands", "run_queue"]
-
-
-def _when(moment: float | None) -> str:
-    if moment is None:
-        return "-"
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(moment))
 
 
 def _print_stats(data: dict[str, Any]) -> None:
@@ -40,47 +34,22 @@ def _print_stats(data: dict[str, Any]) -> None:
         say(f"  {handler}: " + ", ".join(f"{s} {counts[s]}" for s in STATES if counts[s]))
 
 
-def _print_list(rows: list[dict[str, Any]]) -> None:
-    if not rows:
-        print("no deliveries")
-        return
-    # Escaped before they are cut and padded: an event's type and a handler's error are
-    # written by whoever sent the event or raised the error.
-    ids = [printable(str(row["id"])) for row in rows]
-    # Some delivery ids (Redis's "<event id> <handler>") are wider than a number.
-    width = max(8, *(len(delivery) for delivery in ids))
-    print(
-        f"{'DELIVERY':>{width}}  {'EVENT':36}  {'TYPE':22}  {'HANDLER':28}  {'STATE':7}  TRIES  "
-        "NEXT / LAST ERROR"
-    )
-    for delivery, row in zip(ids, rows, strict=True):
-        if row["state"] in ("dead", "done"):
-            tail = printable(row["last_error"] or "")
-        else:
-            tail = _when(row["next_attempt_at"])
-        event, kind, handler = (printable(row[key]) for key in ("event_id", "type", "handler"))
-        print(
-            f"{delivery:>{width}}  {event:36}  {kind[:22]:22}  "
-            f"{handler[:28]:28}  {row['state']:7}  {row['attempts']:>5}  {tail[:60]}"
-        )
-
-
-def _print_show(data: dict[str, Any]) -> None:
-    print(json.dumps(data, indent=2))
-
-
-def _printer(line: str) -> Callable[[dict[str, Any]], None]:
-    """How a replay's or purge's answer is printed: ``line`` with the count, then each id
-    not acted on, and why, on stderr."""
+def _printer(verb: str, noun: str) -> Callable[[dict[str, Any]], None]:
+    """How a replay's or purge's answer is printed: ``verb`` and how many, on stdout."""
 
     def show(data: dict[str, Any]) -> None:
-        print(line.format(**data))
-        for refused in data.get("refused", ()):
-            say(f"{refused['id']}: {refused['state']}: {refused['reason']}", file=sys.stderr)
-        for unknown in data.get("unknown", ()):
-            say(f"{unknown}: no such delivery or event", file=sys.stderr)
+        print(f"{verb} {plural(data[verb], noun)}")
 
     return show
+
+
+def _not_done(data: dict[str, Any]) -> bool:
+    """Say on stderr each id a replay or purge did not act on, and why; whether any."""
+    for refused in data.get("refused", ()):
+        say(f"{refused['id']}: {refused['state']}: {refused['reason']}", file=sys.stderr)
+    for unknown in data.get("unknown", ()):
+        say(f"{unknown}: no such delivery or event", file=sys.stderr)
+    return bool(data.get("refused") or data.get("unknown"))
 
 
 def _filter(args: argparse.Namespace, state: str | None) -> DeliveryFilter:
@@ -104,19 +73,23 @@ async def _act(args: argparse.Namespace, store: SpoolBackend) -> tuple[Any, Call
         page = await operator.list_page(store, wanted, args.limit, args.cursor)
         if page["cursor"] is not None and not args.json:
             say(f"more: --cursor {page['cursor']}", file=sys.stderr)
-        return page["items"], _print_list
+        return page["items"], print_list
     if command == "show":
         # An event id, or one delivery's id.
         found = await store.show(args.id) or await operator.delivery(store, args.id)
-        return found, _print_show
+        return found, print_show
     if command == "replay":
         if args.all_dead:
             answer = await operator.replay(store, wanted=_filter(args, "dead"))
         else:
             answer = await operator.replay(store, ids=args.ids)
-        return answer, _printer("replayed {replayed} deliveries")
-    answer = await operator.purge(store, wanted=_filter(args, "dead"), older_than=args.older_than)
-    return answer, _printer("purged {purged} dead deliveries")
+        return answer, _printer("replayed", "delivery")
+    if args.ids:
+        answer = await operator.purge(store, ids=args.ids)
+    else:
+        wanted = _filter(args, "dead")
+        answer = await operator.purge(store, wanted=wanted, older_than=args.older_than or 0.0)
+    return answer, _printer("purged", "dead delivery")
 
 
 async def _run(args: argparse.Namespace, config: Config) -> int:
@@ -139,6 +112,10 @@ async def _run(args: argparse.Namespace, config: Config) -> int:
         print(json.dumps(data, indent=2))
     else:
         printer(data)
+    # Ids named that were not replayed or purged: the operator asked for something
+    # that did not happen.
+    if args.queue_command in ("replay", "purge") and _not_done(data):
+        return 1
     return 0
 
 
@@ -146,6 +123,12 @@ def run_queue(args: argparse.Namespace, config: Config) -> int:
     """Carry out ``frameiod queue ACTION`` against the configured spool; the exit status."""
     if args.queue_command == "replay" and not args.ids and not args.all_dead:
         print("name event or delivery ids to replay, or --all-dead", file=sys.stderr)
+        return 2
+    if args.queue_command == "purge" and (
+        bool(args.ids) == args.dead or (args.ids and args.older_than is not None)
+    ):
+        # Either ids or --dead: a filter and ids together would leave unsaid which wins.
+        print("name event or delivery ids to purge, or --dead [--older-than]", file=sys.stderr)
         return 2
     return asyncio.run(_run(args, config))
 
@@ -164,8 +147,7 @@ def _duration(text: str) -> float:
 
 def add_queue_commands(commands: Any, common: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add ``frameiod queue ...`` to the CLI's subcommands; `run_queue` carries them out."""
-    # --config on the actions only: argparse lets a subparser's default overwrite a value
-    # its parent parsed, so `queue --config X stats` would lose X.
+    # --config on the actions here; `frameiod.cli.main` adds it to the group too.
     queue = commands.add_parser("queue", help="inspect and act on the spool")
     verbs = queue.add_subparsers(dest="queue_command", required=True, metavar="ACTION")
     output = argparse.ArgumentParser(add_help=False)
@@ -204,16 +186,21 @@ def add_queue_commands(commands: Any, common: argparse.ArgumentParser) -> argpar
         "purge", parents=[common, output, narrow], help="delete dead deliveries"
     )
     purge.add_argument(
+        "ids",
+        nargs="*",
+        metavar="ID",
+        help="event ids or delivery ids whose dead deliveries to delete",
+    )
+    purge.add_argument(
         "--dead",
         action="store_true",
-        required=True,
-        help="what to purge (dead letters; done ones are purged automatically)",
+        help="every dead letter (of --handler, --source, --event-type, if given); "
+        "done deliveries are purged automatically",
     )
     purge.add_argument(
         "--older-than",
         type=_duration,
-        default=0.0,
         metavar="DURATION",
-        help="only those last tried longer ago than this, e.g. 7d or 12h",
+        help="with --dead: only those last tried longer ago than this, e.g. 7d or 12h",
     )
     return queue

@@ -222,7 +222,7 @@ def add_registration_commands(
     secret.add_argument(
         "--show-secret", action="store_true", help="also print the secret (it is saved anyway)"
     )
-    # --config on the verbs only, as for `frameiod queue`.
+    # --config on the verbs here; `frameiod.cli.main` adds it to the groups too.
     options = _Options(common, account, workspace, output, secret)
     groups = [_add_webhooks(commands, options), _add_actions(commands, options)]
     for group in groups:

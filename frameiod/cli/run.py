@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 from typing import Any
 
 from frameiod.cli.common import (
@@ -16,7 +17,7 @@ from frameiod.cli.common import (
     load_with_plugins,
 )
 from frameiod.config import format_duration
-from frameiod.terminal import say
+from frameiod.terminal import plural, say
 
 __all__ = ["add_run_commands", "cmd_check", "cmd_run"]
 
@@ -41,19 +42,21 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    """Print what the config and the plugins set up; 1 when a plugin failed to load."""
+    """Print what the config and the plugins set up, and end with "ok" or "problems
+    found": 2 when the config (or a plugin's) is wrong, 1 when a plugin failed to load."""
     loaded = load_with_plugins(args)
     if loaded is None:
+        say("problems found", file=sys.stderr)
         return EXIT_CONFIG
     config, plugins = loaded
+    failed = [info.name for info in plugins.plugins.values() if info.status == "failed"]
     server = config.server
-    say(f"{config.path}: ok")
+    say(f"{config.path}:" + ("" if failed else " ok"))
     say(f"  listen  {server.host}:{server.port} (bodies up to {server.max_body_bytes} bytes)")
     for name, source in sorted(config.sources.items()):
         refs = ", ".join(secret.reference for secret in source.secrets)
-        count = len(source.secrets)
         say(
-            f"  source  {name}: POST /webhooks/{name}, {count} secret{'s' * (count != 1)} "
+            f"  source  {name}: POST /webhooks/{name}, {plural(len(source.secrets), 'secret')} "
             f"({refs}), tolerance {format_duration(source.tolerance)}"
         )
     spool = config.spool
@@ -66,8 +69,11 @@ def cmd_check(args: argparse.Namespace) -> int:
     say(f"  log     {config.log.level}, {config.log.format}")
     for info in plugins.plugins.values():
         say(f"  plugin  {info.name}: {info.status}" + (f" ({info.reason})" if info.reason else ""))
-    failed = [info.name for info in plugins.plugins.values() if info.status == "failed"]
-    return EXIT_FAILED if failed else EXIT_OK
+    if failed:
+        names = ", ".join(failed)
+        say(f"problems found: {plural(len(failed), 'plugin')} failed to load ({names})")
+        return EXIT_FAILED
+    return EXIT_OK
 
 
 def add_run_commands(commands: Any, common: argparse.ArgumentParser) -> None:

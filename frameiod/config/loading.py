@@ -15,15 +15,33 @@ from frameiod.config.models import Config
 from frameiod.config.problems import ConfigError, validation_problems
 from frameiod.config.secret_refs import ResolveContext
 
-__all__ = ["DEFAULT_CONFIG_PATHS", "find_config", "load_config"]
+__all__ = ["CONFIG_VARIABLE", "DEFAULT_CONFIG_PATHS", "find_config", "load_config"]
 
 DEFAULT_CONFIG_PATHS = (Path("config.toml"), Path("/etc/frameiod/config.toml"))
 
 
-def find_config(explicit: str | os.PathLike[str] | None) -> Path:
-    """The config file to use: ``explicit`` if given, else the first of `DEFAULT_CONFIG_PATHS`."""
+CONFIG_VARIABLE = "FRAMEIOD_CONFIG"
+"""The environment variable naming the config file when ``--config`` does not."""
+
+
+def find_config(
+    explicit: str | os.PathLike[str] | None, environ: Mapping[str, str] | None = None
+) -> Path:
+    """The config file to use: ``explicit`` if given, else the file `CONFIG_VARIABLE`
+    names, else the first of `DEFAULT_CONFIG_PATHS` that exists.
+
+    Raise `ConfigError` naming the variable when it names a file that does not exist: the
+    path alone would not say where it came from.
+    """
     if explicit is not None:
         return Path(explicit)
+    environ = os.environ if environ is None else environ
+    named = environ.get(CONFIG_VARIABLE, "")
+    if named:
+        path = Path(named)
+        if not path.exists():
+            raise ConfigError([f"{CONFIG_VARIABLE}={named}: no such config file"])
+        return path
     for candidate in DEFAULT_CONFIG_PATHS:
         if candidate.exists():
             return candidate
