@@ -19,6 +19,7 @@ import pytest
 from structlog.testing import capture_logs
 from support import incoming, on_the_daemons_loop, wait_until
 
+import frameiod.store.base as base_module
 import frameiod.store.sqlite.spool as spool_module
 import frameiod.store.sqlite.writer as writer_module
 from frameiod import idle
@@ -439,7 +440,9 @@ class TestHeldForAnIdleLoop:
 
     @pytest.fixture(autouse=True)
     def long_hold(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        monkeypatch.setattr(spool_module, "HOLD_AT_MOST", self.HOLD)
+        # The spool's own holds, and the probe `Spool.open` makes with the base's.
+        for module in (spool_module, base_module):
+            monkeypatch.setattr(module, "HOLD_AT_MOST", self.HOLD)
 
     def test_operations_submitted_while_the_loop_is_busy_share_one_batch(self, path: Path):
         async def scenario() -> int:
@@ -494,7 +497,8 @@ class TestHeldForAnIdleLoop:
     def test_a_loop_that_stays_busy_hands_them_over_after_the_hold(
         self, path: Path, monkeypatch: pytest.MonkeyPatch
     ):
-        monkeypatch.setattr(spool_module, "HOLD_AT_MOST", 0.05)
+        for module in (spool_module, base_module):
+            monkeypatch.setattr(module, "HOLD_AT_MOST", 0.05)
 
         async def scenario() -> tuple[float, int]:
             spool = await Spool.open(path, handover=idle.call_when_idle)

@@ -17,7 +17,10 @@ from store_contract import (
 )
 from support import incoming
 
+from frameiod import idle
+from frameiod.config import load_config
 from frameiod.store.base import Accepted, SpoolBackend, SpoolUnavailable
+from frameiod.store.open import open_backend
 
 # Its fixtures: `backend`, `store`, `filled` and `shared`.
 pytest_plugins = ["store_contract"]
@@ -193,3 +196,21 @@ class TestCheckAndClose:
             assert refused.value.reason == "spool_closed"
         assert len(backend.event_ids()) == 1
         await store.close()  # closing twice is harmless
+
+
+class TestHandOver:
+    async def test_the_hand_over_in_force_is_said(self, backend: Backend):
+        """Writes are held for an idle loop only on a loop that can call back; the start-up
+        log says which (`Backend.handover`)."""
+
+        async def opened_with_the_daemons_hand_over() -> str:
+            opened = await open_backend(
+                load_config(backend.config, environ={}), idle.call_when_idle
+            )
+            await opened.spool.close()
+            return opened.handover
+
+        assert await opened_with_the_daemons_hand_over() == "loop idle"
+        # A plain asyncio loop: the hand-over cannot serve it, and the store does not pretend.
+        elsewhere = await asyncio.to_thread(asyncio.run, opened_with_the_daemons_hand_over())
+        assert elsewhere == "immediate"

@@ -44,6 +44,7 @@ __all__ = [
     "decode_cursor",
     "encode_cursor",
     "replay_window",
+    "working_handover",
 ]
 
 STATES = ("pending", "running", "done", "dead")
@@ -62,6 +63,19 @@ HOLD_AT_MOST = 0.0015
 """Seconds a write may wait for a busy loop to run out of work before it is handed over:
 under a load that keeps the loop busy, about how often a batch (and its fsync, on the core
 the event loop needs) begins."""
+
+
+def working_handover(handover: HandOver | None) -> HandOver | None:
+    """``handover`` if the running event loop can call back through it (asked once, with
+    nothing to run), else None: the store then sends each write as it comes."""
+    if handover is not None and handover(asyncio.get_running_loop(), _nothing, HOLD_AT_MOST):
+        return handover
+    return None
+
+
+def _nothing() -> None:
+    """A hand-over's callback with nothing to hand over."""
+
 
 REPLAY_MARGIN = 60.0
 """Seconds a seen request is remembered beyond the largest tolerance (clock skew)."""

@@ -83,7 +83,7 @@ async def open_backend(config: Config, handover: HandOver | None = None) -> Back
         url, prefix = config.spool.redis_url.reveal(), config.spool.stream_prefix
         # The receivers that share the spool share their rate limits too, in the same Redis.
         limiter = functools.partial(RedisSourceLimiter, redis_spool.client, url, prefix)
-        return Backend(redis_spool, limiter, handover="loop idle" if handover else "immediate")
+        return Backend(redis_spool, limiter, handover=redis_spool.handover)
     spool = await _open_sqlite(config, "daemon", handover)
     return Backend(spool, handover=spool.handover)
 

@@ -30,6 +30,7 @@ from frameiod.store.base import (
     QueueStats,
     RateLimited,
     Role,
+    working_handover,
 )
 from frameiod.store.redis import actions, connection, scripts
 from frameiod.store.redis.batches import Batches
@@ -93,6 +94,8 @@ class RedisSpool:
             client.register_script(scripts.ACCEPT),
             client.register_script(scripts.FINISH),
         )
+        self.handover = "loop idle" if handover is not None else "immediate"
+        """How accepts and outcomes reach Redis, for the start-up log (see `Backend`)."""
         self._accepts = Batches(accept, url, [prefix, GROUP, self._body_ttl], 2, handover)
         self._outcomes = Batches(finish, url, [prefix], 1, handover)
         self._claim = client.register_script(scripts.CLAIM)
@@ -130,7 +133,7 @@ class RedisSpool:
             prefix,
             handler_timeout=handler_timeout,
             coalesce_seconds=coalesce_seconds,
-            handover=handover,
+            handover=working_handover(handover),
         )
 
     async def _operate(self, action: Callable[[], Awaitable[T]]) -> T:

@@ -30,6 +30,7 @@ from frameiod.store.base import (
     Role,
     SpoolError,
     SpoolUnavailable,
+    working_handover,
 )
 from frameiod.store.sqlite import actions, operations
 from frameiod.store.sqlite.checkpointer import Checkpointer
@@ -103,11 +104,9 @@ class Spool:
         checkpointer.start()
         spool = cls(path, writer, reader, recovered)
         spool._checkpointer = checkpointer
-        if handover is not None:
-            spool._handover = handover
-            # Asked once with nothing to run: whether this loop can call back at all.
-            if handover(asyncio.get_running_loop(), _nothing, HOLD_AT_MOST):
-                spool.handover = "loop idle"
+        spool._handover = working_handover(handover)
+        if spool._handover is not None:
+            spool.handover = "loop idle"
         return spool
 
     @property
@@ -375,7 +374,3 @@ def _in_transaction(action: Callable[[sqlite3.Connection], T], conn: sqlite3.Con
     with conn:
         conn.execute("BEGIN IMMEDIATE")
         return action(conn)
-
-
-def _nothing() -> None:
-    """A hand-over's callback with nothing to hand over."""
