@@ -27,6 +27,7 @@ from frameiod.logs import get_logger
 from frameiod.ratelimit import client_address, retry_after_header
 from frameiod.store import operator
 from frameiod.store.base import QueueError
+from frameiod.terminal import cut
 
 __all__ = ["ERROR_CHARS", "admin_app"]
 
@@ -137,9 +138,7 @@ def _public_row(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def _cut(error: str | None) -> str | None:
-    if error is None or len(error) <= ERROR_CHARS:
-        return error
-    return error[: ERROR_CHARS - 1] + "…"
+    return None if error is None else cut(error, ERROR_CHARS)
 
 
 async def _stats(request: web.Request, receiver: Receiver) -> dict[str, Any]:
