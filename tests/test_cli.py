@@ -86,6 +86,25 @@ class TestVersion:
         assert (result.returncode, result.stdout.strip()) == (0, f"frameiod {__version__}")
 
 
+class TestClosedOutput:
+    def test_a_reader_that_went_away_gets_no_traceback(self):
+        """``frameiod plugins --json | head -c 0``: the pipe is closed before the command
+        writes (it is still starting Python), so its output meets a closed pipe."""
+        process = subprocess.Popen(
+            [*FRAMEIOD, "plugins", "--json"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "FRAMEIOD_PLUGINS": ""},
+        )
+        assert process.stdout is not None
+        assert process.stderr is not None
+        process.stdout.close()
+        errors = process.stderr.read()
+        assert process.wait(timeout=30) == 1
+        assert errors == ""
+
+
 class TestCheck:
     def test_shipped_config_is_valid(self):
         result = run_cli("check", "--config", str(REPO / "config.toml"))

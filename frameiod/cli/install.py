@@ -94,7 +94,12 @@ def _restart_hint() -> str:
     if systemctl is not None:
         try:
             active = subprocess.run(  # noqa: S603 - a fixed command line, no user input
-                [systemctl, "is-active", "--quiet", "frameiod"], check=False, timeout=10
+                [systemctl, "is-active", "--quiet", "frameiod"],
+                check=False,
+                timeout=10,
+                # Without systemd as init it explains so on stderr: not the user's business.
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
             )
         except (OSError, subprocess.TimeoutExpired):
             pass  # a systemctl that cannot answer says nothing about a unit

@@ -5,11 +5,12 @@ the parser from them and runs the chosen command."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
 from frameiod import __version__
-from frameiod.cli.common import EXIT_CONFIG, load
+from frameiod.cli.common import EXIT_CONFIG, EXIT_FAILED, load
 from frameiod.cli.install import add_install_commands, refused_options
 from frameiod.cli.new_plugin import add_new_plugin_command
 from frameiod.cli.plugins import add_plugins_command
@@ -86,6 +87,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         # failed to load, with its traceback, go to stderr.
         configure_logging("warning", "auto", stream=sys.stderr)
     try:
-        return int(args.func(args))
+        status = int(args.func(args))
+        sys.stdout.flush()  # here, where a closed pipe is caught, rather than at exit
+        return status
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (`frameiod plugins --json | head`): not an error of ours to
+        # print a traceback for. Python flushes stdout again at exit, and would fail again
+        # on the closed pipe, so stdout is pointed at nothing first.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_FAILED
