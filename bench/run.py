@@ -713,6 +713,11 @@ webhook_url = "https://hooks.invalid/bench"
     )
 
 
+# The example plugins a start loads: named, so that another installed plugin (the tracing
+# one, which has its own bench) does not change what is measured.
+_EXAMPLES = ("comment_on_ready", "event_log", "notify")
+
+
 def measure_start(folder: Path, *, examples: bool, settle: float = 2.0) -> dict[str, float]:
     """One start: seconds from spawning ``frameiod run`` to READY=1, and RSS once idle."""
     state = folder / ("start-examples" if examples else "start-bare")
@@ -727,7 +732,11 @@ def measure_start(folder: Path, *, examples: bool, settle: float = 2.0) -> dict[
         sock.settimeout(30)
         began = time.monotonic()
         process = start_frameiod(
-            config, env, plugins=None if examples else "", stdout=out, stderr=subprocess.STDOUT
+            config,
+            env,
+            plugins=",".join(_EXAMPLES) if examples else "",
+            stdout=out,
+            stderr=subprocess.STDOUT,
         )
         try:
             while b"READY=1" not in sock.recv(4096):
@@ -743,7 +752,7 @@ def measure_start(folder: Path, *, examples: bool, settle: float = 2.0) -> dict[
             entry = json.loads(line)
             if entry.get("event") == "listening":
                 loaded = entry.get("plugins", [])
-    expected = ["comment_on_ready", "event_log", "notify"] if examples else []
+    expected = list(_EXAMPLES) if examples else []
     if sorted(loaded) != expected:
         raise RuntimeError(f"plugins loaded: {loaded}, expected {expected}; see {log}")
     return {"ready_s": ready, "idle_rss_mib": rss}
