@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -24,6 +23,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 from pydantic import ValidationError
+from redis_support import free_port
 from structlog.testing import capture_logs
 from support import wait_until
 
@@ -272,12 +272,6 @@ class TestOneEventOneTrace:
         assert "frameiod.event_id" not in attributes(received)
 
 
-def unused_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 class TestCollectorUnreachable:
     async def test_answers_and_handlers_are_not_delayed_and_the_failure_is_logged_once(
         self, monkeypatch: pytest.MonkeyPatch
@@ -292,7 +286,7 @@ class TestCollectorUnreachable:
         async def handle(event: WebhookEvent) -> None:
             ran.append(event.type)
 
-        nowhere = f"http://127.0.0.1:{unused_port()}"
+        nowhere = f"http://127.0.0.1:{free_port()}"
         plugins = {"app": app, "otel": OtelPlugin()}
         with capture_logs() as logs:
             async with run_daemon(plugins, config_text=settings(nowhere)) as daemon:

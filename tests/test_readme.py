@@ -7,11 +7,11 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import socket
 from pathlib import Path
 from typing import Any
 
 import pytest
+from redis_support import free_port
 from support import DaemonProcess, run_cli, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,12 +42,6 @@ def commands(block: str) -> list[str]:
 
 def masked(text: str) -> str:
     return UUID.sub("<id>", text).strip()
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ HTTPS: real daemons as subprocesses, certificates made by trustme as in test_tls
 from __future__ import annotations
 
 import json
-import socket
 import sqlite3
 import subprocess
 from collections.abc import Iterator
@@ -14,17 +13,12 @@ from pathlib import Path
 
 import pytest
 import trustme
+from redis_support import free_port
 from support import FRAMEIOD, JSON_LOG, SECRET, DaemonProcess, run_cli, write_config
 
 from frameiod.testing import config_toml
 
 _TLS = 'tls_certificate = "cert.pem"\ntls_key = "key.pem"'
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _accepted_body(config: Path, stdout: str) -> bytes:
@@ -58,7 +52,7 @@ def https(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Https]:
     certificate.cert_chain_pems[0].write_to_path(str(folder / "cert.pem"))
     ca.cert_pem.write_to_path(str(folder / "ca.pem"))
     # A fixed port: the URL `send` makes up by default is the config's host and port.
-    text = config_toml(secret=SECRET, port=_free_port(), server=_TLS, log=JSON_LOG)
+    text = config_toml(secret=SECRET, port=free_port(), server=_TLS, log=JSON_LOG)
     config = write_config(folder, text)
     daemon = DaemonProcess(config)
     yield Https(daemon, config, folder / "ca.pem")
