@@ -8,6 +8,7 @@ set a stop waits for or cancels.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
@@ -19,9 +20,16 @@ T = TypeVar("T")
 class TaskSet(set[asyncio.Task[Any]]):
     """The tasks started with `spawn` that have not finished yet."""
 
-    def spawn(self, coro: Coroutine[Any, Any, T], *, name: str | None = None) -> asyncio.Task[T]:
-        """Start ``coro`` as a task, held here until it is done."""
-        task = asyncio.create_task(coro, name=name)
+    def spawn(
+        self,
+        coro: Coroutine[Any, Any, T],
+        *,
+        name: str | None = None,
+        context: contextvars.Context | None = None,
+    ) -> asyncio.Task[T]:
+        """Start ``coro`` as a task (in a copy of ``context``, if given, instead of the
+        caller's), held here until it is done."""
+        task = asyncio.create_task(coro, name=name, context=context and context.copy())
         self.add(task)
         task.add_done_callback(self.discard)
         return task

@@ -8,6 +8,13 @@ failed. Deadlines are checked by one sweep while calls run (`frameiod.dispatch.d
 A failure is retried after an exponential backoff with full jitter; after ``max_attempts``
 the delivery is dead (kept for ``frameiod queue replay``).
 
+A fresh delivery need not wait for a claim: when its handler has a free worker and nothing
+older of it may be waiting, the spool (if it can: SQLite) writes it claimed in its accept's
+own transaction and hands it over (`reserve`, `take`), so the call starts one commit
+sooner. The dispatcher keeps, per handler, whether the spool may hold due work for it
+(``_backlog``): set by every notice of new work and every poll, cleared by a claim that
+found less than it could take. Only then does the scheduler claim at all.
+
 A handler is called only once its claim is on record (`SpoolBackend.confirm`). While the
 spool refuses writes (a full disk, a read-only file, Redis out of memory), the dispatcher
 pauses (`frameiod.dispatch.pause`): it claims nothing, keeps the outcomes it could not
@@ -22,9 +29,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import functools
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from frameiod.dispatch.deadlines import Deadlines
@@ -86,6 +94,13 @@ class Dispatcher:
         # ``notify`` calls about finished deliveries (observer plugins), beside the tasks.
         self._observers = TaskSet()
         self._busy = dict.fromkeys(self._handlers, 0)
+        # Workers held for fresh deliveries while their accept is written (`reserve`).
+        self._reserved = dict.fromkeys(self._handlers, 0)
+        self._reserving = 0
+        # Handlers that may have due deliveries in the spool: only for these is a claim
+        # worth a trip to it, and only for the others may a fresh delivery start at once
+        # (it would jump the queue otherwise).
+        self._backlog = set(self._handlers)
         self._wake = asyncio.Event()
         self._rates: dict[str, TokenBucket] = {}
         self._finished = asyncio.Condition()
@@ -93,7 +108,11 @@ class Dispatcher:
         self._stopping = False
         self._scheduling = False
         self._scheduler_stopped = asyncio.Event()
-        spool.on_new_work(self._wake.set)
+        # Calls start in the scheduler's context, never in that of the request whose
+        # accept handed them over (`take`): its log fields and spans are not theirs.
+        self._context = contextvars.copy_context()
+        spool.on_new_work(self._new_work)
+        spool.hand_fresh_to(self)
         timeouts = {
             key: h.timeout or self._policy.handler_timeout for key, h in self._handlers.items()
         }
@@ -111,6 +130,7 @@ class Dispatcher:
     async def run(self) -> None:
         """Claim and start due deliveries until `stop` is called."""
         self._scheduling = True
+        self._context = contextvars.copy_context()
         try:
             while not self._stopping:
                 # Cleared before claiming: a wake-up that arrives while we claim is kept.
@@ -118,10 +138,11 @@ class Dispatcher:
                 if self._paused.active:
                     await self._probe()
                     continue
-                free = self._workers - len(self._running)
+                free = self._workers - len(self._running) - self._reserving
                 claimed: list[Claimed] = []
                 try:
-                    claimed = await self._claim(free)
+                    if self._backlog:
+                        claimed = await self._claim(free)
                     if self._stopping:  # stop began while we claimed: start nothing more
                         await self._release(claimed)
                         break
@@ -155,9 +176,68 @@ class Dispatcher:
                 if bucket is not None:
                     bucket.spend(len(got), time.monotonic())
                 claimed += got
+                self._drained(got, caps, limit)
         except SpoolUnavailable as exc:
             self._paused.begin(exc)
         return claimed
+
+    def _drained(self, got: list[Claimed], caps: dict[str, int], limit: int) -> None:
+        """Forget the backlog of each handler that got fewer than it could take: it had no
+        more due. (Work committed after this claim says so through `_new_work`.)"""
+        taken = dict.fromkeys(caps, 0)
+        for item in got:
+            taken[item.handler] += 1
+        for key, room in caps.items():
+            if taken[key] < min(room, limit):
+                self._backlog.discard(key)
+
+    def _new_work(self) -> None:
+        """The spool has new due work (of any handler, as far as we know): claim it."""
+        self._backlog.update(self._handlers)
+        self._wake.set()
+
+    # --- fresh deliveries, started as they are accepted --------------------------------
+
+    def reserve(self, handlers: Sequence[str]) -> list[str]:
+        """The ``handlers`` of an event being accepted that start at once: those with no
+        backlog and a free worker (and room under their concurrency and their source's
+        dispatch rate); each is held until `take`."""
+        if not self._scheduling or self._stopping or self._paused.active:
+            return []
+        taken: list[str] = []
+        for key in handlers:
+            handler = self._handlers.get(key)
+            if handler is None or key in self._backlog:
+                continue
+            if len(self._running) + self._reserving >= self._workers:
+                break
+            if self._busy[key] + self._reserved[key] >= (handler.concurrency or self._workers):
+                continue
+            bucket = self._rates.get(handler.source)
+            if bucket is not None:
+                now = time.monotonic()
+                if bucket.available(now) < 1:
+                    continue
+                bucket.spend(1, now)
+            self._reserved[key] += 1
+            self._reserving += 1
+            taken.append(key)
+        return taken
+
+    def take(self, reserved: Sequence[str], started: Sequence[Claimed]) -> None:
+        """Let the workers held for ``reserved`` go, and start ``started``: claimed in their
+        accept's own write, now on record."""
+        for key in reserved:
+            self._reserved[key] -= 1
+        self._reserving -= len(reserved)
+        if self._stopping:
+            # Too late to run them: they are given back like any call a stop cuts short.
+            self._observers.spawn(self._release(list(started)))
+            return
+        for item in started:
+            self._start(item)
+        if len(started) < len(reserved) and self._backlog:
+            self._wake.set()  # a held worker went unused, and work may be waiting for it
 
     # --- while the spool refuses writes ------------------------------------------------
 
@@ -176,6 +256,7 @@ class Dispatcher:
             self._paused.probe_failed(exc)
             return
         self._paused.resumed(written)
+        self._new_work()  # what was accepted meanwhile waits in the spool
 
     async def _write_unrecorded(self) -> int:
         """Write the outcomes the spool refused, oldest first; how many were written."""
@@ -213,7 +294,7 @@ class Dispatcher:
     def _caps(self) -> dict[str, int]:
         caps = {}
         for key, handler in self._handlers.items():
-            room = (handler.concurrency or self._workers) - self._busy[key]
+            room = (handler.concurrency or self._workers) - self._busy[key] - self._reserved[key]
             if room > 0:
                 caps[key] = room
         return caps
@@ -254,11 +335,17 @@ class Dispatcher:
             async with asyncio.timeout(timeout):
                 await self._wake.wait()
         except TimeoutError:
-            pass
+            # A retry's time has come, or another process (``frameiod queue replay``) may
+            # have made work due: look for it.
+            self._backlog.update(self._handlers)
 
     def _start(self, item: Claimed) -> None:
         self._busy[item.handler] += 1
-        task = self._tasks.spawn(self._deliver(item), name=f"frameiod-delivery-{item.delivery_id}")
+        task = self._tasks.spawn(
+            self._deliver(item),
+            name=f"frameiod-delivery-{item.delivery_id}",
+            context=self._context,
+        )
         self._running[item.delivery_id] = (item, task)
 
     # --- one delivery ------------------------------------------------------------
@@ -266,7 +353,8 @@ class Dispatcher:
     def _free_worker(self, item: Claimed) -> None:
         if self._running.pop(item.delivery_id, None) is not None:
             self._busy[item.handler] -= 1
-            self._wake.set()
+            if self._backlog:  # else there is nothing to claim for it
+                self._wake.set()
 
     async def _deliver(self, item: Claimed) -> None:
         handler = self._handlers[item.handler]

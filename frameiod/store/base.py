@@ -41,6 +41,7 @@ __all__ = [
     "SpoolBackend",
     "SpoolError",
     "SpoolUnavailable",
+    "Taker",
     "decode_cursor",
     "encode_cursor",
     "replay_window",
@@ -143,6 +144,8 @@ class Accepted:
     """The event id to give the sender: the new one, or the original's for a duplicate."""
     duplicate: bool
     deliveries: int
+    started: tuple[Claimed, ...] = ()
+    """The deliveries written as already claimed, for the `Taker` that reserved them."""
 
 
 DeliveryId = int | str
@@ -270,6 +273,22 @@ class ItemResult(TypedDict):
     or None if there is no such delivery or event."""
 
 
+class Taker(Protocol):
+    """Who runs deliveries (the dispatcher), as a store that can start fresh ones at once
+    sees it: a delivery the taker reserves is written already claimed, in the accept's own
+    write, and handed to it once that write is on record, instead of being written pending
+    and claimed by a second write."""
+
+    def reserve(self, handlers: Sequence[str]) -> list[str]:
+        """Which of ``handlers`` (of one event about to be accepted) would start now: each
+        is held for it until `take`, which must follow whatever the accept's fate."""
+        ...
+
+    def take(self, reserved: Sequence[str], started: Sequence[Claimed]) -> None:
+        """Let go of the ``reserved`` handlers, and run ``started`` (claims on record)."""
+        ...
+
+
 class SpoolBackend(Protocol):
     """Where accepted events wait for their handlers: what the server and dispatcher use
     (a store opened with role "daemon"), and what an operator's command uses (any role).
@@ -297,6 +316,11 @@ class SpoolBackend(Protocol):
     def expect_handlers(self, timeouts: dict[str, float]) -> None:
         """The handlers this process runs, each with its timeout: a delivery claimed longer
         ago than that (plus a grace) was abandoned by a process that died."""
+        ...
+
+    def hand_fresh_to(self, taker: Taker) -> None:
+        """Offer each accepted delivery to ``taker`` first (see `Taker`); a store may
+        ignore this, and every delivery is then claimed from the store."""
         ...
 
     async def accept(self, incoming: Incoming, handlers: Sequence[str]) -> Accepted:

@@ -30,6 +30,7 @@ from frameiod.store.base import (
     QueueStats,
     RateLimited,
     Role,
+    Taker,
     working_handover,
 )
 from frameiod.store.redis import actions, connection, scripts
@@ -171,6 +172,10 @@ class RedisSpool:
     def expect_handlers(self, timeouts: dict[str, float]) -> None:
         """The handlers this receiver runs and their timeouts (the leases of its claims)."""
         self._timeouts = dict(timeouts)
+
+    def hand_fresh_to(self, taker: Taker) -> None:
+        """Nothing to do: every delivery is claimed through its lease, so that any receiver
+        may run it."""
 
     def _lease(self, handler: str) -> float:
         return self._timeouts.get(handler, self._default_timeout) + LEASE_GRACE

@@ -31,6 +31,7 @@ __all__ = [
     "recover_running",
     "release",
     "rows",
+    "unclaim",
 ]
 
 
@@ -50,7 +51,14 @@ def recover_running(conn: sqlite3.Connection) -> int:
         ).rowcount
 
 
-def accept(conn: sqlite3.Connection, incoming: Incoming, handlers: Sequence[str]) -> Accepted:
+def accept(
+    conn: sqlite3.Connection,
+    incoming: Incoming,
+    handlers: Sequence[str],
+    starting: Sequence[str] = (),
+) -> Accepted:
+    """Insert ``incoming`` with a pending delivery per handler, those of ``starting``
+    already claimed (running, their attempt counted) instead; or find it a duplicate."""
     digest = body_hash(incoming.body)
     keys = (request_key(incoming.signature), body_key(digest))
     # One query for every kind of duplicate (each statement costs a trip through the GIL):
@@ -108,16 +116,38 @@ def accept(conn: sqlite3.Connection, incoming: Incoming, handlers: Sequence[str]
             incoming.trace_context,
         ),
     )
-    if handlers:
-        conn.executemany(
-            "INSERT INTO deliveries (event_id, handler, state, next_attempt_at, updated_at,"
-            " body_key) VALUES (?, ?, 'pending', ?, ?, ?)",
-            [
-                (incoming.id, handler, incoming.received_at, incoming.received_at, keys[1])
-                for handler in handlers
-            ],
-        )
-    return Accepted(incoming.id, duplicate=False, deliveries=len(handlers))
+    started = []
+    # In the handlers' order, one row each: ids keep the order deliveries were listed in.
+    for handler in handlers:
+        run = handler in starting
+        delivery_id = conn.execute(
+            "INSERT INTO deliveries (event_id, handler, state, attempts, next_attempt_at,"
+            " updated_at, body_key) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                incoming.id,
+                handler,
+                "running" if run else "pending",
+                int(run),
+                incoming.received_at,
+                incoming.received_at,
+                keys[1],
+            ),
+        ).lastrowid
+        if run:
+            started.append(
+                Claimed(
+                    delivery_id,
+                    incoming.id,
+                    handler,
+                    1,
+                    incoming.source,
+                    incoming.body,
+                    incoming.timestamp,
+                    incoming.received_at,
+                    incoming.trace_context,
+                )
+            )
+    return Accepted(incoming.id, duplicate=False, deliveries=len(handlers), started=tuple(started))
 
 
 def purge(conn: sqlite3.Connection, received_before: float, signed_before: float) -> int:
@@ -167,6 +197,16 @@ def finish(conn: sqlite3.Connection, row: tuple[Any, ...]) -> None:
         " updated_at = ? WHERE id = ?",
         row,
     )
+
+
+def unclaim(conn: sqlite3.Connection, event_id: str) -> int:
+    """Make the deliveries an accept wrote claimed pending again, unattempted: nobody took
+    them (`Spool.accept` was cut off). Return how many there were."""
+    return conn.execute(
+        "UPDATE deliveries SET state = 'pending', attempts = 0 WHERE event_id = ?"
+        " AND state = 'running' AND attempts = 1 AND last_outcome IS NULL",
+        (event_id,),
+    ).rowcount
 
 
 def release(conn: sqlite3.Connection, ids: list[tuple[float, DeliveryId]]) -> None:

@@ -30,6 +30,7 @@ from frameiod.store.base import (
     Role,
     SpoolError,
     SpoolUnavailable,
+    Taker,
     working_handover,
 )
 from frameiod.store.sqlite import actions, operations
@@ -63,6 +64,7 @@ class Spool:
         self._reads = ThreadPoolExecutor(1, thread_name_prefix="frameiod-spool-read")
         self._checkpointer: Checkpointer | None = None
         self._listeners = Listeners()
+        self._taker: Taker | None = None
         self._closed = False
         # Operations waiting for the daemon's event loop to run out of work (`_handover`):
         # only that loop's thread touches the list.
@@ -174,13 +176,49 @@ class Spool:
         """Nothing to do: one process owns this file, and `open` recovers what a crash left
         running."""
 
+    def hand_fresh_to(self, taker: Taker) -> None:
+        """Write the deliveries ``taker`` reserves already claimed, and hand them to it."""
+        self._taker = taker
+
     async def accept(self, incoming: Incoming, handlers: Sequence[str]) -> Accepted:
         """Commit ``incoming`` with one pending delivery per handler in ``handlers``, unless it
-        is a duplicate; raise `SpoolUnavailable` if it cannot be written."""
-        accepted = await self.run(lambda conn: operations.accept(conn, incoming, handlers))
-        if accepted.deliveries:
+        is a duplicate; raise `SpoolUnavailable` if it cannot be written.
+
+        Deliveries the taker (`hand_fresh_to`) reserves are written claimed instead, in the
+        same transaction, and handed to it once committed: no second write claims them.
+        """
+        taker = self._taker
+        starting = taker.reserve(handlers) if taker is not None and handlers else []
+        if not starting:
+            accepted = await self.run(lambda conn: operations.accept(conn, incoming, handlers))
+        else:
+            try:
+                accepted = await self.run(
+                    lambda conn: operations.accept(conn, incoming, handlers, starting)
+                )
+            except asyncio.CancelledError:
+                # Given up at the request's deadline: the write may still have been
+                # committed, with nobody left to run what it claimed. Undo that claim in the
+                # next batch (a no-op if it was never written).
+                self._unclaim(incoming.id)
+                taker.take(starting, ())
+                raise
+            except BaseException:
+                taker.take(starting, ())
+                raise
+            taker.take(starting, accepted.started)
+        if accepted.deliveries > len(accepted.started):
             self._listeners.notify()
         return accepted
+
+    def _unclaim(self, event_id: str) -> None:
+        written = self.run(lambda conn: operations.unclaim(conn, event_id))
+
+        def done(future: asyncio.Future[int]) -> None:
+            if not future.cancelled() and not future.exception() and future.result():
+                self._listeners.notify()
+
+        written.add_done_callback(done)
 
     async def claim(
         self, limit: int, caps: dict[str, int], now: float | None = None
