@@ -7,11 +7,17 @@ A call to Redis costs the receiver far more CPU in redis-py than the script cost
 and with ``appendfsync always`` every call that writes waits for an fsync: one call per
 batch shares both among its items. Items that arrive while `_IN_FLIGHT` batches await
 their answers form the next, sent as soon as one returns.
+
+redis-py encodes each argument of a call on its own, at a cost per argument; so a batch's
+items go as one JSON array of their fields (one C call to encode, ``cjson.decode`` in the
+script), and only bodies, bytes kept exactly as received, as arguments of their own. The
+script answers with one JSON array too: a reply of many values costs as much to read.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -29,6 +35,9 @@ _IN_FLIGHT = 2
 """Batches sent and not yet answered at most: with one, the receiver would sit idle while
 Redis runs the script and fsyncs; with many, batches would shrink to an item each."""
 
+Item = tuple[list[Any], bytes | None]
+"""One item's fields, and its blob (None if it has none)."""
+
 Reply = list[Any]
 """The script's answer for one item: ``width`` values of its reply."""
 
@@ -36,8 +45,9 @@ Reply = list[Any]
 class Batches:
     """Gathers the items of one script's calls and sends them in batches, one call each.
 
-    The script takes ``head`` (the same for every call), then each item's arguments in
-    turn, and answers ``width`` values per item, in order.
+    The script takes ``head`` (the same for every call), then the items' fields as one
+    JSON array of arrays, then each item's blob, if it has one, in order; it answers with
+    a JSON array of ``width`` values per item, in order.
     """
 
     def __init__(
@@ -53,16 +63,17 @@ class Batches:
         self._head = list(head)
         self._width = width
         self._handover = handover
-        self._waiting: list[tuple[list[Any], asyncio.Future[Reply]]] = []
+        self._waiting: list[tuple[Item, asyncio.Future[Reply]]] = []
         self._sending: set[asyncio.Task[None]] = set()
         self._scheduled = False
 
-    def submit(self, arguments: list[Any]) -> asyncio.Future[Reply]:
-        """Queue one item for the next batch; the future gets its `Reply`, or
-        `SpoolUnavailable` if Redis failed (then none of its batch was done)."""
+    def submit(self, fields: list[Any], blob: bytes | None = None) -> asyncio.Future[Reply]:
+        """Queue one item (``fields`` that JSON can carry, and a ``blob``, if any) for the
+        next batch; the future gets its `Reply`, or `SpoolUnavailable` if Redis failed
+        (then none of its batch was done)."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Reply] = loop.create_future()
-        self._waiting.append((arguments, future))
+        self._waiting.append(((fields, blob), future))
         if len(self._sending) < _IN_FLIGHT and not self._scheduled:
             self._schedule(loop)
         return future
@@ -85,14 +96,15 @@ class Batches:
         self._sending.add(task)
         task.add_done_callback(self._sending.discard)
 
-    async def _run(self, batch: list[tuple[list[Any], asyncio.Future[Reply]]]) -> None:
+    async def _run(self, batch: list[tuple[Item, asyncio.Future[Reply]]]) -> None:
         futures = [future for _, future in batch]
         try:
-            arguments = list(self._head)
-            for item, _ in batch:
-                arguments += item
+            items = [fields for (fields, _), _ in batch]
+            blobs = [blob for (_, blob), _ in batch if blob is not None]
+            packed = json.dumps(items, ensure_ascii=False, separators=(",", ":"))
+            arguments = [*self._head, packed, *blobs]
             with redis_errors(self._url):
-                replies = await self._script(args=arguments)
+                replies = json.loads(await self._script(args=arguments))
         except SpoolUnavailable as exc:
             _fail(futures, exc.reason, exc.detail)
         except BaseException as exc:

@@ -21,12 +21,12 @@ __all__ = [
     "SCHEDULE",
 ]
 
-# ARGV: P, group, body key ttl, then per request: event id, source, type, body, timestamp,
-# signature, secret id, received_at, body digest, rate and burst ('' if the source's token
-# was taken already, or it has no limit), trace context ('' if none), how many handlers,
-# the handlers.
-# Returns two values per request: the event id and 'new' or 'duplicate'; or '' and the
-# seconds until the source may send again (as text), when its bucket was empty.
+# ARGV: P, group, body key ttl, the requests as one JSON array (`Batches`), each an array
+# of strings: event id, source, type, timestamp, signature, secret id, received_at, body
+# digest, rate and burst ('' if the source's token was taken already, or it has no limit),
+# trace context ('' if none), and an array of the handlers; then each request's body.
+# Returns, as a JSON array, two values per request: the event id and 'new' or 'duplicate';
+# or '' and the seconds until the source may send again (as text), when its bucket was empty.
 # A seen request's key has no TTL: `PURGE_SEEN` forgets it once its timestamp is older than
 # the replay window in force then, which a reload may have widened since it was written.
 ACCEPT = (
@@ -34,6 +34,7 @@ ACCEPT = (
     + BUCKET_LUA
     + r"""
 local group, ttl = ARGV[2], ARGV[3]
+local requests = cjson.decode(ARGV[4])
 local replies, buckets, bucket_order, now = {}, {}, {}, nil
 local known, pending, arrivals, signed = {}, 0, {}, {}
 
@@ -44,12 +45,14 @@ local function remember(request, timestamp, event)
 end
 
 -- The request's event id, and whether it is a duplicate.
-local function accept(a, handlers)
-  local id, source, timestamp, secret = ARGV[a], ARGV[a + 1], ARGV[a + 4], ARGV[a + 6]
-  local request = source .. ':' .. timestamp .. ':' .. ARGV[a + 5]
+local function accept(r, body)
+  local id, source, kind, timestamp, signature, secret, received =
+    r[1], r[2], r[3], r[4], r[5], r[6], r[7]
+  local handlers = r[12]
+  local request = source .. ':' .. timestamp .. ':' .. signature
   local seen = redis.call('GET', P .. ':seen:' .. request)
   if seen then return seen, 'duplicate' end
-  local body_key = P .. ':body:' .. source .. ':' .. secret .. ':' .. ARGV[a + 8]
+  local body_key = P .. ':body:' .. source .. ':' .. secret .. ':' .. r[8]
   -- An identical body none of whose deliveries has started: that run will see the latest.
   local twin = redis.call('GET', body_key)
   if twin then
@@ -73,15 +76,14 @@ local function accept(a, handlers)
       redis.pcall('XGROUP', 'CREATE', stream, group, '0', 'MKSTREAM')
     end
   end
-  local received = ARGV[a + 7]
-  local entry = redis.call('XADD', stream, '*', 'id', id, 'type', ARGV[a + 2],
-    'body', ARGV[a + 3], 'timestamp', timestamp, 'received_at', received)
-  local fields = {'source', source, 'type', ARGV[a + 2], 'entry', entry,
-    'timestamp', timestamp, 'signature', ARGV[a + 5], 'secret_id', secret,
+  local entry = redis.call('XADD', stream, '*', 'id', id, 'type', kind,
+    'body', body, 'timestamp', timestamp, 'received_at', received)
+  local fields = {'source', source, 'type', kind, 'entry', entry,
+    'timestamp', timestamp, 'signature', signature, 'secret_id', secret,
     'received_at', received}
-  if ARGV[a + 11] ~= '' then
+  if r[11] ~= '' then
     table.insert(fields, 'trace_context')
-    table.insert(fields, ARGV[a + 11])
+    table.insert(fields, r[11])
   end
   for _, h in ipairs(handlers) do
     for _, v in ipairs({h .. '|state', 'pending', h .. '|attempts', '0', h .. '|due', received}) do
@@ -103,19 +105,14 @@ local function accept(a, handlers)
   return id, 'new'
 end
 
-local a = 4
-while a <= #ARGV do
-  local source, rate, count_at = ARGV[a + 1], ARGV[a + 9], a + 12
-  local handlers = {}
-  for i = count_at + 1, count_at + tonumber(ARGV[count_at]) do
-    table.insert(handlers, ARGV[i])
-  end
+for i, r in ipairs(requests) do
+  local source, rate = r[2], r[9]
   local wait = 0
   if rate ~= '' then
     local b = buckets[source]
     if not b then
       now = now or redis_now()
-      b = bucket_read(source, tonumber(rate), tonumber(ARGV[a + 10]), now)
+      b = bucket_read(source, tonumber(rate), tonumber(r[10]), now)
       buckets[source] = b
       table.insert(bucket_order, source)
     end
@@ -125,17 +122,16 @@ while a <= #ARGV do
     table.insert(replies, '')
     table.insert(replies, fmt(wait))
   else
-    local event, outcome = accept(a, handlers)
+    local event, outcome = accept(r, ARGV[4 + i])
     table.insert(replies, event)
     table.insert(replies, outcome)
   end
-  a = count_at + 1 + #handlers
 end
 for _, source in ipairs(bucket_order) do bucket_write(source, buckets[source]) end
 if #arrivals > 0 then redis.call('ZADD', P .. ':events', unpack(arrivals)) end
 if #signed > 0 then redis.call('ZADD', P .. ':seen_at', unpack(signed)) end
 count(nil, 'pending', pending)
-return replies
+return cjson.encode(replies)
 """
 )
 
@@ -276,24 +272,25 @@ return text
 """
 )
 
-# ARGV: P, then per outcome: event id, handler, attempt, outcome, error, seconds, next
-# attempt ('' if none), dead ('1' or '0'), now. Returns per outcome 1 if recorded, 0 if a
-# newer attempt owns the delivery.
+# ARGV: P, the outcomes as one JSON array (`Batches`), each an array of strings: event id,
+# handler, attempt, outcome, error, seconds, next attempt ('' if none), dead ('1' or '0'),
+# now. Returns, as a JSON array, per outcome 1 if recorded, 0 if a newer attempt owns the
+# delivery.
 FINISH = (
     LUA_PRELUDE
     + r"""
-local function finish(a)
-  local id, h, outcome = ARGV[a], ARGV[a + 1], ARGV[a + 3]
+local function finish(o)
+  local id, h, outcome = o[1], o[2], o[4]
   local ek = event_key(id)
   local state = redis.call('HGET', ek, h .. '|state')
   if state ~= 'running' and state ~= 'pending' then return 0 end
   -- A success always counts (the work is done); a failure only from the latest attempt.
-  if outcome ~= 'ok' and redis.call('HGET', ek, h .. '|attempts') ~= ARGV[a + 2] then
+  if outcome ~= 'ok' and redis.call('HGET', ek, h .. '|attempts') ~= o[3] then
     return 0
   end
-  local error, now = ARGV[a + 4], ARGV[a + 8]
+  local error, now = o[5], o[9]
   redis.call('HSET', ek, h .. '|outcome', outcome, h .. '|error', error,
-    h .. '|seconds', ARGV[a + 5], h .. '|updated', now)
+    h .. '|seconds', o[6], h .. '|updated', now)
   if outcome == 'ok' then
     redis.call('HSET', ek, h .. '|state', 'done')
     redis.call('ZREM', due_key(h), id)
@@ -305,15 +302,15 @@ local function finish(a)
     end
     -- Scored by arrival, as every event in P:settled: keep_done counts from there.
     redis.call('ZADD', P .. ':settled', redis.call('HGET', ek, 'received_at'), id)
-  elseif ARGV[a + 7] == '1' then
+  elseif o[8] == '1' then
     local ev = redis.call('HMGET', ek, 'source', 'type')
     local entry = redis.call('XADD', P .. ':dead', '*', 'event_id', id, 'handler', h,
-      'source', ev[1], 'type', ev[2], 'error', error, 'attempts', ARGV[a + 2], 'at', now)
+      'source', ev[1], 'type', ev[2], 'error', error, 'attempts', o[3], 'at', now)
     redis.call('HSET', ek, h .. '|state', 'dead', h .. '|dead_entry', entry)
     redis.call('ZREM', due_key(h), id)
     count(state, 'dead', 1)
   else
-    local due = ARGV[a + 6]
+    local due = o[7]
     redis.call('HSET', ek, h .. '|state', 'pending', h .. '|due', due)
     redis.call('ZADD', due_key(h), due, id)
     count(state, 'pending', 1)
@@ -321,8 +318,8 @@ local function finish(a)
   return 1
 end
 local recorded = {}
-for a = 2, #ARGV, 9 do table.insert(recorded, finish(a)) end
-return recorded
+for _, o in ipairs(cjson.decode(ARGV[2])) do table.insert(recorded, finish(o)) end
+return cjson.encode(recorded)
 """
 )
 

@@ -191,23 +191,21 @@ class RedisSpool:
         if self._closed:
             raise closed_error()
         rate, burst = incoming.limit if incoming.limit is not None else (None, "")
-        arguments = [
+        fields = [
             incoming.id,
             incoming.source,
             incoming.type,
-            incoming.body,
-            incoming.timestamp,
+            str(incoming.timestamp),
             incoming.signature,
             incoming.secret_id,
             repr(incoming.received_at),
             hashlib.sha256(incoming.body).hexdigest(),
             "" if rate is None else repr(rate),
-            burst,
+            str(burst),
             incoming.trace_context or "",
-            len(handlers),
-            *handlers,
+            list(handlers),
         ]
-        reply = await self._accepts.submit(arguments)
+        reply = await self._accepts.submit(fields, incoming.body)
         event_id, answer = text(reply[0]) or "", text(reply[1])
         if not event_id:
             raise RateLimited(float(answer or 0))
