@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from store_contract import (
     Backend,
@@ -65,6 +67,28 @@ class TestAccept:
             (events[0].id, "a", 1),
             (events[0].id, "b", 1),
         ]
+
+    async def test_text_and_bytes_come_back_exactly_as_accepted(self, store: SpoolBackend):
+        # What a store might mangle on its way: quotes, backslashes, control characters,
+        # non-ASCII text, and a body not in JSON's own spelling (spaces around it, an
+        # escape left as sent beside raw UTF-8).
+        kind = 'file.r\u00e9ady "x" \\ \t \u2713'
+        body = (
+            ' {"type": ' + json.dumps(kind, ensure_ascii=False) + ","
+            ' "resource": {"id": "\\u00fc \u00fc", "type": "file"}} '
+        ).encode()
+        trace = "00-" + "ab" * 16 + "-" + "cd" * 8 + "-01"
+        event = incoming(body, event_type=kind, trace_context=trace)
+        await store.accept(event, ["a"])
+        (item,) = await claim_confirmed(store, 1, {"a": 1})
+        assert (item.body, item.trace_context) == (body, trace)
+        error = 'KeyError: "\u00fc\\n" \t\u2713'
+        await store.finish(item.delivery_id, outcome="error", seconds=0.5, error=error, dead=True)
+        (row,) = await store.deliveries_of(event.id)
+        assert (row["state"], row["last_error"]) == ("dead", error)
+        detail = await store.show(event.id)
+        assert detail is not None
+        assert (detail["type"], detail["payload"]["type"]) == (kind, kind)
 
     async def test_listeners_hear_of_new_deliveries_only(self, store: SpoolBackend):
         heard: list[str] = []
