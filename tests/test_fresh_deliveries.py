@@ -203,3 +203,39 @@ class TestAnAcceptGivenUp:
             (["p:h"], 1),
             (["p:h"], 0),
         ]
+
+
+class TestAStopMeanwhile:
+    async def test_a_delivery_claimed_by_an_accept_that_ends_after_a_stop_is_given_back(
+        self, spool: _Claims, start: Start
+    ):
+        called: list[str] = []
+
+        async def record(event: WebhookEvent) -> None:
+            called.append(event.event_id or "")
+
+        handler = WebhookHandler(func=record, event_types=("file.ready",), plugin="p")
+        dispatcher = start(handler)
+        await spool.looked.wait()
+        held, release = threading.Event(), threading.Event()
+
+        def hold(conn: object) -> None:
+            held.set()
+            release.wait(10)
+
+        # The writer is held while the accept, its delivery reserved, waits for its turn.
+        blocker = spool.run(hold)
+        await asyncio.to_thread(held.wait, 10)
+        accepting = asyncio.create_task(spool.accept(_incoming("e1"), [handler.key]))
+        await asyncio.sleep(0)
+        stopping = asyncio.create_task(dispatcher.stop(drain_timeout=1.0))
+        await asyncio.sleep(0)
+        release.set()
+        await blocker
+        accepted = await accepting
+        assert await stopping == 0
+        rows = await spool.deliveries_of("e1")
+        assert len(accepted.started) == 1  # written claimed, then handed to a stopped taker
+        assert called == []
+        # Pending again for the next start; its attempt counted, as for any call cut short.
+        assert [(r["state"], r["attempts"]) for r in rows] == [("pending", 1)]

@@ -231,8 +231,10 @@ class Dispatcher:
             self._reserved[key] -= 1
         self._reserving -= len(reserved)
         if self._stopping:
-            # Too late to run them: they are given back like any call a stop cuts short.
-            self._observers.spawn(self._release(list(started)))
+            # Too late to run them: given back like any call a stop cuts short (a delivery
+            # task: a stop waits for it, and never cancels it).
+            if started:
+                self._tasks.spawn(self._release(list(started)))
             return
         for item in started:
             self._start(item)
