@@ -55,6 +55,34 @@ async def spool(tmp_path: Path) -> AsyncIterator[_Claims]:
 Start = Callable[[WebhookHandler], Dispatcher]
 
 
+def _recording(concurrency: int | None = None) -> tuple[list[str], WebhookHandler]:
+    """A handler noting the id of each event it is called with, and its notes."""
+    called: list[str] = []
+
+    async def record(event: WebhookEvent) -> None:
+        called.append(event.event_id or "")
+
+    handler = WebhookHandler(
+        func=record, event_types=("file.ready",), plugin="p", concurrency=concurrency
+    )
+    return called, handler
+
+
+class _Hold:
+    """An operation that holds the spool's writer thread, inside its batch, until let go."""
+
+    def __init__(self) -> None:
+        self.entered, self.release = threading.Event(), threading.Event()
+
+    def __call__(self, conn: object) -> None:
+        self.entered.set()
+        self.release.wait(10)
+
+    async def reached(self) -> None:
+        """Wait until the writer runs this operation."""
+        await asyncio.to_thread(self.entered.wait, 10)
+
+
 @pytest.fixture
 async def start(spool: _Claims) -> AsyncIterator[Start]:
     """Starts a dispatcher for a handler on ``spool``; each is stopped at the end."""
@@ -120,14 +148,7 @@ class TestOlderWorkFirst:
     async def test_while_older_deliveries_wait_a_fresh_one_waits_behind_them(
         self, spool: _Claims, start: Start
     ):
-        order: list[str] = []
-
-        async def record(event: WebhookEvent) -> None:
-            order.append(event.event_id or "")
-
-        handler = WebhookHandler(
-            func=record, event_types=("file.ready",), plugin="p", concurrency=1
-        )
+        order, handler = _recording(concurrency=1)
         # Accepted before the dispatcher runs, as a restart finds them.
         for event_id in ("e1", "e2"):
             await spool.accept(_incoming(event_id), [handler.key])
@@ -162,31 +183,22 @@ class TestAnAcceptGivenUp:
         spool.hand_fresh_to(taker)
         heard: list[str] = []
         spool.on_new_work(lambda: heard.append("work"))
-        first_held, release_first = threading.Event(), threading.Event()
-        second_held, release_second = threading.Event(), threading.Event()
-
-        def hold(entered: threading.Event, release: threading.Event):  # type: ignore[no-untyped-def]
-            def operation(conn: object) -> None:
-                entered.set()
-                release.wait(10)
-
-            return operation
-
+        first, second = _Hold(), _Hold()
         # The writer is held in one batch while the accept and a second hold queue up:
         # the next batch runs the accept, then waits, before it commits.
-        blocker = spool.run(hold(first_held, release_first))
-        await asyncio.to_thread(first_held.wait, 10)
+        blocker = spool.run(first)
+        await first.reached()
         accepting = asyncio.create_task(spool.accept(_incoming("e1"), ["p:h"]))
         await asyncio.sleep(0)  # the accept's job is queued
-        after = spool.run(hold(second_held, release_second))
-        release_first.set()
+        after = spool.run(second)
+        first.release.set()
         await blocker
-        await asyncio.to_thread(second_held.wait, 10)
+        await second.reached()
         # The accept's insert has run in the open transaction: now its request gives up.
         accepting.cancel()
         with pytest.raises(asyncio.CancelledError):
             await accepting
-        release_second.set()
+        second.release.set()
         await after
         rows = await spool.deliveries_of("e1")
         assert [(r["state"], r["attempts"]) for r in rows] == [("pending", 0)]
@@ -209,28 +221,18 @@ class TestAStopMeanwhile:
     async def test_a_delivery_claimed_by_an_accept_that_ends_after_a_stop_is_given_back(
         self, spool: _Claims, start: Start
     ):
-        called: list[str] = []
-
-        async def record(event: WebhookEvent) -> None:
-            called.append(event.event_id or "")
-
-        handler = WebhookHandler(func=record, event_types=("file.ready",), plugin="p")
+        called, handler = _recording()
         dispatcher = start(handler)
         await spool.looked.wait()
-        held, release = threading.Event(), threading.Event()
-
-        def hold(conn: object) -> None:
-            held.set()
-            release.wait(10)
-
+        hold = _Hold()
         # The writer is held while the accept, its delivery reserved, waits for its turn.
         blocker = spool.run(hold)
-        await asyncio.to_thread(held.wait, 10)
+        await hold.reached()
         accepting = asyncio.create_task(spool.accept(_incoming("e1"), [handler.key]))
         await asyncio.sleep(0)
         stopping = asyncio.create_task(dispatcher.stop(drain_timeout=1.0))
         await asyncio.sleep(0)
-        release.set()
+        hold.release.set()
         await blocker
         accepted = await accepting
         assert await stopping == 0
