@@ -130,7 +130,6 @@ class Dispatcher:
     async def run(self) -> None:
         """Claim and start due deliveries until `stop` is called."""
         self._scheduling = True
-        self._context = contextvars.copy_context()
         try:
             while not self._stopping:
                 # Cleared before claiming: a wake-up that arrives while we claim is kept.

@@ -189,23 +189,20 @@ class Spool:
         """
         taker = self._taker
         starting = taker.reserve(handlers) if taker is not None and handlers else []
-        if not starting:
-            accepted = await self.run(lambda conn: operations.accept(conn, incoming, handlers))
-        else:
-            try:
-                accepted = await self.run(
-                    lambda conn: operations.accept(conn, incoming, handlers, starting)
-                )
-            except asyncio.CancelledError:
-                # Given up at the request's deadline: the write may still have been
-                # committed, with nobody left to run what it claimed. Undo that claim in the
-                # next batch (a no-op if it was never written).
-                self._unclaim(incoming.id)
+        try:
+            accepted = await self.run(
+                lambda conn: operations.accept(conn, incoming, handlers, starting)
+            )
+        except BaseException as exc:
+            if starting:
+                if isinstance(exc, asyncio.CancelledError):
+                    # Given up at the request's deadline: the write may still have been
+                    # committed, with nobody left to run what it claimed. Undo that claim
+                    # in the next batch (a no-op if it was never written).
+                    self._unclaim(incoming.id)
                 taker.take(starting, ())
-                raise
-            except BaseException:
-                taker.take(starting, ())
-                raise
+            raise
+        if starting:
             taker.take(starting, accepted.started)
         if accepted.deliveries > len(accepted.started):
             self._listeners.notify()
