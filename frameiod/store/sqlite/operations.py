@@ -76,7 +76,7 @@ def accept(
         " WHERE u.body_key = :body_key AND u.attempts = 0 AND e.body_hash = :digest"
         " AND e.source = :source AND e.secret_id = :secret AND NOT EXISTS (SELECT 1 FROM"
         " deliveries d WHERE d.event_id = e.id AND (d.state != 'pending' OR d.attempts > 0))"
-        " ORDER BY e.received_at DESC LIMIT 1)"
+        " ORDER BY u.id DESC LIMIT 1)"
         " LIMIT 1",
         {
             "ts": incoming.timestamp,
