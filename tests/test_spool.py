@@ -278,11 +278,11 @@ class TestUpgradeFromSchema2:
     async def test_the_file_is_upgraded_in_place_and_says_so(self, path: Path, old: Incoming):
         with capture_logs() as logs:
             await (await Spool.open(path)).close()
-        assert query(path, "PRAGMA user_version") == [(SCHEMA_VERSION,)] == [(4,)]
+        assert query(path, "PRAGMA user_version") == [(SCHEMA_VERSION,)] == [(5,)]
         assert query(path, "SELECT name FROM sqlite_master WHERE tbl_name = 'seen_requests'")
         assert states(path, old.id) == {"p.h": "pending"}
         [upgraded] = [line for line in logs if line["event"] == "spool upgraded"]
-        assert (upgraded["schema_from"], upgraded["schema_to"]) == (2, 4)
+        assert (upgraded["schema_from"], upgraded["schema_to"]) == (2, 5)
 
     async def test_an_unmarked_schema_2_spool_opens_and_is_marked(self, path: Path, old: Incoming):
         with closing(sqlite3.connect(path)) as db:
@@ -290,7 +290,7 @@ class TestUpgradeFromSchema2:
             db.commit()
         await (await Spool.open(path)).close()
         assert query(path, "PRAGMA application_id") == [(APPLICATION_ID,)]
-        assert query(path, "PRAGMA user_version") == [(4,)]
+        assert query(path, "PRAGMA user_version") == [(5,)]
         assert query(path, "SELECT name FROM sqlite_master WHERE tbl_name = 'seen_requests'")
 
     async def test_a_request_coalesced_after_the_upgrade_is_remembered(
@@ -332,13 +332,81 @@ class TestUpgradeFromSchema3:
             spool = await Spool.open(path)
         try:
             [upgraded] = [line for line in logs if line["event"] == "spool upgraded"]
-            assert (upgraded["schema_from"], upgraded["schema_to"]) == (3, 4)
+            assert (upgraded["schema_from"], upgraded["schema_to"]) == (3, 5)
             await spool.accept(incoming(trace_context=self.TRACE), ["p.h"])
             claimed = await spool.claim(2, {"p.h": 2})
             assert [c.trace_context for c in claimed] == [None, self.TRACE]
         finally:
             await spool.close()
-        assert query(path, "PRAGMA user_version") == [(4,)]
+        assert query(path, "PRAGMA user_version") == [(5,)]
+
+
+class TestUpgradeFromSchema4:
+    @pytest.fixture
+    async def old(self, path: Path) -> Incoming:
+        """A version-4 spool at ``path`` (today's, its deliveries' state checked with an IN
+        list) holding one event whose delivery waits and one whose delivery is done."""
+        spool = await Spool.open(path)
+        waiting, done = incoming(), incoming()
+        await spool.accept(done, ["p.h"])
+        [claimed] = await spool.claim(1, {"p.h": 1})
+        await spool.finish(claimed.delivery_id, outcome="ok", seconds=0.5, error=None)
+        await spool.accept(waiting, ["p.h"])
+        await spool.close()
+        with closing(sqlite3.connect(path)) as db:
+            [ddl] = db.execute("SELECT sql FROM sqlite_master WHERE name = 'deliveries'").fetchone()
+            check = ddl[ddl.index("CHECK (") : ddl.index("),\n", ddl.index("CHECK ("))]
+            old_ddl = ddl.replace(check, "CHECK (state IN ('pending', 'running', 'done', 'dead')")
+            db.executescript(
+                f"{old_ddl.replace('deliveries', 'deliveries_4', 1)};"
+                " INSERT INTO deliveries_4 SELECT * FROM deliveries; DROP TABLE deliveries;"
+                " ALTER TABLE deliveries_4 RENAME TO deliveries;"
+                " CREATE INDEX deliveries_unstarted_body ON deliveries (body_key)"
+                " WHERE attempts = 0; CREATE INDEX deliveries_due_by_handler"
+                " ON deliveries (state, handler, next_attempt_at);"
+                " CREATE INDEX deliveries_event ON deliveries (event_id); PRAGMA user_version = 4;"
+            )
+        return waiting
+
+    def deliveries(self, path: Path) -> list[tuple[Any, ...]]:
+        return query(path, "SELECT * FROM deliveries ORDER BY id")
+
+    async def test_the_deliveries_are_kept_as_they_were_under_the_new_check(
+        self, path: Path, old: Incoming
+    ):
+        before = self.deliveries(path)
+        with capture_logs() as logs:
+            await (await Spool.open(path)).close()
+        [upgraded] = [line for line in logs if line["event"] == "spool upgraded"]
+        assert (upgraded["schema_from"], upgraded["schema_to"]) == (4, 5)
+        assert self.deliveries(path) == before
+        assert [row[3] for row in before] == ["done", "pending"]
+        [ddl] = query(path, "SELECT sql FROM sqlite_master WHERE name = 'deliveries'")
+        assert " IN (" not in ddl[0]
+        assert "state = 'dead'" in ddl[0]
+        indexes = query(path, "SELECT name FROM sqlite_master WHERE tbl_name = 'deliveries'")
+        assert {"deliveries_unstarted_body", "deliveries_due_by_handler", "deliveries_event"} <= {
+            row[0] for row in indexes
+        }
+        assert query(path, "PRAGMA foreign_key_check") == []
+
+    async def test_the_check_still_refuses_an_unknown_state(self, path: Path, old: Incoming):
+        await (await Spool.open(path)).close()
+        with closing(sqlite3.connect(path)) as db, pytest.raises(sqlite3.IntegrityError) as caught:
+            db.execute("UPDATE deliveries SET state = 'lost'")
+        assert "CHECK constraint failed" in str(caught.value)
+
+    async def test_a_waiting_event_still_takes_in_an_identical_body(
+        self, path: Path, old: Incoming
+    ):
+        spool = await Spool.open(path)
+        try:
+            twin = incoming(old.body, timestamp=old.timestamp + 1)
+            assert await spool.accept(twin, ["p.h"]) == Accepted(old.id, True, 0)
+            [claimed] = await spool.claim(2, {"p.h": 2})
+            assert claimed.event_id == old.id
+        finally:
+            await spool.close()
 
 
 class TestDuplicates:

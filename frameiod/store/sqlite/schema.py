@@ -33,7 +33,7 @@ __all__ = [
 
 log = get_logger("frameiod.spool")
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 APPLICATION_ID = int.from_bytes(b"fiod", "big")
 """frameiod's mark in a spool file's header (``PRAGMA application_id``)."""
 AUTOCHECKPOINT_PAGES = 10_000
@@ -42,7 +42,26 @@ the checkpointer thread (`frameiod.store.sqlite.checkpointer`) fall behind."""
 
 Synchronous = Literal["FULL", "NORMAL"]
 
-_STATES_SQL = ", ".join(f"'{state}'" for state in STATES)
+# A chain of ORs, not ``state IN (...)``: SQLite builds a temporary table for an IN list
+# each time it checks one, so every INSERT and UPDATE of a delivery paid for one.
+_STATE_CHECK = " OR ".join(f"state = '{state}'" for state in STATES)
+_DELIVERIES = f"""(
+    id INTEGER PRIMARY KEY,
+    event_id TEXT NOT NULL REFERENCES events (id) ON DELETE CASCADE,
+    handler TEXT NOT NULL,
+    state TEXT NOT NULL CHECK ({_STATE_CHECK}),
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL,
+    last_outcome TEXT,
+    last_error TEXT,
+    last_seconds REAL,
+    updated_at REAL NOT NULL,
+    body_key INTEGER NOT NULL DEFAULT 0
+)"""
+_DELIVERY_COLUMNS = (
+    "id, event_id, handler, state, attempts, next_attempt_at, last_outcome, last_error,"
+    " last_seconds, updated_at, body_key"
+)
 
 
 _SCHEMA = f"""
@@ -61,19 +80,7 @@ CREATE TABLE IF NOT EXISTS events (
 );
 CREATE INDEX IF NOT EXISTS events_request_key ON events (timestamp, request_key);
 CREATE INDEX IF NOT EXISTS events_received ON events (received_at);
-CREATE TABLE IF NOT EXISTS deliveries (
-    id INTEGER PRIMARY KEY,
-    event_id TEXT NOT NULL REFERENCES events (id) ON DELETE CASCADE,
-    handler TEXT NOT NULL,
-    state TEXT NOT NULL CHECK (state IN ({_STATES_SQL})),
-    attempts INTEGER NOT NULL DEFAULT 0,
-    next_attempt_at REAL NOT NULL,
-    last_outcome TEXT,
-    last_error TEXT,
-    last_seconds REAL,
-    updated_at REAL NOT NULL,
-    body_key INTEGER NOT NULL DEFAULT 0
-);
+CREATE TABLE IF NOT EXISTS deliveries {_DELIVERIES};
 CREATE INDEX IF NOT EXISTS deliveries_unstarted_body ON deliveries (body_key)
     WHERE attempts = 0;
 CREATE INDEX IF NOT EXISTS deliveries_due_by_handler
@@ -102,7 +109,9 @@ CREATE INDEX IF NOT EXISTS seen_requests_key ON seen_requests (timestamp, reques
 
 # Schema 1 (frameiod before the 64-bit keys) becomes 2 in place, on first open; schema 2
 # becomes 3 as `_SCHEMA` creates the seen_requests table it lacks; schema 3 becomes 4 by
-# `_UPGRADE_TO_4`, in the same transaction (its events simply have no trace context).
+# `_UPGRADE_TO_4`, in the same transaction (its events simply have no trace context);
+# schema 4 becomes 5 by `_UPGRADE_TO_5`, which copies the deliveries into a table with
+# today's state check (SQLite cannot change a check in place) and `_SCHEMA` then indexes.
 _UPGRADE_FROM_1 = """
 ALTER TABLE events ADD COLUMN request_key INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE deliveries ADD COLUMN body_key INTEGER NOT NULL DEFAULT 0;
@@ -114,6 +123,12 @@ DROP INDEX IF EXISTS events_request;
 DROP INDEX IF EXISTS events_body;
 """
 _UPGRADE_TO_4 = "ALTER TABLE events ADD COLUMN trace_context TEXT;"
+_UPGRADE_TO_5 = f"""
+CREATE TABLE deliveries_5 {_DELIVERIES};
+INSERT INTO deliveries_5 ({_DELIVERY_COLUMNS}) SELECT {_DELIVERY_COLUMNS} FROM deliveries;
+DROP TABLE deliveries;
+ALTER TABLE deliveries_5 RENAME TO deliveries;
+"""
 # Every table and index a frameiod spool has held, whatever its schema: how an unmarked
 # spool is known.
 _SPOOL_OBJECTS = frozenset(
@@ -175,7 +190,9 @@ def connect_writer(path: Path, synchronous: Synchronous) -> sqlite3.Connection:
             _upgrade_from_1(conn)
         # One transaction: a crash half-way must not leave a file that looks like no spool.
         # It also creates what an older schema lacks (IF NOT EXISTS leaves the rest alone).
-        upgrade = _UPGRADE_TO_4 if 0 < version < 4 else ""
+        upgrade = (_UPGRADE_TO_4 if 0 < version < 4 else "") + (
+            _UPGRADE_TO_5 if 0 < version < 5 else ""
+        )
         conn.executescript(
             f"BEGIN IMMEDIATE; {upgrade} {_SCHEMA} PRAGMA user_version = {SCHEMA_VERSION};"
             f" PRAGMA application_id = {APPLICATION_ID}; COMMIT;"
