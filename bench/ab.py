@@ -102,7 +102,7 @@ def _measure(args: argparse.Namespace, folder: Path, script: Path) -> float:
         region=100_000,
         redis=args.e2e == "redis",
     )
-    if end.errors or end.wrapped:
+    if end.errors or end.unhandled or end.wrapped:
         raise RuntimeError(f"invalid end-to-end load: {end}")
     return end.calls_per_s
 

@@ -116,12 +116,12 @@ def main() -> int:
                 note(variant, "e2e calls/s", end.calls_per_s)
                 note(variant, "e2e receipt->start p50 ms (paced)", end.p50_ms)
                 note(variant, "e2e receipt->start p99 ms (paced)", end.p99_ms)
-                note(variant, "errors", ingest.errors + end.errors)
+                note(variant, "errors", ingest.errors + end.errors + end.unhandled)
                 print(
                     f"round {number + 1} {variant:8} ingest {ingest.rps_64:7.0f} req/s "
                     f"p50 {ingest.p50_ms_8:.2f} ms p99 {ingest.p99_ms_8:.2f} ms; "
                     f"e2e {end.calls_per_s:6.0f} calls/s p50 {end.p50_ms:.1f} ms; "
-                    f"errors {ingest.errors + end.errors}",
+                    f"errors {ingest.errors + end.errors + end.unhandled}",
                     flush=True,
                 )
     print("\n| figure (median) | without otel | with otel | ratio |\n| --- | ---: | ---: | ---: |")
