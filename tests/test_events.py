@@ -104,6 +104,16 @@ class TestWebhookSample:
     def test_timestamp_defaults_to_none(self) -> None:
         assert parse_webhook(SAMPLE_WEBHOOK).timestamp is None
 
+    def test_event_id_passed_in_is_exposed_and_kept_by_a_copy(self) -> None:
+        event = parse_webhook(SAMPLE_WEBHOOK, timestamp=5, event_id="0190-e")
+        assert (event.event_id, event.timestamp) == ("0190-e", 5)
+        assert (event.model_copy().event_id, event.model_copy().timestamp) == ("0190-e", 5)
+
+    def test_an_event_built_in_code_has_no_id_or_timestamp(self) -> None:
+        built = WebhookEvent(type="file.ready", resource={"id": "f-1"})
+        assert (built.event_id, built.timestamp) == (None, None)
+        assert WebhookEvent.model_construct(type="file.ready").event_id is None
+
     def test_unknown_fields_are_kept_top_level_and_in_resource(self) -> None:
         payload = json.loads(SAMPLE_WEBHOOK)
         payload["delivery_hint"] = {"attempt": 2}
