@@ -259,6 +259,14 @@ class TestUpgradeFromSchema1:
         assert event_ids(path) == {old.id}
 
 
+async def coalesced_twin(spool: Spool, old: Incoming) -> Incoming:
+    """Accept ``old``'s body again, signed a second later: it must join ``old``, whose
+    delivery waits. Returns that second request."""
+    twin = incoming(old.body, timestamp=old.timestamp + 1)
+    assert await spool.accept(twin, ["p.h"]) == Accepted(old.id, True, 0)
+    return twin
+
+
 class TestUpgradeFromSchema2:
     @pytest.fixture
     async def old(self, path: Path) -> Incoming:
@@ -298,8 +306,7 @@ class TestUpgradeFromSchema2:
     ):
         spool = await Spool.open(path)
         try:
-            twin = incoming(old.body, timestamp=old.timestamp + 1)
-            assert await spool.accept(twin, ["p.h"]) == Accepted(old.id, True, 0)
+            twin = await coalesced_twin(spool, old)
             await spool.claim(1, {"p.h": 1})
             replay = incoming(old.body, timestamp=twin.timestamp, signature=twin.signature)
             assert await spool.accept(replay, ["p.h"]) == Accepted(old.id, True, 0)
@@ -401,8 +408,7 @@ class TestUpgradeFromSchema4:
     ):
         spool = await Spool.open(path)
         try:
-            twin = incoming(old.body, timestamp=old.timestamp + 1)
-            assert await spool.accept(twin, ["p.h"]) == Accepted(old.id, True, 0)
+            await coalesced_twin(spool, old)
             [claimed] = await spool.claim(2, {"p.h": 2})
             assert claimed.event_id == old.id
         finally:
