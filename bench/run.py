@@ -1164,9 +1164,7 @@ def report(summary: dict[str, Any]) -> int:
         print(f"  {'met   ' if met else 'MISSED'}  {name}")
     invalid = [t for t, f in summary["targets"].items() if f["errors"]]
     invalid += [
-        t
-        for t, f in summary["end_to_end"].items()
-        if f["errors"] or f.get("unhandled") or f["wrapped"]
+        t for t, f in summary["end_to_end"].items() if f["errors"] or f["unhandled"] or f["wrapped"]
     ]
     if summary["scale_out"].get("errors"):
         invalid.append("frameiod-redis-x2")
