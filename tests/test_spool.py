@@ -598,6 +598,84 @@ class TestHeldForAnIdleLoop:
         assert 0.05 <= took < 5
         assert spins > 1  # the loop was busy all along, never idle
 
+    def finish_all_at_once(self, path: Path) -> list[BaseException | None]:
+        """Accept and claim six deliveries, then finish them in one loop turn: two ok, two
+        to retry, one dead, one ok again. Returns what each finish raised (None: nothing)."""
+
+        async def scenario() -> list[BaseException | None]:
+            spool = await Spool.open(path, handover=idle.call_when_idle)
+            try:
+                for _ in range(6):
+                    await spool.accept(incoming(), ["a"])
+                claimed = await spool.claim(6, {"a": 6})
+                outcomes = [
+                    {"outcome": "ok", "error": None},
+                    {"outcome": "ok", "error": None},
+                    {"outcome": "error", "error": "boom", "next_attempt_at": 1e10},
+                    {"outcome": "timeout", "error": "slow", "next_attempt_at": 1e10},
+                    {"outcome": "error", "error": "gone", "dead": True},
+                    {"outcome": "ok", "error": None},
+                ]
+                raised = await asyncio.gather(
+                    *(
+                        spool.finish(item.delivery_id, seconds=0.5, **outcome)
+                        for item, outcome in zip(claimed, outcomes, strict=True)
+                    ),
+                    return_exceptions=True,
+                )
+                return [exc if isinstance(exc, BaseException) else None for exc in raised]
+            finally:
+                await spool.close()
+
+        return on_the_daemons_loop(scenario)
+
+    def test_outcomes_of_one_turn_are_written_by_one_statement(
+        self, path: Path, monkeypatch: pytest.MonkeyPatch
+    ):
+        written: list[int] = []
+        finish = operations.finish
+
+        def counted(conn: sqlite3.Connection, rows: list[operations.OutcomeRow]) -> None:
+            written.append(len(rows))
+            finish(conn, rows)
+
+        monkeypatch.setattr(operations, "finish", counted)
+        assert self.finish_all_at_once(path) == [None] * 6
+        assert written == [6]
+        # Each row reached its own delivery, in the order of acceptance.
+        assert query(
+            path, "SELECT state, last_outcome, last_error, last_seconds FROM deliveries ORDER BY id"
+        ) == [
+            ("done", "ok", None, 0.5),
+            ("done", "ok", None, 0.5),
+            ("pending", "error", "boom", 0.5),
+            ("pending", "timeout", "slow", 0.5),
+            ("dead", "error", "gone", 0.5),
+            ("done", "ok", None, 0.5),
+        ]
+        assert query(
+            path, "SELECT DISTINCT next_attempt_at FROM deliveries WHERE state = ?", "pending"
+        ) == [(1e10,)]
+
+    def test_a_refused_statement_fails_each_outcome_with_its_own_error(
+        self, path: Path, monkeypatch: pytest.MonkeyPatch
+    ):
+        def refused(conn: sqlite3.Connection, rows: list[operations.OutcomeRow]) -> None:
+            raise sqlite3.OperationalError("disk I/O error")
+
+        monkeypatch.setattr(operations, "finish", refused)
+        raised = self.finish_all_at_once(path)
+        assert all(isinstance(exc, SpoolUnavailable) for exc in raised), raised
+        assert {exc.detail for exc in raised if isinstance(exc, SpoolUnavailable)} == {
+            "the spool failed: disk I/O error"
+        }
+        # One exception each: raised in six tasks, a shared one would gather six tracebacks.
+        assert len({id(exc) for exc in raised}) == 6
+        # Nothing was recorded: all six are still running, as their claim left them.
+        assert query(path, "SELECT DISTINCT state, last_outcome FROM deliveries") == [
+            ("running", None)
+        ]
+
     def test_another_loops_write_goes_straight_to_the_writer(self, path: Path):
         elsewhere = incoming()
         answers: list[Accepted] = []

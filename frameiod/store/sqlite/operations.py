@@ -19,6 +19,7 @@ from frameiod.store.sqlite.schema import (
 )
 
 __all__ = [
+    "OutcomeRow",
     "accept",
     "claim",
     "count_states",
@@ -190,14 +191,18 @@ def claim(conn: sqlite3.Connection, limit: int, caps: dict[str, int], now: float
     return claimed
 
 
-def finish(conn: sqlite3.Connection, row: tuple[Any, ...]) -> None:
-    """Record a call's end: ``row`` is state, outcome, error, seconds, the next attempt's
-    time (None: unchanged), now, and the delivery's id."""
-    conn.execute(
+OutcomeRow = tuple[str, str, str | None, float, float | None, float, DeliveryId]
+"""A call's end, as `finish` writes it: state, outcome, error, seconds, the next attempt's
+time (None: unchanged), now, and the delivery's id."""
+
+
+def finish(conn: sqlite3.Connection, rows: Sequence[OutcomeRow]) -> None:
+    """Record the end of each call in ``rows``."""
+    conn.executemany(
         "UPDATE deliveries SET state = ?, last_outcome = ?, last_error = ?,"
         " last_seconds = ?, next_attempt_at = COALESCE(?, next_attempt_at),"
         " updated_at = ? WHERE id = ?",
-        row,
+        rows,
     )
 
 

@@ -8,8 +8,9 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from frameiod.store.base import (
     HOLD_AT_MOST,
@@ -35,14 +36,24 @@ from frameiod.store.base import (
 )
 from frameiod.store.sqlite import actions, operations
 from frameiod.store.sqlite.checkpointer import Checkpointer
+from frameiod.store.sqlite.operations import OutcomeRow
 from frameiod.store.sqlite.schema import Synchronous, connect_reader, connect_writer
-from frameiod.store.sqlite.writer import Job, Writer, closed_error, unavailable
+from frameiod.store.sqlite.writer import Job, Receivers, Writer, closed_error, unavailable
 
 __all__ = ["Spool"]
 
 T = TypeVar("T")
 
 _ERROR_LIMIT = 2000  # characters of the last error kept per delivery
+
+
+@dataclass(frozen=True, slots=True)
+class _Outcomes:
+    """The outcomes a held job writes, the loop it belongs to, and their callers' futures."""
+
+    loop: asyncio.AbstractEventLoop
+    rows: list[OutcomeRow]
+    futures: list[asyncio.Future[None]]
 
 
 class Spool:
@@ -69,6 +80,10 @@ class Spool:
         # Operations waiting for the daemon's event loop to run out of work (`_handover`):
         # only that loop's thread touches the list.
         self._held: list[Job] = []
+        # The outcomes (`finish`) of the job among them that writes them all, and their
+        # futures: later ones join it until it is handed over, so a loop turn's outcomes
+        # are one statement.
+        self._outcomes: _Outcomes | None = None
         self._handover: HandOver | None = None
         self.handover = "immediate"
         """Which hand-over is in force, for the start-up log: "loop idle" or "immediate"."""
@@ -120,16 +135,29 @@ class Spool:
         """Run ``operation(connection)`` on the writer thread, inside the next batch."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        writer = self._writer
-        if self._closed:
-            future.set_exception(closed_error())
-        elif writer is None:
-            future.set_exception(SpoolError(f"{self.path}: opened for the operator's actions"))
-        else:
-            self._hold((operation, (loop, future)), loop, writer)
+        self._submit(operation, loop, future)
         return future
 
-    def _hold(self, job: Job, loop: asyncio.AbstractEventLoop, writer: Writer) -> None:
+    def _submit(
+        self,
+        operation: Callable[[sqlite3.Connection], Any],
+        loop: asyncio.AbstractEventLoop,
+        to: Receivers,
+    ) -> bool:
+        """Give ``operation`` to the writer, its result to go ``to`` a future (or to each
+        of several); True if the job is held for the loop's idle moment."""
+        writer = self._writer
+        if self._closed or writer is None:
+            for future in to if isinstance(to, list) else [to]:
+                future.set_exception(
+                    closed_error()
+                    if self._closed
+                    else SpoolError(f"{self.path}: opened for the operator's actions")
+                )
+            return False
+        return self._hold((operation, (loop, to)), loop, writer)
+
+    def _hold(self, job: Job, loop: asyncio.AbstractEventLoop, writer: Writer) -> bool:
         # Only a loop the hand-over serves can say when it is idle; on any other, no
         # holding. Held jobs are all one loop's: each carries its loop, the first says whose.
         held_for = self._held[0][1][0] if self._held else None
@@ -143,8 +171,12 @@ class Spool:
             self._held = [job]
         else:
             writer.submit([job])
+            return False
+        return True
 
     def _hand_over(self) -> None:
+        # From here on the writer thread reads the held outcomes: none may join them.
+        self._outcomes = None
         if self._held and self._writer is not None:  # `close` may have handed them over
             jobs, self._held = self._held, []
             self._writer.submit(jobs)
@@ -264,9 +296,28 @@ class Spool:
             delivery_id,
         )
         # Failed, it stays as the claim's mark left it: running, its attempt counted.
-        await self.run(lambda conn: operations.finish(conn, row))
+        await self._write_outcome(row)
         if state == "pending":
             self._listeners.notify()
+
+    def _write_outcome(self, row: OutcomeRow) -> asyncio.Future[None]:
+        """Have ``row`` written by the held job that writes outcomes, or by a new one.
+
+        A batch's calls end together when its commit wakes them, so their outcomes come
+        together: one job and one statement for them all, not one each. If that job
+        fails, each of them gets the failure (SQLite wrote none of them).
+        """
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        held = self._outcomes
+        if held is not None and held.loop is loop:
+            held.rows.append(row)
+            held.futures.append(future)
+            return future
+        rows, futures = [row], [future]
+        if self._submit(lambda conn: operations.finish(conn, rows), loop, futures):
+            self._outcomes = _Outcomes(loop, rows, futures)
+        return future
 
     async def release(self, delivery_ids: Iterable[DeliveryId]) -> None:
         """Put deliveries that were running back to ``pending`` (a call cut short by stop)."""

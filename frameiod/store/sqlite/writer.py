@@ -19,14 +19,17 @@ from typing import Any
 
 from frameiod.store.base import SpoolUnavailable
 
-__all__ = ["Job", "Writer", "closed_error", "unavailable"]
+__all__ = ["Job", "Receivers", "Writer", "closed_error", "unavailable"]
 
 _BATCH_LIMIT = 256
 # Failures of the storage itself, not of one operation: a write after them fails too.
 _STORAGE_FAULTS = frozenset({"spool_full", "spool_unwritable", "spool_busy"})
 
-Job = tuple[Callable[[sqlite3.Connection], Any], tuple[asyncio.AbstractEventLoop, Any]]
-"""An operation for the writer thread, and the loop and future its result goes to."""
+Receivers = asyncio.Future[Any] | list[asyncio.Future[Any]]
+"""Where a job's result goes: its caller's future, or each of several callers' (whose
+operations one job does together)."""
+Job = tuple[Callable[[sqlite3.Connection], Any], tuple[asyncio.AbstractEventLoop, Receivers]]
+"""An operation for the writer thread, and the loop and the futures its result goes to."""
 
 
 def closed_error() -> SpoolUnavailable:
@@ -163,9 +166,9 @@ class Writer(threading.Thread):
     @staticmethod
     def _settle(batch: list[Job], results: list[tuple[bool, Any]]) -> None:
         # One wake-up of each event loop per batch, not one per operation.
-        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Any, bool, Any]]] = {}
-        for (_, (loop, future)), (ok, value) in zip(batch, results, strict=True):
-            by_loop.setdefault(loop, []).append((future, ok, value))
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Receivers, bool, Any]]] = {}
+        for (_, (loop, to)), (ok, value) in zip(batch, results, strict=True):
+            by_loop.setdefault(loop, []).append((to, ok, value))
         for loop, settled in by_loop.items():
             # A loop closed meanwhile has no one left to tell; the writes stand all the same.
             with contextlib.suppress(RuntimeError):
@@ -174,9 +177,10 @@ class Writer(threading.Thread):
 
 def _run_unless_abandoned(job: Job, conn: sqlite3.Connection) -> tuple[bool, Any]:
     # A request answered 503 at its deadline while this batch waited (for a lock held
-    # elsewhere) cancelled its future: what it asked for is not written at all.
-    operation, (_, future) = job
-    if future.cancelled():
+    # elsewhere) cancelled its future: what it asked for is not written at all. (A job
+    # for several callers runs while any of them waits.)
+    operation, (_, to) = job
+    if all(future.cancelled() for future in to) if isinstance(to, list) else to.cancelled():
         return False, None
     return True, operation(conn)
 
@@ -188,11 +192,24 @@ def _storage_fault(results: list[tuple[bool, Any]]) -> SpoolUnavailable | None:
     return None
 
 
-def _resolve(settled: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
-    for future, ok, value in settled:
-        if future.done():  # the awaiting request went away; the work is done regardless
+def _resolve(settled: list[tuple[Receivers, bool, Any]]) -> None:
+    for to, ok, value in settled:
+        if not isinstance(to, list):
+            _set(to, ok, value)
             continue
-        if ok:
-            future.set_result(value)
-        else:
-            future.set_exception(value)
+        for future in to:
+            # One exception each: raised in several callers' tasks, one would gather all
+            # their tracebacks.
+            error = value
+            if not ok and isinstance(value, SpoolUnavailable):
+                error = SpoolUnavailable(value.reason, value.detail)
+            _set(future, ok, error)
+
+
+def _set(future: asyncio.Future[Any], ok: bool, value: Any) -> None:
+    if future.done():  # the awaiting request went away; the work is done regardless
+        return
+    if ok:
+        future.set_result(value)
+    else:
+        future.set_exception(value)
