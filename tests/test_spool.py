@@ -657,6 +657,47 @@ class TestHeldForAnIdleLoop:
             path, "SELECT DISTINCT next_attempt_at FROM deliveries WHERE state = ?", "pending"
         ) == [(1e10,)]
 
+    def test_outcomes_after_the_hand_over_go_in_a_job_of_their_own(
+        self, path: Path, monkeypatch: pytest.MonkeyPatch
+    ):
+        written: list[int] = []
+        finish = operations.finish
+
+        def counted(conn: sqlite3.Connection, rows: list[operations.OutcomeRow]) -> None:
+            written.append(len(rows))
+            finish(conn, rows)
+
+        monkeypatch.setattr(operations, "finish", counted)
+
+        async def scenario() -> None:
+            spool = await Spool.open(path, handover=idle.call_when_idle)
+            try:
+                for _ in range(5):
+                    await spool.accept(incoming(), ["a"])
+                claimed = await spool.claim(5, {"a": 5})
+
+                def done(index: int) -> asyncio.Future[None]:
+                    return asyncio.ensure_future(
+                        spool.finish(
+                            claimed[index].delivery_id, outcome="ok", seconds=0.1, error=None
+                        )
+                    )
+
+                async with writer_held(spool):
+                    first = [done(index) for index in range(3)]
+                    # The loop goes idle: the first three's job is the writer's now, queued
+                    # behind the held operation, and nothing may join it any more.
+                    await asyncio.sleep(0.05)
+                    later = [done(index) for index in range(3, 5)]
+                    await asyncio.sleep(0.05)
+                await asyncio.wait_for(asyncio.gather(*first, *later), 10)
+            finally:
+                await spool.close()
+
+        on_the_daemons_loop(scenario)
+        assert written == [3, 2]
+        assert query(path, "SELECT state, COUNT(*) FROM deliveries GROUP BY state") == [("done", 5)]
+
     def test_a_refused_statement_fails_each_outcome_with_its_own_error(
         self, path: Path, monkeypatch: pytest.MonkeyPatch
     ):
@@ -675,6 +716,18 @@ class TestHeldForAnIdleLoop:
         assert query(path, "SELECT DISTINCT state, last_outcome FROM deliveries") == [
             ("running", None)
         ]
+
+    def test_any_other_failure_reaches_each_caller_as_its_own_exception(
+        self, path: Path, monkeypatch: pytest.MonkeyPatch
+    ):
+        def broken(conn: sqlite3.Connection, rows: list[operations.OutcomeRow]) -> None:
+            raise ValueError("a row SQLite cannot take")
+
+        monkeypatch.setattr(operations, "finish", broken)
+        raised = self.finish_all_at_once(path)
+        assert [type(exc) for exc in raised] == [ValueError] * 6
+        assert {str(exc) for exc in raised} == {"a row SQLite cannot take"}
+        assert len({id(exc) for exc in raised}) == 6
 
     def test_another_loops_write_goes_straight_to_the_writer(self, path: Path):
         elsewhere = incoming()

@@ -303,9 +303,10 @@ class Spool:
     def _write_outcome(self, row: OutcomeRow) -> asyncio.Future[None]:
         """Have ``row`` written by the held job that writes outcomes, or by a new one.
 
-        A batch's calls end together when its commit wakes them, so their outcomes come
-        together: one job and one statement for them all, not one each. If that job
-        fails, each of them gets the failure (SQLite wrote none of them).
+        A claim's calls end together, so their outcomes come together: one job and one
+        statement for them all, not one each. If that job fails, each of them gets the
+        failure (SQLite wrote none of them). A row whose caller went away (its future
+        cancelled) is written all the same while the others' are.
         """
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()

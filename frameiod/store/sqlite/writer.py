@@ -4,13 +4,16 @@ batches, one transaction and one commit per batch (group commit).
 If anything in a batch fails, the batch is run again with a savepoint per operation, so a
 failing operation fails alone; operations must therefore touch nothing but the database. (A
 full disk is the exception: SQLite then rolls back the whole transaction, and every
-operation of that batch is reported failed, none falsely reported committed.)
+operation of that batch is reported failed, none falsely reported committed.) One
+operation may do several callers' work (the outcomes of a loop turn): it fails as one, and
+each of them gets the failure.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import queue
 import sqlite3
 import threading
@@ -198,12 +201,18 @@ def _resolve(settled: list[tuple[Receivers, bool, Any]]) -> None:
             _set(to, ok, value)
             continue
         for future in to:
-            # One exception each: raised in several callers' tasks, one would gather all
-            # their tracebacks.
-            error = value
-            if not ok and isinstance(value, SpoolUnavailable):
-                error = SpoolUnavailable(value.reason, value.detail)
-            _set(future, ok, error)
+            _set(future, ok, value if ok else _own_copy(value))
+
+
+def _own_copy(error: BaseException) -> BaseException:
+    """A copy of ``error`` for one of several callers: raised in their tasks, one exception
+    would gather all their tracebacks."""
+    if isinstance(error, SpoolUnavailable):
+        return SpoolUnavailable(error.reason, error.detail)
+    try:
+        return copy.copy(error)
+    except Exception:  # an exception that cannot be rebuilt from its arguments
+        return error
 
 
 def _set(future: asyncio.Future[Any], ok: bool, value: Any) -> None:
