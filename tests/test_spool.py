@@ -629,17 +629,22 @@ class TestHeldForAnIdleLoop:
 
         return on_the_daemons_loop(scenario)
 
-    def test_outcomes_of_one_turn_are_written_by_one_statement(
-        self, path: Path, monkeypatch: pytest.MonkeyPatch
-    ):
-        written: list[int] = []
+    @pytest.fixture
+    def written(self, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+        """How many rows each statement writing outcomes wrote, in order."""
+        counts: list[int] = []
         finish = operations.finish
 
         def counted(conn: sqlite3.Connection, rows: list[operations.OutcomeRow]) -> None:
-            written.append(len(rows))
+            counts.append(len(rows))
             finish(conn, rows)
 
         monkeypatch.setattr(operations, "finish", counted)
+        return counts
+
+    def test_outcomes_of_one_turn_are_written_by_one_statement(
+        self, path: Path, written: list[int]
+    ):
         assert self.finish_all_at_once(path) == [None] * 6
         assert written == [6]
         # Each row reached its own delivery, in the order of acceptance.
@@ -658,17 +663,8 @@ class TestHeldForAnIdleLoop:
         ) == [(1e10,)]
 
     def test_outcomes_after_the_hand_over_go_in_a_job_of_their_own(
-        self, path: Path, monkeypatch: pytest.MonkeyPatch
+        self, path: Path, written: list[int]
     ):
-        written: list[int] = []
-        finish = operations.finish
-
-        def counted(conn: sqlite3.Connection, rows: list[operations.OutcomeRow]) -> None:
-            written.append(len(rows))
-            finish(conn, rows)
-
-        monkeypatch.setattr(operations, "finish", counted)
-
         async def scenario() -> None:
             spool = await Spool.open(path, handover=idle.call_when_idle)
             try:
