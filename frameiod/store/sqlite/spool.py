@@ -135,7 +135,7 @@ class Spool:
         """Run ``operation(connection)`` on the writer thread, inside the next batch."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        self._submit(operation, loop, future)
+        self._submit(operation, loop, [future])
         return future
 
     def _submit(
@@ -144,11 +144,11 @@ class Spool:
         loop: asyncio.AbstractEventLoop,
         to: Receivers,
     ) -> bool:
-        """Give ``operation`` to the writer, its result to go ``to`` a future (or to each
-        of several); True if the job is held for the loop's idle moment."""
+        """Give ``operation`` to the writer, its result to go ``to`` each future there;
+        True if the job is held for the loop's idle moment."""
         writer = self._writer
         if self._closed or writer is None:
-            for future in to if isinstance(to, list) else [to]:
+            for future in to:
                 future.set_exception(
                     closed_error()
                     if self._closed

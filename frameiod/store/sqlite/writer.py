@@ -28,7 +28,7 @@ _BATCH_LIMIT = 256
 # Failures of the storage itself, not of one operation: a write after them fails too.
 _STORAGE_FAULTS = frozenset({"spool_full", "spool_unwritable", "spool_busy"})
 
-Receivers = asyncio.Future[Any] | list[asyncio.Future[Any]]
+Receivers = list[asyncio.Future[Any]]
 """Where a job's result goes: its caller's future, or each of several callers' (whose
 operations one job does together)."""
 Job = tuple[Callable[[sqlite3.Connection], Any], tuple[asyncio.AbstractEventLoop, Receivers]]
@@ -183,9 +183,10 @@ def _run_unless_abandoned(job: Job, conn: sqlite3.Connection) -> tuple[bool, Any
     # elsewhere) cancelled its future: what it asked for is not written at all. (A job
     # for several callers runs while any of them waits.)
     operation, (_, to) = job
-    if all(future.cancelled() for future in to) if isinstance(to, list) else to.cancelled():
-        return False, None
-    return True, operation(conn)
+    for future in to:
+        if not future.cancelled():
+            return True, operation(conn)
+    return False, None
 
 
 def _storage_fault(results: list[tuple[bool, Any]]) -> SpoolUnavailable | None:
@@ -197,10 +198,8 @@ def _storage_fault(results: list[tuple[bool, Any]]) -> SpoolUnavailable | None:
 
 def _resolve(settled: list[tuple[Receivers, bool, Any]]) -> None:
     for to, ok, value in settled:
-        if not isinstance(to, list):
-            _set(to, ok, value)
-            continue
-        for future in to:
+        _set(to[0], ok, value)
+        for future in to[1:]:
             _set(future, ok, value if ok else _own_copy(value))
 
 
