@@ -25,6 +25,8 @@ import frameiod.store.sqlite.writer as writer_module
 from frameiod import idle
 from frameiod.store.base import Accepted, Incoming, QueueError, SpoolError, SpoolUnavailable
 from frameiod.store.sqlite import APPLICATION_ID, SCHEMA_VERSION, Spool, body_hash, operations
+from frameiod.store.sqlite.schema import body_key, connect_writer
+from frameiod.store.sqlite.unstarted import Unstarted
 
 
 def query(path: Path, sql: str, *args: Any) -> list[tuple[Any, ...]]:
@@ -233,8 +235,8 @@ class TestUpgradeFromSchema1:
         indexes = {
             row[0] for row in query(path, "SELECT name FROM sqlite_master WHERE type = 'index'")
         }
-        assert {"events_request_key", "deliveries_unstarted_body", "seen_requests_key"} <= indexes
-        assert not {"events_request", "events_body"} & indexes
+        assert {"events_request_key", "seen_requests_key"} <= indexes
+        assert not {"events_request", "events_body", "deliveries_unstarted_body"} & indexes
         assert query(path, "SELECT id, body FROM events") == [(old.id, old.body)]
         assert states(path, old.id) == {"p.h": "pending"}
 
@@ -286,11 +288,11 @@ class TestUpgradeFromSchema2:
     async def test_the_file_is_upgraded_in_place_and_says_so(self, path: Path, old: Incoming):
         with capture_logs() as logs:
             await (await Spool.open(path)).close()
-        assert query(path, "PRAGMA user_version") == [(SCHEMA_VERSION,)] == [(5,)]
+        assert query(path, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
         assert query(path, "SELECT name FROM sqlite_master WHERE tbl_name = 'seen_requests'")
         assert states(path, old.id) == {"p.h": "pending"}
         [upgraded] = [line for line in logs if line["event"] == "spool upgraded"]
-        assert (upgraded["schema_from"], upgraded["schema_to"]) == (2, 5)
+        assert (upgraded["schema_from"], upgraded["schema_to"]) == (2, SCHEMA_VERSION)
 
     async def test_an_unmarked_schema_2_spool_opens_and_is_marked(self, path: Path, old: Incoming):
         with closing(sqlite3.connect(path)) as db:
@@ -298,7 +300,7 @@ class TestUpgradeFromSchema2:
             db.commit()
         await (await Spool.open(path)).close()
         assert query(path, "PRAGMA application_id") == [(APPLICATION_ID,)]
-        assert query(path, "PRAGMA user_version") == [(5,)]
+        assert query(path, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
         assert query(path, "SELECT name FROM sqlite_master WHERE tbl_name = 'seen_requests'")
 
     async def test_a_request_coalesced_after_the_upgrade_is_remembered(
@@ -339,13 +341,13 @@ class TestUpgradeFromSchema3:
             spool = await Spool.open(path)
         try:
             [upgraded] = [line for line in logs if line["event"] == "spool upgraded"]
-            assert (upgraded["schema_from"], upgraded["schema_to"]) == (3, 5)
+            assert (upgraded["schema_from"], upgraded["schema_to"]) == (3, SCHEMA_VERSION)
             await spool.accept(incoming(trace_context=self.TRACE), ["p.h"])
             claimed = await spool.claim(2, {"p.h": 2})
             assert [c.trace_context for c in claimed] == [None, self.TRACE]
         finally:
             await spool.close()
-        assert query(path, "PRAGMA user_version") == [(5,)]
+        assert query(path, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
 
 
 class TestUpgradeFromSchema4:
@@ -385,15 +387,18 @@ class TestUpgradeFromSchema4:
         with capture_logs() as logs:
             await (await Spool.open(path)).close()
         [upgraded] = [line for line in logs if line["event"] == "spool upgraded"]
-        assert (upgraded["schema_from"], upgraded["schema_to"]) == (4, 5)
+        assert (upgraded["schema_from"], upgraded["schema_to"]) == (4, SCHEMA_VERSION)
         assert self.deliveries(path) == before
         assert [row[3] for row in before] == ["done", "pending"]
         [ddl] = query(path, "SELECT sql FROM sqlite_master WHERE name = 'deliveries'")
         assert " IN (" not in ddl[0]
         assert "state = 'dead'" in ddl[0]
-        indexes = query(path, "SELECT name FROM sqlite_master WHERE tbl_name = 'deliveries'")
-        assert {"deliveries_unstarted_body", "deliveries_due_by_handler", "deliveries_event"} <= {
-            row[0] for row in indexes
+        indexes = query(
+            path, "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'deliveries'"
+        )
+        assert {row[0] for row in indexes} == {
+            "deliveries_due_by_handler",
+            "deliveries_event",
         }
         assert query(path, "PRAGMA foreign_key_check") == []
 
@@ -413,6 +418,129 @@ class TestUpgradeFromSchema4:
             assert claimed.event_id == old.id
         finally:
             await spool.close()
+
+
+class TestUpgradeFromSchema5:
+    @pytest.fixture
+    async def old(self, path: Path) -> Incoming:
+        """A schema-5 spool at ``path`` (its unstarted bodies indexed), one event waiting."""
+        spool = await Spool.open(path)
+        waiting = incoming()
+        await spool.accept(waiting, ["p.h"])
+        await spool.close()
+        with closing(sqlite3.connect(path)) as db:
+            db.executescript(
+                "CREATE INDEX deliveries_unstarted_body ON deliveries (body_key)"
+                " WHERE attempts = 0; PRAGMA user_version = 5;"
+            )
+        return waiting
+
+    async def test_the_body_index_is_dropped_and_the_waiting_event_still_joined(
+        self, path: Path, old: Incoming
+    ):
+        with capture_logs() as logs:
+            spool = await Spool.open(path)
+        try:
+            await coalesced_twin(spool, old)
+        finally:
+            await spool.close()
+        [upgraded] = [line for line in logs if line["event"] == "spool upgraded"]
+        assert (upgraded["schema_from"], upgraded["schema_to"]) == (5, 6)
+        assert not query(path, "SELECT name FROM sqlite_master WHERE name LIKE '%body%'")
+        assert event_ids(path) == {old.id}
+
+
+class TestCoalescing:
+    """Which event an identical body joins is remembered in memory, and checked in SQL."""
+
+    async def test_an_event_waiting_when_the_spool_opens_is_joined(self, path: Path):
+        spool = await Spool.open(path)
+        waiting = incoming()
+        await spool.accept(waiting, ["p.h"])
+        await spool.close()
+        spool = await Spool.open(path)
+        try:
+            await coalesced_twin(spool, waiting)
+        finally:
+            await spool.close()
+
+    @pytest.mark.parametrize(
+        "change",
+        [
+            "UPDATE deliveries SET state = 'running', attempts = 1",
+            "UPDATE deliveries SET state = 'dead', attempts = 1",
+            "DELETE FROM deliveries",
+        ],
+        ids=["started", "dead", "gone"],
+    )
+    async def test_an_event_changed_by_another_connection_is_not_joined(
+        self, spool: Spool, path: Path, change: str
+    ):
+        # Another process (`frameiod queue`, a test) changes what the writer remembers as
+        # waiting: the spool's own check must see it, and the body must not be lost in
+        # an event that will never run.
+        first = incoming()
+        await spool.accept(first, ["p.h"])
+        with closing(sqlite3.connect(path)) as db:
+            db.execute(change + " WHERE event_id = ?", (first.id,))
+            db.commit()
+        second = incoming(first.body, timestamp=first.timestamp + 1)
+        assert await spool.accept(second, ["p.h"]) == Accepted(second.id, False, 1)
+        assert states(path, second.id) == {"p.h": "pending"}
+        # Remembered in place of the first: the next identical body joins the second.
+        third = incoming(first.body, timestamp=first.timestamp + 2)
+        assert await spool.accept(third, ["p.h"]) == Accepted(second.id, True, 0)
+
+    def test_what_is_remembered_is_the_waiting_events_only(self, path: Path):
+        # Kept for as long as an event waits, and not one started in its accept: the memory
+        # follows the backlog, not every event the spool keeps.
+        conn = connect_writer(path, "NORMAL")
+        try:
+            unstarted = Unstarted()
+            waiting = [incoming() for _ in range(5)]
+            for event in waiting:
+                operations.accept(conn, event, ["p.h", "p.i"], unstarted)
+            operations.accept(conn, incoming(), ["p.h"], unstarted, starting=["p.h"])
+            operations.accept(conn, incoming(), [], unstarted)
+            assert len(unstarted) == 5
+            claimed = operations.claim(conn, 3, {"p.h": 3}, time.time(), unstarted)
+            assert [item.event_id for item in claimed] == [event.id for event in waiting[:3]]
+            assert len(unstarted) == 2
+            assert unstarted.candidate(body_key(body_hash(waiting[4].body))) == waiting[4].id
+            assert unstarted.candidate(body_key(body_hash(waiting[0].body))) is None
+        finally:
+            conn.close()
+
+    def test_past_its_limit_a_waiting_event_is_not_joined_and_memory_stays_bounded(
+        self, path: Path
+    ):
+        conn = connect_writer(path, "NORMAL")
+        try:
+            unstarted = Unstarted(limit=3)
+            waiting = [incoming() for _ in range(5)]
+            for event in waiting:
+                operations.accept(conn, event, ["p.h"], unstarted)
+            assert len(unstarted) == 3
+            twins = []
+            for event, joined in zip(waiting, [True, True, True, False, False], strict=True):
+                twins.append(incoming(event.body, timestamp=event.timestamp + 1))
+                answer = operations.accept(conn, twins[-1], ["p.h"], unstarted)
+                assert answer.duplicate is joined
+            # Opened again, the newest three deliveries are remembered: those of the last
+            # two twins (new events) and of the last event, whose body the newer twin has.
+            reopened = Unstarted(limit=3)
+            reopened.load(conn)
+            assert len(reopened) == 2
+            keys = [body_key(body_hash(event.body)) for event in waiting]
+            assert [reopened.candidate(key) for key in keys] == [
+                None,
+                None,
+                None,
+                twins[3].id,
+                twins[4].id,
+            ]
+        finally:
+            conn.close()
 
 
 class TestDuplicates:
@@ -755,7 +883,7 @@ class TestHeldForAnIdleLoop:
 
         async def scenario() -> Accepted:
             spool = await Spool.open(path, handover=idle.call_when_idle)
-            accepted = spool.run(lambda conn: operations.accept(conn, event, ["a"]))
+            accepted = spool.run(lambda conn: operations.accept(conn, event, ["a"], Unstarted()))
             await spool.close()  # before the loop has had a chance to go idle
             return await asyncio.wait_for(accepted, 5)
 

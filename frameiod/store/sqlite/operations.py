@@ -17,6 +17,7 @@ from frameiod.store.sqlite.schema import (
     connect_reader,
     request_key,
 )
+from frameiod.store.sqlite.unstarted import Unstarted
 
 __all__ = [
     "OutcomeRow",
@@ -56,18 +57,19 @@ def accept(
     conn: sqlite3.Connection,
     incoming: Incoming,
     handlers: Sequence[str],
+    unstarted: Unstarted,
     starting: Sequence[str] = (),
 ) -> Accepted:
     """Insert ``incoming`` with a pending delivery per handler, those of ``starting``
-    already claimed (running, their attempt counted) instead; or find it a duplicate."""
+    already claimed (running, their attempt counted) instead; or find it a duplicate.
+    ``unstarted`` names the event an identical body may join, and learns of this one."""
     digest = body_hash(incoming.body)
     keys = (request_key(incoming.signature), body_key(digest))
+    candidate = unstarted.candidate(keys[1])
     # One query for every kind of duplicate (each statement costs a trip through the GIL):
     # the same signed request again (Frame.io's retry, or a replay), as an event or as a
     # request coalesced earlier, or an identical body none of whose deliveries has started
     # (that run will see the latest state). The second column says it was the last kind.
-    # The newest such event by delivery id: the body index gives that order, where sorting
-    # by receipt time took a temporary B-tree on every accept.
     row = conn.execute(
         "SELECT id, 0 FROM events WHERE timestamp = :ts AND request_key = :key"
         " AND signature = :sig AND source = :source"
@@ -75,22 +77,24 @@ def accept(
         " SELECT event_id, 0 FROM seen_requests WHERE timestamp = :ts AND request_key = :key"
         " AND signature = :sig AND source = :source"
         " UNION ALL"
-        " SELECT * FROM (SELECT e.id, 1 FROM deliveries u JOIN events e ON e.id = u.event_id"
-        " WHERE u.body_key = :body_key AND u.attempts = 0 AND e.body_hash = :digest"
-        " AND e.source = :source AND e.secret_id = :secret AND NOT EXISTS (SELECT 1 FROM"
-        " deliveries d WHERE d.event_id = e.id AND (d.state != 'pending' OR d.attempts > 0))"
-        " ORDER BY u.id DESC LIMIT 1)"
+        " SELECT e.id, 1 FROM events e WHERE e.id = :candidate AND e.body_hash = :digest"
+        " AND e.source = :source AND e.secret_id = :secret"
+        " AND EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = e.id)"
+        " AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = e.id"
+        " AND (d.state != 'pending' OR d.attempts > 0))"
         " LIMIT 1",
         {
             "ts": incoming.timestamp,
             "key": keys[0],
             "sig": incoming.signature,
             "source": incoming.source,
-            "body_key": keys[1],
+            "candidate": candidate,
             "digest": digest,
             "secret": incoming.secret_id,
         },
     ).fetchone()
+    if row is None and candidate is not None:
+        unstarted.started(keys[1], candidate)  # it has started, or is not this body's
     if row:
         if row[1]:
             # Joined a pending event: nothing else records this request, and once that
@@ -150,6 +154,8 @@ def accept(
                     incoming.trace_context,
                 )
             )
+    if handlers and not started:
+        unstarted.waiting(keys[1], incoming.id)
     return Accepted(incoming.id, duplicate=False, deliveries=len(handlers), started=tuple(started))
 
 
@@ -164,9 +170,12 @@ def purge(conn: sqlite3.Connection, received_before: float, signed_before: float
     ).rowcount
 
 
-def claim(conn: sqlite3.Connection, limit: int, caps: dict[str, int], now: float) -> list[Claimed]:
+def claim(
+    conn: sqlite3.Connection, limit: int, caps: dict[str, int], now: float, unstarted: Unstarted
+) -> list[Claimed]:
     """Mark up to ``limit`` due deliveries ``running`` (at most ``caps[h]`` of handler
-    ``h``), oldest first, counting their attempt; return them."""
+    ``h``), oldest first, counting their attempt; return them. Their events leave
+    ``unstarted``."""
     # One indexed query per handler, each taking at most what that handler may start: a
     # backlog of one capped handler can never hide the due deliveries of the others.
     rows = []
@@ -174,14 +183,17 @@ def claim(conn: sqlite3.Connection, limit: int, caps: dict[str, int], now: float
         if room <= 0:  # SQLite would read a negative LIMIT as "no limit"
             continue
         rows += conn.execute(
-            "SELECT d.next_attempt_at, d.id, d.event_id, d.handler, d.attempts, e.source,"
-            " e.body, e.timestamp, e.received_at, e.trace_context FROM deliveries d"
+            "SELECT d.next_attempt_at, d.id, d.body_key, d.event_id, d.handler, d.attempts,"
+            " e.source, e.body, e.timestamp, e.received_at, e.trace_context FROM deliveries d"
             " JOIN events e ON e.id = d.event_id WHERE d.state = 'pending' AND d.handler = ?"
             " AND d.next_attempt_at <= ? ORDER BY d.next_attempt_at, d.id LIMIT ?",
             (handler, now, min(room, limit)),
         ).fetchall()
     rows.sort()  # oldest first across handlers
-    claimed = [Claimed(row[1], row[2], row[3], row[4] + 1, *row[5:]) for row in rows[:limit]]
+    del rows[limit:]
+    for row in rows:
+        unstarted.started(row[2], row[3])
+    claimed = [Claimed(row[1], row[3], row[4], row[5] + 1, *row[6:]) for row in rows]
     if claimed:
         conn.executemany(
             "UPDATE deliveries SET state = 'running', attempts = attempts + 1, updated_at = ?"

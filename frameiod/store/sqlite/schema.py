@@ -33,7 +33,7 @@ __all__ = [
 
 log = get_logger("frameiod.spool")
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 APPLICATION_ID = int.from_bytes(b"fiod", "big")
 """frameiod's mark in a spool file's header (``PRAGMA application_id``)."""
 AUTOCHECKPOINT_PAGES = 10_000
@@ -81,8 +81,6 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE INDEX IF NOT EXISTS events_request_key ON events (timestamp, request_key);
 CREATE INDEX IF NOT EXISTS events_received ON events (received_at);
 CREATE TABLE IF NOT EXISTS deliveries {_DELIVERIES};
-CREATE INDEX IF NOT EXISTS deliveries_unstarted_body ON deliveries (body_key)
-    WHERE attempts = 0;
 CREATE INDEX IF NOT EXISTS deliveries_due_by_handler
     ON deliveries (state, handler, next_attempt_at);
 CREATE INDEX IF NOT EXISTS deliveries_event ON deliveries (event_id);
@@ -99,10 +97,9 @@ CREATE INDEX IF NOT EXISTS seen_requests_key ON seen_requests (timestamp, reques
 # not by the 67-character signature and 32-byte hash themselves: with every commit writing
 # whole index pages to the WAL, the wide random keys cost more than the rest of an accept.
 # The request index leads with the timestamp, so new entries land in its newest pages.
-# Only an event none of whose deliveries has started can take in an identical body, so
-# the body key is indexed on deliveries not yet attempted: the claim's mark takes each out
-# as it counts the attempt, the index holds the backlog rather than every event kept, and
-# an event without handlers never enters it.
+# The body key is not indexed: which waiting event an identical body may join is kept in
+# memory (`frameiod.store.sqlite.unstarted`), since an index of random keys would write a
+# random page per accept and per claim. Deliveries carry it, to rebuild that at start.
 # A request coalesced into a pending event leaves no event of its own: `seen_requests`
 # remembers it (and the event it joined) for replay protection, pruned like the events.
 # No foreign key: the event may be purged while the request could still be replayed.
@@ -111,7 +108,8 @@ CREATE INDEX IF NOT EXISTS seen_requests_key ON seen_requests (timestamp, reques
 # becomes 3 as `_SCHEMA` creates the seen_requests table it lacks; schema 3 becomes 4 by
 # `_UPGRADE_TO_4`, in the same transaction (its events simply have no trace context);
 # schema 4 becomes 5 by `_UPGRADE_TO_5`, which copies the deliveries into a table with
-# today's state check (SQLite cannot change a check in place) and `_SCHEMA` then indexes.
+# today's state check (SQLite cannot change a check in place) and `_SCHEMA` then indexes;
+# schema 5 becomes 6 by `_UPGRADE_TO_6`, which drops the index of unstarted bodies.
 _UPGRADE_FROM_1 = """
 ALTER TABLE events ADD COLUMN request_key INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE deliveries ADD COLUMN body_key INTEGER NOT NULL DEFAULT 0;
@@ -129,6 +127,7 @@ INSERT INTO deliveries_5 ({_DELIVERY_COLUMNS}) SELECT {_DELIVERY_COLUMNS} FROM d
 DROP TABLE deliveries;
 ALTER TABLE deliveries_5 RENAME TO deliveries;
 """
+_UPGRADE_TO_6 = "DROP INDEX IF EXISTS deliveries_unstarted_body;"
 # Every table and index a frameiod spool has held, whatever its schema: how an unmarked
 # spool is known.
 _SPOOL_OBJECTS = frozenset(
@@ -190,8 +189,10 @@ def connect_writer(path: Path, synchronous: Synchronous) -> sqlite3.Connection:
             _upgrade_from_1(conn)
         # One transaction: a crash half-way must not leave a file that looks like no spool.
         # It also creates what an older schema lacks (IF NOT EXISTS leaves the rest alone).
-        upgrade = (_UPGRADE_TO_4 if 0 < version < 4 else "") + (
-            _UPGRADE_TO_5 if 0 < version < 5 else ""
+        upgrade = "".join(
+            script
+            for below, script in ((4, _UPGRADE_TO_4), (5, _UPGRADE_TO_5), (6, _UPGRADE_TO_6))
+            if 0 < version < below
         )
         conn.executescript(
             f"BEGIN IMMEDIATE; {upgrade} {_SCHEMA} PRAGMA user_version = {SCHEMA_VERSION};"

@@ -38,6 +38,7 @@ from frameiod.store.sqlite import actions, operations
 from frameiod.store.sqlite.checkpointer import Checkpointer
 from frameiod.store.sqlite.operations import OutcomeRow
 from frameiod.store.sqlite.schema import Synchronous, connect_reader, connect_writer
+from frameiod.store.sqlite.unstarted import Unstarted
 from frameiod.store.sqlite.writer import Job, Receivers, Writer, closed_error, unavailable
 
 __all__ = ["Spool"]
@@ -64,12 +65,19 @@ class Spool:
     """
 
     def __init__(
-        self, path: Path, writer: Writer | None, reader: sqlite3.Connection, recovered: int = 0
+        self,
+        path: Path,
+        writer: Writer | None,
+        reader: sqlite3.Connection,
+        recovered: int = 0,
+        unstarted: Unstarted | None = None,
     ) -> None:
         self.path = path
         self.recovered = recovered
         """How many deliveries a crash had left ``running`` (now ``pending`` again)."""
         self._writer = writer
+        # Which waiting event an identical body may join: the writer thread's alone.
+        self._unstarted = Unstarted() if unstarted is None else unstarted
         self._reader = reader
         # One thread: the reader connection is used by one thread at a time.
         self._reads = ThreadPoolExecutor(1, thread_name_prefix="frameiod-spool-read")
@@ -110,6 +118,8 @@ class Spool:
         conn = await asyncio.to_thread(connect_writer, path, synchronous)
         # Before the writer thread exists, the connection is still this thread's alone.
         recovered = await asyncio.to_thread(operations.recover_running, conn)
+        unstarted = Unstarted()
+        await asyncio.to_thread(unstarted.load, conn)
         try:
             reader = await asyncio.to_thread(connect_reader, path)
         except sqlite3.Error as exc:
@@ -119,7 +129,7 @@ class Spool:
         writer.start()
         checkpointer = Checkpointer(path, synchronous)
         checkpointer.start()
-        spool = cls(path, writer, reader, recovered)
+        spool = cls(path, writer, reader, recovered, unstarted)
         spool._checkpointer = checkpointer
         spool._handover = working_handover(handover)
         if spool._handover is not None:
@@ -221,9 +231,10 @@ class Spool:
         """
         taker = self._taker
         starting = taker.reserve(handlers) if taker is not None and handlers else []
+        unstarted = self._unstarted
         try:
             accepted = await self.run(
-                lambda conn: operations.accept(conn, incoming, handlers, starting)
+                lambda conn: operations.accept(conn, incoming, handlers, unstarted, starting)
             )
         except BaseException as exc:
             if starting:
@@ -264,8 +275,8 @@ class Spool:
         if limit <= 0 or not caps:
             return []
         moment = time.time() if now is None else now
-        room = dict(caps)
-        return await self.run(lambda conn: operations.claim(conn, limit, room, moment))
+        room, unstarted = dict(caps), self._unstarted
+        return await self.run(lambda conn: operations.claim(conn, limit, room, moment, unstarted))
 
     async def confirm(self, item: Claimed) -> bool:
         """True: `claim` returns deliveries whose mark is committed."""
