@@ -467,29 +467,40 @@ class TestCoalescing:
     @pytest.mark.parametrize(
         "change",
         [
-            "UPDATE deliveries SET state = 'running', attempts = 1",
-            "UPDATE deliveries SET state = 'dead', attempts = 1",
-            "DELETE FROM deliveries",
+            "UPDATE deliveries SET attempts = 1 WHERE handler = 'p.h'",
+            "UPDATE deliveries SET state = 'running', attempts = 1 WHERE handler = 'p.h'",
+            "UPDATE deliveries SET state = 'dead' WHERE handler = 'p.i'",
+            "DELETE FROM deliveries WHERE true",
         ],
-        ids=["started", "dead", "gone"],
+        ids=["a-retry-waits", "one-of-two-started", "one-of-two-dead-unattempted", "gone"],
     )
     async def test_an_event_changed_by_another_connection_is_not_joined(
         self, spool: Spool, path: Path, change: str
     ):
         # Another process (`frameiod queue`, a test) changes what the writer remembers as
         # waiting: the spool's own check must see it, and the body must not be lost in
-        # an event that will never run.
+        # an event that will never run, or has run already.
         first = incoming()
-        await spool.accept(first, ["p.h"])
+        await spool.accept(first, ["p.h", "p.i"])
         with closing(sqlite3.connect(path)) as db:
-            db.execute(change + " WHERE event_id = ?", (first.id,))
+            db.execute(change + " AND event_id = ?", (first.id,))
             db.commit()
         second = incoming(first.body, timestamp=first.timestamp + 1)
-        assert await spool.accept(second, ["p.h"]) == Accepted(second.id, False, 1)
-        assert states(path, second.id) == {"p.h": "pending"}
+        assert await spool.accept(second, ["p.h", "p.i"]) == Accepted(second.id, False, 2)
+        assert states(path, second.id) == {"p.h": "pending", "p.i": "pending"}
         # Remembered in place of the first: the next identical body joins the second.
         third = incoming(first.body, timestamp=first.timestamp + 2)
-        assert await spool.accept(third, ["p.h"]) == Accepted(second.id, True, 0)
+        assert await spool.accept(third, ["p.h", "p.i"]) == Accepted(second.id, True, 0)
+
+    async def test_the_same_body_from_two_sources_or_secrets_joins_its_own(self, spool: Spool):
+        body = incoming().body
+        kinds = [{}, {"source": "other"}, {"secret_id": "1"}]
+        firsts = [incoming(body, **kind) for kind in kinds]
+        for event in firsts:
+            assert (await spool.accept(event, ["p.h"])).duplicate is False
+        for number, (kind, first) in enumerate(zip(kinds, firsts, strict=True)):
+            again = incoming(body, timestamp=first.timestamp + 1 + number, **kind)
+            assert await spool.accept(again, ["p.h"]) == Accepted(first.id, True, 0)
 
     def test_what_is_remembered_is_the_waiting_events_only(self, path: Path):
         # Kept for as long as an event waits, and not one started in its accept: the memory
@@ -505,9 +516,37 @@ class TestCoalescing:
             assert len(unstarted) == 5
             claimed = operations.claim(conn, 3, {"p.h": 3}, time.time(), unstarted)
             assert [item.event_id for item in claimed] == [event.id for event in waiting[:3]]
-            assert len(unstarted) == 2
-            assert unstarted.candidate(body_key(body_hash(waiting[4].body))) == waiting[4].id
-            assert unstarted.candidate(body_key(body_hash(waiting[0].body))) is None
+            assert [candidate(unstarted, event) for event in waiting] == [
+                None,
+                None,
+                None,
+                waiting[3].id,
+                waiting[4].id,
+            ]
+            # Opened again, the same: events with a delivery started are not remembered.
+            reopened = Unstarted()
+            reopened.load(conn)
+            assert [candidate(reopened, event) for event in waiting] == [
+                None,
+                None,
+                None,
+                waiting[3].id,
+                waiting[4].id,
+            ]
+        finally:
+            conn.close()
+
+    def test_an_event_found_started_is_forgotten(self, path: Path):
+        conn = connect_writer(path, "NORMAL")
+        try:
+            unstarted = Unstarted()
+            first = incoming()
+            operations.accept(conn, first, ["p.h"], unstarted)
+            conn.execute("UPDATE deliveries SET state = 'running', attempts = 1")
+            # Its twin is started in its accept: nothing is left to remember for that body.
+            twin = incoming(first.body, timestamp=first.timestamp + 1)
+            operations.accept(conn, twin, ["p.h"], unstarted, starting=["p.h"])
+            assert len(unstarted) == 0
         finally:
             conn.close()
 
@@ -519,28 +558,32 @@ class TestCoalescing:
             unstarted = Unstarted(limit=3)
             waiting = [incoming() for _ in range(5)]
             for event in waiting:
-                operations.accept(conn, event, ["p.h"], unstarted)
+                operations.accept(conn, event, ["p.h", "p.i"], unstarted)
             assert len(unstarted) == 3
             twins = []
             for event, joined in zip(waiting, [True, True, True, False, False], strict=True):
                 twins.append(incoming(event.body, timestamp=event.timestamp + 1))
-                answer = operations.accept(conn, twins[-1], ["p.h"], unstarted)
+                answer = operations.accept(conn, twins[-1], ["p.h", "p.i"], unstarted)
                 assert answer.duplicate is joined
-            # Opened again, the newest three deliveries are remembered: those of the last
-            # two twins (new events) and of the last event, whose body the newer twin has.
+            # Opened again, the newest three events are remembered (two deliveries each):
+            # the last two twins, new events, and the last event before them.
             reopened = Unstarted(limit=3)
             reopened.load(conn)
-            assert len(reopened) == 2
-            keys = [body_key(body_hash(event.body)) for event in waiting]
-            assert [reopened.candidate(key) for key in keys] == [
+            assert len(reopened) == 3
+            assert [candidate(reopened, event) for event in waiting] == [
                 None,
                 None,
-                None,
+                waiting[2].id,
                 twins[3].id,
                 twins[4].id,
             ]
         finally:
             conn.close()
+
+
+def candidate(unstarted: Unstarted, event: Incoming) -> str | None:
+    """The event a body identical to ``event``'s, from its source, may join."""
+    return unstarted.candidate(event.source, event.secret_id, body_key(body_hash(event.body)))
 
 
 class TestDuplicates:

@@ -65,7 +65,8 @@ def accept(
     ``unstarted`` names the event an identical body may join, and learns of this one."""
     digest = body_hash(incoming.body)
     keys = (request_key(incoming.signature), body_key(digest))
-    candidate = unstarted.candidate(keys[1])
+    joinable = (incoming.source, incoming.secret_id, keys[1])
+    candidate = unstarted.candidate(*joinable)
     # One query for every kind of duplicate (each statement costs a trip through the GIL):
     # the same signed request again (Frame.io's retry, or a replay), as an event or as a
     # request coalesced earlier, or an identical body none of whose deliveries has started
@@ -94,7 +95,7 @@ def accept(
         },
     ).fetchone()
     if row is None and candidate is not None:
-        unstarted.started(keys[1], candidate)  # it has started, or is not this body's
+        unstarted.started(*joinable, candidate)  # it has started, or is gone
     if row:
         if row[1]:
             # Joined a pending event: nothing else records this request, and once that
@@ -155,7 +156,7 @@ def accept(
                 )
             )
     if handlers and not started:
-        unstarted.waiting(keys[1], incoming.id)
+        unstarted.waiting(*joinable, incoming.id)
     return Accepted(incoming.id, duplicate=False, deliveries=len(handlers), started=tuple(started))
 
 
@@ -183,17 +184,19 @@ def claim(
         if room <= 0:  # SQLite would read a negative LIMIT as "no limit"
             continue
         rows += conn.execute(
-            "SELECT d.next_attempt_at, d.id, d.body_key, d.event_id, d.handler, d.attempts,"
-            " e.source, e.body, e.timestamp, e.received_at, e.trace_context FROM deliveries d"
+            "SELECT d.next_attempt_at, d.id, d.event_id, d.handler, d.attempts, e.source,"
+            " e.body, e.timestamp, e.received_at, e.trace_context, e.secret_id, d.body_key"
+            " FROM deliveries d"
             " JOIN events e ON e.id = d.event_id WHERE d.state = 'pending' AND d.handler = ?"
             " AND d.next_attempt_at <= ? ORDER BY d.next_attempt_at, d.id LIMIT ?",
             (handler, now, min(room, limit)),
         ).fetchall()
     rows.sort()  # oldest first across handlers
-    del rows[limit:]
-    for row in rows:
-        unstarted.started(row[2], row[3])
-    claimed = [Claimed(row[1], row[3], row[4], row[5] + 1, *row[6:]) for row in rows]
+    claimed = []
+    # ``event``: source, body, timestamp, received_at and trace context, as Claimed has them.
+    for _, delivery_id, event_id, handler, attempts, *event, secret_id, key in rows[:limit]:
+        unstarted.started(event[0], secret_id, key, event_id)
+        claimed.append(Claimed(delivery_id, event_id, handler, attempts + 1, *event))
     if claimed:
         conn.executemany(
             "UPDATE deliveries SET state = 'running', attempts = attempts + 1, updated_at = ?"
