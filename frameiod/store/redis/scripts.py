@@ -163,8 +163,9 @@ return scheduled
 )
 
 # ARGV: P, now ('' for Redis's clock), limit, then (handler, room, lease seconds) per
-# handler that may start. Returns {event id, handler, attempts, source, body, timestamp,
-# received_at, trace context (nil if none)} per claim.
+# handler that may start. Returns nothing if nothing was claimed; else a JSON array of
+# [event id, handler, attempts, source, timestamp, received_at, trace context (false if
+# none)] per claim, then each claim's body.
 CLAIM = (
     LUA_PRELUDE
     + r"""
@@ -209,12 +210,21 @@ for _, item in ipairs(due) do
         if f[k] == 'body' then body = f[k + 1] end
       end
     end
-    table.insert(claimed, {id, h, attempts, ev[1], body, ev[3], ev[4], ev[5]})
+    table.insert(claimed, {{id, h, attempts, ev[1], ev[3], ev[4], ev[5]}, body})
   else
     redis.call('ZREM', due_key(h), id)  -- done, dead or purged meanwhile: nothing to run
   end
 end
-return claimed
+if #claimed == 0 then return {} end
+-- The fields of all as one JSON array, then the bodies, bytes as stored: a reply of many
+-- values costs the receiver a parse each.
+local fields, reply = {}, {''}
+for i, c in ipairs(claimed) do
+  fields[i] = c[1]
+  reply[i + 1] = c[2]
+end
+reply[1] = cjson.encode(fields)
+return reply
 """
 )
 

@@ -4,6 +4,7 @@ script (`frameiod.store.redis.scripts`) or a few commands."""
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, TypeVar
@@ -237,21 +238,26 @@ class RedisSpool:
             for handler, room in caps.items():
                 if room > 0:
                     args += [handler, room, repr(self._lease(handler))]
-            rows = await self._claim(args=args)
+            reply = await self._claim(args=args)
+        if not reply:
+            return []
         claimed = []
-        for event_id, handler, attempts, source, body, timestamp, received_at, trace in rows:
+        fields, bodies = json.loads(reply[0]), reply[1:]
+        for (event_id, handler, attempts, source, timestamp, received_at, trace), body in zip(
+            fields, bodies, strict=True
+        ):
             item = Claimed(
                 # The attempt too: a delivery whose lease ran out may be claimed again, by
                 # this receiver as well, while the first call is still finishing.
-                delivery_id=f"{text(event_id)} {text(handler)} {int(attempts)}",
-                event_id=str(text(event_id)),
-                handler=str(text(handler)),
-                attempts=int(attempts),
-                source=str(text(source)),
+                delivery_id=f"{event_id} {handler} {attempts}",
+                event_id=event_id,
+                handler=handler,
+                attempts=attempts,
+                source=source,
                 body=body,
                 timestamp=int(timestamp),
                 received_at=float(received_at),
-                trace_context=str(text(trace)) if trace else None,
+                trace_context=trace or None,
             )
             claimed.append(item)
         return claimed
