@@ -6,8 +6,11 @@ says what a change saved.
 
 Each revision is exported (``git archive``) to a scratch folder and run from there, with
 this checkout's bench and interpreter; every round measures the baseline once, then each
-revision in turn, so a noisy machine shifts all of them alike. Prints each load and the
-medians, as ratios to the baseline's median.
+revision in turn, so a noisy machine shifts all of them alike. The order turns by one each
+round (A B, then B A), since the load that runs second is not like the first: on this
+machine it ran about a tenth slower end to end, the first load's spool likely still being
+written back. Run an even number of rounds. Prints each load and the medians, as ratios
+to the baseline's median.
 """
 
 from __future__ import annotations
@@ -42,6 +45,13 @@ def export(revision: str, folder: Path) -> Path:
     return target
 
 
+def running_order(revisions: list[str], number: int) -> list[str]:
+    """The revisions in the order round ``number`` (from 0) runs them: turned by one each
+    round, so that each runs in each place equally often."""
+    shift = number % len(revisions)
+    return revisions[shift:] + revisions[:shift]
+
+
 def main() -> int:
     """Alternate the revisions' loads; print every figure and the medians."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -49,7 +59,7 @@ def main() -> int:
     what = parser.add_mutually_exclusive_group(required=True)
     what.add_argument("--ingest", choices=[t for t in run.TARGETS if t.startswith("frameiod")])
     what.add_argument("--e2e", choices=["full", "normal", "redis"])
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--seconds", type=int, default=5)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="frameiod-ab-") as scratch:
@@ -66,7 +76,9 @@ def main() -> int:
             )
             baseline.append(base["rps"])
             print(f"round {number + 1} baseline {base['rps']:.0f} req/s", flush=True)
-            for revision, checkout in checkouts.items():
+            for revision in running_order(args.revisions, number):
+                checkout = checkouts[revision]
+
                 # `python -m frameiod` imports from its working directory first.
                 def start(*a: Any, checkout: Path = checkout, **kw: Any) -> Any:
                     return original(*a, cwd=checkout, **kw)
