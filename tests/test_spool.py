@@ -317,6 +317,18 @@ class TestUpgradeFromSchema2:
         assert event_ids(path) == {old.id}
 
 
+async def one_waiting_then(path: Path, script: str) -> Incoming:
+    """Today's spool at ``path`` holding one event whose delivery waits, then ``script`` run
+    on it (to make it an older schema's); returns the event."""
+    spool = await Spool.open(path)
+    event = incoming()
+    await spool.accept(event, ["p.h"])
+    await spool.close()
+    with closing(sqlite3.connect(path)) as db:
+        db.executescript(script)
+    return event
+
+
 class TestUpgradeFromSchema3:
     TRACE = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 
@@ -324,15 +336,9 @@ class TestUpgradeFromSchema3:
     async def old(self, path: Path) -> Incoming:
         """A version-3 spool at ``path`` (today's, less the trace context column) holding
         one event whose delivery waits."""
-        spool = await Spool.open(path)
-        event = incoming()
-        await spool.accept(event, ["p.h"])
-        await spool.close()
-        with closing(sqlite3.connect(path)) as db:
-            db.executescript(
-                "ALTER TABLE events DROP COLUMN trace_context; PRAGMA user_version = 3;"
-            )
-        return event
+        return await one_waiting_then(
+            path, "ALTER TABLE events DROP COLUMN trace_context; PRAGMA user_version = 3;"
+        )
 
     async def test_events_gain_a_trace_context_and_old_ones_claim_without(
         self, path: Path, old: Incoming
@@ -424,16 +430,11 @@ class TestUpgradeFromSchema5:
     @pytest.fixture
     async def old(self, path: Path) -> Incoming:
         """A schema-5 spool at ``path`` (its unstarted bodies indexed), one event waiting."""
-        spool = await Spool.open(path)
-        waiting = incoming()
-        await spool.accept(waiting, ["p.h"])
-        await spool.close()
-        with closing(sqlite3.connect(path)) as db:
-            db.executescript(
-                "CREATE INDEX deliveries_unstarted_body ON deliveries (body_key)"
-                " WHERE attempts = 0; PRAGMA user_version = 5;"
-            )
-        return waiting
+        return await one_waiting_then(
+            path,
+            "CREATE INDEX deliveries_unstarted_body ON deliveries (body_key)"
+            " WHERE attempts = 0; PRAGMA user_version = 5;",
+        )
 
     async def test_the_body_index_is_dropped_and_the_waiting_event_still_joined(
         self, path: Path, old: Incoming
