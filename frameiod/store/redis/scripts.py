@@ -188,9 +188,11 @@ for i = 4, #ARGV, 3 do
   end
 end
 table.sort(due, function(a, b) return a[1] < b[1] end)
-local claimed = {}
+-- The claims' fields as one JSON array (reply[1]), then their bodies, bytes as stored: a
+-- reply of many values costs the receiver a parse each.
+local fields, reply = {}, {''}
 for _, item in ipairs(due) do
-  if #claimed >= limit then break end
+  if #fields >= limit then break end
   local h, id, lease = item[2], item[3], item[4]
   local ek = event_key(id)
   local state = redis.call('HGET', ek, h .. '|state')
@@ -210,19 +212,13 @@ for _, item in ipairs(due) do
         if f[k] == 'body' then body = f[k + 1] end
       end
     end
-    table.insert(claimed, {{id, h, attempts, ev[1], ev[3], ev[4], ev[5]}, body})
+    table.insert(fields, {id, h, attempts, ev[1], ev[3], ev[4], ev[5]})
+    table.insert(reply, body)
   else
     redis.call('ZREM', due_key(h), id)  -- done, dead or purged meanwhile: nothing to run
   end
 end
-if #claimed == 0 then return {} end
--- The fields of all as one JSON array, then the bodies, bytes as stored: a reply of many
--- values costs the receiver a parse each.
-local fields, reply = {}, {''}
-for i, c in ipairs(claimed) do
-  fields[i] = c[1]
-  reply[i + 1] = c[2]
-end
+if #fields == 0 then return {} end
 reply[1] = cjson.encode(fields)
 return reply
 """
