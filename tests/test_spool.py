@@ -24,7 +24,14 @@ import frameiod.store.sqlite.spool as spool_module
 import frameiod.store.sqlite.writer as writer_module
 from frameiod import idle
 from frameiod.store.base import Accepted, Incoming, QueueError, SpoolError, SpoolUnavailable
-from frameiod.store.sqlite import APPLICATION_ID, SCHEMA_VERSION, Spool, body_hash, operations
+from frameiod.store.sqlite import (
+    APPLICATION_ID,
+    SCHEMA_VERSION,
+    Spool,
+    actions,
+    body_hash,
+    operations,
+)
 from frameiod.store.sqlite.schema import body_key, connect_writer
 from frameiod.store.sqlite.unstarted import Unstarted
 
@@ -534,6 +541,32 @@ class TestCoalescing:
                 waiting[3].id,
                 waiting[4].id,
             ]
+        finally:
+            conn.close()
+
+    @pytest.mark.parametrize("purge", ["all", "by-id"])
+    def test_an_event_a_purge_left_with_deliveries_is_not_remembered(self, path: Path, purge: str):
+        # Its handler p.h died and the dead letter is gone: the event's one delivery left
+        # has never run, but the event has, and no body may join it (the contract test
+        # shows the join refused; this, that it takes no place in memory either).
+        conn = connect_writer(path, "NORMAL")
+        try:
+            unstarted = Unstarted()
+            first, second = incoming(), incoming()
+            for event in (first, second):
+                operations.accept(conn, event, ["p.h", "p.i"], unstarted)
+            conn.execute(
+                "UPDATE deliveries SET state = 'dead', attempts = 1, updated_at = 0"
+                " WHERE handler = 'p.h' AND event_id = ?",
+                (first.id,),
+            )
+            if purge == "all":
+                assert actions.purge_dead(conn, older_than=0) == 1
+            else:
+                assert actions.purge_items(conn, [first.id])[0]["count"] == 1
+            reopened = Unstarted()
+            reopened.load(conn)
+            assert [candidate(reopened, e) for e in (first, second)] == [None, second.id]
         finally:
             conn.close()
 

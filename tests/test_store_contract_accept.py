@@ -179,6 +179,32 @@ class TestDuplicates:
         assert backend.event_ids() == {original.id, again.id}
 
     @pytest.mark.parametrize(
+        "purge", [("--dead", "--older-than", "0s"), ("EVENT",)], ids=["all-dead", "by-id"]
+    )
+    async def test_an_identical_body_is_a_new_event_once_a_dead_letter_of_it_is_purged(
+        self, backend: Backend, purge: tuple[str, ...]
+    ):
+        # Handler a ran and died; b still waits. Purging a's dead letter must not make the
+        # event look unstarted again, not even to a store opened afresh: a body joined to it
+        # would never reach a.
+        store = await backend.open()
+        original = incoming()
+        await store.accept(original, ["a", "b"])
+        [claimed] = await claim_confirmed(store, 1, {"a": 1})
+        await store.finish(
+            claimed.delivery_id, outcome="error", seconds=0.1, error="boom", dead=True
+        )
+        await store.close()
+        purged = backend.queue("purge", *(original.id if p == "EVENT" else p for p in purge))
+        assert purged.returncode == 0, purged.stderr
+        store = await backend.open()
+        assert await states(store, original.id) == {"b": ("pending", 0)}
+
+        again = incoming(original.body)
+        assert await store.accept(again, ["a", "b"]) == Accepted(again.id, False, 2)
+        assert await states(store, again.id) == {"a": ("pending", 0), "b": ("pending", 0)}
+
+    @pytest.mark.parametrize(
         "change", [{"secret_id": "1"}, {"source": "other"}], ids=["secret", "source"]
     )
     async def test_an_identical_body_signed_elsewhere_is_a_new_event(

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -30,6 +30,7 @@ from frameiod.store.base import (
     decode_cursor,
     encode_cursor,
 )
+from frameiod.store.sqlite.schema import NEVER_JOINED
 
 __all__ = [
     "connect_operator",
@@ -269,16 +270,29 @@ def purge_matching(conn: sqlite3.Connection, wanted: DeliveryFilter, older_than:
     """`purge_dead` of the dead deliveries ``wanted`` matches, in the caller's transaction."""
     cutoff = time.time() - older_than
     clauses, args = _matching(wanted)
-    count = conn.execute(
-        "DELETE FROM deliveries WHERE state = 'dead' AND updated_at < ?" + clauses,
+    purged = conn.execute(
+        "DELETE FROM deliveries WHERE state = 'dead' AND updated_at < ?"
+        + clauses
+        + " RETURNING event_id",
         (cutoff, *args),
-    ).rowcount
+    ).fetchall()
+    _never_joined(conn, {event_id for (event_id,) in purged})
     conn.execute(
         "DELETE FROM events WHERE received_at < ? AND NOT EXISTS"
         " (SELECT 1 FROM deliveries d WHERE d.event_id = events.id)",
         (cutoff,),
     )
-    return count
+    return len(purged)
+
+
+def _never_joined(conn: sqlite3.Connection, events: Iterable[str]) -> None:
+    # A dead delivery purged leaves its event with deliveries that may never have run, and
+    # no trace that one did: to coalescing's check, which asks whether any delivery has
+    # started, it would look waiting, and a body joined to it would never reach the
+    # handler that died. So the event stops matching any body.
+    conn.executemany(
+        "UPDATE events SET body_hash = ? WHERE id = ?", [(NEVER_JOINED, e) for e in events]
+    )
 
 
 def purge_items(conn: sqlite3.Connection, ids: Sequence[str]) -> list[ItemResult]:
@@ -297,6 +311,7 @@ def purge_items(conn: sqlite3.Connection, ids: Sequence[str]) -> list[ItemResult
         count = conn.execute(
             f"DELETE FROM deliveries WHERE state = 'dead' AND {column} = ?", (item,)
         ).rowcount
+        _never_joined(conn, events)
         conn.executemany(
             "DELETE FROM events WHERE id = ? AND NOT EXISTS"
             " (SELECT 1 FROM deliveries d WHERE d.event_id = events.id)",

@@ -22,6 +22,7 @@ from frameiod.store.sqlite.files import (
 __all__ = [
     "APPLICATION_ID",
     "AUTOCHECKPOINT_PAGES",
+    "NEVER_JOINED",
     "SCHEMA_VERSION",
     "Synchronous",
     "body_hash",
@@ -266,6 +267,11 @@ def connect_reader(path: Path) -> sqlite3.Connection:
 def body_hash(body: bytes) -> bytes:
     """The hash identical bodies share (for coalescing)."""
     return hashlib.sha256(body).digest()
+
+
+NEVER_JOINED = b""
+"""The `body_hash` of an event that no identical body may join any more, since a dead
+letter of it was purged (`frameiod.store.sqlite.actions`): no body hashes to it."""
 
 
 def body_key(digest: bytes) -> int:

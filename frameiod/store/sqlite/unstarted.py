@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import sqlite3
 
+from frameiod.store.sqlite.schema import NEVER_JOINED
+
 __all__ = ["REMEMBERED", "Unstarted"]
 
 REMEMBERED = 100_000
@@ -46,13 +48,15 @@ class Unstarted:
 
     def load(self, conn: sqlite3.Connection) -> None:
         """Start from the newest events waiting in the spool, none of their deliveries
-        started."""
+        started, nor purged (`NEVER_JOINED`)."""
         events: dict[int, str] = {}
         rows = conn.execute(
             "SELECT e.source, e.secret_id, d.body_key, d.event_id FROM deliveries d"
             " JOIN events e ON e.id = d.event_id WHERE d.state = 'pending' AND d.attempts = 0"
             " AND NOT EXISTS (SELECT 1 FROM deliveries s WHERE s.event_id = d.event_id"
-            " AND (s.state != 'pending' OR s.attempts > 0)) ORDER BY d.id DESC"
+            " AND (s.state != 'pending' OR s.attempts > 0)) AND e.body_hash != ?"
+            " ORDER BY d.id DESC",
+            (NEVER_JOINED,),
         )
         for source, secret_id, body_key, event_id in rows:
             if len(events) >= self.limit:
