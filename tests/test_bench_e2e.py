@@ -1,0 +1,38 @@
+"""bench/run.py's end-to-end figures (docs/performance.md): what is read from the handler's
+records of one load, and the bound the summary derives from them."""
+
+from __future__ import annotations
+
+import importlib
+import math
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+
+
+@pytest.fixture
+def run(monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
+    monkeypatch.syspath_prepend(str(BENCH))  # run.py imports the modules beside it
+    yield importlib.import_module("run")
+    sys.modules.pop("run", None)
+
+
+def test_the_drain_counts_the_loads_own_calls_after_it_ended(run: ModuleType) -> None:
+    # A 2-second load from t=10: three events, two of them handled after t=12 (the drain),
+    # and an event of another load whose late call must not count.
+    received = {"a": 10.0, "b": 10.5, "c": 11.9}
+    starts = {"a": 10.1, "b": 12.5, "c": 14.0, "other": 13.0}
+    phase = run._Phase(received, starts, 2)
+    assert phase.drained() == pytest.approx(2 / (14.0 - 12.0))
+    assert phase.backlog() == 2
+    assert phase.throughput() == pytest.approx(3 / (14.0 - 10.0))
+
+
+def test_a_load_with_no_backlog_has_no_drain_rate(run: ModuleType) -> None:
+    phase = run._Phase({"a": 10.0, "b": 10.5}, {"a": 10.1, "b": 12.5}, 2)
+    assert math.isnan(phase.drained())
