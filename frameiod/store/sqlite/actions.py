@@ -270,19 +270,16 @@ def purge_matching(conn: sqlite3.Connection, wanted: DeliveryFilter, older_than:
     """`purge_dead` of the dead deliveries ``wanted`` matches, in the caller's transaction."""
     cutoff = time.time() - older_than
     clauses, args = _matching(wanted)
-    purged = conn.execute(
-        "DELETE FROM deliveries WHERE state = 'dead' AND updated_at < ?"
-        + clauses
-        + " RETURNING event_id",
-        (cutoff, *args),
-    ).fetchall()
-    _never_joined(conn, {event_id for (event_id,) in purged})
+    dead = " FROM deliveries WHERE state = 'dead' AND updated_at < ?" + clauses
+    events = conn.execute("SELECT DISTINCT event_id" + dead, (cutoff, *args)).fetchall()
+    count = conn.execute("DELETE" + dead, (cutoff, *args)).rowcount
+    _never_joined(conn, [event_id for (event_id,) in events])
     conn.execute(
         "DELETE FROM events WHERE received_at < ? AND NOT EXISTS"
         " (SELECT 1 FROM deliveries d WHERE d.event_id = events.id)",
         (cutoff,),
     )
-    return len(purged)
+    return count
 
 
 def _never_joined(conn: sqlite3.Connection, events: Iterable[str]) -> None:
