@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import json
 import os
 import signal
@@ -18,6 +19,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
+from types import ModuleType
 from typing import Any, TypeVar
 
 import httpx
@@ -84,6 +86,29 @@ def _assert_escaped_listing(listing: str, stats: str, event_id: str) -> None:
     assert f"  {HOSTILE_HANDLER_SHOWN}  " in row
     assert row.endswith(f"  {HOSTILE_ERROR_SHOWN}")
     assert f"  {HOSTILE_HANDLER_SHOWN}: dead 1" in stats.splitlines()
+
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+
+
+def load_bench(name: str) -> ModuleType:
+    """bench/NAME.py as ``python bench/NAME.py`` imports it, as module ``bench_NAME``: its
+    folder first on the path only while it is imported, and the bench modules it imported
+    by their plain names (``run``) forgotten again, since bench/ holds names the other tests
+    must not see."""
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while it loads
+    sys.path.insert(0, str(BENCH))
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(BENCH))
+        for sibling in BENCH.glob("*.py"):
+            sys.modules.pop(sibling.stem, None)
+    return module
 
 
 def event_body(event_type: str = "file.ready", **overrides: Any) -> bytes:

@@ -4,27 +4,15 @@ like the first."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from collections.abc import Iterator
-from pathlib import Path
 from types import ModuleType
 
 import pytest
+from support import load_bench
 
-BENCH = Path(__file__).resolve().parent.parent / "bench"
 
-
-@pytest.fixture
-def ab(monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
-    monkeypatch.syspath_prepend(str(BENCH))  # ab.py imports run.py beside it
-    spec = importlib.util.spec_from_file_location("bench_ab", BENCH / "ab.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop("run", None)
+@pytest.fixture(scope="module")
+def ab() -> ModuleType:
+    return load_bench("ab")
 
 
 def test_two_revisions_take_turns_in_running_first(ab: ModuleType) -> None:

@@ -3,23 +3,16 @@ records of one load, and the bound the summary derives from them."""
 
 from __future__ import annotations
 
-import importlib
 import math
-import sys
-from collections.abc import Iterator
-from pathlib import Path
 from types import ModuleType
 
 import pytest
+from support import load_bench
 
-BENCH = Path(__file__).resolve().parent.parent / "bench"
 
-
-@pytest.fixture
-def run(monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
-    monkeypatch.syspath_prepend(str(BENCH))  # run.py imports the modules beside it
-    yield importlib.import_module("run")
-    sys.modules.pop("run", None)
+@pytest.fixture(scope="module")
+def run() -> ModuleType:
+    return load_bench("run")
 
 
 def test_the_drain_counts_the_loads_own_calls_after_it_ended(run: ModuleType) -> None:
@@ -36,3 +29,4 @@ def test_the_drain_counts_the_loads_own_calls_after_it_ended(run: ModuleType) ->
 def test_a_load_with_no_backlog_has_no_drain_rate(run: ModuleType) -> None:
     phase = run._Phase({"a": 10.0, "b": 10.5}, {"a": 10.1, "b": 12.5}, 2)
     assert math.isnan(phase.drained())
+

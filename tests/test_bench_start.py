@@ -4,31 +4,17 @@ after the whole bench has run."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
-
-RUN = Path(__file__).resolve().parent.parent / "bench" / "run.py"
+from support import load_bench
 
 
 @pytest.fixture(scope="module")
 def bench() -> ModuleType:
-    """bench/run.py as ``python bench/run.py`` imports it: its folder first on the path
-    (only while it is imported: bench/ holds names the other tests must not see)."""
-    spec = importlib.util.spec_from_file_location("bench_run", RUN)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_run"] = module
-    sys.path.insert(0, str(RUN.parent))
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(RUN.parent))
-    return module
+    """bench/run.py, as ``python bench/run.py`` imports it."""
+    return load_bench("run")
 
 
 @pytest.mark.parametrize("examples", [True, False])

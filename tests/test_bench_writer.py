@@ -3,23 +3,20 @@ the writer's real SQL to the end, and what it reports is what it did."""
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import subprocess
 import sys
 from pathlib import Path
 
-WRITER = Path(__file__).resolve().parent.parent / "bench" / "writer.py"
+from support import BENCH, load_bench
+
+WRITER = BENCH / "writer.py"
 
 
 def test_every_event_is_accepted_claimed_and_done_and_the_backlog_still_waits(
     tmp_path: Path,
 ) -> None:
-    spec = importlib.util.spec_from_file_location("bench_writer", WRITER)
-    assert spec is not None
-    assert spec.loader is not None
-    writer = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(writer)
+    writer = load_bench("writer")
 
     figures = writer.measure(tmp_path, backlog=50, events=60, batch=20)
     # Each batch claims as many of the oldest as it accepts: the backlog is still there.
