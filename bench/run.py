@@ -893,8 +893,16 @@ def _ratio(value: float, base: float) -> float:
     return round(value / base, 3) if base else math.nan
 
 
+def bound(ingest: float, drain: float) -> float:
+    """Handler calls/s end to end if accepting (``ingest`` req/s alone) and handling
+    (``drain`` calls/s alone) took turns on the one core without slowing each other: the
+    most this shape of daemon can do. 1 / (1/ingest + 1/drain), written so that a part
+    that did nothing gives 0."""
+    return _ratio(ingest * drain, ingest + drain)
+
+
 # Ingest with the Redis backend too, where redis-server and redis-py are installed (make
-# bench installs both); its end to end is not measured (that reads the SQLite spool).
+# bench installs both).
 TARGETS = ["baseline", "frameiod-full", "frameiod-normal"] + (
     ["frameiod-redis"] if REDIS_SERVER and importlib.util.find_spec("redis") else []
 )
@@ -1052,10 +1060,9 @@ def summarise(args: argparse.Namespace, collected: Collected) -> dict[str, objec
         figures["seconds"] = args.e2e_seconds
         figures["workers"] = args.workers or DispatchConfig.model_fields["workers"].default
         figures["calls_ratio"] = _ratio(figures["calls_per_s"], base["rps_64_connections"])
-        # Accepting alone and handling alone, each at its own measured cost, sharing the one
-        # core without getting in each other's way: the most this shape of daemon can do.
-        accept, call = 1 / targets[target]["rps_64_connections"], 1 / figures["drain_calls_per_s"]
-        figures["bound_calls_per_s"] = round(1 / (accept + call), 1)
+        figures["bound_calls_per_s"] = bound(
+            targets[target]["rps_64_connections"], figures["drain_calls_per_s"]
+        )
         figures["bound_ratio"] = _ratio(figures["bound_calls_per_s"], base["rps_64_connections"])
         end_to_end[target] = figures
     scale_out: dict[str, float] = {}

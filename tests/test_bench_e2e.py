@@ -30,3 +30,9 @@ def test_a_load_with_no_backlog_has_no_drain_rate(run: ModuleType) -> None:
     phase = run._Phase({"a": 10.0, "b": 10.5}, {"a": 10.1, "b": 12.5}, 2)
     assert math.isnan(phase.drained())
 
+
+def test_the_bound_adds_the_two_parts_costs_per_event(run: ModuleType) -> None:
+    # 125 µs an accept and 50 µs a call: 175 µs an event.
+    assert run.bound(8000, 20000) == pytest.approx(1e6 / 175, abs=0.001)
+    assert run.bound(8000, 8000) == 4000
+    assert run.bound(0, 20000) == 0
