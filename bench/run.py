@@ -24,7 +24,7 @@ least a durable acknowledgement can cost here.
 Before the rounds, what an fsync costs on the disk (wall and CPU time), to read the
 ``synchronous = FULL`` figures by. Then, once, idle RSS and start to ``READY=1`` (over a
 ``NOTIFY_SOCKET`` datagram socket), median of 5 starts, with the example plugins loaded
-(and without plugins, for reference).
+(and without plugins, for reference), in a virtualenv of frameiod and those plugins alone.
 
 ``--profile`` instead records a py-spy flame graph of frameiod (FULL) under the
 64-connection load to ``bench/profile-ingest.svg`` and its hottest frames to
@@ -44,6 +44,7 @@ import math
 import os
 import platform
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -359,11 +360,12 @@ def start_frameiod(
     plugins: str | None = "",
     entry: Sequence[str] = ("-m", "frameiod"),
     cpu: int = 0,
+    python: str = sys.executable,
     **popen: object,
 ) -> subprocess.Popen[bytes]:
     """``frameiod run`` on ``cpu`` with ``config``. ``plugins`` is $FRAMEIOD_PLUGINS (None:
     every installed plugin loads); ``env`` is added to the environment; ``entry`` is what
-    the interpreter runs (``floor.py`` for the durable floor)."""
+    the interpreter ``python`` runs (``floor.py`` for the durable floor)."""
     environ = {**os.environ, **(env or {})}
     environ.pop("FRAMEIOD_PLUGINS", None)
     if plugins is not None:
@@ -371,7 +373,7 @@ def start_frameiod(
     popen.setdefault("stdout", subprocess.DEVNULL)
     popen.setdefault("stderr", subprocess.DEVNULL)
     return subprocess.Popen(  # noqa: S603 - our own interpreter and files
-        [*pin(cpu), sys.executable, *entry, "run", "--config", str(config)],
+        [*pin(cpu), python, *entry, "run", "--config", str(config)],
         env=environ,
         **popen,
     )
@@ -737,10 +739,37 @@ webhook_url = "https://hooks.invalid/bench"
 # The example plugins a start loads: named, so that another installed plugin (the tracing
 # one, which has its own bench) does not change what is measured.
 _EXAMPLES = ("comment_on_ready", "event_log", "notify")
+# Their distributions, each a folder under plugins/.
+_EXAMPLE_PACKAGES = ("frameiod-comment-on-ready", "frameiod-event-log", "frameiod-notify")
 
 
-def measure_start(folder: Path, *, examples: bool, settle: float = 2.0) -> dict[str, float]:
-    """One start: seconds from spawning ``frameiod run`` to READY=1, and RSS once idle."""
+def operators_install(folder: Path) -> str:
+    """A virtualenv at ``folder`` holding frameiod and the example plugins and nothing
+    else, as an operator installs them; its interpreter.
+
+    The start figures are taken there, not in the venv the bench runs in: that one also
+    holds what the tests need, and a library imports some of it when it is present
+    (httpcore imports trio, which the browser tests' selenium brings), so it would count in
+    frameiod's idle RSS.
+    """
+    python = str(folder / "bin" / "python")
+    packages = [BENCH.parent, *(BENCH.parent / "plugins" / name for name in _EXAMPLE_PACKAGES)]
+    for command in (
+        [sys.executable, "-m", "venv", str(folder)],
+        [python, "-m", "pip", "install", "--quiet", *(f"--editable={p}" for p in packages)],
+    ):
+        # pip's output only if it fails: its warnings would break up the bench's report.
+        done = subprocess.run(command, check=False, capture_output=True, text=True)  # noqa: S603
+        if done.returncode:
+            raise RuntimeError(f"{shlex.join(command)} failed:\n{done.stdout}{done.stderr}")
+    return python
+
+
+def measure_start(
+    folder: Path, *, examples: bool, settle: float = 2.0, python: str = sys.executable
+) -> dict[str, float]:
+    """One start under ``python``: seconds from spawning ``frameiod run`` to READY=1, and
+    RSS once idle."""
     state = folder / ("start-examples" if examples else "start-bare")
     shutil.rmtree(state, ignore_errors=True)
     port = free_port()
@@ -756,6 +785,7 @@ def measure_start(folder: Path, *, examples: bool, settle: float = 2.0) -> dict[
             config,
             env,
             plugins=",".join(_EXAMPLES) if examples else "",
+            python=python,
             stdout=out,
             stderr=subprocess.STDOUT,
         )
@@ -780,10 +810,12 @@ def measure_start(folder: Path, *, examples: bool, settle: float = 2.0) -> dict[
 
 
 def measure_starts(folder: Path, starts: int) -> dict[str, dict[str, float]]:
-    """Median of ``starts`` starts, with the example plugins and without plugins."""
+    """Median of ``starts`` starts, with the example plugins and without plugins, in an
+    operator's install (`operators_install`)."""
+    python = operators_install(folder / "installed")
     results = {}
     for examples in (True, False):
-        runs = [measure_start(folder, examples=examples) for _ in range(starts)]
+        runs = [measure_start(folder, examples=examples, python=python) for _ in range(starts)]
         results["example_plugins" if examples else "no_plugins"] = {
             key: round(statistics.median(run[key] for run in runs), 3) for key in runs[0]
         }
