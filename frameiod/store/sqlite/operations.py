@@ -15,6 +15,7 @@ from frameiod.store.sqlite.schema import (
     body_hash,
     body_key,
     connect_reader,
+    none_started,
     request_key,
 )
 from frameiod.store.sqlite.unstarted import Unstarted
@@ -53,6 +54,25 @@ def recover_running(conn: sqlite3.Connection) -> int:
         ).rowcount
 
 
+# One query for every kind of duplicate (each statement costs a trip through the GIL):
+# the same signed request again (Frame.io's retry, or a replay), as an event or as a
+# request coalesced earlier, or an identical body none of whose deliveries has started
+# (that run will see the latest state). The second column says it was the last kind.
+_DUPLICATE = (
+    "SELECT id, 0 FROM events WHERE timestamp = :ts AND request_key = :key"
+    " AND signature = :sig AND source = :source"
+    " UNION ALL"
+    " SELECT event_id, 0 FROM seen_requests WHERE timestamp = :ts AND request_key = :key"
+    " AND signature = :sig AND source = :source"
+    " UNION ALL"
+    " SELECT e.id, 1 FROM events e WHERE e.id = :candidate AND e.body_hash = :digest"
+    " AND e.source = :source AND e.secret_id = :secret"
+    " AND EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = e.id)"
+    f" AND {none_started('e.id')}"
+    " LIMIT 1"
+)
+
+
 def accept(
     conn: sqlite3.Connection,
     incoming: Incoming,
@@ -67,23 +87,8 @@ def accept(
     keys = (request_key(incoming.signature), body_key(digest))
     joinable = (incoming.source, incoming.secret_id, keys[1])
     candidate = unstarted.candidate(*joinable)
-    # One query for every kind of duplicate (each statement costs a trip through the GIL):
-    # the same signed request again (Frame.io's retry, or a replay), as an event or as a
-    # request coalesced earlier, or an identical body none of whose deliveries has started
-    # (that run will see the latest state). The second column says it was the last kind.
     row = conn.execute(
-        "SELECT id, 0 FROM events WHERE timestamp = :ts AND request_key = :key"
-        " AND signature = :sig AND source = :source"
-        " UNION ALL"
-        " SELECT event_id, 0 FROM seen_requests WHERE timestamp = :ts AND request_key = :key"
-        " AND signature = :sig AND source = :source"
-        " UNION ALL"
-        " SELECT e.id, 1 FROM events e WHERE e.id = :candidate AND e.body_hash = :digest"
-        " AND e.source = :source AND e.secret_id = :secret"
-        " AND EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = e.id)"
-        " AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = e.id"
-        " AND (d.state != 'pending' OR d.attempts > 0))"
-        " LIMIT 1",
+        _DUPLICATE,
         {
             "ts": incoming.timestamp,
             "key": keys[0],

@@ -29,6 +29,7 @@ __all__ = [
     "body_key",
     "connect_reader",
     "connect_writer",
+    "none_started",
     "request_key",
 ]
 
@@ -272,6 +273,17 @@ def body_hash(body: bytes) -> bytes:
 NEVER_JOINED = b""
 """The `body_hash` of an event that no identical body may join any more, since a dead
 letter of it was purged (`frameiod.store.sqlite.actions`): no body hashes to it."""
+
+
+def none_started(event_id: str) -> str:
+    """SQL, true while no delivery of the event ``event_id`` names (a column) has started:
+    each is pending and was never attempted. Only such an event may an identical body join
+    (docs/delivery.md, "Duplicates"): the accept's check and `Unstarted.load` both ask it."""
+    return (
+        "NOT EXISTS (SELECT 1 FROM deliveries started"
+        f" WHERE started.event_id = {event_id}"
+        " AND (started.state != 'pending' OR started.attempts > 0))"
+    )
 
 
 def body_key(digest: bytes) -> int:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import sqlite3
 
-from frameiod.store.sqlite.schema import NEVER_JOINED
+from frameiod.store.sqlite.schema import NEVER_JOINED, none_started
 
 __all__ = ["REMEMBERED", "Unstarted"]
 
@@ -53,8 +53,7 @@ class Unstarted:
         rows = conn.execute(
             "SELECT e.source, e.secret_id, d.body_key, d.event_id FROM deliveries d"
             " JOIN events e ON e.id = d.event_id WHERE d.state = 'pending' AND d.attempts = 0"
-            " AND NOT EXISTS (SELECT 1 FROM deliveries s WHERE s.event_id = d.event_id"
-            " AND (s.state != 'pending' OR s.attempts > 0)) AND e.body_hash != ?"
+            f" AND {none_started('d.event_id')} AND e.body_hash != ?"
             " ORDER BY d.id DESC",
             (NEVER_JOINED,),
         )
