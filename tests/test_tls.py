@@ -69,6 +69,8 @@ async def test_plain_http_is_not_answered_on_the_https_port(tmp_path: Path):
                 await client.get(f"http://127.0.0.1:{daemon.port}/healthz")
 
 
+# The client must offer the old versions Python deprecates: that is what is refused.
+@pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1:DeprecationWarning")
 async def test_tls_older_than_1_2_is_refused(tmp_path: Path):
     ca = trustme.CA()
     _issue(ca, tmp_path)
