@@ -27,6 +27,10 @@ def test_a_start_loads_what_it_measures(bench: ModuleType, tmp_path: Path, examp
     assert measured["idle_rss_mib"] > 0
 
 
+# Prints each module named on the command line that the interpreter can import.
+_FIND = "import sys; from importlib.util import find_spec as f; print(*filter(f, sys.argv[1:]))"
+
+
 def test_starts_are_measured_in_an_operators_install(bench: ModuleType, tmp_path: Path):
     # The venv the tests run in holds their own packages, and httpcore imports trio (which
     # selenium brings) when it is present: measured there, idle RSS would count it.
@@ -40,7 +44,3 @@ def test_starts_are_measured_in_an_operators_install(bench: ModuleType, tmp_path
     assert found == ["frameiod", "frameiod_notify"]
     measured = bench.measure_start(tmp_path, examples=True, settle=0.1, python=python)
     assert measured["idle_rss_mib"] > 0
-
-
-# Prints each module named on the command line that the interpreter can import.
-_FIND = "import sys; from importlib.util import find_spec as f; print(*filter(f, sys.argv[1:]))"
