@@ -12,6 +12,7 @@ from frameiod.events import ActionEvent, WebhookEvent
 from frameiod.plugins.app import App, NoClientError
 from frameiod.plugins.handlers import (
     ActionHandler,
+    HandlerAborted,
     HandlerTimeout,
     Outcome,
     PluginContext,
@@ -37,6 +38,7 @@ __all__ = [
     "App",
     "CheckboxField",
     "Form",
+    "HandlerAborted",
     "HandlerTimeout",
     "LinkField",
     "Message",

@@ -136,6 +136,26 @@ class TestFailures:
         )
         assert metrics[key] == 1
 
+    async def test_a_handler_calling_sys_exit_gets_the_failure_message_not_a_dead_daemon(self):
+        app = App()
+
+        @app.on_action("acme.exits")
+        async def exits(event: ActionEvent) -> Message:
+            raise SystemExit(1)
+
+        @app.on_action("acme.fine")
+        async def fine(event: ActionEvent) -> Message:
+            return Message("Fine", "still here")
+
+        with capture_logs() as logs:
+            async with run_daemon({"acme": app}) as daemon:
+                status, answer = await daemon.act("acme.exits")
+                after = await daemon.act("acme.fine")
+        assert (status, answer["title"]) == (200, "Something went wrong")
+        failure = next(e for e in logs if e["event"] == "action handler failed")
+        assert failure["error"] == "HandlerAborted: the handler raised SystemExit(1)"
+        assert after == (200, {"title": "Fine", "description": "still here"})
+
     async def test_an_answer_of_the_wrong_type_is_a_failure_message(self):
         app = App()
 

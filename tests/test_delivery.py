@@ -172,6 +172,67 @@ class TestRetries:
             assert min(delays) < cap * 0.2  # and goes down to near zero
 
 
+class TestWhatIsNotAnException:
+    """SystemExit, KeyboardInterrupt or a CancelledError of a handler's own fail the call:
+    they neither end the daemon nor pass for a stop that leaves the delivery running."""
+
+    @pytest.mark.parametrize("raised", [SystemExit(2), KeyboardInterrupt()])
+    @pytest.mark.parametrize("kind", ["async", "plain"])
+    async def test_an_exit_raised_by_a_handler_fails_its_call_and_the_daemon_goes_on(
+        self, kind: str, raised: BaseException
+    ):
+        app = App()
+        calls: list[str] = []
+
+        def exits_once(event: WebhookEvent) -> None:
+            calls.append(event.event_id)
+            if len(calls) == 1:
+                raise raised
+
+        async def exits_once_async(event: WebhookEvent) -> None:
+            exits_once(event)
+
+        app.on_webhook("file.ready")(exits_once_async if kind == "async" else exits_once)
+        with capture_logs() as logs:
+            async with run_daemon({"p": app}, settings=FAST) as daemon:
+                first = await daemon.send("file.ready", wait=False)
+                outcomes = await daemon.wait_for(first.id, settled=True)
+                second = await daemon.send("file.ready", wait=False)
+                await daemon.wait_for(second.id, settled=True)
+                states = await _states(daemon, first.id)
+        name = "exits_once_async" if kind == "async" else "exits_once"
+        assert calls == [first.id, first.id, second.id]
+        assert [o.status for o in outcomes] == ["ok"]
+        assert states == {f"p:{name}": ("done", 2)}
+        [failure] = [e for e in logs if e["event"] == "handler failed"]
+        expected = f"the handler raised {type(raised).__name__}({raised!s})"
+        assert failure["error"] == f"HandlerAborted: {expected}"
+
+    async def test_a_cancelled_error_of_the_handler_s_own_is_a_failure_not_a_stop(self):
+        app = App()
+        calls = 0
+
+        @app.on_webhook("file.ready", max_attempts=2)
+        async def awaits_a_cancelled_future(event: WebhookEvent) -> None:
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                future = asyncio.get_running_loop().create_future()
+                future.cancel()  # by someone else: a library giving up on a request
+                await future
+
+        with capture_logs() as logs:
+            async with run_daemon({"p": app}, settings=FAST) as daemon:
+                sent = await daemon.send("file.ready", wait=False)
+                outcomes = await daemon.wait_for(sent.id, settled=True)
+                states = await _states(daemon, sent.id)
+        assert calls == 2
+        assert [o.status for o in outcomes] == ["ok"]
+        assert states == {"p:awaits_a_cancelled_future": ("done", 2)}
+        [failure] = [e for e in logs if e["event"] == "handler failed"]
+        assert failure["error"] == "HandlerAborted: the handler raised CancelledError()"
+
+
 class TestDeadLetters:
     async def test_dead_delivery_is_listed_and_replay_runs_it_again(self, tmp_path: Path):
         app = App()

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_SOURCE",
     "ActionHandler",
+    "HandlerAborted",
     "HandlerTimeout",
     "Outcome",
     "PluginContext",
@@ -151,6 +152,18 @@ class PluginContext:
 
 class HandlerTimeout(TimeoutError):
     """A handler ran past its timeout: what wrappers of ``frameiod_call_handler`` see."""
+
+
+class HandlerAborted(Exception):
+    """A handler raised what is not an ``Exception``: ``SystemExit`` (a library's
+    ``sys.exit()``), ``KeyboardInterrupt``, or a ``CancelledError`` of its own (a cancelled
+    future it awaited) while nobody cancelled its call.
+
+    Left as they were, the first two would end the daemon's event loop, and the delivery
+    would run again at the next start and end it again; the third would look like a stop,
+    and leave the delivery marked running with no outcome. As this exception, the call
+    failed like any other, and is retried or buried as its policy says.
+    """
 
 
 @dataclass(slots=True)

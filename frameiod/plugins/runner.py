@@ -3,7 +3,8 @@
 Handlers, hooks and `App` callbacks may be ``def`` or ``async def``: the host awaits what
 is awaitable (`maybe_await`), and a plain handler runs in a daemon thread of its own
 (`call_handler`) so it cannot block the event loop, and one that never returns cannot
-block the process's exit.
+block the process's exit. Whichever it is, what it raises that is not an ``Exception``
+reaches the caller as `HandlerAborted`, never as the daemon's own exit or cancel.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import inspect
 import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
+
+from frameiod.plugins.handlers import HandlerAborted
 
 __all__ = ["call_handler", "maybe_await"]
 
@@ -28,7 +31,7 @@ def call_handler(func: Callable[[Any], Any], event: Any) -> Awaitable[Any]:
     """Call a handler: ``async def`` ones on the loop, plain functions in a daemon thread,
     so they cannot block the loop and one that never returns cannot block exit."""
     if inspect.iscoroutinefunction(func):
-        return func(event)
+        return _contained(func(event))
     loop = asyncio.get_running_loop()
     future: asyncio.Future[Any] = loop.create_future()
 
@@ -48,8 +51,10 @@ def call_handler(func: Callable[[Any], Any], event: Any) -> Awaitable[Any]:
     def run() -> None:
         try:
             result = func(event)
-        except BaseException as exc:  # handed to the awaiting task, which decides
+        except Exception as exc:  # handed to the awaiting task, which decides
             hand_back(None, exc)
+        except BaseException as exc:  # a thread has no cancel: whatever this is, it is its own
+            hand_back(None, _aborted(exc))
         else:
             hand_back(result, None)
 
@@ -61,3 +66,19 @@ def call_handler(func: Callable[[Any], Any], event: Any) -> Awaitable[Any]:
         target=context.run, args=(run,), name=f"frameiod-handler-{name}", daemon=True
     ).start()
     return future
+
+
+async def _contained(call: Awaitable[Any]) -> Any:
+    try:
+        return await call
+    except asyncio.CancelledError as exc:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise  # the call was cancelled: a deadline or a stop, which the caller tells apart
+        raise _aborted(exc) from exc
+    except (SystemExit, KeyboardInterrupt) as exc:
+        raise _aborted(exc) from exc
+
+
+def _aborted(exc: BaseException) -> HandlerAborted:
+    return HandlerAborted(f"the handler raised {type(exc).__name__}({exc!s})")
