@@ -177,3 +177,47 @@ def test_sigterm_lets_running_calls_finish_and_keeps_the_rest_for_the_next_start
     finally:
         assert daemon.stop() == 0
     assert sorted(set(_handled(log))) == sorted(ids)
+
+
+def test_a_second_daemon_on_the_same_spool_is_refused_and_no_call_repeats(tmp_path: Path):
+    """The second would take the first one's running call for a crash's leftover and put it
+    back to pending, and the first would call its handler again while the call still ran."""
+    log = tmp_path / "handled.log"
+    env = {
+        **install_plugin(tmp_path / "site", "recorder", RECORDER),
+        "RECORDER_LOG": str(log),
+        "RECORDER_DELAY": "3",
+    }
+    spool = f'path = "{tmp_path / "shared" / "frameiod.db"}"'
+    first_config = write_config(
+        tmp_path / "first", config_toml(secret=SECRET, log=JSON_LOG, spool=spool)
+    )
+    second_config = write_config(
+        tmp_path / "second", config_toml(secret=SECRET, log=JSON_LOG, spool=spool)
+    )
+    first = DaemonProcess(first_config, env=env, plugins="recorder")
+    second = None
+    try:
+        body = json.dumps({"type": "file.ready", "resource": {"id": "r1"}}).encode()
+        response = httpx.post(first.url(), content=body, headers=signed_headers(body), timeout=5)
+        assert response.status_code == 202
+        event_id = response.json()["id"]
+        wait_until(lambda: _handled(log, "start") == [event_id])
+        second = DaemonProcess(second_config, env=env, plugins="recorder")
+        assert second.wait(timeout=15) == 1
+        said = "".join(second.raw)
+        assert f"the spool is in use by another frameiod (pid {first.process.pid})" in said
+        wait_until(lambda: _handled(log) == [event_id])
+        assert first.stop() == 0
+    finally:
+        first.kill()
+        if second is not None:
+            second.kill()
+    assert _handled(log, "start") == [event_id]
+
+    # Once the first has stopped, the spool is free again.
+    third = DaemonProcess(second_config, env=env, plugins="recorder")
+    try:
+        third.wait_for_log(lambda line: line.get("event") == "listening")
+    finally:
+        assert third.stop() == 0

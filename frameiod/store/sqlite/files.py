@@ -15,6 +15,7 @@ import stat
 from pathlib import Path
 
 from frameiod.logs import get_logger
+from frameiod.store.base import SpoolError
 
 __all__ = [
     "PRIVATE_MODE",
@@ -22,6 +23,7 @@ __all__ = [
     "companions",
     "create_private",
     "is_permission_error",
+    "make_folder",
     "not_permitted",
     "tighten",
     "user_name",
@@ -83,6 +85,19 @@ def access_problem(path: Path) -> str | None:
             f"{path.parent}) and start again. {_KEEP_IT}"
         )
     return None
+
+
+def make_folder(path: Path) -> None:
+    """Create the spool's folder if it is missing; raise `SpoolError` naming what to fix."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except PermissionError as exc:
+        raise SpoolError(
+            f"{path.parent}: cannot create the spool's directory as user {user_name()}: "
+            f"{exc.strerror}; create it and give {user_name()} write access to it"
+        ) from None
+    except OSError as exc:
+        raise SpoolError(f"{path}: cannot open the spool: {exc}") from None
 
 
 def is_permission_error(exc: sqlite3.Error) -> bool:

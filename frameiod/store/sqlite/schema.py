@@ -14,9 +14,9 @@ from frameiod.store.sqlite.files import (
     access_problem,
     create_private,
     is_permission_error,
+    make_folder,
     not_permitted,
     tighten,
-    user_name,
 )
 
 __all__ = [
@@ -151,15 +151,7 @@ _SPOOL_OBJECTS = frozenset(
 
 def connect_writer(path: Path, synchronous: Synchronous) -> sqlite3.Connection:
     """Open the spool file, create the schema, and prove the settings took."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except PermissionError as exc:
-        raise SpoolError(
-            f"{path.parent}: cannot create the spool's directory as user {user_name()}: "
-            f"{exc.strerror}; create it and give {user_name()} write access to it"
-        ) from None
-    except OSError as exc:
-        raise SpoolError(f"{path}: cannot open the spool: {exc}") from None
+    make_folder(path)
     if problem := access_problem(path):
         raise SpoolError(problem)
     try:

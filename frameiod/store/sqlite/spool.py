@@ -36,6 +36,7 @@ from frameiod.store.base import (
 )
 from frameiod.store.sqlite import actions, operations
 from frameiod.store.sqlite.checkpointer import Checkpointer
+from frameiod.store.sqlite.lock import SpoolLock
 from frameiod.store.sqlite.operations import OutcomeRow
 from frameiod.store.sqlite.schema import Synchronous, connect_reader, connect_writer
 from frameiod.store.sqlite.unstarted import Unstarted
@@ -71,8 +72,11 @@ class Spool:
         reader: sqlite3.Connection,
         recovered: int = 0,
         unstarted: Unstarted | None = None,
+        *,
+        lock: SpoolLock | None = None,
     ) -> None:
         self.path = path
+        self._lock = lock
         self.recovered = recovered
         """How many deliveries a crash had left ``running`` (now ``pending`` again)."""
         self._writer = writer
@@ -107,29 +111,36 @@ class Spool:
     ) -> Spool:
         """Open (or create) the spool at ``path``; raise `SpoolError` if it cannot be used.
 
-        Deliveries a crash left ``running`` go back to ``pending``. ``handover`` lets the
-        event loop say when to hand operations to the writer (see the module docstring).
+        Deliveries a crash left ``running`` go back to ``pending``, once this process
+        holds the spool's lock: another daemon holding it is refused (`SpoolLock`).
+        ``handover`` lets the event loop say when to hand operations to the writer (see
+        the module docstring).
         With ``role="operator"`` none of that: an existing spool is opened as it is, beside
         a daemon that may be running, for the operator's actions only (`QueueError` if it
         cannot be).
         """
         if role == "operator":
             return cls(path, None, await asyncio.to_thread(actions.connect_operator, path))
-        conn = await asyncio.to_thread(connect_writer, path, synchronous)
-        # Before the writer thread exists, the connection is still this thread's alone.
-        recovered = await asyncio.to_thread(operations.recover_running, conn)
-        unstarted = Unstarted()
-        await asyncio.to_thread(unstarted.load, conn)
+        lock = await asyncio.to_thread(SpoolLock.take, path)
         try:
-            reader = await asyncio.to_thread(connect_reader, path)
-        except sqlite3.Error as exc:
-            conn.close()
-            raise SpoolError(f"{path}: cannot open the spool for reading: {exc}") from None
+            conn = await asyncio.to_thread(connect_writer, path, synchronous)
+            # Before the writer thread exists, the connection is still this thread's alone.
+            recovered = await asyncio.to_thread(operations.recover_running, conn)
+            unstarted = Unstarted()
+            await asyncio.to_thread(unstarted.load, conn)
+            try:
+                reader = await asyncio.to_thread(connect_reader, path)
+            except sqlite3.Error as exc:
+                conn.close()
+                raise SpoolError(f"{path}: cannot open the spool for reading: {exc}") from None
+        except BaseException:
+            lock.release()
+            raise
         writer = Writer(conn)
         writer.start()
         checkpointer = Checkpointer(path, synchronous)
         checkpointer.start()
-        spool = cls(path, writer, reader, recovered, unstarted)
+        spool = cls(path, writer, reader, recovered, unstarted, lock=lock)
         spool._checkpointer = checkpointer
         spool._handover = working_handover(handover)
         if spool._handover is not None:
@@ -465,6 +476,8 @@ class Spool:
             await asyncio.to_thread(self._checkpointer.join)
         await asyncio.to_thread(self._reads.shutdown)
         self._reader.close()
+        if self._lock is not None:
+            self._lock.release()
 
 
 def _in_transaction(action: Callable[[sqlite3.Connection], T], conn: sqlite3.Connection) -> T:
