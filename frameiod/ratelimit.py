@@ -17,7 +17,7 @@ import ipaddress
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -174,14 +174,20 @@ def is_within(address: str, within: Networks) -> bool:
     return any(ip in network for network in within)
 
 
-def client_address(peer: str | None, forwarded_for: str | None, proxies: Networks) -> str:
+def client_address(peer: str | None, forwarded_for: Sequence[str], proxies: Networks) -> str:
     """The address to hold responsible: the peer, unless the peer is one of the trusted
     ``proxies`` (see `networks`), then the nearest ``X-Forwarded-For`` hop that is not
-    itself a trusted proxy."""
+    itself a trusted proxy.
+
+    ``forwarded_for`` is every ``X-Forwarded-For`` line, in order: a proxy may add a line
+    of its own rather than extend the client's, and the first line is then the client's
+    own words, which could charge any address with its refusals.
+    """
     address = peer or "unknown"
     if not proxies or not is_within(address, proxies) or not forwarded_for:
         return address
-    for hop in reversed([part.strip() for part in forwarded_for.split(",")]):
+    hops = [part.strip() for line in forwarded_for for part in line.split(",")]
+    for hop in reversed(hops):
         if hop and not is_within(hop, proxies):
             return hop
     return address

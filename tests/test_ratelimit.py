@@ -6,6 +6,9 @@ import asyncio
 import json
 import time
 
+from multidict import CIMultiDict
+from structlog.testing import capture_logs
+
 from frameiod.ratelimit import (
     AddressLimiter,
     SourceLimiter,
@@ -88,18 +91,43 @@ class TestAddressLimiter:
 
 class TestClientAddress:
     def test_the_peer_is_used_unless_it_is_a_trusted_proxy(self):
-        assert client_address("203.0.113.9", "198.51.100.1", networks([])) == "203.0.113.9"
+        assert client_address("203.0.113.9", ["198.51.100.1"], networks([])) == "203.0.113.9"
         assert (
-            client_address("203.0.113.9", "198.51.100.1", networks(["10.0.0.0/8"])) == "203.0.113.9"
+            client_address("203.0.113.9", ["198.51.100.1"], networks(["10.0.0.0/8"]))
+            == "203.0.113.9"
         )
         assert (
-            client_address("10.0.0.5", "198.51.100.1", networks(["10.0.0.0/8"])) == "198.51.100.1"
+            client_address("10.0.0.5", ["198.51.100.1"], networks(["10.0.0.0/8"])) == "198.51.100.1"
         )
 
     def test_the_nearest_untrusted_hop_is_the_client(self):
-        hops = "198.51.100.7, 203.0.113.1, 10.0.0.9"
+        hops = ["198.51.100.7, 203.0.113.1, 10.0.0.9"]
         assert client_address("10.0.0.5", hops, networks(["10.0.0.0/8"])) == "203.0.113.1"
-        assert client_address("10.0.0.5", "10.0.0.8", networks(["10.0.0.0/8"])) == "10.0.0.5"
+        assert client_address("10.0.0.5", ["10.0.0.8"], networks(["10.0.0.0/8"])) == "10.0.0.5"
+
+    async def test_a_line_a_proxy_added_counts_not_the_client_s_own_first_line(self):
+        """A proxy that adds its own X-Forwarded-For line (HAProxy's ``option forwardfor``)
+        leaves the client's line first: read alone, it would let a forger charge its
+        refusals to Frame.io's address."""
+        frameio, forger = "198.51.100.7", "203.0.113.9"
+        config = config_toml(server='trusted_proxies = ["127.0.0.1"]')
+        with capture_logs() as logs:
+            async with run_daemon(config_text=config) as daemon:
+                headers = CIMultiDict(
+                    [
+                        ("X-Frameio-Request-Timestamp", str(int(time.time()))),
+                        ("X-Frameio-Signature", "v0=" + "0" * 64),
+                        ("Content-Type", "application/json"),
+                        ("X-Forwarded-For", frameio),
+                        ("X-Forwarded-For", forger),
+                    ]
+                )
+                async with daemon._session.post(
+                    daemon.url("/webhooks/default"), data=b"{}", headers=headers
+                ) as response:
+                    assert response.status == 401
+        [refused] = [line for line in logs if line["event"] == "webhook rejected"]
+        assert refused["remote"] == forger
 
 
 class TestAsASenderMeetsThem:

@@ -90,7 +90,7 @@ def _api(action: str, handler: Handler) -> Callable[[web.Request], Awaitable[web
         receiver = request.app[RECEIVER]
         live = receiver.live
         address = client_address(
-            request.remote, request.headers.get("X-Forwarded-For"), live.proxies
+            request.remote, request.headers.getall("X-Forwarded-For", ()), live.proxies
         )
         started = time.perf_counter()
         try:

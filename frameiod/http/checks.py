@@ -262,7 +262,9 @@ async def guarded(
     receiver = request.app[RECEIVER]
     live = receiver.live
     source_name = request.match_info["source"]
-    address = client_address(request.remote, request.headers.get("X-Forwarded-For"), live.proxies)
+    address = client_address(
+        request.remote, request.headers.getall("X-Forwarded-For", ()), live.proxies
+    )
     receiver.in_flight += 1
     try:
         # Checked before anything is read or verified: a flood of bad requests is cheap.
