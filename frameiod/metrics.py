@@ -253,6 +253,14 @@ class Metrics:
         )
         for reason in CONNECTION_REFUSALS:
             self.connections_refused.labels(reason=reason)
+        self.unrouted_requests = Counter(
+            "frameiod_unrouted_requests",
+            "Requests to the webhook listener that no route serves (404, 405)",
+            ["status"],
+            registry=self.registry,
+        )
+        for status in ("404", "405"):
+            self.unrouted_requests.labels(status=status)
         self.config_reloads = Counter(
             "frameiod_config_reloads",
             "Configuration reloads (SIGHUP), by outcome",

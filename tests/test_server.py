@@ -520,6 +520,26 @@ class TestOutsideTheRoutes:
         answer = await daemon.client.post("/healthz")
         assert (answer.status, (await answer.json())["allowed"]) == (405, ["GET", "HEAD"])
 
+    async def test_what_no_route_serves_is_logged_and_counted(self, daemon: Daemon):
+        """A webhook registered at a wrong URL fails at every retry: the operator must see it."""
+        with capture_logs() as logs:
+            slash = await daemon.client.post("/webhooks/default/", data=event_body())
+            method = await daemon.client.put("/webhooks/default", data=event_body())
+            scan = await daemon.client.get("/wp-login.php")
+        assert (slash.status, method.status, scan.status) == (404, 405, 404)
+        lines = [e for e in logs if e["event"] == "request matched no route"]
+        assert [(e["log_level"], e["method"], e["path"], e["status"]) for e in lines] == [
+            ("warning", "POST", "/webhooks/default/", 404),
+            ("warning", "PUT", "/webhooks/default", 405),
+            ("info", "GET", "/wp-login.php", 404),
+        ]
+        assert "without a trailing slash" in lines[0]["hint"]
+        assert "hint" not in lines[2]
+        assert lines[0]["remote"] == "127.0.0.1"
+        metrics = await daemon.scrape()
+        assert metrics[("frameiod_unrouted_requests_total", (("status", "404"),))] == 2
+        assert metrics[("frameiod_unrouted_requests_total", (("status", "405"),))] == 1
+
     async def test_the_webhook_route_still_takes_its_requests(self, daemon: Daemon):
         status, body = await daemon.post(event_body())
         assert (status, body["status"]) == (202, "accepted")

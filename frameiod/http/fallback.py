@@ -1,13 +1,22 @@
 """What the webhook listener answers outside its routes: ``GET /`` says what is listening,
-and a path or method it does not serve gets the same JSON error shape as every refusal."""
+and a path or method it does not serve gets the same JSON error shape as every refusal,
+a log line and a count (a webhook registered at a wrong URL shows there first)."""
 
 from __future__ import annotations
 
 from aiohttp import web
 
 from frameiod import __version__
+from frameiod.http.receiver import RECEIVER
+from frameiod.logs import get_logger
+from frameiod.ratelimit import client_address
 
 __all__ = ["add_fallback_routes"]
+
+log = get_logger("frameiod.server")
+
+# Longer paths are cut in the log line: the path is whatever the sender wrote.
+_PATH_LOGGED = 200
 
 
 async def _root(request: web.Request) -> web.Response:
@@ -30,11 +39,36 @@ async def _no_route(request: web.Request) -> web.Response:
             continue
         _, methods = await resource.resolve(request)
         allowed |= methods
+    _report(request, 405 if allowed else 404)
     if allowed:
         body = {"error": "method_not_allowed", "allowed": sorted(allowed)}
         headers = {"Allow": ", ".join(sorted(allowed))}
         return web.json_response(body, status=405, headers=headers)
     return web.json_response({"error": "not_found", "path": request.path}, status=404)
+
+
+def _report(request: web.Request, status: int) -> None:
+    """Log and count a request no route served. Near the webhook and action routes it is
+    most likely Frame.io at a URL registered wrongly (a trailing slash, a misspelt
+    prefix), whose every retry fails the same way: a warning, saying where they are.
+    Elsewhere it is most likely a scanner: info."""
+    receiver = request.app[RECEIVER]
+    receiver.metrics.unrouted_requests.labels(status=str(status)).inc()
+    remote = client_address(
+        request.remote, request.headers.getall("X-Forwarded-For", ()), receiver.live.proxies
+    )
+    fields = {"method": request.method, "path": request.path[:_PATH_LOGGED], "status": status}
+    if request.path.startswith(("/webhook", "/action")):
+        log.warning(
+            "request matched no route",
+            **fields,
+            remote=remote,
+            hint="webhooks are served at /webhooks/<source> and actions at "
+            "/actions/<source>, by POST, without a trailing slash: check the URL "
+            "registered with Frame.io",
+        )
+    else:
+        log.info("request matched no route", **fields, remote=remote)
 
 
 def add_fallback_routes(app: web.Application) -> None:
