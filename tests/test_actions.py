@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from typing import Any
 
 import pytest
@@ -155,6 +156,30 @@ class TestFailures:
         failure = next(e for e in logs if e["event"] == "action handler failed")
         assert failure["error"] == "HandlerAborted: the handler raised SystemExit(1)"
         assert after == (200, {"title": "Fine", "description": "still here"})
+
+    async def test_an_answer_json_cannot_hold_is_a_failure_message_not_a_bare_500(self):
+        app = App()
+
+        @app.on_action("acme.uuid")
+        async def gives_a_uuid(event: ActionEvent) -> Message:
+            return Message("Created", uuid.UUID(int=7))  # type: ignore[arg-type]
+
+        with capture_logs() as logs:
+            async with run_daemon({"acme": app}) as daemon:
+                status, answer = await daemon.act("acme.uuid")
+                metrics = await daemon.metrics()
+        assert (status, answer["title"]) == (200, "Something went wrong")
+        [failure] = [
+            e for e in logs if e["event"] == "action handler returned an answer that is not JSON"
+        ]
+        assert failure["error"] == "TypeError: Object of type UUID is not JSON serializable"
+        assert answer["description"].endswith(failure["request_id"])
+        assert not [e for e in logs if e["event"] == "action handled"]
+        key = (
+            "frameiod_actions_total",
+            (("action", "acme.uuid"), ("outcome", "error"), ("source", "default")),
+        )
+        assert metrics[key] == 1
 
     async def test_an_answer_of_the_wrong_type_is_a_failure_message(self):
         app = App()

@@ -51,6 +51,6 @@ async def _receive(request: web.Request, reception: Reception | None) -> web.Res
         receiver.metrics.action(source_name, handler.action, answer.outcome)
         if answer.body is None:
             return web.Response(status=200)
-        return web.json_response(answer.body)
+        return web.Response(text=answer.body, content_type="application/json")
 
     return await guarded(request, "action", act)

@@ -9,6 +9,7 @@ with a `Message` that carries an id the operator can find in the logs, never a b
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -27,18 +28,24 @@ log = get_logger("frameiod.actions")
 
 @dataclass(frozen=True)
 class ActionAnswer:
-    """What to send back: ``body`` is the JSON (None for an empty 200); ``outcome`` is the
-    metric's word."""
+    """What to send back: ``body`` is the JSON text (None for an empty 200); ``outcome`` is
+    the metric's word."""
 
-    body: dict[str, Any] | None
+    body: str | None
     outcome: str
+
+
+def _wire(answer: Message | Form) -> str:
+    """``answer`` as Frame.io's JSON; `TypeError` or `ValueError` for a field value JSON
+    cannot hold (a UUID, a date): encoded here, where a failure is still the handler's."""
+    return json.dumps(answer.to_wire())
 
 
 def _failed(handler: ActionHandler, request_id: str) -> ActionAnswer:
     message = Message(
         "Something went wrong", f"{handler.name} failed. Reference for the operator: {request_id}"
     )
-    return ActionAnswer(message.to_wire(), "error")
+    return ActionAnswer(_wire(message), "error")
 
 
 class ActionRunner:
@@ -73,9 +80,11 @@ class ActionRunner:
         if supported and event.resource is not None and kind not in supported:
             log.info("action refused for this resource", **fields, resource_type=kind)
             return ActionAnswer(
-                Message(
-                    "Not available here", f"{handler.name} works on: {', '.join(supported)}."
-                ).to_wire(),
+                _wire(
+                    Message(
+                        "Not available here", f"{handler.name} works on: {', '.join(supported)}."
+                    )
+                ),
                 "unsupported_resource",
             )
         started = time.perf_counter()
@@ -90,7 +99,7 @@ class ActionRunner:
             self._late.add(task)
             task.add_done_callback(lambda done: self._finish_late(done, fields, started))
             log.warning("action answered late; the handler goes on", **fields, deadline_s=deadline)
-            return ActionAnswer(Message("Working on it", late_message).to_wire(), "late")
+            return ActionAnswer(_wire(Message("Working on it", late_message)), "late")
         except Exception as exc:
             log.error(
                 "action handler failed",
@@ -108,8 +117,17 @@ class ActionRunner:
             log.info("action handled", **fields, answer="none")
             return ActionAnswer(None, "ok")
         if isinstance(result, Message | Form):
+            try:
+                body = _wire(result)
+            except (TypeError, ValueError) as exc:
+                log.error(
+                    "action handler returned an answer that is not JSON",
+                    **fields,
+                    error=f"{type(exc).__name__}: {exc}",
+                )
+                return _failed(handler, request_id)
             log.info("action handled", **fields, answer=type(result).__name__.lower())
-            return ActionAnswer(result.to_wire(), "ok")
+            return ActionAnswer(body, "ok")
         log.error(
             "action handler returned neither a Message, a Form nor None",
             **fields,
