@@ -330,6 +330,18 @@ class TestWrongTypesAndRanges:
                 'dispatch.handler_timeout: expected a duration greater than zero, got "0s"',
             ),
             (
+                '[metrics]\npath = "/healthz"',
+                "metrics.path: a path of its own: /, /healthz, /readyz and paths under "
+                "/webhooks/, /actions/, /api/, /static/ are other routes of frameiod's, "
+                'got "/healthz"',
+            ),
+            (
+                '[metrics]\npath = "/api/metrics"',
+                "metrics.path: a path of its own: /, /healthz, /readyz and paths under "
+                "/webhooks/, /actions/, /api/, /static/ are other routes of frameiod's, "
+                'got "/api/metrics"',
+            ),
+            (
                 "[plugins]\ndisable = [1]",
                 "plugins.disable[0]: input should be a valid string, got 1",
             ),

@@ -281,6 +281,10 @@ class FrameioConfig(_Table):
         return self.token is not None or self.oauth is not None
 
 
+_OTHER_ROUTES = ("/webhooks/", "/actions/", "/api/", "/static/")
+"""Where the webhook listener's and the admin listener's routes are (metrics may be on either)."""
+
+
 class MetricsConfig(_Table):
     """``[metrics]``: the Prometheus endpoint."""
 
@@ -290,6 +294,20 @@ class MetricsConfig(_Table):
         pattern=r"^/[A-Za-z0-9/_.-]*$",
         description="The path metrics are served on.",
     )
+
+    @field_validator("path")
+    @classmethod
+    def _a_path_of_its_own(cls, path: str) -> str:
+        # On another route's path, metrics would hide it, be hidden by it, or stop start-up
+        # with aiohttp's "route will never be executed".
+        if path in ("/", "/healthz", "/readyz") or path.startswith(_OTHER_ROUTES):
+            raise PydanticCustomError(
+                "route_taken",
+                "a path of its own: /, /healthz, /readyz and paths under "
+                + ", ".join(_OTHER_ROUTES)
+                + " are other routes of frameiod's",
+            )
+        return path
 
 
 ADMIN_TOKEN_MIN_CHARS = 32
