@@ -373,6 +373,29 @@ def test_a_receiver_that_cannot_reach_redis_at_start_exits_1_naming_it(tmp_path:
     assert not node.logs("listening")
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis//:hunter2@127.0.0.1:6379/0",
+        "http://:hunter2@127.0.0.1:6379/0",
+        "redis://:hunter2@127.0.0.1:port/0",
+    ],
+)
+def test_a_redis_url_that_is_not_one_exits_1_in_a_line_without_its_password(
+    tmp_path: Path, url: str
+):
+    node = DaemonProcess(_config(tmp_path, url))
+    assert node.wait() == 1
+    line = node.wait_for("cannot open the spool")
+    assert line["error"].startswith(
+        "cannot use Redis at [spool] redis_url (not shown: it is not a redis://, rediss:// "
+        "or unix:// URL): "
+    )
+    said = "".join(node.raw)
+    assert "hunter2" not in said
+    assert "Traceback" not in said
+
+
 def test_a_receiver_stopped_while_redis_is_down_exits_cleanly_and_its_call_runs_later(
     tmp_path: Path, redis_server: RedisServer
 ):

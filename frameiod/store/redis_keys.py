@@ -74,14 +74,25 @@ end
 """
 
 
+_SCHEMES = ("redis", "rediss", "unix")
+_NOT_SHOWN = "[spool] redis_url (not shown: it is not a redis://, rediss:// or unix:// URL)"
+
+
 def safe_url(url: str) -> str:
-    """``url`` without its password, for log lines and error messages."""
+    """``url`` without its password, for log lines and error messages. A URL that does not
+    parse as Redis's is not shown at all: where its password is cannot be told."""
     parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:  # not a number
+        return _NOT_SHOWN
+    if parts.scheme not in _SCHEMES or "://" not in url:
+        return _NOT_SHOWN
     if parts.password is None:
         return url
     host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
+    if port:
+        host = f"{host}:{port}"
     user = f"{parts.username}:***@" if parts.username else ":***@"
     return urlunsplit((parts.scheme, user + host, parts.path, parts.query, parts.fragment))
 

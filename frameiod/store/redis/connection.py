@@ -37,7 +37,10 @@ def node_name() -> str:
 async def open_for_daemon(url: str) -> aioredis.Redis:
     """A client for the daemon; raise `SpoolError` if Redis cannot be used. Warns when
     Redis's persistence settings could lose an acknowledged event."""
-    client = connect(url)
+    try:
+        client = connect(url)
+    except ValueError as exc:  # not a redis://, rediss:// or unix:// URL, or a bad port
+        raise SpoolError(f"cannot use Redis at {safe_url(url)}: {exc}") from None
     try:
         info = await client.info("server")
     except RedisError as exc:
