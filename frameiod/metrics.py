@@ -69,7 +69,13 @@ ACTION_OUTCOMES = ("ok", "error", "late", "unsupported_resource", "unknown_actio
 # webhook route's refusals, counted apart so that series stays webhooks only.
 ACTION_REJECTIONS = tuple(o for o in RECEIVE_OUTCOMES if o not in ("accepted", "duplicate"))
 UNKNOWN_SOURCE = "unknown"
-CONNECTION_REFUSALS = ("max_connections", "per_address", "header_timeout", "idle_timeout")
+CONNECTION_REFUSALS = (
+    "max_connections",
+    "per_address",
+    "idle_evicted",
+    "header_timeout",
+    "idle_timeout",
+)
 
 # Acknowledgements must stay far inside Frame.io's 5 s window; resolve the fast end finely.
 _ACK_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -247,7 +253,8 @@ class Metrics:
         self.connections_refused = Counter(
             "frameiod_connections_refused",
             "Connections closed before a request was served: over max_connections or "
-            "max_connections_per_address, or no complete request head within read_timeout",
+            "max_connections_per_address, closed idle to make room for a new one at "
+            "max_connections, or no complete request head within read_timeout",
             ["reason"],
             registry=self.registry,
         )

@@ -8,6 +8,8 @@ import gzip
 import json
 import time
 
+from aiohttp import web
+
 from frameiod.events import example_payload
 from frameiod.signature import sign
 from frameiod.testing import TEST_SECRET, RunningDaemon, config_toml, run_daemon
@@ -27,6 +29,21 @@ def _request(body: bytes, extra: str = "") -> bytes:
 async def _read_all(reader: asyncio.StreamReader, within: float) -> bytes:
     async with asyncio.timeout(within):
         return await reader.read()  # until the server closes the connection
+
+
+def _server(daemon: RunningDaemon) -> web.Server:
+    assert daemon.daemon.listener is not None
+    server = daemon.daemon.listener.runner.server
+    assert server is not None
+    return server
+
+
+async def _until_served(daemon: RunningDaemon, count: int) -> None:
+    """Wait until the daemon holds ``count`` connections."""
+    server = _server(daemon)
+    async with asyncio.timeout(5):
+        while len(server.connections) != count:  # noqa: ASYNC110 - aiohttp has no event
+            await asyncio.sleep(0.01)
 
 
 class TestTrickle:
@@ -99,22 +116,56 @@ class TestTrickle:
 
 
 class TestConnections:
-    async def test_connections_beyond_the_cap_are_closed_at_once(self):
+    async def test_at_the_cap_the_longest_idle_connection_makes_room_for_a_new_one(self):
+        """Connections that send nothing must not shut Frame.io out once they fill the cap."""
+        bodies = (
+            json.dumps(example_payload("file.ready", resource_id=f"r{n}")).encode()
+            for n in range(4)
+        )
         async with run_daemon(config_text=config_toml(server="max_connections = 3")) as daemon:
-            held = [await asyncio.open_connection("127.0.0.1", daemon.port) for _ in range(3)]
+            idle = []
+            for _ in range(3):
+                idle.append(await asyncio.open_connection("127.0.0.1", daemon.port))
+                await _until_served(daemon, len(idle))
+            reader, writer = await asyncio.open_connection("127.0.0.1", daemon.port)
+            writer.write(_request(next(bodies)))
+            assert (await reader.readline()).startswith(b"HTTP/1.1 202")
+            # The first to open, idle longest, was closed; the others still serve.
+            assert await _read_all(idle[0][0], within=2) == b""
+            for idle_reader, idle_writer in idle[1:]:
+                idle_writer.write(_request(next(bodies)))
+                assert (await idle_reader.readline()).startswith(b"HTTP/1.1 202")
+            for _, each in [*idle, (reader, writer)]:
+                each.close()
+            await _until_served(daemon, 0)
+            metrics = await daemon.metrics()
+        refused = "frameiod_connections_refused_total"
+        assert metrics[(refused, (("reason", "idle_evicted"),))] == 1
+        assert metrics[(refused, (("reason", "max_connections"),))] == 0
+
+    async def test_at_the_cap_with_every_connection_mid_request_a_new_one_is_closed(self):
+        async with run_daemon(config_text=config_toml(server="max_connections = 2")) as daemon:
+            busy = []
+            for _ in range(2):
+                busy.append(await asyncio.open_connection("127.0.0.1", daemon.port))
+                busy[-1][1].write(b"POST /webhooks/default HTTP/1.1\r\n")  # and no more
+                await _until_served(daemon, len(busy))
+            server = _server(daemon)
+            async with asyncio.timeout(5):
+                while any(h.first_byte_at is None for h in server.connections):  # noqa: ASYNC110
+                    await asyncio.sleep(0.01)
             reader, writer = await asyncio.open_connection("127.0.0.1", daemon.port)
             assert await _read_all(reader, within=2) == b""
             writer.close()
-            for _, held_writer in held:
-                held_writer.close()
-            assert daemon.daemon.listener is not None
-            server = daemon.daemon.listener.runner.server
-            assert server is not None
-            async with asyncio.timeout(5):
-                while len(server.connections) > 0:  # noqa: ASYNC110 - aiohttp has no event
-                    await asyncio.sleep(0.01)
+            for _, each in busy:
+                each.close()
+            await _until_served(daemon, 0)
+            metrics = await daemon.metrics()
             # With the others gone, a new connection is served again.
             assert (await daemon.send("file.ready", wait=False)).status == 202
+        refused = "frameiod_connections_refused_total"
+        assert metrics[(refused, (("reason", "max_connections"),))] == 1
+        assert metrics[(refused, (("reason", "idle_evicted"),))] == 0
 
     async def test_idle_keep_alive_connections_are_closed_after_the_timeout(self):
         async with run_daemon(config_text=config_toml(server='keepalive_timeout = "1s"')) as daemon:

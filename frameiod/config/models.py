@@ -107,7 +107,12 @@ class ServerConfig(_Table):
         default=75.0, description="Idle kept-alive connections are closed after this."
     )
     max_connections: int = Field(
-        default=1024, ge=1, description="Connections served at once; more are closed at once."
+        default=1024,
+        ge=1,
+        description=(
+            "Connections served at once; one more closes the connection that has waited "
+            "longest for a request, or is itself closed when every one is mid-request."
+        ),
     )
     max_connections_per_address: int = Field(
         default=64,

@@ -107,6 +107,11 @@ class _GuardedHandler(web.RequestHandler):
             return malformed(request, exc)
         return super().handle_error(request, status, exc, message)
 
+    def waiting_for_a_request(self) -> bool:
+        """Whether this connection is open and nothing of a request has come on it since it
+        opened or since its previous answer."""
+        return self.transport is not None and not self.busy and self.first_byte_at is None
+
     def head_overdue(self, now: float, read_timeout: float) -> bool:
         """Whether this connection has waited ``read_timeout`` for a complete request head
         since it opened or since its previous answer."""
@@ -136,7 +141,8 @@ class Guard:
       (TLS handshake included) or of the previous answer; a head begun and not finished
       gets 408, a connection that sent nothing is closed silently; the body must follow
       within ``read_timeout`` of the request's first byte (`body_deadline`);
-    - at most ``max_connections`` connections are served at once, and at most
+    - at most ``max_connections`` connections are served at once (a new one beyond it
+      closes the one that has waited longest for a request, if any is waiting), and at most
       ``max_connections_per_address`` from one address (trusted proxies excepted);
     - HTTP the parser refuses is answered by ``malformed`` (default: aiohttp's plain text).
 
@@ -174,22 +180,56 @@ class Guard:
 
     def admit(self, handler: _GuardedHandler, transport: asyncio.BaseTransport) -> None:
         """Count a new connection by its address, and close it at once if it is one too
-        many, for the server or for its address."""
+        many for its address. One too many for the server makes room instead: the
+        connection that has waited longest without a request is closed, and only when
+        every other one is mid-request is the new one refused.
+
+        Otherwise connections that send nothing, opened from a few addresses (each
+        within its cap) and reopened as ``read_timeout`` closes them, would hold every
+        place and shut Frame.io out. Now such connections only ever lose their place to
+        a newcomer, and one with a request to make gets in unless every place is serving
+        a request.
+        """
         peer = transport.get_extra_info("peername")
         address = str(peer[0]) if isinstance(peer, tuple) and peer else None
         handler.address = address
         if address is not None and not is_within(address, self.trusted):
             handler.counted = True
             self.open_by_address[address] += 1
-        if len(self.server.connections) > self.max_connections:
-            reason, limit = "max_connections", self.max_connections
-        elif handler.counted and self.open_by_address[address] > self.max_per_address:
+        if handler.counted and self.open_by_address[address] > self.max_per_address:
             reason, limit = "per_address", self.max_per_address
+        elif len(self.server.connections) > self.max_connections:
+            if self._make_room(handler):
+                return
+            reason, limit = "max_connections", self.max_connections
         else:
             return
         self._count(reason)
         log.warning("connection refused", reason=reason, limit=limit, remote=address)
         handler.force_close()
+
+    def _make_room(self, newcomer: _GuardedHandler) -> bool:
+        """Close the connection that has waited longest for a request head, if one is
+        waiting; True if one was."""
+        idle = [
+            handler
+            for handler in self.server.connections
+            if isinstance(handler, _GuardedHandler)
+            and handler is not newcomer
+            and handler.waiting_for_a_request()
+        ]
+        if not idle:
+            return False
+        longest = min(idle, key=lambda handler: handler.waiting_since)
+        self._count("idle_evicted")
+        log.info(
+            "idle connection closed to make room",
+            limit=self.max_connections,
+            remote=longest.address,
+            idle_s=round(self.loop.time() - longest.waiting_since, 3),
+        )
+        longest.force_close()
+        return True
 
     def forget(self, handler: _GuardedHandler) -> None:
         """Take a closed connection out of its address's count."""
