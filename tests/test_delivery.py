@@ -19,7 +19,7 @@ from frameiod.dispatch.dispatcher import Dispatcher
 from frameiod.dispatch.retry import RetryPolicy
 from frameiod.plugins.handlers import WebhookHandler
 from frameiod.plugins.routing import Routes
-from frameiod.store.base import Incoming
+from frameiod.store.base import Incoming, SpoolUnavailable
 from frameiod.store.sqlite import Spool
 from frameiod.testing import TEST_SECRET, RunningDaemon, run_daemon
 
@@ -413,6 +413,52 @@ async def _held_at(
         yield spool, dispatcher, scheduler
     finally:
         await spool.close()
+
+
+class _RefusesAFinish(Spool):
+    """The real SQLite spool, whose first outcome write is refused as on a full disk."""
+
+    refusals = 1
+
+    async def finish(self, delivery_id, **outcome):  # type: ignore[no-untyped-def]
+        if self.refusals:
+            self.refusals -= 1
+            raise SpoolUnavailable("spool_full", "the spool's disk is full")
+        await super().finish(delivery_id, **outcome)
+
+
+class TestUnparseableStoredEvent:
+    async def test_its_burial_refused_by_the_spool_is_kept_and_written_once_it_takes_writes(
+        self, tmp_path: Path
+    ):
+        calls: list[str] = []
+
+        async def record(event: WebhookEvent) -> None:
+            calls.append(event.event_id or "")
+
+        handler = WebhookHandler(func=record, event_types=("file.ready",), plugin="p")
+        spool = await _RefusesAFinish.open(tmp_path / "spool.db")
+        try:
+            # Stored by rules of another day: no resource, which a webhook must have now.
+            body = b'{"type": "file.ready"}'
+            await spool.accept(
+                Incoming("e1", "default", "file.ready", body, 1, "v0=e1", "0", time.time()),
+                [handler.key],
+            )
+            dispatcher = Dispatcher(spool, Routes([handler]))
+            scheduler = asyncio.create_task(dispatcher.run())
+            async with asyncio.timeout(10):
+                while (rows := await spool.deliveries_of("e1"))[0]["state"] != "dead":  # noqa: ASYNC110
+                    await asyncio.sleep(0.05)
+            assert await dispatcher.stop(drain_timeout=1.0) == 0
+            await scheduler
+        finally:
+            await spool.close()
+        assert spool.refusals == 0, "the burial was refused once"
+        assert [(r["state"], r["attempts"], r["last_outcome"]) for r in rows] == [
+            ("dead", 1, "error")
+        ]
+        assert calls == []
 
 
 class TestStopWhileClaiming:

@@ -368,17 +368,19 @@ class Dispatcher:
                 log.error(
                     "stored event no longer parses", event_id=item.event_id, detail=exc.detail
                 )
-                await self._spool.finish(
-                    item.delivery_id, outcome="error", seconds=0.0, error=exc.detail, dead=True
-                )
+                burial = Outcome("error", 0.0, exc.detail)
+                await self._keep_unless_written(Finished(item, handler, None, burial, True, None))
                 return
             outcome, error = await self._call(item, handler, event)
             # Writing the outcome waits its turn in the spool's queue: the next call need not.
             self._free_worker(item)
-            await self._record(item, handler, event, outcome, error)
+            finished = settle(
+                self._policy, item, handler=handler, event=event, outcome=outcome, error=error
+            )
+            await self._keep_unless_written(finished)
         except SpoolUnavailable as exc:
-            # Its claim could not be recorded (so it was not called), or the stored event's
-            # burial could not: either way it is still due, and runs once writes succeed.
+            # Its claim could not be recorded, so it was not called: it is still due, and
+            # runs once writes succeed.
             self._paused.begin(exc)
         finally:
             self._free_worker(item)
@@ -421,34 +423,26 @@ class Dispatcher:
             self._deadlines.disarm(delivery_id)
         return Outcome("ok", time.perf_counter() - started), None
 
-    async def _record(
-        self,
-        item: Claimed,
-        handler: WebhookHandler,
-        event: WebhookEvent,
-        outcome: Outcome,
-        error: BaseException | None,
-    ) -> None:
-        finished = settle(
-            self._policy, item, handler=handler, event=event, outcome=outcome, error=error
-        )
+    async def _keep_unless_written(self, finished: Finished) -> None:
         try:
             await self._write(finished)
         except SpoolUnavailable as exc:
-            # The call happened; its outcome waits here, never the call again. On record the
-            # delivery stays running (its attempt counted), so no claim takes it meanwhile.
-            # One line per call in flight when the fault began: nothing new starts after it.
+            # The call happened (or the event was found unparseable); its outcome waits
+            # here, never the call again. On record the delivery stays running (its attempt
+            # counted), so no claim takes it meanwhile. One line per call in flight when
+            # the fault began: nothing new starts after it.
             self._unrecorded.append(finished)
             log.warning(
                 "handler outcome kept until the spool takes writes",
-                event_id=item.event_id,
-                handler=item.handler,
+                event_id=finished.item.event_id,
+                handler=finished.item.handler,
                 reason=exc.reason,
             )
             self._paused.begin(exc)
 
     async def _write(self, finished: Finished) -> None:
-        """Write one outcome to the spool, then count it and tell observers."""
+        """Write one outcome to the spool, then count it and tell observers (a burial
+        without a call: neither)."""
         handler, outcome = finished.handler, finished.outcome
         # Never cancelled (`stop` cancels only calls): the write is not cut off halfway.
         await self._spool.finish(
@@ -459,6 +453,8 @@ class Dispatcher:
             next_attempt_at=finished.next_attempt_at,
             dead=finished.dead,
         )
+        if finished.event is None:
+            return
         if self._metrics is not None:
             self._metrics.handler_finished(
                 handler.plugin, handler.name, outcome, dead=finished.dead

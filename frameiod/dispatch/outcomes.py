@@ -23,7 +23,8 @@ class Finished:
 
     item: Claimed
     handler: WebhookHandler
-    event: WebhookEvent
+    event: WebhookEvent | None
+    """None for a stored event that no longer parses: buried without a call."""
     outcome: Outcome
     dead: bool
     next_attempt_at: float | None
