@@ -415,6 +415,79 @@ async def _held_at(
         await spool.close()
 
 
+class _SecondClaimHeld(Spool):
+    """The real SQLite spool, whose second claim waits at a gate before it is made."""
+
+    claims = 0
+    gate: asyncio.Event
+    entered: asyncio.Event
+
+    async def claim(self, limit, caps, now=None):  # type: ignore[no-untyped-def]
+        self.claims += 1
+        if self.claims == 2:
+            self.entered.set()
+            await self.gate.wait()
+        return await super().claim(limit, caps, now)
+
+
+class TestClaimsInFlight:
+    async def test_a_fresh_delivery_cannot_take_a_place_the_claim_in_flight_may_fill(
+        self, tmp_path: Path
+    ):
+        """A concurrency of 1 holds while a claim is in flight: a fresh event for the
+        handler, accepted meanwhile, waits for the older one the claim takes."""
+        b_started: dict[str, asyncio.Event] = {"b1": asyncio.Event(), "b2": asyncio.Event()}
+        b_go = {"b1": asyncio.Event(), "b2": asyncio.Event()}
+        a_go = asyncio.Event()
+        a_calls: list[str] = []
+        a_running = a_most = 0
+
+        async def b(event: WebhookEvent) -> None:
+            b_started[event.event_id or ""].set()
+            await b_go[event.event_id or ""].wait()
+
+        async def a(event: WebhookEvent) -> None:
+            nonlocal a_running, a_most
+            a_calls.append(event.event_id or "")
+            a_running += 1
+            a_most = max(a_most, a_running)
+            await a_go.wait()
+            a_running -= 1
+
+        hb = WebhookHandler(func=b, event_types=("file.ready",), plugin="p", name="b")
+        ha = WebhookHandler(
+            func=a, event_types=("file.ready",), plugin="p", name="a", concurrency=1
+        )
+        spool = await _SecondClaimHeld.open(tmp_path / "spool.db")
+        spool.gate, spool.entered = asyncio.Event(), asyncio.Event()
+        try:
+            # Two older deliveries for b, then one for a: the first claim (two workers)
+            # takes b's two, and leaves a's out at its limit.
+            for event_id, handler in (("b1", hb), ("b2", hb), ("a1", ha)):
+                await _accept_one(spool, handler, event_id)
+            dispatcher = Dispatcher(spool, Routes([hb, ha]), workers=2)
+            scheduler = asyncio.create_task(dispatcher.run())
+            await b_started["b1"].wait()
+            await b_started["b2"].wait()
+            b_go["b1"].set()  # a worker frees: the second claim, for a's place, is held
+            await spool.entered.wait()
+            body = json.dumps({"type": "file.ready", "resource": {"id": "a2"}}).encode()
+            fresh = Incoming("a2", "default", "file.ready", body, 1, "v0=a2", "0", time.time())
+            accepted = await spool.accept(fresh, [ha.key])
+            spool.gate.set()
+            a_go.set()
+            b_go["b2"].set()
+            async with asyncio.timeout(10):
+                await dispatcher.wait_for("a2", settled=True)
+            assert await dispatcher.stop(drain_timeout=1.0) == 0
+            await scheduler
+        finally:
+            await spool.close()
+        assert list(accepted.started) == []
+        assert a_calls == ["a1", "a2"]
+        assert a_most == 1
+
+
 class _RefusesAFinish(Spool):
     """The real SQLite spool, whose first outcome write is refused as on a full disk."""
 

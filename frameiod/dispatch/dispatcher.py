@@ -97,6 +97,8 @@ class Dispatcher:
         # Workers held for fresh deliveries while their accept is written (`reserve`).
         self._reserved = dict.fromkeys(self._handlers, 0)
         self._reserving = 0
+        # What the claim in flight may return (`_claim`): workers, and room per handler.
+        self._claiming: tuple[int, dict[str, int]] = (0, {})
         # Handlers that may have due deliveries in the spool: only for these is a claim
         # worth a trip to it, and only for the others may a fresh delivery start at once
         # (it would jump the queue otherwise).
@@ -161,6 +163,10 @@ class Dispatcher:
 
     async def _claim(self, free: int) -> list[Claimed]:
         claimed: list[Claimed] = []
+        # Spoken for until the claim's deliveries start: a fresh delivery accepted while it
+        # is in flight must not take the same worker, or the same place under a handler's
+        # concurrency (`reserve`).
+        self._claiming = (free, self._caps())
         try:
             # Handlers of sources with a dispatch rate are claimed per source, at most as
             # many as the source has tokens; excess simply waits in the spool.
@@ -178,11 +184,16 @@ class Dispatcher:
                 self._drained(got, caps, limit)
         except SpoolUnavailable as exc:
             self._paused.begin(exc)
+        finally:
+            self._claiming = (0, {})
         return claimed
 
     def _drained(self, got: list[Claimed], caps: dict[str, int], limit: int) -> None:
         """Forget the backlog of each handler that got fewer than it could take: it had no
-        more due. (Work committed after this claim says so through `_new_work`.)"""
+        more due. (Work committed after this claim says so through `_new_work`.) A claim
+        cut at its limit says nothing of that: the handlers left out may have more."""
+        if len(got) >= limit:
+            return
         taken = dict.fromkeys(caps, 0)
         for item in got:
             taken[item.handler] += 1
@@ -204,13 +215,15 @@ class Dispatcher:
         if not self._scheduling or self._stopping or self._paused.active:
             return []
         taken: list[str] = []
+        claiming, claiming_for = self._claiming
         for key in handlers:
             handler = self._handlers.get(key)
             if handler is None or key in self._backlog:
                 continue
-            if len(self._running) + self._reserving >= self._workers:
+            if len(self._running) + self._reserving + claiming >= self._workers:
                 break
-            if self._busy[key] + self._reserved[key] >= (handler.concurrency or self._workers):
+            held = self._busy[key] + self._reserved[key] + claiming_for.get(key, 0)
+            if held >= (handler.concurrency or self._workers):
                 continue
             bucket = self._rates.get(handler.source)
             if bucket is not None:
