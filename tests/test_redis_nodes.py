@@ -3,6 +3,7 @@ a receiver or Redis itself dies, duplicates and rate limits hold across receiver
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import os
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis_support import RedisServer, free_port
 from support import (
     JSON_LOG,
@@ -26,6 +28,8 @@ from support import (
     wait_until,
     write_config,
 )
+
+from frameiod.store.redis_keys import connect
 
 # Each call writes "start|end <event id> <pid> <handler>" with one O_APPEND write: lines
 # from several processes never interleave.
@@ -394,6 +398,42 @@ def test_a_redis_url_that_is_not_one_exits_1_in_a_line_without_its_password(
     said = "".join(node.raw)
     assert "hunter2" not in said
     assert "Traceback" not in said
+
+
+async def test_a_command_redis_was_too_slow_to_answer_is_not_sent_again(tmp_path: Path):
+    """Redis stopped past the client's 2-s timeout runs, when it wakes, what it was sent
+    meanwhile: a retry would run a script twice (an accept taking its source's token
+    again, a claim whose first answer was lost)."""
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    client, observer = connect(server.url), connect(server.url)
+    try:
+        await client.ping()
+        await observer.ping()
+        process = server.process
+        assert process is not None
+        woken = asyncio.Event()
+
+        def wake() -> None:
+            process.send_signal(signal.SIGCONT)
+            woken.set()
+
+        # Woken after the client's timeout (2 s), while a retry would still be waiting.
+        process.send_signal(signal.SIGSTOP)
+        asyncio.get_running_loop().call_later(3.0, wake)
+        try:
+            with pytest.raises(RedisTimeoutError):
+                await client.incr("sent")
+        finally:
+            await woken.wait()
+        # Redis reads what waited in its sockets before this command, on a connection
+        # made before the stop.
+        runs = int(await observer.get("sent") or 0)
+    finally:
+        await client.aclose()
+        await observer.aclose()
+        server.stop()
+    assert runs == 1
 
 
 def test_a_receiver_stopped_while_redis_is_down_exits_cleanly_and_its_call_runs_later(

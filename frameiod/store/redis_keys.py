@@ -101,15 +101,22 @@ def connect(
     url: str, *, socket_timeout: float = _SOCKET_TIMEOUT, name: str = "frameiod"
 ) -> aioredis.Redis:
     """A client for ``url`` that waits ``socket_timeout`` seconds for an answer, known to
-    Redis as ``name``. One retry on a fresh connection, at once: after Redis restarts, each
-    pooled connection fails once before the pool notices, and an unreachable Redis is said
-    in seconds, not after backoffs."""
+    Redis as ``name``. One retry on a fresh connection, at once, when the connection
+    failed: after Redis restarts, each pooled connection fails once before the pool
+    notices, and an unreachable Redis is said in seconds, not after backoffs.
+
+    Never a retry after a timeout: the command was sent, and a Redis that was only slow
+    (a long fsync, SIGSTOP) runs it when it wakes, so a retry would run it twice. A
+    script is not made to be run twice: a batch's accept would take its source's tokens
+    again, and a claim would mark deliveries running whose first answer was lost. The
+    timeout is the caller's failure instead (503 to a webhook, whose resend is then a
+    duplicate; a pause for the dispatcher)."""
     return aioredis.Redis.from_url(
         url,
         decode_responses=False,
         socket_timeout=socket_timeout,
         socket_connect_timeout=_SOCKET_TIMEOUT,
-        retry=Retry(NoBackoff(), 1),
+        retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
         client_name=name,
     )
 
