@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import threading
 import time
@@ -498,6 +499,51 @@ class _RefusesAFinish(Spool):
             self.refusals -= 1
             raise SpoolUnavailable("spool_full", "the spool's disk is full")
         await super().finish(delivery_id, **outcome)
+
+
+class _RefusesWhileCheckFails(_RefusesAFinish):
+    """Refuses the first outcome write, then ``failing_checks`` probes, as a store that
+    stays down a while."""
+
+    failing_checks = 4
+    checks: list[float]
+
+    async def check(self) -> None:
+        self.checks.append(time.monotonic())
+        if len(self.checks) <= self.failing_checks:
+            raise SpoolUnavailable("redis_unavailable", "the store cannot be reached")
+        await super().check()
+
+
+class TestKeptOutcomes:
+    async def test_a_kept_outcome_is_written_within_a_second_of_the_store_taking_writes(
+        self, tmp_path: Path
+    ):
+        """Probes keep a short pace while an outcome waits: on Redis another receiver
+        runs a call again once its lease has run out and Redis takes writes."""
+
+        async def quick(event: WebhookEvent) -> None:
+            return None
+
+        handler = WebhookHandler(func=quick, event_types=("file.ready",), plugin="p")
+        spool = await _RefusesWhileCheckFails.open(tmp_path / "spool.db")
+        spool.checks = []
+        try:
+            await _accept_one(spool, handler, "e1")
+            dispatcher = Dispatcher(spool, Routes([handler]))
+            scheduler = asyncio.create_task(dispatcher.run())
+            async with asyncio.timeout(15):
+                await dispatcher.wait_for("e1", settled=True)
+            assert await dispatcher.stop(drain_timeout=1.0) == 0
+            await scheduler
+            rows = await spool.deliveries_of("e1")
+        finally:
+            await spool.close()
+        assert [(r["state"], r["attempts"]) for r in rows] == [("done", 1)]
+        gaps = [later - earlier for earlier, later in itertools.pairwise(spool.checks)]
+        # Without the short pace: 1, 2, 4 and 8 s.
+        assert len(gaps) == 4
+        assert max(gaps) < 1.5
 
 
 class TestUnparseableStoredEvent:

@@ -259,7 +259,7 @@ class Dispatcher:
         """Wait, then try the spool: on success write the outcomes kept meanwhile and
         resume; on failure wait longer next time."""
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(self._paused.probe_in):
+            async with asyncio.timeout(self._paused.wait(keeping=bool(self._unrecorded))):
                 await self._stop_requested.wait()
         if self._stopping:
             return
@@ -271,6 +271,7 @@ class Dispatcher:
             return
         self._paused.resumed(written)
         self._new_work()  # what was accepted meanwhile waits in the spool
+        await self._tell_watchers()
 
     async def _write_unrecorded(self) -> int:
         """Write the outcomes the spool refused, oldest first; how many were written."""
@@ -397,9 +398,13 @@ class Dispatcher:
             self._paused.begin(exc)
         finally:
             self._free_worker(item)
-            if self._watchers:  # tests and tooling; a daemon's dispatcher has none
-                async with self._finished:
-                    self._finished.notify_all()
+            await self._tell_watchers()
+
+    async def _tell_watchers(self) -> None:
+        """Wake `wait_for`: a delivery ended, or outcomes kept were written."""
+        if self._watchers:  # tests and tooling; a daemon's dispatcher has none
+            async with self._finished:
+                self._finished.notify_all()
 
     async def _call(
         self, item: Claimed, handler: WebhookHandler, event: WebhookEvent

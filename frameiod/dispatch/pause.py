@@ -13,12 +13,17 @@ from frameiod.logs import LastingFault, get_logger
 from frameiod.metrics import Metrics
 from frameiod.store.base import SpoolUnavailable
 
-__all__ = ["PROBE_FIRST_SECONDS", "PROBE_MAX_SECONDS", "WritePause"]
+__all__ = ["PROBE_FIRST_SECONDS", "PROBE_KEEPING_SECONDS", "PROBE_MAX_SECONDS", "WritePause"]
 
 log = get_logger("frameiod.dispatch")
 
 PROBE_FIRST_SECONDS = 0.5
 PROBE_MAX_SECONDS = 30.0
+PROBE_KEEPING_SECONDS = 1.0
+"""The longest wait between probes while outcomes of calls are kept. On Redis another
+receiver takes a delivery whose lease ran out once Redis takes writes again, and would
+run its call a second time: the sooner a kept outcome is written, the narrower that
+window."""
 
 
 class WritePause:
@@ -47,6 +52,11 @@ class WritePause:
         self._fault.failed("error", reason=exc.reason, detail=exc.detail)
         if self._metrics is not None:
             self._metrics.dispatch_paused.set(1)
+
+    def wait(self, keeping: bool) -> float:
+        """Seconds until the next probe; at most `PROBE_KEEPING_SECONDS` while outcomes
+        are ``keeping``."""
+        return min(self.probe_in, PROBE_KEEPING_SECONDS) if keeping else self.probe_in
 
     def probe_failed(self, exc: SpoolUnavailable) -> None:
         """A probe failed: wait twice as long next time, up to `PROBE_MAX_SECONDS`."""
