@@ -26,7 +26,7 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
 from frameiod.cli.main import build_parser
-from frameiod.config.durations import Duration, format_duration
+from frameiod.config.durations import AnswerDeadline, Duration, format_duration
 from frameiod.config.models import Config
 from frameiod.config.secret_refs import Secret, SecretRef
 
@@ -70,6 +70,8 @@ def _type_name(hint: Any) -> str:
     """A reader's name for a field's type hint."""
     if hint == Duration:
         return "duration"
+    if hint == AnswerDeadline:
+        return "duration (under 5s)"
     if hint == SecretRef:
         return "secret reference"
     if hint in _SCALARS:
@@ -108,7 +110,7 @@ def _toml(value: Any, hint: Any) -> str:
         return json.dumps(value.reveal())
     if isinstance(value, bool):
         return "true" if value else "false"
-    if hint == Duration and isinstance(value, float):
+    if hint in (Duration, AnswerDeadline) and isinstance(value, float):
         return json.dumps(format_duration(value))
     return json.dumps(value)
 

@@ -209,6 +209,17 @@ class TestToleranceInTheFile:
             f'{path}: sources.default.tolerance: expected a duration greater than zero, got "0s"'
         ]
 
+    def test_an_action_deadline_frameio_would_not_wait_for_is_rejected(
+        self, tmp_path: Path
+    ) -> None:
+        path = write_config(tmp_path, MINIMAL_SOURCE + 'action_deadline = "5s"\n')
+
+        assert problems_of(path) == [
+            f"{path}: sources.default.action_deadline: expected a duration under 5s, the time "
+            "Frame.io waits for an answer (an answer later than that is never read), "
+            'got "5s"'
+        ]
+
     def test_integer_tolerance_is_rejected_because_it_has_no_unit(self, tmp_path: Path) -> None:
         path = write_config(tmp_path, MINIMAL_SOURCE + "tolerance = 300\n")
 
@@ -340,6 +351,11 @@ class TestWrongTypesAndRanges:
                 "metrics.path: a path of its own: /, /healthz, /readyz and paths under "
                 "/webhooks/, /actions/, /api/, /static/ are other routes of frameiod's, "
                 'got "/api/metrics"',
+            ),
+            (
+                '[server]\nack_deadline = "1h"',
+                "server.ack_deadline: expected a duration under 5s, the time Frame.io waits for "
+                'an answer (an answer later than that is never read), got "1h"',
             ),
             (
                 "[plugins]\ndisable = [1]",

@@ -9,7 +9,7 @@ from typing import Annotated
 from pydantic import BeforeValidator
 from pydantic_core import PydanticCustomError
 
-__all__ = ["Duration", "format_duration", "parse_duration"]
+__all__ = ["AnswerDeadline", "Duration", "format_duration", "parse_duration"]
 
 _DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -48,3 +48,23 @@ def _positive_duration(value: object) -> float:
 
 
 Duration = Annotated[float, BeforeValidator(_positive_duration)]
+
+
+# Frame.io gives up on a webhook or a custom action after 5 s (and sends a webhook again).
+_FRAMEIO_WAITS_SECONDS = 5.0
+
+
+def _inside_frameio_wait(value: object) -> float:
+    seconds = _positive_duration(value)
+    if seconds >= _FRAMEIO_WAITS_SECONDS:
+        raise PydanticCustomError(
+            "duration",
+            "expected a duration under 5s, the time Frame.io waits for an answer "
+            "(an answer later than that is never read), got {got}",
+            {"got": json.dumps(value)},
+        )
+    return seconds
+
+
+AnswerDeadline = Annotated[float, BeforeValidator(_inside_frameio_wait)]
+"""A duration by which Frame.io must have its answer: under its 5-second wait."""

@@ -22,7 +22,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from frameiod.config.durations import Duration
+from frameiod.config.durations import AnswerDeadline, Duration
 from frameiod.config.secret_refs import ResolveContext, Secret, SecretRef
 
 __all__ = [
@@ -96,7 +96,7 @@ class ServerConfig(_Table):
         ),
     )
     # Below Frame.io's 5-s window: a webhook not committed by then is answered 503.
-    ack_deadline: Duration = Field(
+    ack_deadline: AnswerDeadline = Field(
         default=4.0,
         description=(
             "A verified webhook not committed to the spool this long after its body arrived is "
@@ -222,7 +222,7 @@ class SourceConfig(_Table):
         ge=0,
         description="Handler calls per second for this source's events; 0: no limit.",
     )
-    action_deadline: Duration = Field(
+    action_deadline: AnswerDeadline = Field(
         default=4.0,
         description=(
             "A custom action not answered by then gets action_late_message while its handler goes "
