@@ -398,7 +398,9 @@ class Daemon:
             for problem in exc.problems:
                 log.error("config reload refused; the old config stays in force", problem=problem)
             return False
-        live = Live.build(new, receiver.routes, limiter=self.app[STORE].limiter)
+        live = Live.build(
+            new, receiver.routes, limiter=self.app[STORE].limiter, previous=receiver.live
+        )
         changed = _needs_restart(self.config, new)
         old_log = self.config.log
         receiver.reload(live)  # one assignment: every request sees the old config or the new

@@ -97,6 +97,12 @@ class TokenBucket:
             self.tokens -= 1
         return waiting
 
+    def resized(self, rate: float, capacity: float, now: float) -> TokenBucket:
+        """A bucket of a new ``rate`` and ``capacity`` holding what this one holds now
+        (at most the new capacity): a reload changes a limit, it does not refill it."""
+        self._refill(now)
+        return TokenBucket(rate, capacity, min(self.tokens, capacity), now)
+
 
 def retry_after_header(seconds: float) -> str:
     """A ``Retry-After`` value: whole seconds, at least 1."""
@@ -120,6 +126,15 @@ class SourceLimiter:
 
     def taken_on_accept(self, source: str) -> None:
         """None: in memory, `take` costs nothing worth folding into the accept."""
+
+    def reloaded(self, limits: Limits) -> SourceLimiter:
+        """A limiter of new ``limits`` in which each source keeps the tokens it has left."""
+        limiter = SourceLimiter(limits, self._clock)
+        now = self._clock()
+        for name, bucket in limiter._buckets.items():
+            if (old := self._buckets.get(name)) is not None:
+                limiter._buckets[name] = old.resized(bucket.rate, bucket.capacity, now)
+        return limiter
 
 
 class AddressLimiter:
@@ -153,6 +168,17 @@ class AddressLimiter:
         else:
             self._buckets.move_to_end(address)
         bucket.take(now)
+
+    def reloaded(self, per_minute: int, max_tracked: int) -> AddressLimiter:
+        """A limiter of a new budget in which each address keeps what it has left: a
+        reload must not unblock a flood."""
+        limiter = AddressLimiter(per_minute, max_tracked, self._clock)
+        now = self._clock()
+        for address, bucket in self._buckets.items():  # least recently seen first
+            limiter._buckets[address] = bucket.resized(limiter._rate, limiter._capacity, now)
+        while len(limiter._buckets) > max_tracked:
+            limiter._buckets.popitem(last=False)
+        return limiter
 
 
 Networks = list[ipaddress.IPv4Network | ipaddress.IPv6Network]

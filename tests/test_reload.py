@@ -116,6 +116,27 @@ class TestReload:
         assert warning["keys"] == ["server.port", "spool"]
         assert _send(daemon, "old-secret") == 202  # still on the old port
 
+    def test_a_reload_refills_no_limit_of_a_source_or_an_address(
+        self, daemon: DaemonProcess, config: Path
+    ):
+        """A reload (a certificate renewed, a log level changed) must not unblock a flood."""
+        limited = _config(
+            secret="old-secret",
+            server="unauthenticated_failures = 2",
+            source="rate = 0.001\nburst = 2",
+        )
+        config.write_text(limited)
+        _reload(daemon, 1, "config reloaded")
+        assert [_send(daemon, "old-secret") for _ in range(3)] == [202, 202, 429]
+        config.write_text(limited + "# reloaded again\n")
+        _reload(daemon, 2, "config reloaded")
+        assert _send(daemon, "old-secret") == 429  # the source's burst is still spent
+
+        assert [_send(daemon, "wrong-secret") for _ in range(3)] == [401, 401, 429]
+        config.write_text(limited + "# and again\n")
+        _reload(daemon, 3, "config reloaded")
+        assert _send(daemon, "wrong-secret") == 429  # the address is still blocked
+
     def test_the_log_level_changes_on_reload(self, daemon: DaemonProcess, config: Path):
         config.write_text(_config(secret="old-secret", log='format = "json"\nlevel = "warning"'))
         _reload(daemon, 1, "config reloaded")

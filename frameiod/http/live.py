@@ -67,20 +67,33 @@ class Live:
         routes: Routes,
         clock: Clock = time.monotonic,
         limiter: Callable[[Limits], SourceLimits] | None = None,
+        previous: Live | None = None,
     ) -> Live:
         """Everything derived from ``config`` (and the secrets ``routes`` declare).
 
-        ``limiter`` builds the per-source limiter (default: in memory, on ``clock``).
+        ``limiter`` builds the per-source limiter (default: in memory, on ``clock``). On a
+        reload, the ``previous`` Live's limiters in memory hand on what each source and
+        address has left, under the new limits: a reload changes limits, it does not
+        refill them (a shared limiter keeps its state in its store).
         """
         sources = source_keys(config, routes)
         limits = {name: (config.source(name).rate, config.source(name).burst) for name in sources}
         server = config.server
+        budget = (server.unauthenticated_failures, server.max_tracked_addresses)
+        if limiter is not None:
+            source_limits = limiter(limits)
+        elif previous is not None and isinstance(previous.limiter, SourceLimiter):
+            source_limits = previous.limiter.reloaded(limits)
+        else:
+            source_limits = SourceLimiter(limits, clock)
         return cls(
             config=config,
             sources=sources,
-            limiter=limiter(limits) if limiter else SourceLimiter(limits, clock),
-            addresses=AddressLimiter(
-                server.unauthenticated_failures, server.max_tracked_addresses, clock
+            limiter=source_limits,
+            addresses=(
+                previous.addresses.reloaded(*budget)
+                if previous is not None
+                else AddressLimiter(*budget, clock)
             ),
             proxies=networks(server.trusted_proxies),
         )
