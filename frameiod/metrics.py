@@ -64,7 +64,7 @@ UNAUTHENTICATED_REASONS = (
 # The admin API's requests: what was asked, and how it was answered.
 ADMIN_ACTIONS = ("stats", "list", "show", "replay", "purge")
 ADMIN_OUTCOMES = ("ok", "bad_request", "unauthorized", "not_found", "rate_limited", "unavailable")
-ACTION_OUTCOMES = ("ok", "error", "late", "unsupported_resource", "unknown_action")
+ACTION_OUTCOMES = ("ok", "error", "late", "duplicate", "unsupported_resource", "unknown_action")
 # Why a request to /actions/{source} was refused before its action was known: the
 # webhook route's refusals, counted apart so that series stays webhooks only.
 ACTION_REJECTIONS = tuple(o for o in RECEIVE_OUTCOMES if o not in ("accepted", "duplicate"))

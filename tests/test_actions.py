@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
 from typing import Any
 
@@ -23,6 +24,7 @@ from frameiod import (
     TextareaField,
     TextField,
 )
+from frameiod.events import example_action
 from frameiod.testing import TEST_SECRET, run_daemon
 
 
@@ -112,6 +114,69 @@ class TestInteraction:
             )
         assert status == 200
         assert answer == {"title": "Not available here", "description": "Transcode works on: file."}
+
+
+class TestRepeats:
+    """Frame.io may send an action request again, and a captured one can be replayed
+    within its tolerance: the handler runs once per signed request."""
+
+    async def test_a_repeated_request_gets_the_first_answer_and_runs_nothing(self):
+        app = App()
+        calls: list[str] = []
+
+        @app.on_action("acme.render")
+        async def render(event: ActionEvent) -> Message:
+            calls.append(event.interaction_id)
+            return Message("Queued", f"render {len(calls)}")
+
+        body = json.dumps(example_action("acme.render")).encode()
+        with capture_logs() as logs:
+            async with run_daemon({"acme": app}) as daemon:
+                timestamp = int(time.time())
+                answers = [
+                    await daemon.post(body, path="actions", timestamp=timestamp) for _ in range(3)
+                ]
+                # Another request (a new timestamp, so a new signature) runs again.
+                later = await daemon.post(body, path="actions", timestamp=timestamp - 1)
+                metrics = await daemon.metrics()
+        first = (200, {"title": "Queued", "description": "render 1"})
+        assert answers == [first] * 3
+        assert later == (200, {"title": "Queued", "description": "render 2"})
+        assert len(calls) == 2
+        repeats = [
+            e for e in logs if e["event"] == "action request repeated; answered as the first"
+        ]
+        assert len(repeats) == 2
+        key = (
+            "frameiod_actions_total",
+            (("action", "acme.render"), ("outcome", "duplicate"), ("source", "default")),
+        )
+        assert metrics[key] == 2
+
+    async def test_a_repeat_while_the_first_is_answered_waits_for_its_answer(self):
+        app = App()
+        release = asyncio.Event()
+        calls = 0
+
+        @app.on_action("acme.slow")
+        async def slow(event: ActionEvent) -> Message:
+            nonlocal calls
+            calls += 1
+            await release.wait()
+            return Message("Done", "once")
+
+        body = json.dumps(example_action("acme.slow")).encode()
+        async with run_daemon({"acme": app}) as daemon:
+            timestamp = int(time.time())
+            first = asyncio.create_task(daemon.post(body, path="actions", timestamp=timestamp))
+            async with asyncio.timeout(5):
+                while calls == 0:  # noqa: ASYNC110 - the handler has begun
+                    await asyncio.sleep(0.01)
+            repeat = asyncio.create_task(daemon.post(body, path="actions", timestamp=timestamp))
+            release.set()
+            answers = [await first, await repeat]
+        assert answers == [(200, {"title": "Done", "description": "once"})] * 2
+        assert calls == 1
 
 
 class TestFailures:

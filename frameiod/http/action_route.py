@@ -41,13 +41,23 @@ async def _receive(request: web.Request, reception: Reception | None) -> web.Res
             receiver.metrics.action(source_name, "unknown", "unknown_action")
             raise Rejection(404, "", "unknown_action", f"no handler for action {event.type!r}")
         source = live.config.source(source_name)
-        answer = await receiver.actions.run(
-            handler,
-            event,
-            request_id=new_event_id(),
-            deadline=source.action_deadline,
-            late_message=source.action_late_message,
-        )
+        verified = checked.verified
+        key = (source_name, verified.timestamp, verified.signature)
+        stale_at = verified.timestamp + checked.source.tolerance
+        answering = {
+            "request_id": new_event_id(),
+            "deadline": source.action_deadline,
+            "late_message": source.action_late_message,
+        }
+        first = receiver.action_repeats.first(key, stale_at)
+        if first is not None:
+            answer = await receiver.actions.repeat(first, handler, event, **answering)
+        else:
+            answer = None
+            try:
+                answer = await receiver.actions.run(handler, event, **answering)
+            finally:
+                receiver.action_repeats.settle(key, answer)
         receiver.metrics.action(source_name, handler.action, answer.outcome)
         if answer.body is None:
             return web.Response(status=200)

@@ -110,6 +110,34 @@ class ActionRunner:
             return _failed(handler, request_id)
         return self._answer(result, fields, handler, request_id)
 
+    async def repeat(
+        self,
+        first: asyncio.Future[ActionAnswer | None],
+        handler: ActionHandler,
+        event: ActionEvent,
+        *,
+        request_id: str,
+        deadline: float,
+        late_message: str,
+    ) -> ActionAnswer:
+        """Answer a repeat of a request whose ``first`` answer is (being) made: that answer,
+        the late message if it is not made within ``deadline``; the handler never runs."""
+        fields = {
+            "request_id": request_id,
+            "action": handler.action,
+            "plugin": handler.plugin,
+            "interaction_id": event.interaction_id,
+        }
+        try:
+            answer = await asyncio.wait_for(asyncio.shield(first), deadline)
+        except TimeoutError:
+            log.info("action request repeated; the first is still being answered", **fields)
+            return ActionAnswer(_wire(Message("Working on it", late_message)), "duplicate")
+        log.info("action request repeated; answered as the first", **fields)
+        if answer is None:  # the first was cut off before its answer
+            return ActionAnswer(_failed(handler, request_id).body, "duplicate")
+        return ActionAnswer(answer.body, "duplicate")
+
     def _answer(
         self, result: object, fields: dict[str, Any], handler: ActionHandler, request_id: str
     ) -> ActionAnswer:

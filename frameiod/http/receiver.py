@@ -15,6 +15,7 @@ from aiohttp import web
 
 from frameiod.config import Config
 from frameiod.events import WebhookEvent
+from frameiod.http.action_repeats import ActionRepeats
 from frameiod.http.actions import ActionRunner
 from frameiod.http.live import Live, SourceKeys
 from frameiod.metrics import Metrics
@@ -35,6 +36,7 @@ class Receiver:
 
     __slots__ = (
         "_ready",
+        "action_repeats",
         "actions",
         "around_receive",
         "clock",
@@ -69,6 +71,7 @@ class Receiver:
         self.actions = ActionRunner(
             around if around and around.wrapped["frameiod_call_action"] else None
         )
+        self.action_repeats = ActionRepeats(clock)
         self.around_receive = around if around and around.wrapped["frameiod_receive"] else None
         """Set when a plugin wraps ``frameiod_receive``: the routes then answer through it."""
         self.stopping = False
