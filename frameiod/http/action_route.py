@@ -50,13 +50,11 @@ async def _receive(request: web.Request, reception: Reception | None) -> web.Res
             "late_message": source.action_late_message,
         }
         first = receiver.action_repeats.first(key, stale_at)
-        if first is not None:
-            answer = await receiver.actions.repeat(first, handler, event, **answering)
-        else:
-            answer = None
-            try:
-                answer = await receiver.actions.run(handler, event, **answering)
-            finally:
+        answer = None
+        try:
+            answer = await receiver.actions.run(handler, event, first=first, **answering)
+        finally:
+            if first is None:  # this is the first: its repeats get its answer
                 receiver.action_repeats.settle(key, answer)
         receiver.metrics.action(source_name, handler.action, answer.outcome)
         if answer.body is None:

@@ -41,6 +41,35 @@ def _wire(answer: Message | Form) -> str:
     return json.dumps(answer.to_wire())
 
 
+def _log_fields(handler: ActionHandler, event: ActionEvent, request_id: str) -> dict[str, Any]:
+    """What every log line about one action request carries."""
+    return {
+        "request_id": request_id,
+        "action": handler.action,
+        "plugin": handler.plugin,
+        "interaction_id": event.interaction_id,
+    }
+
+
+async def _repeat(
+    first: asyncio.Future[ActionAnswer | None],
+    fields: dict[str, Any],
+    *,
+    deadline: float,
+    late_message: str,
+    failed: ActionAnswer,
+) -> ActionAnswer:
+    try:
+        answer = await asyncio.wait_for(asyncio.shield(first), deadline)
+    except TimeoutError:
+        log.info("action request repeated; the first is still being answered", **fields)
+        return ActionAnswer(_wire(Message("Working on it", late_message)), "duplicate")
+    log.info("action request repeated; answered as the first", **fields)
+    if answer is None:  # the first was cut off before its answer
+        return ActionAnswer(failed.body, "duplicate")
+    return ActionAnswer(answer.body, "duplicate")
+
+
 def _failed(handler: ActionHandler, request_id: str) -> ActionAnswer:
     message = Message(
         "Something went wrong", f"{handler.name} failed. Reference for the operator: {request_id}"
@@ -64,15 +93,21 @@ class ActionRunner:
         request_id: str,
         deadline: float,
         late_message: str,
+        first: asyncio.Future[ActionAnswer | None] | None = None,
     ) -> ActionAnswer:
         """Call ``handler`` with ``event``; answer within ``deadline`` seconds, whatever it
-        does."""
-        fields = {
-            "request_id": request_id,
-            "action": handler.action,
-            "plugin": handler.plugin,
-            "interaction_id": event.interaction_id,
-        }
+        does. A repeat of a request whose ``first`` answer is (being) made gets that answer,
+        or the late message if it is not made within ``deadline``, and runs nothing
+        (`frameiod.http.action_repeats`)."""
+        fields = _log_fields(handler, event, request_id)
+        if first is not None:
+            return await _repeat(
+                first,
+                fields,
+                deadline=deadline,
+                late_message=late_message,
+                failed=_failed(handler, request_id),
+            )
         supported = handler.resource_types
         # A form submission may come without the resource (Frame.io's own example has only
         # type, ids and data): only a resource that is there can be refused.
@@ -109,34 +144,6 @@ class ActionRunner:
             )
             return _failed(handler, request_id)
         return self._answer(result, fields, handler, request_id)
-
-    async def repeat(
-        self,
-        first: asyncio.Future[ActionAnswer | None],
-        handler: ActionHandler,
-        event: ActionEvent,
-        *,
-        request_id: str,
-        deadline: float,
-        late_message: str,
-    ) -> ActionAnswer:
-        """Answer a repeat of a request whose ``first`` answer is (being) made: that answer,
-        the late message if it is not made within ``deadline``; the handler never runs."""
-        fields = {
-            "request_id": request_id,
-            "action": handler.action,
-            "plugin": handler.plugin,
-            "interaction_id": event.interaction_id,
-        }
-        try:
-            answer = await asyncio.wait_for(asyncio.shield(first), deadline)
-        except TimeoutError:
-            log.info("action request repeated; the first is still being answered", **fields)
-            return ActionAnswer(_wire(Message("Working on it", late_message)), "duplicate")
-        log.info("action request repeated; answered as the first", **fields)
-        if answer is None:  # the first was cut off before its answer
-            return ActionAnswer(_failed(handler, request_id).body, "duplicate")
-        return ActionAnswer(answer.body, "duplicate")
 
     def _answer(
         self, result: object, fields: dict[str, Any], handler: ActionHandler, request_id: str
