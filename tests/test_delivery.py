@@ -488,6 +488,53 @@ class TestClaimsInFlight:
         assert a_calls == ["a1", "a2"]
         assert a_most == 1
 
+    async def test_no_worker_the_claim_in_flight_may_fill_is_reserved_for_a_fresh_one(
+        self, tmp_path: Path
+    ):
+        """While a claim that could fill every free worker is in flight, `reserve` holds
+        none for a fresh delivery; once the claim's deliveries have started, it does."""
+        b_go = asyncio.Event()
+        b_started: list[str] = []
+
+        async def b(event: WebhookEvent) -> None:
+            b_started.append(event.event_id or "")
+            await b_go.wait()
+
+        async def a(event: WebhookEvent) -> None:
+            return None
+
+        hb = WebhookHandler(
+            func=b, event_types=("file.ready",), plugin="p", name="b", concurrency=1
+        )
+        ha = WebhookHandler(func=a, event_types=("file.ready",), plugin="p", name="a")
+        spool = await _SecondClaimHeld.open(tmp_path / "spool.db")
+        spool.gate, spool.entered = asyncio.Event(), asyncio.Event()
+        try:
+            for event_id in ("b1", "b2"):
+                await _accept_one(spool, hb, event_id)
+            # The first claim takes b1 alone (b's concurrency): a, with nothing due, is
+            # known to have no backlog, so its fresh deliveries may start in their accept.
+            dispatcher = Dispatcher(spool, Routes([hb, ha]), workers=2)
+            scheduler = asyncio.create_task(dispatcher.run())
+            async with asyncio.timeout(5):
+                while b_started != ["b1"]:  # noqa: ASYNC110 - b's first call has begun
+                    await asyncio.sleep(0.01)
+            b_go.set()  # b1 ends: the second claim, for both workers, is held
+            await spool.entered.wait()
+            during = dispatcher.reserve([ha.key])
+            spool.gate.set()
+            async with asyncio.timeout(5):
+                while b_started != ["b1", "b2"]:  # noqa: ASYNC110 - the claim's call began
+                    await asyncio.sleep(0.01)
+            after = dispatcher.reserve([ha.key])
+            dispatcher.take(after, ())
+            assert await dispatcher.stop(drain_timeout=1.0) == 0
+            await scheduler
+        finally:
+            await spool.close()
+        assert during == []
+        assert after == [ha.key]
+
 
 class _RefusesAFinish(Spool):
     """The real SQLite spool, whose first outcome write is refused as on a full disk."""
