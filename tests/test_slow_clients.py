@@ -7,7 +7,10 @@ import asyncio
 import gzip
 import json
 import time
+from collections.abc import Callable
+from typing import Any
 
+import pytest
 from aiohttp import web
 
 from frameiod.events import example_payload
@@ -29,6 +32,14 @@ def _request(body: bytes, extra: str = "") -> bytes:
 async def _read_all(reader: asyncio.StreamReader, within: float) -> bytes:
     async with asyncio.timeout(within):
         return await reader.read()  # until the server closes the connection
+
+
+async def _until(daemon: RunningDaemon, condition: Callable[[Any], bool]) -> None:
+    """Wait until ``condition`` holds for every connection the daemon holds."""
+    server = _server(daemon)
+    async with asyncio.timeout(5):
+        while not all(condition(h) for h in server.connections):  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
 
 
 def _server(daemon: RunningDaemon) -> web.Server:
@@ -116,26 +127,32 @@ class TestTrickle:
 
 
 class TestConnections:
-    async def test_at_the_cap_the_longest_idle_connection_makes_room_for_a_new_one(self):
-        """Connections that send nothing must not shut Frame.io out once they fill the cap."""
-        bodies = (
-            json.dumps(example_payload("file.ready", resource_id=f"r{n}")).encode()
-            for n in range(4)
-        )
+    @pytest.mark.parametrize("sent", ["nothing", "a part of a head"])
+    async def test_at_the_cap_the_longest_waiting_connection_makes_room_for_a_new_one(
+        self, sent: str
+    ):
+        """Connections without a complete request head must not shut Frame.io out once they
+        fill the cap, whether they sent nothing or a byte or a line of a head."""
+        requests = [_request(json.dumps(example_payload("file.ready")).encode()) for _ in range(4)]
+        begun = 0 if sent == "nothing" else requests[0].index(b"\r\n") + 2
         async with run_daemon(config_text=config_toml(server="max_connections = 3")) as daemon:
-            idle = []
-            for _ in range(3):
-                idle.append(await asyncio.open_connection("127.0.0.1", daemon.port))
-                await _until_served(daemon, len(idle))
+            waiting = []
+            for request in requests[:3]:
+                waiting.append(await asyncio.open_connection("127.0.0.1", daemon.port))
+                waiting[-1][1].write(request[:begun])
+                await _until_served(daemon, len(waiting))
+            await _until(daemon, lambda h: begun == 0 or h.first_byte_at is not None)
             reader, writer = await asyncio.open_connection("127.0.0.1", daemon.port)
-            writer.write(_request(next(bodies)))
+            writer.write(requests[3])
             assert (await reader.readline()).startswith(b"HTTP/1.1 202")
-            # The first to open, idle longest, was closed; the others still serve.
-            assert await _read_all(idle[0][0], within=2) == b""
-            for idle_reader, idle_writer in idle[1:]:
-                idle_writer.write(_request(next(bodies)))
-                assert (await idle_reader.readline()).startswith(b"HTTP/1.1 202")
-            for _, each in [*idle, (reader, writer)]:
+            # The first to open, waiting longest, was closed; the others still serve.
+            assert await _read_all(waiting[0][0], within=2) == b""
+            for (waiting_reader, waiting_writer), request in zip(
+                waiting[1:], requests[1:3], strict=True
+            ):
+                waiting_writer.write(request[begun:])
+                assert (await waiting_reader.readline()).startswith(b"HTTP/1.1 202")
+            for _, each in [*waiting, (reader, writer)]:
                 each.close()
             await _until_served(daemon, 0)
             metrics = await daemon.metrics()
@@ -143,17 +160,16 @@ class TestConnections:
         assert metrics[(refused, (("reason", "idle_evicted"),))] == 1
         assert metrics[(refused, (("reason", "max_connections"),))] == 0
 
-    async def test_at_the_cap_with_every_connection_mid_request_a_new_one_is_closed(self):
+    async def test_at_the_cap_with_every_connection_serving_a_request_a_new_one_is_closed(self):
         async with run_daemon(config_text=config_toml(server="max_connections = 2")) as daemon:
             busy = []
             for _ in range(2):
                 busy.append(await asyncio.open_connection("127.0.0.1", daemon.port))
-                busy[-1][1].write(b"POST /webhooks/default HTTP/1.1\r\n")  # and no more
+                # A whole head, its body still to come: the route is reading it.
+                head = _request(b'{"type": "file.ready"}')[: -len(b'{"type": "file.ready"}')]
+                busy[-1][1].write(head)
                 await _until_served(daemon, len(busy))
-            server = _server(daemon)
-            async with asyncio.timeout(5):
-                while any(h.first_byte_at is None for h in server.connections):  # noqa: ASYNC110
-                    await asyncio.sleep(0.01)
+            await _until(daemon, lambda h: h.busy)
             reader, writer = await asyncio.open_connection("127.0.0.1", daemon.port)
             assert await _read_all(reader, within=2) == b""
             writer.close()

@@ -111,7 +111,8 @@ class ServerConfig(_Table):
         ge=1,
         description=(
             "Connections served at once; one more closes the connection that has waited "
-            "longest for a request, or is itself closed when every one is mid-request."
+            "longest without a complete request head, or is itself closed when every one is "
+            "serving a request."
         ),
     )
     max_connections_per_address: int = Field(

@@ -82,12 +82,14 @@ class _GuardedHandler(web.RequestHandler):
             # Its head arrived while the previous request was being answered.
             self.first_byte_at = self.guard.loop.time()
         self.busy = True
+        self.guard.serving(self)
         try:
             return await super()._handle_request(request, start_time, handler)
         finally:
             self.busy = False
             self.first_byte_at = None
             self.waiting_since = self.guard.loop.time()
+            self.guard.waiting(self)
 
     def handle_error(
         self,
@@ -106,11 +108,6 @@ class _GuardedHandler(web.RequestHandler):
         ):
             return malformed(request, exc)
         return super().handle_error(request, status, exc, message)
-
-    def waiting_for_a_request(self) -> bool:
-        """Whether this connection is open and nothing of a request has come on it since it
-        opened or since its previous answer."""
-        return self.transport is not None and not self.busy and self.first_byte_at is None
 
     def head_overdue(self, now: float, read_timeout: float) -> bool:
         """Whether this connection has waited ``read_timeout`` for a complete request head
@@ -142,7 +139,8 @@ class Guard:
       gets 408, a connection that sent nothing is closed silently; the body must follow
       within ``read_timeout`` of the request's first byte (`body_deadline`);
     - at most ``max_connections`` connections are served at once (a new one beyond it
-      closes the one that has waited longest for a request, if any is waiting), and at most
+      closes the one that has waited longest for a complete request head, if any is
+      waiting), and at most
       ``max_connections_per_address`` from one address (trusted proxies excepted);
     - HTTP the parser refuses is answered by ``malformed`` (default: aiohttp's plain text).
 
@@ -172,6 +170,9 @@ class Guard:
         self.metrics = metrics
         self.malformed = malformed
         self.open_by_address: Counter[str] = Counter()
+        # Connections whose request head is not complete (nothing sent, or part of a head),
+        # in the order they began to wait: since they opened, or since their last answer.
+        self._waiting: dict[_GuardedHandler, None] = {}
         self._sweeper: asyncio.TimerHandle | None = None
 
     def __call__(self) -> web.RequestHandler:
@@ -180,15 +181,15 @@ class Guard:
 
     def admit(self, handler: _GuardedHandler, transport: asyncio.BaseTransport) -> None:
         """Count a new connection by its address, and close it at once if it is one too
-        many for its address. One too many for the server makes room instead: the
-        connection that has waited longest without a request is closed, and only when
-        every other one is mid-request is the new one refused.
+        many for its address. One too many for the server makes room instead: of the
+        connections without a complete request head, the one that has waited longest is
+        closed, and only when every other one is serving a request is the new one refused.
 
-        Otherwise connections that send nothing, opened from a few addresses (each
-        within its cap) and reopened as ``read_timeout`` closes them, would hold every
-        place and shut Frame.io out. Now such connections only ever lose their place to
-        a newcomer, and one with a request to make gets in unless every place is serving
-        a request.
+        Otherwise connections that send nothing, or a byte of a head, opened from a few
+        addresses (each within its cap) and reopened as ``read_timeout`` closes them,
+        would hold every place and shut Frame.io out. Now they only ever lose their place
+        to a newcomer, which sends its whole head at once, and is served unless every
+        place is serving a request.
         """
         peer = transport.get_extra_info("peername")
         address = str(peer[0]) if isinstance(peer, tuple) and peer else None
@@ -198,29 +199,22 @@ class Guard:
             self.open_by_address[address] += 1
         if handler.counted and self.open_by_address[address] > self.max_per_address:
             reason, limit = "per_address", self.max_per_address
-        elif len(self.server.connections) > self.max_connections:
-            if self._make_room(handler):
-                return
+        elif len(self.server.connections) > self.max_connections and not self._make_room():
             reason, limit = "max_connections", self.max_connections
         else:
+            self._waiting[handler] = None
             return
         self._count(reason)
         log.warning("connection refused", reason=reason, limit=limit, remote=address)
         handler.force_close()
 
-    def _make_room(self, newcomer: _GuardedHandler) -> bool:
-        """Close the connection that has waited longest for a request head, if one is
-        waiting; True if one was."""
-        idle = [
-            handler
-            for handler in self.server.connections
-            if isinstance(handler, _GuardedHandler)
-            and handler is not newcomer
-            and handler.waiting_for_a_request()
-        ]
-        if not idle:
+    def _make_room(self) -> bool:
+        """Close the connection that has waited longest for a complete request head, if
+        one is waiting; True if one was."""
+        longest = next(iter(self._waiting), None)
+        if longest is None:
             return False
-        longest = min(idle, key=lambda handler: handler.waiting_since)
+        del self._waiting[longest]
         self._count("idle_evicted")
         log.info(
             "idle connection closed to make room",
@@ -231,8 +225,19 @@ class Guard:
         longest.force_close()
         return True
 
+    def serving(self, handler: _GuardedHandler) -> None:
+        """``handler``'s request head is complete: it is serving a request."""
+        self._waiting.pop(handler, None)
+
+    def waiting(self, handler: _GuardedHandler) -> None:
+        """``handler`` answered its request and waits for the next, behind every
+        connection that began to wait before it."""
+        if handler.transport is not None:
+            self._waiting[handler] = None
+
     def forget(self, handler: _GuardedHandler) -> None:
-        """Take a closed connection out of its address's count."""
+        """Take a closed connection out of its address's count and the waiting ones."""
+        self._waiting.pop(handler, None)
         if handler.counted and handler.address:
             handler.counted = False
             self.open_by_address[handler.address] -= 1
