@@ -377,12 +377,23 @@ def test_a_receiver_that_cannot_reach_redis_at_start_exits_1_naming_it(tmp_path:
     assert not node.logs("listening")
 
 
+def test_a_password_given_in_the_query_is_not_shown_either(tmp_path: Path):
+    port = free_port()  # nothing listens there
+    config = _config(tmp_path, f"redis://127.0.0.1:{port}/0?password=hunter2")
+    node = DaemonProcess(config)
+    assert node.wait() == 1
+    line = node.wait_for("cannot open the spool")
+    assert line["error"].startswith(f"cannot use Redis at redis://127.0.0.1:{port}/0: ")
+    assert "hunter2" not in "".join(node.raw)
+
+
 @pytest.mark.parametrize(
     "url",
     [
         "redis//:hunter2@127.0.0.1:6379/0",
         "http://:hunter2@127.0.0.1:6379/0",
         "redis://:hunter2@127.0.0.1:port/0",
+        "redis://:hunter2@[::1/0",
     ],
 )
 def test_a_redis_url_that_is_not_one_exits_1_in_a_line_without_its_password(

@@ -79,22 +79,25 @@ _NOT_SHOWN = "[spool] redis_url (not shown: it is not a redis://, rediss:// or u
 
 
 def safe_url(url: str) -> str:
-    """``url`` without its password, for log lines and error messages. A URL that does not
-    parse as Redis's is not shown at all: where its password is cannot be told."""
-    parts = urlsplit(url)
+    """``url`` without its password, for log lines and error messages: none in the user
+    part, and no query (``?password=`` is one way to give it). A URL that does not parse
+    as Redis's is not shown at all: where its password is cannot be told."""
     try:
+        parts = urlsplit(url)
         port = parts.port
-    except ValueError:  # not a number
+    except ValueError:  # a port that is no number, a broken IPv6 address
         return _NOT_SHOWN
     if parts.scheme not in _SCHEMES or "://" not in url:
         return _NOT_SHOWN
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if port:
-        host = f"{host}:{port}"
-    user = f"{parts.username}:***@" if parts.username else ":***@"
-    return urlunsplit((parts.scheme, user + host, parts.path, parts.query, parts.fragment))
+    netloc = parts.netloc
+    if parts.password is not None:
+        host = parts.hostname or ""
+        if ":" in host:
+            host = f"[{host}]"
+        if port:
+            host = f"{host}:{port}"
+        netloc = (f"{parts.username}:***@" if parts.username else ":***@") + host
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
 def connect(
