@@ -8,6 +8,7 @@ import asyncio
 from aiohttp import web
 
 from frameiod.events import PayloadError, parse_action
+from frameiod.http.action_repeats import MARGIN_SECONDS
 from frameiod.http.checks import Rejection, guarded, verify_request
 from frameiod.http.live import Live
 from frameiod.http.receiver import Receiver, wrapped_receive
@@ -43,18 +44,18 @@ async def _receive(request: web.Request, reception: Reception | None) -> web.Res
         source = live.config.source(source_name)
         verified = checked.verified
         key = (source_name, verified.timestamp, verified.signature)
-        stale_at = verified.timestamp + checked.source.tolerance
+        window = max(keys.tolerance for keys in live.sources.values()) + MARGIN_SECONDS
         answering = {
             "request_id": new_event_id(),
             "deadline": source.action_deadline,
             "late_message": source.action_late_message,
         }
-        first = receiver.action_repeats.first(key, stale_at)
+        earlier = receiver.action_repeats.remember(key, window)
         answer = None
         try:
-            answer = await receiver.actions.run(handler, event, first=first, **answering)
+            answer = await receiver.actions.run(handler, event, earlier=earlier, **answering)
         finally:
-            if first is None:  # this is the first: its repeats get its answer
+            if earlier is None:  # this request is the first: its repeats get its answer
                 receiver.action_repeats.settle(key, answer)
         receiver.metrics.action(source_name, handler.action, answer.outcome)
         if answer.body is None:

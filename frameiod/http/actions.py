@@ -52,7 +52,7 @@ def _log_fields(handler: ActionHandler, event: ActionEvent, request_id: str) -> 
 
 
 async def _repeat(
-    first: asyncio.Future[ActionAnswer | None],
+    earlier: asyncio.Future[ActionAnswer | None],
     fields: dict[str, Any],
     *,
     deadline: float,
@@ -60,13 +60,14 @@ async def _repeat(
     failed: ActionAnswer,
 ) -> ActionAnswer:
     try:
-        answer = await asyncio.wait_for(asyncio.shield(first), deadline)
+        answer = await asyncio.wait_for(asyncio.shield(earlier), deadline)
     except TimeoutError:
         log.info("action request repeated; the first is still being answered", **fields)
         return ActionAnswer(_wire(Message("Working on it", late_message)), "duplicate")
-    log.info("action request repeated; answered as the first", **fields)
-    if answer is None:  # the first was cut off before its answer
+    if answer is None:
+        log.warning("action request repeated; the first was cut off before its answer", **fields)
         return ActionAnswer(failed.body, "duplicate")
+    log.info("action request repeated; answered as the first", **fields)
     return ActionAnswer(answer.body, "duplicate")
 
 
@@ -93,16 +94,16 @@ class ActionRunner:
         request_id: str,
         deadline: float,
         late_message: str,
-        first: asyncio.Future[ActionAnswer | None] | None = None,
+        earlier: asyncio.Future[ActionAnswer | None] | None = None,
     ) -> ActionAnswer:
         """Call ``handler`` with ``event``; answer within ``deadline`` seconds, whatever it
-        does. A repeat of a request whose ``first`` answer is (being) made gets that answer,
-        or the late message if it is not made within ``deadline``, and runs nothing
-        (`frameiod.http.action_repeats`)."""
+        does. A repeat of a request answered (or being answered) ``earlier`` gets that
+        answer, or the late message if it is not made within ``deadline``, and runs
+        nothing (`frameiod.http.action_repeats`)."""
         fields = _log_fields(handler, event, request_id)
-        if first is not None:
+        if earlier is not None:
             return await _repeat(
-                first,
+                earlier,
                 fields,
                 deadline=deadline,
                 late_message=late_message,
