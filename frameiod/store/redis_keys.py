@@ -113,7 +113,9 @@ def connect(
     script is not made to be run twice: a batch's accept would take its source's tokens
     again, and a claim would mark deliveries running whose first answer was lost. The
     timeout is the caller's failure instead (503 to a webhook, whose resend is then a
-    duplicate; a pause for the dispatcher)."""
+    duplicate; a pause for the dispatcher). A connection lost after Redis ran the command
+    (Redis killed mid-reply) is retried like any lost connection: that is rarer, and
+    what it costs is the same as a timeout's retry."""
     return aioredis.Redis.from_url(
         url,
         decode_responses=False,
