@@ -476,6 +476,8 @@ class Spool:
             await asyncio.to_thread(self._checkpointer.join)
         await asyncio.to_thread(self._reads.shutdown)
         self._reader.close()
+        # Only once all is closed: a close cut short keeps the spool locked rather than let
+        # another daemon in beside a writer still running (the process's end releases it).
         if self._lock is not None:
             self._lock.release()
 
