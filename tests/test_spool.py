@@ -32,6 +32,7 @@ from frameiod.store.sqlite import (
     body_hash,
     operations,
 )
+from frameiod.store.sqlite.lock import SpoolLock
 from frameiod.store.sqlite.schema import body_key, connect_writer
 from frameiod.store.sqlite.unstarted import Unstarted
 
@@ -1025,6 +1026,33 @@ class TestClaim:
         await spool.run(lambda conn: None)  # the claim's mark is queued, not awaited
         assert query(path, "SELECT DISTINCT state, attempts FROM deliveries") == [("running", 1)]
         assert await spool.claim(10, {"h": 10, "g": 10}, now=now) == []
+
+
+class TestLock:
+    @pytest.mark.filterwarnings("ignore:This process.*multi-threaded:DeprecationWarning")
+    def test_a_child_forked_without_exec_does_not_hold_the_lock(self, tmp_path: Path):
+        """A plugin's multiprocessing must not keep the spool locked after the daemon."""
+        path = tmp_path / "frameiod.db"
+        lock = SpoolLock.take(path)
+        ready_reading, ready = os.pipe()
+        done_reading, done = os.pipe()
+        child = os.fork()
+        if child == 0:  # forked (its at-fork hooks have run): says so, waits, leaves
+            os.close(done)
+            os.write(ready, b".")
+            os.read(done_reading, 1)
+            os._exit(0)
+        os.close(ready)
+        os.close(done_reading)
+        try:
+            assert os.read(ready_reading, 1) == b"."
+            lock.release()
+            again = SpoolLock.take(path)  # while the child lives
+            again.release()
+        finally:
+            os.close(done)
+            os.close(ready_reading)
+            os.waitpid(child, 0)
 
 
 class TestOpenedForTheOperator:

@@ -8,8 +8,10 @@ writes anything, and one that cannot is refused, naming the holder.
 The lock is ``flock`` on a file of its own beside the spool (``<spool>.lock``, holding the
 holder's pid): the kernel releases it when the process ends, however it ends, so a crash
 never leaves it behind. Not on the spool file itself: closing any descriptor of that file
-would drop SQLite's own locks on it. The operator's commands (``frameiod queue``) do not
-take it: they are meant to run beside the daemon.
+would drop SQLite's own locks on it. A child forked without exec (a plugin's
+multiprocessing) closes its copy of the descriptor at once, or it would hold the lock
+after the daemon ended. The operator's commands (``frameiod queue``) do not take it: they
+are meant to run beside the daemon.
 """
 
 from __future__ import annotations
@@ -22,6 +24,20 @@ from frameiod.store.base import SpoolError
 from frameiod.store.sqlite.files import PRIVATE_MODE, access_problem, make_folder, not_permitted
 
 __all__ = ["SpoolLock", "lock_path"]
+
+_HELD: set[int] = set()
+"""The descriptors of the locks this process holds."""
+
+
+def _close_in_child() -> None:
+    # The lock lives as long as any descriptor of its open file does: a forked child's
+    # copy goes, the parent's keeps it.
+    for descriptor in _HELD:
+        os.close(descriptor)
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_close_in_child)
 
 
 def lock_path(path: Path) -> Path:
@@ -60,10 +76,12 @@ class SpoolLock:
             ) from None
         os.ftruncate(descriptor, 0)
         os.pwrite(descriptor, f"{os.getpid()}\n".encode(), 0)
+        _HELD.add(descriptor)
         return cls(descriptor)
 
     def release(self) -> None:
         """Let another daemon open the spool (closing the descriptor ends the lock)."""
         if self._descriptor is not None:
+            _HELD.discard(self._descriptor)
             os.close(self._descriptor)
             self._descriptor = None
