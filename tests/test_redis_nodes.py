@@ -366,25 +366,24 @@ def test_a_handler_failing_twice_succeeds_later_and_its_sibling_ran_once(
     assert os.path.getsize(records.path) > 0
 
 
-def test_a_receiver_that_cannot_reach_redis_at_start_exits_1_naming_it(tmp_path: Path):
+@pytest.mark.parametrize(
+    ("given", "shown"),
+    [
+        ("redis://:hunter2@127.0.0.1:{port}/0", "redis://:***@127.0.0.1:{port}/0"),
+        ("redis://127.0.0.1:{port}/0?password=hunter2", "redis://127.0.0.1:{port}/0"),
+    ],
+    ids=["password-in-the-user-part", "password-in-the-query"],
+)
+def test_a_receiver_that_cannot_reach_redis_at_start_exits_1_naming_it(
+    tmp_path: Path, given: str, shown: str
+):
     port = free_port()  # nothing listens there
-    config = _config(tmp_path, f"redis://:hunter2-{port}@127.0.0.1:{port}/0")
-    node = DaemonProcess(config)
+    node = DaemonProcess(_config(tmp_path, given.format(port=port)))
     assert node.wait() == 1
     line = node.wait_for("cannot open the spool")
-    assert line["error"].startswith(f"cannot use Redis at redis://:***@127.0.0.1:{port}/0: ")
+    assert line["error"].startswith(f"cannot use Redis at {shown.format(port=port)}: ")
     assert "hunter2" not in "".join(node.raw)
     assert not node.logs("listening")
-
-
-def test_a_password_given_in_the_query_is_not_shown_either(tmp_path: Path):
-    port = free_port()  # nothing listens there
-    config = _config(tmp_path, f"redis://127.0.0.1:{port}/0?password=hunter2")
-    node = DaemonProcess(config)
-    assert node.wait() == 1
-    line = node.wait_for("cannot open the spool")
-    assert line["error"].startswith(f"cannot use Redis at redis://127.0.0.1:{port}/0: ")
-    assert "hunter2" not in "".join(node.raw)
 
 
 @pytest.mark.parametrize(
