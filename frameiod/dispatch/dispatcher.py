@@ -166,11 +166,12 @@ class Dispatcher:
         # Spoken for until the claim's deliveries start: a fresh delivery accepted while it
         # is in flight must not take the same worker, or the same place under a handler's
         # concurrency (`reserve`).
-        self._claiming = (free, self._caps())
+        room = self._caps()
+        self._claiming = (free, room)
         try:
             # Handlers of sources with a dispatch rate are claimed per source, at most as
             # many as the source has tokens; excess simply waits in the spool.
-            for source, caps in self._groups():
+            for source, caps in self._groups(room):
                 limit = free - len(claimed)
                 bucket = self._rates.get(source) if source else None
                 if bucket is not None:
@@ -314,8 +315,7 @@ class Dispatcher:
                 caps[key] = room
         return caps
 
-    def _groups(self) -> list[tuple[str | None, dict[str, int]]]:
-        caps = self._caps()
+    def _groups(self, caps: dict[str, int]) -> list[tuple[str | None, dict[str, int]]]:
         unrated = {
             k: room for k, room in caps.items() if self._handlers[k].source not in self._rates
         }
