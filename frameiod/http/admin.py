@@ -24,7 +24,7 @@ from prometheus_client.aiohttp import make_aiohttp_handler
 from frameiod.http.admin_page import add_page_routes
 from frameiod.http.receiver import RECEIVER, Receiver
 from frameiod.logs import get_logger
-from frameiod.ratelimit import client_address, retry_after_header
+from frameiod.ratelimit import retry_after_header
 from frameiod.store import operator
 from frameiod.store.base import QueueError
 from frameiod.terminal import cut
@@ -89,9 +89,7 @@ def _api(action: str, handler: Handler) -> Callable[[web.Request], Awaitable[web
     async def route(request: web.Request) -> web.Response:
         receiver = request.app[RECEIVER]
         live = receiver.live
-        address = client_address(
-            request.remote, request.headers.getall("X-Forwarded-For", ()), live.proxies
-        )
+        address = live.sender(request)
         started = time.perf_counter()
         try:
             _authenticate(request, receiver, address)

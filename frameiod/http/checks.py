@@ -21,7 +21,7 @@ from frameiod.http.live import Live, SourceKeys
 from frameiod.http.receiver import RECEIVER, Receiver
 from frameiod.logs import get_logger
 from frameiod.metrics import UNKNOWN_SOURCE
-from frameiod.ratelimit import client_address, is_within, retry_after_header
+from frameiod.ratelimit import is_within, retry_after_header
 from frameiod.signature import SignatureError, Verified, verify
 from frameiod.store.base import SpoolUnavailable
 
@@ -262,9 +262,7 @@ async def guarded(
     receiver = request.app[RECEIVER]
     live = receiver.live
     source_name = request.match_info["source"]
-    address = client_address(
-        request.remote, request.headers.getall("X-Forwarded-For", ()), live.proxies
-    )
+    address = live.sender(request)
     receiver.in_flight += 1
     try:
         # Checked before anything is read or verified: a flood of bad requests is cheap.

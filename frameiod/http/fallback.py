@@ -9,7 +9,6 @@ from aiohttp import web
 from frameiod import __version__
 from frameiod.http.receiver import RECEIVER
 from frameiod.logs import get_logger
-from frameiod.ratelimit import client_address
 
 __all__ = ["add_fallback_routes"]
 
@@ -54,9 +53,7 @@ def _report(request: web.Request, status: int) -> None:
     Elsewhere it is most likely a scanner: info."""
     receiver = request.app[RECEIVER]
     receiver.metrics.unrouted_requests.labels(status=str(status)).inc()
-    remote = client_address(
-        request.remote, request.headers.getall("X-Forwarded-For", ()), receiver.live.proxies
-    )
+    remote = receiver.live.sender(request)
     fields = {"method": request.method, "path": request.path[:_PATH_LOGGED], "status": status}
     if request.path.startswith(("/webhook", "/action")):
         log.warning(

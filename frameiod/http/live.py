@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from frameiod.config import Config
 from frameiod.plugins.routing import Routes
@@ -19,9 +20,13 @@ from frameiod.ratelimit import (
     Networks,
     SourceLimiter,
     SourceLimits,
+    client_address,
     networks,
 )
 from frameiod.secret_ids import secret_id
+
+if TYPE_CHECKING:
+    from aiohttp import web
 
 __all__ = ["Live", "SourceKeys", "source_keys"]
 
@@ -59,6 +64,13 @@ class Live:
     addresses: AddressLimiter
     proxies: Networks
     """``[server] trusted_proxies``, parsed once (every request asks who sent it)."""
+
+    def sender(self, request: web.BaseRequest) -> str:
+        """The address held responsible for ``request``: its peer, or behind a trusted
+        proxy the nearest hop of every ``X-Forwarded-For`` line (`client_address`)."""
+        return client_address(
+            request.remote, request.headers.getall("X-Forwarded-For", ()), self.proxies
+        )
 
     @classmethod
     def build(
