@@ -378,16 +378,22 @@ async def _accept_one(spool: Spool, handler: WebhookHandler, event_id: str) -> N
 
 
 class _GatedSpool(Spool):
-    """The real SQLite spool, whose claims or outcome writes (``gated``) wait at a gate."""
+    """The real SQLite spool, whose claims or outcome writes (``gated``) wait at a gate,
+    but for the first ``passes`` of them."""
 
     gated: str
     gate: asyncio.Event
     entered: asyncio.Event
+    passes = 0
 
     async def _pass(self, method: str) -> None:
-        if method == self.gated:
-            self.entered.set()
-            await self.gate.wait()
+        if method != self.gated:
+            return
+        if self.passes:
+            self.passes -= 1
+            return
+        self.entered.set()
+        await self.gate.wait()
 
     async def claim(self, limit, caps, now=None):  # type: ignore[no-untyped-def]
         await self._pass("claim")
@@ -414,21 +420,6 @@ async def _held_at(
         yield spool, dispatcher, scheduler
     finally:
         await spool.close()
-
-
-class _SecondClaimHeld(Spool):
-    """The real SQLite spool, whose second claim waits at a gate before it is made."""
-
-    claims = 0
-    gate: asyncio.Event
-    entered: asyncio.Event
-
-    async def claim(self, limit, caps, now=None):  # type: ignore[no-untyped-def]
-        self.claims += 1
-        if self.claims == 2:
-            self.entered.set()
-            await self.gate.wait()
-        return await super().claim(limit, caps, now)
 
 
 class TestClaimsInFlight:
@@ -459,7 +450,8 @@ class TestClaimsInFlight:
         ha = WebhookHandler(
             func=a, event_types=("file.ready",), plugin="p", name="a", concurrency=1
         )
-        spool = await _SecondClaimHeld.open(tmp_path / "spool.db")
+        spool = await _GatedSpool.open(tmp_path / "spool.db")
+        spool.gated, spool.passes = "claim", 1  # the second claim waits at the gate
         spool.gate, spool.entered = asyncio.Event(), asyncio.Event()
         try:
             # Two older deliveries for b, then one for a: the first claim (two workers)
@@ -507,7 +499,8 @@ class TestClaimsInFlight:
             func=b, event_types=("file.ready",), plugin="p", name="b", concurrency=1
         )
         ha = WebhookHandler(func=a, event_types=("file.ready",), plugin="p", name="a")
-        spool = await _SecondClaimHeld.open(tmp_path / "spool.db")
+        spool = await _GatedSpool.open(tmp_path / "spool.db")
+        spool.gated, spool.passes = "claim", 1  # the second claim waits at the gate
         spool.gate, spool.entered = asyncio.Event(), asyncio.Event()
         try:
             for event_id in ("b1", "b2"):
